@@ -1,0 +1,56 @@
+# Geode's task runner. `make help` lists the targets.
+.DEFAULT_GOAL := help
+VENV ?= .venv
+PY := $(VENV)/bin/python
+GEODE := $(VENV)/bin/geode
+STAMP := $(VENV)/.geode-installed
+
+$(STAMP): pyproject.toml scripts/install.sh
+	./scripts/install.sh
+
+.PHONY: install
+install: $(STAMP) ## Create .venv and install Geode with every extra (idempotent)
+
+.PHONY: demo
+demo: $(STAMP) ## Install, then run the main job offline on embedded defaults
+	$(GEODE) demo
+
+.PHONY: test
+test: $(STAMP) ## Lint, type-check and run the default test suite (what CI runs)
+	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff format --check src tests benchmarks
+	$(PY) -m pyright
+	$(PY) -m pytest
+
+.PHONY: test-fast
+test-fast: $(STAMP) ## Unit tests only
+	$(PY) -m pytest tests/unit -q
+
+.PHONY: reliability
+reliability: $(STAMP) ## The fault-injection suite
+	$(PY) -m pytest -m reliability tests/reliability
+
+.PHONY: format
+format: $(STAMP) ## Format and auto-fix
+	$(PY) -m ruff format src tests benchmarks
+	$(PY) -m ruff check --fix src tests benchmarks
+
+.PHONY: bench
+bench: $(STAMP) ## Run every benchmark and print our figure beside the anchor's
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+.PHONY: docs
+docs: $(STAMP) ## Build the docs with strict link checking
+	$(PY) -m mkdocs build --strict
+
+.PHONY: phoenix
+phoenix: $(STAMP) ## Start a local Phoenix on 127.0.0.1:6006
+	$(GEODE) phoenix
+
+.PHONY: clean
+clean: ## Remove Geode's local data (.geode/) and caches, keep the venv
+	rm -rf .geode .pytest_cache .ruff_cache site
+
+.PHONY: help
+help:
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'

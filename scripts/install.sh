@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up Geode in ./.venv with every extra: the embedded LM (llama.cpp, built portably), local
+# embeddings (CPU torch), the Phoenix server, serving and the dev tools. Idempotent and offline-safe
+# after the first run (pip caches the llama.cpp wheel it builds).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+
+if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "Geode needs Python >= 3.11 (found $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
+  exit 1
+fi
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade pip
+
+# CPU-only torch first: an unpinned torch resolves to a multi-GB CUDA build. Elsewhere, use the
+# CPU-only wheel index that PyTorch documents (PIP_INDEX_URL / PIP_EXTRA_INDEX_URL).
+"${PIP[@]}" install -q "torch==2.13.0"
+
+# llama.cpp with runtime-portable CPU flags: a native build picks up instructions (AVX-512/AMX) that
+# crash with "Illegal instruction" on other CPUs of the same family.
+if ! "$VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
+  echo "building llama-cpp-python (about 9 minutes on 2 cores the first time; cached afterwards)..."
+  CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}" \
+    "${PIP[@]}" install -q "llama-cpp-python>=0.3.30,<0.4"
+fi
+
+"${PIP[@]}" install -q -e ".[all,dev]"
+touch "$VENV/.geode-installed"
+echo "geode installed in $VENV"

@@ -1,0 +1,39 @@
+"""Geode: a runtime for DSPy programs you can watch, measure and improve.
+
+The public API is re-exported here lazily, so ``import geode`` stays cheap until a name is used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "Runtime": "geode.runtime.runtime",
+    "Settings": "geode.runtime.settings",
+    "register_program": "geode.runtime.programs",
+    "LocalLM": "geode.runtime.lm.local",
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:
+    from geode.runtime.lm.local import LocalLM
+    from geode.runtime.programs import register_program
+    from geode.runtime.runtime import Runtime
+    from geode.runtime.settings import Settings
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'geode' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

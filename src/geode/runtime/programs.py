@@ -1,0 +1,143 @@
+"""Resolve program references to DSPy modules.
+
+A reference is either a name registered in code (:func:`register_program`) or ``module.path:attribute``
+like uvicorn apps, where the attribute is a ``dspy.Module`` instance, a ``dspy.Module`` subclass or a
+zero-argument factory. ``path/to/file.py:attribute`` works too, for programs that are not installed.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeAlias
+
+import dspy
+
+from geode.errors import ProgramNotFoundError
+
+__all__ = ["Program", "ProgramRef", "ResolvedProgram", "register_program", "registered_programs", "resolve"]
+
+Program: TypeAlias = dspy.Module
+ProgramRef: TypeAlias = "str | dspy.Module"
+ProgramFactory: TypeAlias = Callable[[], dspy.Module]
+
+_REGISTRY: dict[str, dspy.Module | ProgramFactory] = {}
+_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class ResolvedProgram:
+    """A program and the name its spans and versions are filed under."""
+
+    name: str
+    module: dspy.Module
+
+
+def register_program(name: str, program: dspy.Module | ProgramFactory) -> None:
+    """Register a program (or a zero-argument factory) under a short name.
+
+    Args:
+        name: The name used on the CLI, in HTTP routes and as ``geode.program.name`` on spans.
+        program: A ``dspy.Module`` instance or a callable that builds one.
+    """
+    if not name or ":" in name:
+        raise ValueError(f"program names must be non-empty and contain no ':' (got {name!r})")
+    with _LOCK:
+        _REGISTRY[name] = program
+
+
+def registered_programs() -> list[str]:
+    """Names registered with :func:`register_program`, sorted."""
+    with _LOCK:
+        return sorted(_REGISTRY)
+
+
+def _instantiate(obj: object, ref: str) -> dspy.Module:
+    if isinstance(obj, dspy.Module):
+        return obj
+    if isinstance(obj, type) and issubclass(obj, dspy.Module):
+        return obj()
+    if callable(obj):
+        try:
+            built = obj()
+        except TypeError as err:
+            raise ProgramNotFoundError(
+                f"{ref!r} is callable but could not be called with no arguments: {err}",
+                hint="point the reference at a dspy.Module instance or a zero-argument factory",
+            ) from err
+        if isinstance(built, dspy.Module):
+            return built
+        raise ProgramNotFoundError(f"{ref!r} returned {type(built).__name__}, not a dspy.Module")
+    raise ProgramNotFoundError(
+        f"{ref!r} is a {type(obj).__name__}, not a dspy.Module",
+        hint="point the reference at a dspy.Module instance, subclass or zero-argument factory",
+    )
+
+
+def _import_target(module_part: str, ref: str) -> object:
+    if module_part.endswith(".py") or "/" in module_part:
+        path = Path(module_part)
+        if not path.is_file():
+            raise ProgramNotFoundError(f"no such file {str(path)!r} in program reference {ref!r}")
+        mod_name = f"_geode_program_{abs(hash(path.resolve()))}"
+        spec = importlib.util.spec_from_file_location(mod_name, path)
+        if spec is None or spec.loader is None:
+            raise ProgramNotFoundError(f"cannot import {str(path)!r}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[mod_name] = module
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(module_part)
+    except ModuleNotFoundError as err:
+        if err.name and module_part.startswith(err.name):
+            raise ProgramNotFoundError(
+                f"module {module_part!r} not found for program reference {ref!r}",
+                hint="is it installed, or is the working directory on PYTHONPATH?",
+            ) from err
+        raise
+
+
+def resolve(ref: ProgramRef, *, name: str | None = None) -> ResolvedProgram:
+    """Turn a reference into a module and its name.
+
+    Args:
+        ref: A ``dspy.Module``, a registered name, or ``module:attribute`` / ``file.py:attribute``.
+        name: Override the name spans and versions use (defaults to the reference, or the class name
+            for a module passed directly).
+
+    Returns:
+        The resolved program.
+
+    Raises:
+        ProgramNotFoundError: The reference names nothing usable; the message says why.
+    """
+    if isinstance(ref, dspy.Module):
+        return ResolvedProgram(name or type(ref).__name__, ref)
+    if not isinstance(ref, str) or not ref:
+        raise ProgramNotFoundError(f"a program reference must be a dspy.Module or a string, got {ref!r}")
+    with _LOCK:
+        registered = _REGISTRY.get(ref)
+    if registered is not None:
+        return ResolvedProgram(name or ref, _instantiate(registered, ref))
+    if ":" not in ref:
+        known = ", ".join(registered_programs()) or "none"
+        raise ProgramNotFoundError(
+            f"unknown program {ref!r} (registered: {known})",
+            hint="use 'package.module:attribute' or register it with geode.register_program",
+        )
+    module_part, _, attr_path = ref.rpartition(":")
+    if not module_part or not attr_path:
+        raise ProgramNotFoundError(f"malformed program reference {ref!r}", hint="expected 'module:attribute'")
+    obj: object = _import_target(module_part, ref)
+    for attr in attr_path.split("."):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError as err:
+            raise ProgramNotFoundError(f"{module_part!r} has no attribute {attr_path!r}") from err
+    return ResolvedProgram(name or ref, _instantiate(obj, ref))

@@ -1,0 +1,178 @@
+"""The composition root: :class:`Runtime` builds Geode's parts once and runs programs with them.
+
+An application embeds one ``Runtime``. It owns the LM, the tracer provider and instrumentation, the
+vector store and the program registry, built from :class:`~geode.runtime.settings.Settings` or passed
+in explicitly. Every call runs under its own ``dspy.context``; nothing here calls ``dspy.configure``
+per request, so concurrent calls with different settings never see each other's LM or callbacks.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import dspy
+
+from geode.errors import InputError
+from geode.runtime.programs import ProgramRef, ResolvedProgram, resolve
+from geode.runtime.settings import Settings
+from geode.traces.context import RunIdentity, run_identity
+
+__all__ = ["Runtime"]
+
+
+class Runtime:
+    """Hosts DSPy programs: runs them on the configured LM, traced, with per-call settings.
+
+    Args:
+        settings: Settings to build parts from; default ``Settings()`` (env vars, then defaults).
+        lm: Use this LM instead of building one from ``settings.lm``.
+        adapter: Use this adapter; default: ``JSONAdapter`` for the embedded model (its output is
+            schema-constrained), DSPy's default otherwise.
+
+    Example:
+        >>> import dspy, geode
+        >>> from geode.testing import ScriptedLM
+        >>> rt = geode.Runtime(lm=ScriptedLM([{"answer": "Paris"}]), settings=geode.Settings(tracing={"enabled": False}))
+        >>> rt.run(dspy.Predict("question -> answer"), question="Capital of France?").answer
+        'Paris'
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        lm: dspy.BaseLM | None = None,
+        adapter: dspy.Adapter | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else Settings()
+        self._lm = lm
+        self._adapter = adapter
+        self._lock = threading.Lock()
+        self._programs: dict[str, ResolvedProgram] = {}
+
+    # -- parts -------------------------------------------------------------------------------------
+
+    @property
+    def lm(self) -> dspy.BaseLM:
+        """The LM every call runs on (built on first use)."""
+        if self._lm is None:
+            with self._lock:
+                if self._lm is None:
+                    from geode.runtime.lm import build_lm
+
+                    self._lm = build_lm(self.settings.lm)
+        return self._lm
+
+    @property
+    def adapter(self) -> dspy.Adapter | None:
+        """The adapter every call uses; ``None`` means DSPy's default."""
+        if self._adapter is None:
+            from geode.runtime.lm import is_local
+
+            if is_local(self.lm):
+                self._adapter = dspy.JSONAdapter()
+        return self._adapter
+
+    # -- programs ----------------------------------------------------------------------------------
+
+    def resolve(self, program: ProgramRef) -> ResolvedProgram:
+        """Resolve a program reference once; later calls reuse the same module instance."""
+        if not isinstance(program, str):
+            return resolve(program)
+        with self._lock:
+            cached = self._programs.get(program)
+        if cached is not None:
+            return cached
+        resolved = resolve(program)
+        with self._lock:
+            return self._programs.setdefault(program, resolved)
+
+    def _identity(
+        self,
+        resolved: ResolvedProgram,
+        *,
+        session_id: str | None,
+        user_id: str | None,
+        metadata: Mapping[str, Any] | None,
+        tags: Sequence[str] | None,
+    ) -> RunIdentity:
+        return RunIdentity(
+            program=resolved.name,
+            version=None,
+            session_id=session_id,
+            user_id=user_id,
+            metadata=dict(metadata or {}),
+            tags=tuple(tags or ()),
+        )
+
+    def context(self, **overrides: Any) -> Any:
+        """A ``dspy.context`` with this runtime's LM and adapter (plus ``overrides``) for one call."""
+        values: dict[str, Any] = {"lm": self.lm, "track_usage": True}
+        if self.adapter is not None:
+            values["adapter"] = self.adapter
+        values.update(overrides)
+        return dspy.context(**values)
+
+    @staticmethod
+    def _check_inputs(resolved: ResolvedProgram, inputs: Mapping[str, Any]) -> None:
+        if not inputs:
+            raise InputError(f"no inputs given for program {resolved.name!r}")
+
+    def run(
+        self,
+        program: ProgramRef,
+        /,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+        **inputs: Any,
+    ) -> dspy.Prediction:
+        """Run a program on this runtime's LM and return its prediction.
+
+        Args:
+            program: A ``dspy.Module``, a registered name, or ``module:attribute``.
+            session_id: Groups calls into a conversation (``session.id`` on spans).
+            user_id: The end user (``user.id`` on spans).
+            metadata: Free-form metadata recorded on the run's spans.
+            tags: Tags recorded on the run's spans.
+            **inputs: The program's input fields.
+
+        Returns:
+            The program's ``dspy.Prediction``.
+        """
+        resolved = self.resolve(program)
+        self._check_inputs(resolved, inputs)
+        identity = self._identity(resolved, session_id=session_id, user_id=user_id, metadata=metadata, tags=tags)
+        with run_identity(identity), self.context():
+            return resolved.module(**inputs)
+
+    async def arun(
+        self,
+        program: ProgramRef,
+        /,
+        *,
+        session_id: str | None = None,
+        user_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        tags: Sequence[str] | None = None,
+        **inputs: Any,
+    ) -> dspy.Prediction:
+        """Async :meth:`run`: awaits the program's ``acall`` under its own ``dspy.context``."""
+        resolved = self.resolve(program)
+        self._check_inputs(resolved, inputs)
+        identity = self._identity(resolved, session_id=session_id, user_id=user_id, metadata=metadata, tags=tags)
+        with run_identity(identity), self.context():
+            return await resolved.module.acall(**inputs)
+
+    def close(self) -> None:
+        """Flush telemetry (bounded by a deadline) and release the store."""
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

