@@ -1,0 +1,72 @@
+"""The span vocabulary: OpenInference keys (re-exported) plus Geode's own ``geode.*`` keys.
+
+Writers (the runtime's instrumentation) and readers (mining, crystallization, ``geode trace show``) use
+these names, never string literals. OpenInference keys come from ``openinference.semconv`` so Phoenix
+renders every span natively.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from openinference.semconv.trace import (
+    DocumentAttributes,
+    MessageAttributes,
+    OpenInferenceMimeTypeValues,
+    OpenInferenceSpanKindValues,
+    SpanAttributes,
+    ToolAttributes,
+)
+
+__all__ = [
+    "GEODE_SPAN_KIND_ATTR",
+    "DocumentAttributes",
+    "GeodeAttributes",
+    "MessageAttributes",
+    "OpenInferenceMimeTypeValues",
+    "OpenInferenceSpanKindValues",
+    "SpanAttributes",
+    "SpanKind",
+    "ToolAttributes",
+]
+
+SpanKind = OpenInferenceSpanKindValues
+
+GEODE_SPAN_KIND_ATTR: Final = "geode_span_kind"
+"""Name of the class attribute a ``dspy.Module`` sets to choose its span kind (``"AGENT"``,
+``"RETRIEVER"``...). Modules may also define ``geode_span_name(inputs) -> str`` to name their span and
+``geode_span_attributes(inputs, outputs) -> Mapping[str, AttributeValue]`` to add attributes at the end."""
+
+
+class GeodeAttributes:
+    """Geode's own span attribute keys, all under ``geode.``."""
+
+    PROGRAM_NAME: Final = "geode.program.name"
+    """The program's reference (``module:attr``) or registered name; on every span of a run."""
+    PROGRAM_VERSION: Final = "geode.program.version"
+    """Content hash of the program version that answered; on every span of a run."""
+    PROGRAM_KIND: Final = "geode.program.kind"
+    """``agent`` or ``workflow``."""
+    PREDICTOR_NAME: Final = "geode.predictor.name"
+    """The predictor's name as in ``module.named_predictors()`` (``react``, ``extract.predict``)."""
+    SIGNATURE: Final = "geode.signature"
+    """The predictor's signature, ``"question -> answer"`` form."""
+    MODULE_CLASS: Final = "geode.module.class"
+    LLM_CACHE_HIT: Final = "geode.llm.cache_hit"
+    """True when DSPy answered the LM call from its cache (no tokens were spent)."""
+    AGENT_ITERATION: Final = "geode.agent.iteration"
+    AGENT_TERMINATION: Final = "geode.agent.termination"
+    """Why an agent run ended: ``finish``, ``max_iters``, ``budget``, ``repeated_call``, ``error``."""
+    AGENT_ITERATIONS: Final = "geode.agent.iterations"
+    TOOL_ERROR: Final = "geode.tool.error"
+    TOOL_TIMEOUT: Final = "geode.tool.timed_out"
+    FALLBACK_CHOICE: Final = "geode.fallback.choice"
+    """``primary`` or ``fallback``: which branch of a ``geode.Fallback`` answered."""
+    FALLBACK_REASON: Final = "geode.fallback.reason"
+    WORKFLOW_STEP: Final = "geode.workflow.step"
+    WORKFLOW_SOURCE_SPANS: Final = "geode.workflow.source_spans"
+    """Lineage: span ids of the agent runs a crystallized step was derived from."""
+    REDACTED: Final = "geode.redacted"
+    """True when redaction changed any attribute of this span."""
+    TRUNCATED: Final = "geode.truncated"
+    """True when an attribute of this span was truncated to the configured limit."""
