@@ -53,17 +53,28 @@ def main(argv: list[str] | None = None) -> None:
     _state["debug"] = "--debug" in args or os.environ.get("GEODE_DEBUG", "") not in ("", "0")
     _register_commands()
     try:
-        app(args=args, standalone_mode=False)
+        result = app(args=args, standalone_mode=False)
+        if isinstance(result, int) and result != 0:
+            sys.exit(result)
     except GeodeError as err:
         if _state["debug"]:
             raise
         typer.secho(f"error: {err}", err=True, fg=typer.colors.RED)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except typer.Exit as err:
+        sys.exit(err.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         typer.secho("interrupted", err=True)
         sys.exit(130)
     except SystemExit:
         raise
+    except typer.TyperException as err:  # usage errors: click's own message and usage line
+        show = getattr(err, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.secho(f"error: {err}", err=True)
+        sys.exit(int(getattr(err, "exit_code", 2)))
     except Exception as err:  # the CLI's last line of defence: one line unless --debug
         if _state["debug"]:
             raise

@@ -1,0 +1,1 @@
+"""Example programs that ship with Geode, referenced as ``geode.examples.<module>:program``."""

@@ -1,7 +1,13 @@
 """The composition root: settings, LM backends, instrumentation, program registry, serving."""
 
-from geode.runtime.programs import register_program, registered_programs, resolve
-from geode.runtime.runtime import Runtime
-from geode.runtime.settings import Settings
+import os as _os
+
+# litellm downloads its model price map at first use unless told otherwise; Geode runs offline by
+# default and uses the copy bundled with litellm. Set before anything imports litellm.
+_os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from geode.runtime.programs import register_program, registered_programs, resolve  # noqa: E402
+from geode.runtime.runtime import Runtime  # noqa: E402
+from geode.runtime.settings import Settings  # noqa: E402
 
 __all__ = ["Runtime", "Settings", "register_program", "registered_programs", "resolve"]

@@ -9,17 +9,43 @@ per request, so concurrent calls with different settings never see each other's 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import dspy
+from dspy.utils.exceptions import AdapterParseError
+from dspy.utils.exceptions import LMError as DSPyLMError
 
-from geode.errors import InputError
+from geode.errors import InputError, LMError, OutputParseError
 from geode.runtime.programs import ProgramRef, ResolvedProgram, resolve
 from geode.runtime.settings import Settings
 from geode.traces.context import RunIdentity, run_identity
 
 __all__ = ["Runtime"]
+
+
+@contextmanager
+def _translate_errors(rt: Runtime, resolved: ResolvedProgram) -> Iterator[None]:
+    """Turn DSPy's LM and parse errors into Geode errors that say what to do."""
+    try:
+        yield
+    except AdapterParseError as err:
+        raise OutputParseError(
+            f"the LM's answer for {resolved.name!r} could not be parsed into {err.signature.output_fields.keys()!r}"
+            if getattr(err, "signature", None) is not None
+            else f"the LM's answer for {resolved.name!r} could not be parsed",
+            hint="a small model may need a simpler signature, or use a stronger model with --lm",
+        ) from err
+    except DSPyLMError as err:
+        model = getattr(rt.lm, "model", "?")
+        raise LMError(f"LM {model!r} failed while running {resolved.name!r}: {_first_line(err)}",
+                      hint="check the model name, api_base and API key (GEODE_LM_*)") from err
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0][:300] if text else type(err).__name__
 
 
 class Runtime:
@@ -147,7 +173,7 @@ class Runtime:
         resolved = self.resolve(program)
         self._check_inputs(resolved, inputs)
         identity = self._identity(resolved, session_id=session_id, user_id=user_id, metadata=metadata, tags=tags)
-        with run_identity(identity), self.context():
+        with run_identity(identity), self.context(), _translate_errors(self, resolved):
             return resolved.module(**inputs)
 
     async def arun(
@@ -165,7 +191,7 @@ class Runtime:
         resolved = self.resolve(program)
         self._check_inputs(resolved, inputs)
         identity = self._identity(resolved, session_id=session_id, user_id=user_id, metadata=metadata, tags=tags)
-        with run_identity(identity), self.context():
+        with run_identity(identity), self.context(), _translate_errors(self, resolved):
             return await resolved.module.acall(**inputs)
 
     def close(self) -> None:

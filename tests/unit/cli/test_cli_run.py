@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from geode.cli import main
+from geode.cli._common import parse_inputs
+from geode.errors import InputError
+from geode.runtime.programs import register_program
+from geode.testing import ScriptedLM
+
+
+def test_parse_inputs() -> None:
+    assert parse_inputs(["a=1", "b:=[1, 2]", "c=x=y"]) == {"a": "1", "b": [1, 2], "c": "x=y"}
+
+
+@pytest.mark.parametrize(("pairs", "message"), [(["a"], "bad --input"), (["=1"], "empty"),
+                                                 (["a=1", "a=2"], "twice"), (["a:={"], "not valid JSON")])
+def test_parse_inputs_errors(pairs: list[str], message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        parse_inputs(pairs)
+
+
+def _exit_code(argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    return int(exc.value.code or 0)
+
+
+def test_unknown_program_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _exit_code(["run", "no_such_module_xyz:program", "-i", "q=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: module 'no_such_module_xyz' not found")
+    assert "Traceback" not in err
+
+
+def test_bad_input_syntax_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert _exit_code(["run", "geode.examples.qa:program", "-i", "question"]) == 2
+    assert "use --input key=value" in capsys.readouterr().err
+
+
+def test_debug_shows_traceback() -> None:
+    with pytest.raises(Exception, match="not found"):
+        main(["--debug", "run", "no_such_module_xyz:program", "-i", "q=1"])
+
+
+def test_run_prints_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import dspy
+
+    from geode.cli import _common
+
+    register_program("cli-test-qa", dspy.Predict("question -> answer"))
+    lm = ScriptedLM([{"answer": "Paris"}])
+    real = _common.Runtime
+
+    def runtime_with_fake_lm(settings: object) -> object:
+        return real(settings, lm=lm)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_common, "Runtime", runtime_with_fake_lm)
+    monkeypatch.setenv("GEODE_TRACING_ENABLED", "false")
+    main(["run", "cli-test-qa", "-i", "question=Capital of France?", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert out["outputs"] == {"answer": "Paris"}
