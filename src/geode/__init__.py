@@ -19,11 +19,11 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
-if TYPE_CHECKING:
-    from geode.runtime.lm.local import LocalLM
-    from geode.runtime.programs import register_program
-    from geode.runtime.runtime import Runtime
-    from geode.runtime.settings import Settings
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first use
+    from geode.runtime.lm.local import LocalLM as LocalLM
+    from geode.runtime.programs import register_program as register_program
+    from geode.runtime.runtime import Runtime as Runtime
+    from geode.runtime.settings import Settings as Settings
 
 
 def __getattr__(name: str) -> Any:

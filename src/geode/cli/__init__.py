@@ -29,6 +29,7 @@ app = typer.Typer(
 # Command modules, imported lazily so `geode --help` stays fast; each defines `register(app)`.
 _COMMAND_MODULES = (
     "geode.cli.run",
+    "geode.cli.settings",
 )
 
 _state = {"debug": False}
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as err:  # the CLI's last line of defence: one line unless --debug
         if _state["debug"]:
             raise
-        typer.secho(f"error: {type(err).__name__}: {err} (run with --debug for the traceback)", err=True,
-                    fg=typer.colors.RED)
+        typer.secho(
+            f"error: {type(err).__name__}: {err} (run with --debug for the traceback)",
+            err=True,
+            fg=typer.colors.RED,
+        )
         sys.exit(1)

@@ -46,7 +46,8 @@ def parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep:
             raise InputError(
-                f"bad --input {pair!r}", hint="use --input key=value (text) or --input key:=<json> (JSON value)"
+                f"bad --input {pair!r}",
+                hint="use --input key=value (text) or --input key:=<json> (JSON value)",
             )
         is_json = key.endswith(":")
         key = key.removesuffix(":").strip()
@@ -58,7 +59,9 @@ def parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:
             try:
                 inputs[key] = json.loads(value)
             except json.JSONDecodeError as err:
-                raise InputError(f"--input {key}:= is not valid JSON: {err.msg} at column {err.colno}") from err
+                raise InputError(
+                    f"--input {key}:= is not valid JSON: {err.msg} at column {err.colno}"
+                ) from err
         else:
             inputs[key] = value
     return inputs

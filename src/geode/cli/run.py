@@ -31,7 +31,9 @@ def _outputs(prediction: dspy.Prediction) -> dict[str, Any]:
 
 
 def run(
-    program: str = typer.Argument(..., help="'package.module:attribute', 'file.py:attribute' or a registered name."),
+    program: str = typer.Argument(
+        ..., help="'package.module:attribute', 'file.py:attribute' or a registered name."
+    ),
     inputs: list[str] = typer.Option(  # noqa: B008  (typer's declaration style)
         [], "--input", "-i", help="An input field: key=value (text) or key:=<json>. Repeat for each field."
     ),

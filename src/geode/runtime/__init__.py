@@ -6,8 +6,8 @@ import os as _os
 # default and uses the copy bundled with litellm. Set before anything imports litellm.
 _os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from geode.runtime.programs import register_program, registered_programs, resolve  # noqa: E402
-from geode.runtime.runtime import Runtime  # noqa: E402
-from geode.runtime.settings import Settings  # noqa: E402
+from geode.runtime.programs import register_program, registered_programs, resolve
+from geode.runtime.runtime import Runtime
+from geode.runtime.settings import Settings
 
 __all__ = ["Runtime", "Settings", "register_program", "registered_programs", "resolve"]

@@ -31,16 +31,18 @@ def _translate_errors(rt: Runtime, resolved: ResolvedProgram) -> Iterator[None]:
     try:
         yield
     except AdapterParseError as err:
+        signature = getattr(err, "signature", None)
+        fields = ", ".join(getattr(signature, "output_fields", {}) or ())
         raise OutputParseError(
-            f"the LM's answer for {resolved.name!r} could not be parsed into {err.signature.output_fields.keys()!r}"
-            if getattr(err, "signature", None) is not None
-            else f"the LM's answer for {resolved.name!r} could not be parsed",
+            f"the LM's answer for {resolved.name!r} could not be parsed into its output fields ({fields})",
             hint="a small model may need a simpler signature, or use a stronger model with --lm",
         ) from err
     except DSPyLMError as err:
         model = getattr(rt.lm, "model", "?")
-        raise LMError(f"LM {model!r} failed while running {resolved.name!r}: {_first_line(err)}",
-                      hint="check the model name, api_base and API key (GEODE_LM_*)") from err
+        raise LMError(
+            f"LM {model!r} failed while running {resolved.name!r}: {_first_line(err)}",
+            hint="check the model name, api_base and API key (GEODE_LM_*)",
+        ) from err
 
 
 def _first_line(err: BaseException) -> str:
@@ -172,7 +174,9 @@ class Runtime:
         """
         resolved = self.resolve(program)
         self._check_inputs(resolved, inputs)
-        identity = self._identity(resolved, session_id=session_id, user_id=user_id, metadata=metadata, tags=tags)
+        identity = self._identity(
+            resolved, session_id=session_id, user_id=user_id, metadata=metadata, tags=tags
+        )
         with run_identity(identity), self.context(), _translate_errors(self, resolved):
             return resolved.module(**inputs)
 
@@ -190,7 +194,9 @@ class Runtime:
         """Async :meth:`run`: awaits the program's ``acall`` under its own ``dspy.context``."""
         resolved = self.resolve(program)
         self._check_inputs(resolved, inputs)
-        identity = self._identity(resolved, session_id=session_id, user_id=user_id, metadata=metadata, tags=tags)
+        identity = self._identity(
+            resolved, session_id=session_id, user_id=user_id, metadata=metadata, tags=tags
+        )
         with run_identity(identity), self.context(), _translate_errors(self, resolved):
             return await resolved.module.acall(**inputs)
 

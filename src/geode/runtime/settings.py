@@ -62,12 +62,12 @@ class TracingSettings(BaseSettings):
     enabled: bool = True
     endpoint: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("endpoint", "GEODE_TRACING_ENDPOINT", "PHOENIX_COLLECTOR_ENDPOINT"),
+        validation_alias=AliasChoices("GEODE_TRACING_ENDPOINT", "PHOENIX_COLLECTOR_ENDPOINT"),
     )
     """OTLP/HTTP collector, e.g. ``http://127.0.0.1:6006``. Default: the local Phoenix if it is running."""
     project: str = Field(
         default="geode",
-        validation_alias=AliasChoices("project", "GEODE_TRACING_PROJECT", "PHOENIX_PROJECT_NAME"),
+        validation_alias=AliasChoices("GEODE_TRACING_PROJECT", "PHOENIX_PROJECT_NAME"),
     )
     """Phoenix project the spans land in."""
     otlp_file: Path | None = None
@@ -92,12 +92,12 @@ class RetrievalSettings(BaseSettings):
     model_config = _config("GEODE_RETRIEVAL_")
 
     qdrant_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("qdrant_url", "GEODE_RETRIEVAL_QDRANT_URL", "QDRANT_URL")
+        default=None, validation_alias=AliasChoices("GEODE_RETRIEVAL_QDRANT_URL", "QDRANT_URL")
     )
     """A Qdrant server or cluster. Default: the embedded store under the Geode home folder."""
     qdrant_api_key: SecretStr | None = Field(
         default=None,
-        validation_alias=AliasChoices("qdrant_api_key", "GEODE_RETRIEVAL_QDRANT_API_KEY", "QDRANT_API_KEY"),
+        validation_alias=AliasChoices("GEODE_RETRIEVAL_QDRANT_API_KEY", "QDRANT_API_KEY"),
     )
     engine: Literal["auto", "qdrant-local", "edge"] = "auto"
     """Embedded engine: ``auto`` picks the fastest one installed."""

@@ -109,7 +109,7 @@ class ScriptedLM(DummyLM):
 
     def copy(self, **kwargs: Any) -> ScriptedLM:
         """Copy with overrides; the copy shares the script and call log (as DSPy copies LMs per call)."""
-        copied: ScriptedLM = super().copy(**kwargs)  # pyright: ignore[reportAssignmentType]
+        copied = super().copy(**kwargs)
         copied._install_engine()
         return copied
 
@@ -140,4 +140,3 @@ class ScriptedLM(DummyLM):
         """Append a call to :attr:`calls` (thread-safe)."""
         with self._lock:
             self.calls.append(call)
-

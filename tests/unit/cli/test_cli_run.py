@@ -15,8 +15,10 @@ def test_parse_inputs() -> None:
     assert parse_inputs(["a=1", "b:=[1, 2]", "c=x=y"]) == {"a": "1", "b": [1, 2], "c": "x=y"}
 
 
-@pytest.mark.parametrize(("pairs", "message"), [(["a"], "bad --input"), (["=1"], "empty"),
-                                                 (["a=1", "a=2"], "twice"), (["a:={"], "not valid JSON")])
+@pytest.mark.parametrize(
+    ("pairs", "message"),
+    [(["a"], "bad --input"), (["=1"], "empty"), (["a=1", "a=2"], "twice"), (["a:={"], "not valid JSON")],
+)
 def test_parse_inputs_errors(pairs: list[str], message: str) -> None:
     with pytest.raises(InputError, match=message):
         parse_inputs(pairs)

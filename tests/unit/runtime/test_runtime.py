@@ -8,13 +8,13 @@ import pytest
 
 from geode.errors import InputError, LMError
 from geode.runtime.runtime import Runtime
-from geode.runtime.settings import Settings
+from geode.runtime.settings import Settings, TracingSettings
 from geode.testing import ScriptedLM
 from geode.traces.context import RunIdentity, current_run
 
 
 def _settings() -> Settings:
-    return Settings(tracing={"enabled": False})
+    return Settings(tracing=TracingSettings(enabled=False))
 
 
 class Spy(dspy.Module):

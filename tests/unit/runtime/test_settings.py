@@ -23,7 +23,7 @@ def test_argument_beats_env_beats_default(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("GEODE_LM_TEMPERATURE", "0.7")
     assert Settings().lm.model == "openai/gpt-4o-mini"
     # a dict for a group overrides only the fields it names; the rest still come from env
-    settings = Settings(lm={"model": "anthropic/claude-3-5-haiku-latest"})
+    settings = Settings(lm={"model": "anthropic/claude-3-5-haiku-latest"})  # pyright: ignore[reportArgumentType]
     assert settings.lm.model == "anthropic/claude-3-5-haiku-latest"
     assert settings.lm.temperature == 0.7
     assert LMSettings().max_tokens == 512
@@ -43,7 +43,7 @@ def test_home_from_env(geode_home: Path) -> None:
 def test_settings_are_frozen() -> None:
     settings = Settings()
     with pytest.raises(ValidationError):
-        settings.home = Path("elsewhere")  # type: ignore[misc]
+        settings.home = Path("elsewhere")
 
 
 def test_invalid_values_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,4 +54,4 @@ def test_invalid_values_name_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_unknown_fields_are_rejected() -> None:
     with pytest.raises(ValidationError, match="nonsense"):
-        Settings(lm={"nonsense": 1})
+        Settings(lm={"nonsense": 1})  # pyright: ignore[reportArgumentType]
