@@ -13,7 +13,7 @@ install: $(STAMP) ## Create .venv and install Geode with every extra (idempotent
 
 .PHONY: demo
 demo: $(STAMP) ## Install, then run the main job offline on embedded defaults
-	$(GEODE) demo
+	$(GEODE) run geode.examples.qa:program --input question="What is the capital of France?"
 
 .PHONY: test
 test: $(STAMP) ## Lint, type-check and run the default test suite (what CI runs)
