@@ -30,6 +30,7 @@ app = typer.Typer(
 _COMMAND_MODULES = (
     "geode.cli.run",
     "geode.cli.settings",
+    "geode.cli.reference",
 )
 
 _state = {"debug": False}
