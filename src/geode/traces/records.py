@@ -1,0 +1,660 @@
+"""Typed, frozen span and trace records that every trace reader produces.
+
+A :class:`SpanRecord` is one finished span, whatever it was read from: Phoenix's REST span dicts or a
+row of its spans dataframe (:meth:`SpanRecord.from_phoenix`, :meth:`SpanRecord.from_phoenix_row`), an
+OTLP-JSON span (:meth:`SpanRecord.from_otlp_json`) or an OpenTelemetry SDK ``ReadableSpan``
+(:meth:`SpanRecord.from_readable_span`). A :class:`TraceRecord` holds the spans of one trace with tree
+helpers (:attr:`TraceRecord.root`, :meth:`TraceRecord.children`, :meth:`TraceRecord.walk`).
+
+Attributes are kept flat (``llm.input_messages.0.message.role``), the way OpenTelemetry records them;
+:meth:`SpanRecord.indexed` rebuilds the numbered lists and :attr:`SpanRecord.metadata` the metadata
+mapping, which Phoenix stores expanded and OTLP keeps as a JSON string.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, Literal, cast
+
+from openinference.semconv.trace import SpanAttributes, ToolAttributes
+
+from geode.errors import TraceSourceError
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import ReadableSpan
+
+__all__ = [
+    "AttributeValue",
+    "ExceptionInfo",
+    "SpanEvent",
+    "SpanRecord",
+    "SpanStatus",
+    "TraceRecord",
+    "group_traces",
+]
+
+Scalar = str | bool | int | float
+AttributeValue = Scalar | tuple[Scalar, ...]
+"""A span attribute value as OpenTelemetry allows it: a scalar or a homogeneous tuple of scalars."""
+
+SpanStatus = Literal["UNSET", "OK", "ERROR"]
+
+_KIND_KEY: Final = SpanAttributes.OPENINFERENCE_SPAN_KIND
+_STATUSES: Final[frozenset[str]] = frozenset({"UNSET", "OK", "ERROR"})
+# OTLP's numeric status codes (opentelemetry-proto `Status.StatusCode`).
+_OTLP_STATUS: Final[dict[int, SpanStatus]] = {0: "UNSET", 1: "OK", 2: "ERROR"}
+
+
+def _empty_attributes() -> Mapping[str, AttributeValue]:
+    return MappingProxyType({})
+
+
+@dataclass(frozen=True)
+class ExceptionInfo:
+    """An exception recorded on a span (its OpenTelemetry ``exception`` event)."""
+
+    type: str
+    message: str
+    stacktrace: str | None = None
+
+
+@dataclass(frozen=True)
+class SpanEvent:
+    """A timestamped event on a span, such as an ``exception``."""
+
+    name: str
+    time: datetime
+    attributes: Mapping[str, AttributeValue] = field(default_factory=_empty_attributes)
+
+
+@dataclass(frozen=True, eq=True)
+class SpanRecord:
+    """One finished span, read from any trace source.
+
+    Equality compares every field; the hash is the span's identity, ``(trace_id, span_id)``.
+    """
+
+    trace_id: str
+    """32 lowercase hex digits."""
+    span_id: str
+    """16 lowercase hex digits."""
+    parent_id: str | None
+    """The parent's ``span_id``; ``None`` for a root span."""
+    name: str
+    kind: str
+    """The OpenInference span kind (``AGENT``, ``LLM``, ``TOOL``, ``CHAIN``...), ``UNKNOWN`` when unset."""
+    start_time: datetime
+    """Timezone-aware (UTC)."""
+    end_time: datetime | None
+    status: SpanStatus = "UNSET"
+    status_message: str = ""
+    attributes: Mapping[str, AttributeValue] = field(default_factory=_empty_attributes, repr=False)
+    """Flat attribute keys, always including ``openinference.span.kind``."""
+    events: tuple[SpanEvent, ...] = field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        # Freeze the attribute mapping so a record can be shared between threads and readers.
+        if not isinstance(self.attributes, MappingProxyType):
+            object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
+
+    def __hash__(self) -> int:
+        return hash((self.trace_id, self.span_id))
+
+    # -- derived values ----------------------------------------------------------------------------
+
+    @property
+    def is_root(self) -> bool:
+        """True when the span has no parent."""
+        return self.parent_id is None
+
+    @property
+    def duration_ms(self) -> float | None:
+        """Wall time in milliseconds, ``None`` if the span has no end time."""
+        if self.end_time is None:
+            return None
+        return (self.end_time - self.start_time).total_seconds() * 1000.0
+
+    def get(self, key: str, default: AttributeValue | None = None) -> AttributeValue | None:
+        """An attribute's value, or ``default``."""
+        return self.attributes.get(key, default)
+
+    def get_str(self, key: str) -> str | None:
+        """A string attribute, or ``None`` when missing or not a string."""
+        value = self.attributes.get(key)
+        return value if isinstance(value, str) else None
+
+    def get_int(self, key: str) -> int | None:
+        """An integer attribute (whole floats accepted), or ``None`` when missing or not a number."""
+        value = self.attributes.get(key)
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        return None
+
+    @property
+    def input_value(self) -> str | None:
+        """``input.value``."""
+        return self.get_str(SpanAttributes.INPUT_VALUE)
+
+    @property
+    def output_value(self) -> str | None:
+        """``output.value``."""
+        return self.get_str(SpanAttributes.OUTPUT_VALUE)
+
+    @property
+    def tool_name(self) -> str | None:
+        """``tool.name`` on TOOL spans."""
+        return self.get_str(ToolAttributes.TOOL_NAME)
+
+    @property
+    def session_id(self) -> str | None:
+        """``session.id``."""
+        return self.get_str(SpanAttributes.SESSION_ID)
+
+    @property
+    def prompt_tokens(self) -> int | None:
+        """``llm.token_count.prompt``."""
+        return self.get_int(SpanAttributes.LLM_TOKEN_COUNT_PROMPT)
+
+    @property
+    def completion_tokens(self) -> int | None:
+        """``llm.token_count.completion``."""
+        return self.get_int(SpanAttributes.LLM_TOKEN_COUNT_COMPLETION)
+
+    @property
+    def total_tokens(self) -> int | None:
+        """``llm.token_count.total``, or prompt + completion when only those are recorded."""
+        total = self.get_int(SpanAttributes.LLM_TOKEN_COUNT_TOTAL)
+        if total is not None:
+            return total
+        prompt, completion = self.prompt_tokens, self.completion_tokens
+        if prompt is None and completion is None:
+            return None
+        return (prompt or 0) + (completion or 0)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The ``metadata`` attribute as a dict.
+
+        OTLP carries it as a JSON string; Phoenix stores it parsed and returns it expanded into
+        ``metadata.<key>`` attributes. Both shapes give the same dict here (nested keys flattened with
+        dots, as Phoenix does).
+        """
+        raw = self.attributes.get(SpanAttributes.METADATA)
+        result: dict[str, Any] = {}
+        if isinstance(raw, str):
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, dict):
+                result.update(_flatten(cast(dict[str, Any], parsed)))
+        prefix = SpanAttributes.METADATA + "."
+        for key, value in self.attributes.items():
+            if key.startswith(prefix):
+                result[key[len(prefix) :]] = value
+        return result
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """``tag.tags``."""
+        value = self.attributes.get(SpanAttributes.TAG_TAGS)
+        if isinstance(value, tuple):
+            return tuple(str(v) for v in value)
+        return (value,) if isinstance(value, str) else ()
+
+    @property
+    def exception(self) -> ExceptionInfo | None:
+        """The first exception recorded on the span, if any."""
+        for event in self.events:
+            if event.name == "exception":
+                attrs = event.attributes
+                stack = attrs.get("exception.stacktrace")
+                return ExceptionInfo(
+                    type=str(attrs.get("exception.type", "")),
+                    message=str(attrs.get("exception.message", "")),
+                    stacktrace=stack if isinstance(stack, str) else None,
+                )
+        return None
+
+    def indexed(self, prefix: str) -> list[dict[str, AttributeValue]]:
+        """Rebuild a numbered attribute list: ``indexed("llm.input_messages")`` gives one dict per message.
+
+        Keys ``<prefix>.<n>.<rest>`` become ``result[n][<rest>]``; gaps in the numbering are dropped.
+
+        Example:
+            >>> from datetime import UTC, datetime
+            >>> span = SpanRecord("0" * 32, "1" * 16, None, "lm", "LLM", datetime.now(UTC), None,
+            ...     attributes={"llm.input_messages.0.message.role": "user"})
+            >>> span.indexed("llm.input_messages")
+            [{'message.role': 'user'}]
+        """
+        head = prefix + "."
+        items: dict[int, dict[str, AttributeValue]] = defaultdict(dict)
+        for key, value in self.attributes.items():
+            if not key.startswith(head):
+                continue
+            number, _, rest = key[len(head) :].partition(".")
+            if number.isdigit() and rest:
+                items[int(number)][rest] = value
+        return [items[n] for n in sorted(items)]
+
+    # -- constructors ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_phoenix(cls, span: Mapping[str, Any]) -> SpanRecord:
+        """Build a record from a span dict of Phoenix's REST API (``Client().spans.get_spans``).
+
+        Raises:
+            TraceSourceError: The dict lacks the span's context, name or start time.
+        """
+        try:
+            context = span["context"]
+            trace_id, span_id = str(context["trace_id"]), str(context["span_id"])
+            name, start = str(span["name"]), span["start_time"]
+        except (KeyError, TypeError) as err:
+            raise TraceSourceError(f"Phoenix returned a span without {err}: {dict(span)!r:.200}") from err
+        attributes = _scalars(span.get("attributes") or {})
+        kind = str(span.get("span_kind") or attributes.get(_KIND_KEY) or "UNKNOWN")
+        attributes[_KIND_KEY] = kind
+        return cls(
+            trace_id=trace_id,
+            span_id=span_id,
+            parent_id=span.get("parent_id") or None,
+            name=name,
+            kind=kind,
+            start_time=_to_datetime(start),
+            end_time=_to_datetime(span["end_time"]) if span.get("end_time") else None,
+            status=_status(span.get("status_code")),
+            status_message=str(span.get("status_message") or ""),
+            attributes=attributes,
+            events=tuple(
+                SpanEvent(
+                    name=str(e.get("name", "")),
+                    time=_to_datetime(e.get("timestamp")),
+                    attributes=MappingProxyType(_scalars(e.get("attributes") or {})),
+                )
+                for e in span.get("events") or ()
+            ),
+        )
+
+    @classmethod
+    def from_phoenix_row(cls, row: Mapping[str, Any]) -> SpanRecord:
+        """Build a record from one row of Phoenix's spans dataframe (``get_spans_dataframe``).
+
+        The row is the dataframe's columns as a mapping (``row.to_dict()``, with ``context.span_id``
+        included when it is the index): ``attributes.<key>`` columns become attributes, missing values
+        (``NaN``/``None``) are dropped.
+        """
+        attributes: dict[str, Any] = {}
+        for column, value in row.items():
+            if column.startswith("attributes.") and not _missing(value):
+                attributes[column.removeprefix("attributes.")] = value
+        return cls.from_phoenix(
+            {
+                "context": {"trace_id": row.get("context.trace_id"), "span_id": row.get("context.span_id")},
+                "name": row.get("name"),
+                "span_kind": row.get("span_kind"),
+                "parent_id": None if _missing(row.get("parent_id")) else row.get("parent_id"),
+                "start_time": row.get("start_time"),
+                "end_time": None if _missing(row.get("end_time")) else row.get("end_time"),
+                "status_code": row.get("status_code"),
+                "status_message": None if _missing(row.get("status_message")) else row.get("status_message"),
+                "attributes": attributes,
+                "events": [] if _missing(row.get("events")) else row.get("events"),
+            }
+        )
+
+    @classmethod
+    def from_otlp_json(cls, span: Mapping[str, Any]) -> SpanRecord:
+        """Build a record from one span of the OTLP-JSON encoding (``resourceSpans[].scopeSpans[].spans[]``).
+
+        Ids are hex strings, times are nanoseconds since the epoch (as strings or ints), attributes are
+        ``[{"key": ..., "value": {"stringValue": ...}}]`` per the OTLP JSON mapping.
+
+        Raises:
+            TraceSourceError: The span is not valid OTLP-JSON.
+        """
+        try:
+            trace_id, span_id = _hex_id(span["traceId"], 32), _hex_id(span["spanId"], 16)
+            name, start_ns = str(span["name"]), int(span["startTimeUnixNano"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise TraceSourceError(f"not an OTLP-JSON span ({err!r}): {dict(span)!r:.200}") from err
+        attributes = _otlp_attributes(span.get("attributes") or ())
+        kind = str(attributes.get(_KIND_KEY) or "UNKNOWN")
+        attributes[_KIND_KEY] = kind
+        status = span.get("status") or {}
+        code = status.get("code", 0)
+        end_ns = span.get("endTimeUnixNano")
+        parent = span.get("parentSpanId") or None
+        return cls(
+            trace_id=trace_id,
+            span_id=span_id,
+            parent_id=_hex_id(parent, 16) if parent else None,
+            name=name,
+            kind=kind,
+            start_time=_from_ns(start_ns),
+            end_time=_from_ns(int(end_ns)) if end_ns not in (None, "", "0", 0) else None,
+            status=_OTLP_STATUS.get(code, "UNSET") if isinstance(code, int) else _status(code),
+            status_message=str(status.get("message") or ""),
+            attributes=attributes,
+            events=tuple(
+                SpanEvent(
+                    name=str(e.get("name", "")),
+                    time=_from_ns(int(e.get("timeUnixNano") or start_ns)),
+                    attributes=MappingProxyType(_otlp_attributes(e.get("attributes") or ())),
+                )
+                for e in span.get("events") or ()
+            ),
+        )
+
+    @classmethod
+    def from_readable_span(cls, span: ReadableSpan) -> SpanRecord:
+        """Build a record from an OpenTelemetry SDK span (e.g. an ``InMemorySpanExporter``'s output).
+
+        Raises:
+            TraceSourceError: The span has no context or start time (it was never started).
+        """
+        context = span.context
+        if context is None or span.start_time is None:
+            raise TraceSourceError(f"span {span.name!r} has no context or start time; was it started?")
+        attributes = _scalars(dict(span.attributes or {}))
+        kind = str(attributes.get(_KIND_KEY) or "UNKNOWN")
+        attributes[_KIND_KEY] = kind
+        return cls(
+            trace_id=format(context.trace_id, "032x"),
+            span_id=format(context.span_id, "016x"),
+            parent_id=format(span.parent.span_id, "016x") if span.parent is not None else None,
+            name=span.name,
+            kind=kind,
+            start_time=_from_ns(span.start_time),
+            end_time=_from_ns(span.end_time) if span.end_time is not None else None,
+            status=_status(span.status.status_code.name),
+            status_message=span.status.description or "",
+            attributes=attributes,
+            events=tuple(
+                SpanEvent(e.name, _from_ns(e.timestamp), MappingProxyType(_scalars(dict(e.attributes or {}))))
+                for e in span.events
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class TraceRecord:
+    """The spans of one trace, ordered by start time, with tree helpers.
+
+    Example:
+        >>> from datetime import UTC, datetime
+        >>> now = datetime.now(UTC)
+        >>> root = SpanRecord("a" * 32, "1" * 16, None, "agent", "AGENT", now, now)
+        >>> llm = SpanRecord("a" * 32, "2" * 16, "1" * 16, "lm", "LLM", now, now)
+        >>> trace = TraceRecord.from_spans([llm, root])
+        >>> [(span.name, depth) for span, depth in trace.walk()]
+        [('agent', 0), ('lm', 1)]
+    """
+
+    trace_id: str
+    spans: tuple[SpanRecord, ...]
+
+    def __post_init__(self) -> None:
+        for span in self.spans:
+            if span.trace_id != self.trace_id:
+                raise TraceSourceError(
+                    f"span {span.span_id} belongs to trace {span.trace_id}, not {self.trace_id}"
+                )
+
+    @classmethod
+    def from_spans(cls, spans: Iterable[SpanRecord]) -> TraceRecord:
+        """Build a trace from the spans of exactly one trace (duplicates by span id are dropped).
+
+        Raises:
+            TraceSourceError: No spans, or spans of more than one trace.
+        """
+        traces = group_traces(spans)
+        if len(traces) != 1:
+            raise TraceSourceError(f"expected the spans of one trace, got {len(traces)} traces")
+        return traces[0]
+
+    # -- tree --------------------------------------------------------------------------------------
+
+    @cached_property
+    def _by_id(self) -> dict[str, SpanRecord]:
+        return {span.span_id: span for span in self.spans}
+
+    @cached_property
+    def _children(self) -> dict[str | None, tuple[SpanRecord, ...]]:
+        grouped: dict[str | None, list[SpanRecord]] = defaultdict(list)
+        for span in self.spans:
+            # A span whose parent never arrived hangs off the top, next to the root.
+            parent = span.parent_id if span.parent_id in self._by_id else None
+            grouped[parent].append(span)
+        return {key: tuple(value) for key, value in grouped.items()}
+
+    @property
+    def roots(self) -> tuple[SpanRecord, ...]:
+        """Spans without a parent in this trace: the root, plus any orphans whose parent is missing."""
+        return self._children.get(None, ())
+
+    @property
+    def root(self) -> SpanRecord | None:
+        """The span without a parent (the earliest one if there are several); ``None`` if it is missing."""
+        return next((span for span in self.roots if span.parent_id is None), None)
+
+    @property
+    def complete(self) -> bool:
+        """True when the root is present and every span's parent is in the trace."""
+        return self.root is not None and all(
+            s.parent_id is None or s.parent_id in self._by_id for s in self.spans
+        )
+
+    def span(self, span_id: str) -> SpanRecord | None:
+        """The span with this id, if present."""
+        return self._by_id.get(span_id)
+
+    def parent(self, span: SpanRecord) -> SpanRecord | None:
+        """A span's parent, if present in this trace."""
+        return self._by_id.get(span.parent_id) if span.parent_id else None
+
+    def children(self, span: SpanRecord | str) -> tuple[SpanRecord, ...]:
+        """A span's direct children, ordered by start time."""
+        span_id = span if isinstance(span, str) else span.span_id
+        return self._children.get(span_id, ())
+
+    def walk(self, start: SpanRecord | None = None) -> Iterator[tuple[SpanRecord, int]]:
+        """Depth-first, pre-order ``(span, depth)`` pairs; from ``start``, or from every top-level span."""
+        stack: list[tuple[SpanRecord, int]] = (
+            [(start, 0)] if start is not None else [(s, 0) for s in self.roots]
+        )
+        stack.reverse()
+        while stack:
+            span, depth = stack.pop()
+            yield span, depth
+            stack.extend((child, depth + 1) for child in reversed(self.children(span)))
+
+    def descendants(self, span: SpanRecord) -> Iterator[SpanRecord]:
+        """Every span below ``span``, depth-first."""
+        walker = self.walk(span)
+        next(walker)
+        for descendant, _ in walker:
+            yield descendant
+
+    def find(self, *, kind: str | None = None, name: str | None = None) -> list[SpanRecord]:
+        """Spans with this OpenInference kind and/or name, ordered by start time."""
+        return [
+            span
+            for span in self.spans
+            if (kind is None or span.kind == kind) and (name is None or span.name == name)
+        ]
+
+    # -- summary -----------------------------------------------------------------------------------
+
+    @property
+    def start_time(self) -> datetime:
+        """When the trace's root (or its earliest span) started."""
+        root = self.root
+        return root.start_time if root is not None else self.spans[0].start_time
+
+    @property
+    def duration_ms(self) -> float | None:
+        """The root's duration; without a root, from the first start to the last end."""
+        root = self.root
+        if root is not None:
+            return root.duration_ms
+        ends = [s.end_time for s in self.spans if s.end_time is not None]
+        return (max(ends) - self.start_time).total_seconds() * 1000.0 if ends else None
+
+    @property
+    def status(self) -> SpanStatus:
+        """The root's status; ``ERROR`` if there is no root and any span failed."""
+        root = self.root
+        if root is not None:
+            return root.status
+        return "ERROR" if any(s.status == "ERROR" for s in self.spans) else "UNSET"
+
+    def attribute(self, key: str) -> AttributeValue | None:
+        """The value of ``key`` on the root, or else on the first span that has it."""
+        root = self.root
+        if root is not None and key in root.attributes:
+            return root.attributes[key]
+        return next((s.attributes[key] for s in self.spans if key in s.attributes), None)
+
+    @property
+    def total_tokens(self) -> int:
+        """Tokens summed over LLM spans (the way Phoenix counts a trace's tokens)."""
+        return sum(s.total_tokens or 0 for s in self.spans if s.kind == "LLM")
+
+
+def group_traces(spans: Iterable[SpanRecord]) -> list[TraceRecord]:
+    """Group spans into traces (spans sorted by start time, duplicate span ids dropped).
+
+    Traces come back newest first, by their start time.
+    """
+    by_trace: dict[str, dict[str, SpanRecord]] = defaultdict(dict)
+    for span in spans:
+        by_trace[span.trace_id].setdefault(span.span_id, span)
+    traces = [
+        TraceRecord(trace_id, tuple(sorted(by_span.values(), key=lambda s: (s.start_time, s.span_id))))
+        for trace_id, by_span in by_trace.items()
+    ]
+    traces.sort(key=lambda t: t.start_time, reverse=True)
+    return traces
+
+
+# -- conversions ----------------------------------------------------------------------------------
+
+
+def _missing(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    # pandas' NaT and NA are not floats but compare unequal to themselves.
+    try:
+        return bool(value != value)
+    except (TypeError, ValueError):
+        return False
+
+
+def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in mapping.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(cast(Mapping[str, Any], value), f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _scalar(value: Any) -> AttributeValue | None:
+    if isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        return None if math.isnan(value) else value
+    if isinstance(value, list | tuple):
+        items = [_scalar(v) for v in cast(Iterable[Any], value)]
+        return tuple(v for v in items if v is not None and not isinstance(v, tuple))
+    if hasattr(value, "tolist"):  # numpy arrays and scalars from a dataframe
+        return _scalar(value.tolist())
+    if hasattr(value, "item"):
+        return _scalar(value.item())
+    if value is None:
+        return None
+    return str(value)
+
+
+def _scalars(attributes: Mapping[str, Any]) -> dict[str, AttributeValue]:
+    """Flatten nested mappings to dotted keys and coerce values to OpenTelemetry attribute values."""
+    result: dict[str, AttributeValue] = {}
+    for key, value in _flatten(attributes):
+        scalar = _scalar(value)
+        if scalar is not None:
+            result[key] = scalar
+    return result
+
+
+def _status(value: Any) -> SpanStatus:
+    text = str(value or "UNSET").upper().removeprefix("STATUS_CODE_")
+    return cast(SpanStatus, text) if text in _STATUSES else "UNSET"
+
+
+def _to_datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        moment = value
+    elif hasattr(value, "to_pydatetime"):  # pandas.Timestamp
+        moment = value.to_pydatetime()
+    elif isinstance(value, str):
+        try:
+            moment = datetime.fromisoformat(value)
+        except ValueError as err:
+            raise TraceSourceError(f"not an ISO timestamp: {value!r}") from err
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        return _from_ns(int(value)) if value > 1e14 else datetime.fromtimestamp(value, UTC)
+    else:
+        raise TraceSourceError(f"not a timestamp: {value!r}")
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _from_ns(ns: int) -> datetime:
+    seconds, remainder = divmod(ns, 1_000_000_000)
+    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=remainder // 1000)
+
+
+def _hex_id(value: Any, digits: int) -> str:
+    text = str(value).lower()
+    if len(text) != digits or any(c not in "0123456789abcdef" for c in text):
+        raise ValueError(f"{value!r} is not a {digits}-digit hex id")
+    return text
+
+
+def _otlp_value(value: Mapping[str, Any]) -> AttributeValue | None:
+    if "stringValue" in value:
+        return str(value["stringValue"])
+    if "boolValue" in value:
+        return bool(value["boolValue"])
+    if "intValue" in value:
+        return int(value["intValue"])  # int64 travels as a JSON string
+    if "doubleValue" in value:
+        return float(value["doubleValue"])
+    if "arrayValue" in value:
+        items = [_otlp_value(v) for v in (value["arrayValue"] or {}).get("values") or ()]
+        return tuple(v for v in items if v is not None and not isinstance(v, tuple))
+    if "bytesValue" in value:
+        return str(value["bytesValue"])
+    return None
+
+
+def _otlp_attributes(pairs: Iterable[Mapping[str, Any]]) -> dict[str, AttributeValue]:
+    result: dict[str, AttributeValue] = {}
+    for pair in pairs:
+        value = _otlp_value(pair.get("value") or {})
+        if value is not None:
+            result[str(pair["key"])] = value
+    return result
