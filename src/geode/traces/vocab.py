@@ -58,6 +58,8 @@ class GeodeAttributes:
     AGENT_TERMINATION: Final = "geode.agent.termination"
     """Why an agent run ended: ``finish``, ``max_iters``, ``budget``, ``repeated_call``, ``error``."""
     AGENT_ITERATIONS: Final = "geode.agent.iterations"
+    AGENT_TERMINATION_DETAIL: Final = "geode.agent.termination_detail"
+    """A short human-readable reason for the termination, e.g. ``max_lm_calls=6 reached``."""
     TOOL_ERROR: Final = "geode.tool.error"
     TOOL_TIMEOUT: Final = "geode.tool.timed_out"
     FALLBACK_CHOICE: Final = "geode.fallback.choice"
