@@ -1,0 +1,340 @@
+"""Recompilation: run a DSPy optimizer on the train split, then score baseline and candidate on held-out data.
+
+:func:`compile_program` never optimizes without eval data: the dataset is split deterministically
+(:meth:`~geode.evals.dataset.Dataset.split`) and refused when either side is too small. The optimizer
+sees only the train split (MIPROv2 and GEPA get a validation part carved out of it); the held-out split
+is used once per program, at the end, to compare the baseline with the candidate on the same examples.
+
+Runs in the caller's DSPy context, like :func:`~geode.evals.evaluate.evaluate`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast, get_args
+
+import dspy
+
+from geode.errors import ConfigError
+from geode.evals.dataset import MIN_HELDOUT, MIN_TRAIN, Dataset
+from geode.evals.evaluate import EvalResult, Pricing, _LMCallCounter, evaluate
+from geode.evals.metrics import is_feedback_metric, metric_name, with_feedback
+
+__all__ = [
+    "AutoBudget",
+    "CompileResult",
+    "OptimizerName",
+    "OptimizerSettings",
+    "compile_program",
+    "demo_count",
+]
+
+logger = logging.getLogger(__name__)
+
+OptimizerName = Literal["bootstrap", "mipro", "gepa"]
+AutoBudget = Literal["light", "medium", "heavy"]
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """Which optimizer ran, with what budget (recorded on the program version)."""
+
+    name: OptimizerName
+    auto: AutoBudget | None = None
+    """MIPROv2 / GEPA budget; ``None`` for bootstrap."""
+    max_bootstrapped_demos: int = 4
+    max_labeled_demos: int = 4
+    seed: int = 0
+    num_threads: int = 1
+    reflection_model: str | None = None
+    """GEPA's reflection LM."""
+    train_size: int = 0
+    val_size: int = 0
+    """Examples carved out of the train split for MIPROv2 / GEPA validation (0: none)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data."""
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    """The outcome of one recompilation: both programs, scored on the same held-out examples."""
+
+    program: str
+    optimizer: OptimizerSettings
+    dataset_id: str
+    dataset_name: str | None
+    metric: str
+    heldout_fraction: float
+    split_seed: int
+    train_ids: tuple[str, ...]
+    heldout_ids: tuple[str, ...]
+    baseline: EvalResult
+    candidate: EvalResult
+    compile_seconds: float
+    compile_lm_calls: int
+    compile_prompt_tokens: int
+    compile_completion_tokens: int
+    baseline_program: dspy.Module = field(repr=False, compare=False)
+    candidate_program: dspy.Module = field(repr=False, compare=False)
+
+    @property
+    def delta(self) -> float:
+        """Candidate minus baseline score on the held-out split (a fraction; x100 for points)."""
+        return self.candidate.score - self.baseline.score
+
+    def passes_gate(self, margin: float) -> bool:
+        """Whether the candidate beats the baseline by at least ``margin`` (0.05 = 5 points)."""
+        return self.delta + 1e-9 >= margin
+
+    @property
+    def candidate_demos(self) -> int:
+        """Demos in the candidate program, over all predictors."""
+        return demo_count(self.candidate_program)
+
+    def to_dict(self, *, examples: bool = False) -> dict[str, Any]:
+        """Plain JSON-able data (per-example results optional)."""
+        return {
+            "program": self.program,
+            "optimizer": self.optimizer.to_dict(),
+            "dataset_id": self.dataset_id,
+            "dataset_name": self.dataset_name,
+            "metric": self.metric,
+            "heldout_fraction": self.heldout_fraction,
+            "split_seed": self.split_seed,
+            "train_size": len(self.train_ids),
+            "heldout_size": len(self.heldout_ids),
+            "baseline": self.baseline.to_dict(examples=examples),
+            "candidate": self.candidate.to_dict(examples=examples),
+            "delta": self.delta,
+            "candidate_demos": self.candidate_demos,
+            "compile_seconds": self.compile_seconds,
+            "compile_lm_calls": self.compile_lm_calls,
+            "compile_prompt_tokens": self.compile_prompt_tokens,
+            "compile_completion_tokens": self.compile_completion_tokens,
+        }
+
+
+def demo_count(program: dspy.Module) -> int:
+    """Total few-shot demos across a program's predictors."""
+    return sum(len(getattr(p, "demos", []) or []) for _, p in program.named_predictors())
+
+
+def _validation_split(train: Dataset, seed: int) -> tuple[Dataset, Dataset | None]:
+    # MIPROv2 and GEPA choose between candidates on a validation set; carving it from the train split
+    # keeps the held-out split untouched until the final comparison.
+    if len(train) < 4:
+        return train, None
+    parts = train.split(heldout_fraction=0.5, seed=seed + 1)
+    return parts.train, parts.heldout
+
+
+def _run_optimizer(
+    settings: OptimizerSettings,
+    student: dspy.Module,
+    metric: Callable[..., Any],
+    train: Sequence[dspy.Example],
+    val: Sequence[dspy.Example] | None,
+    reflection_lm: dspy.BaseLM | None,
+) -> dspy.Module:
+    if settings.name == "bootstrap":
+        optimizer = dspy.BootstrapFewShot(
+            metric=metric,
+            max_bootstrapped_demos=settings.max_bootstrapped_demos,
+            max_labeled_demos=settings.max_labeled_demos,
+            max_rounds=1,
+            max_errors=len(train) + 1,
+        )
+        return optimizer.compile(student, trainset=list(train))
+    if settings.name == "mipro":
+        mipro = dspy.MIPROv2(
+            metric=metric,
+            auto=settings.auto or "light",
+            max_bootstrapped_demos=settings.max_bootstrapped_demos,
+            max_labeled_demos=settings.max_labeled_demos,
+            num_threads=settings.num_threads,
+            max_errors=len(train) + len(val or ()) + 1,
+            seed=settings.seed,
+            verbose=False,
+            track_stats=False,
+        )
+        valset = list(val) if val else None
+        size = len(valset) if valset else max(1, int(len(train) * 0.8))
+        return mipro.compile(
+            student, trainset=list(train), valset=valset, minibatch_size=max(1, min(35, size))
+        )
+    if settings.name == "gepa":
+        lm = reflection_lm or dspy.settings.lm
+        if lm is None:
+            raise ConfigError(
+                "GEPA needs a reflection LM", hint="pass --reflection-lm, or run under a runtime LM"
+            )
+        gepa = dspy.GEPA(
+            metric=metric if is_feedback_metric(metric) else with_feedback(metric),
+            auto=settings.auto or "light",
+            reflection_lm=cast(Any, lm),
+            num_threads=settings.num_threads,
+            seed=settings.seed,
+            track_stats=False,
+        )
+        return gepa.compile(student, trainset=list(train), valset=list(val) if val else None)
+    raise ConfigError(
+        f"unknown optimizer {settings.name!r}", hint=f"choose one of {', '.join(get_args(OptimizerName))}"
+    )
+
+
+def compile_program(
+    program: dspy.Module,
+    dataset: Dataset,
+    metric: Callable[..., Any],
+    *,
+    optimizer: OptimizerName = "bootstrap",
+    auto: AutoBudget = "light",
+    heldout_fraction: float = 0.3,
+    seed: int = 0,
+    num_threads: int = 1,
+    max_bootstrapped_demos: int = 4,
+    max_labeled_demos: int = 4,
+    reflection_lm: dspy.BaseLM | None = None,
+    program_name: str | None = None,
+    version_of: Callable[[dspy.Module], str] | None = None,
+    min_train: int = MIN_TRAIN,
+    min_heldout: int = MIN_HELDOUT,
+    pricing: Pricing | None = None,
+    show_progress: bool = False,
+    tracer: Any = None,
+    log: Callable[[str], None] | None = None,
+) -> CompileResult:
+    """Optimize ``program`` on the train split and score baseline vs candidate on the held-out split.
+
+    Args:
+        program: The baseline program (left unchanged; the candidate is a copy).
+        dataset: Labelled examples; split by :meth:`Dataset.split` with ``heldout_fraction`` and ``seed``.
+        metric: A DSPy metric; for GEPA a plain metric is wrapped with
+            :func:`~geode.evals.metrics.with_feedback` (records' ``feedback`` reaches GEPA's reflection).
+        optimizer: ``bootstrap`` (BootstrapFewShot), ``mipro`` (MIPROv2) or ``gepa`` (GEPA).
+        auto: MIPROv2 / GEPA budget.
+        heldout_fraction: Share of the dataset held out for the final comparison.
+        seed: Split and optimizer seed.
+        num_threads: Parallel evaluation threads (1 for the embedded model).
+        max_bootstrapped_demos: Demos the optimizer may bootstrap per predictor.
+        max_labeled_demos: Labelled demos it may add per predictor.
+        reflection_lm: GEPA's reflection LM; default: the context LM.
+        program_name: Name for spans and results.
+        version_of: Computes a program's version id (the runtime passes its registry's), stamped on
+            the evaluation spans of both programs.
+        min_train: Refuse with fewer training examples.
+        min_heldout: Refuse with fewer held-out examples.
+        pricing: Token prices for the evaluations' cost.
+        show_progress: Progress bars for the evaluations.
+        tracer: OpenTelemetry tracer for evaluation example spans.
+        log: Receives one-line progress messages (the CLI prints them).
+
+    Raises:
+        DatasetError: The dataset is empty or too small to split into train and held-out data.
+        ConfigError: Unknown optimizer, or GEPA without a reflection LM.
+    """
+    if optimizer not in get_args(OptimizerName):
+        raise ConfigError(
+            f"unknown optimizer {optimizer!r}", hint=f"choose one of {', '.join(get_args(OptimizerName))}"
+        )
+    say = log or (lambda message: logger.info("%s", message))
+    dataset.require(1, purpose="compile")
+    split = dataset.split(heldout_fraction=heldout_fraction, seed=seed)
+    split.require(min_train=min_train, min_heldout=min_heldout, purpose="compile")
+    name = program_name or type(program).__name__
+    fit, val = _validation_split(split.train, seed) if optimizer in ("mipro", "gepa") else (split.train, None)
+    reflection_model = None
+    if optimizer == "gepa":
+        chosen = reflection_lm or dspy.settings.lm
+        reflection_model = str(getattr(chosen, "model", "")) or None
+    settings = OptimizerSettings(
+        name=optimizer,
+        auto=auto if optimizer in ("mipro", "gepa") else None,
+        max_bootstrapped_demos=max_bootstrapped_demos,
+        max_labeled_demos=max_labeled_demos,
+        seed=seed,
+        num_threads=num_threads,
+        reflection_model=reflection_model,
+        train_size=len(fit),
+        val_size=len(val) if val is not None else 0,
+    )
+    baseline_program = program
+    m_name = metric_name(metric)
+    common: dict[str, Any] = {
+        "program_name": name,
+        "split": "heldout",
+        "num_threads": num_threads,
+        "pricing": pricing,
+        "show_progress": show_progress,
+        "tracer": tracer,
+    }
+
+    say(f"baseline: scoring {name} on {len(split.heldout)} held-out examples with {m_name}")
+    baseline = evaluate(
+        baseline_program,
+        split.heldout,
+        metric,
+        version=version_of(baseline_program) if version_of else None,
+        tags=("baseline",),
+        **common,
+    )
+
+    say(
+        f"optimizing with {optimizer}"
+        + (f" (auto={auto})" if settings.auto else "")
+        + f" on {len(fit)} training examples"
+        + (f" and {len(val)} validation examples" if val is not None else "")
+    )
+    counter = _LMCallCounter()
+    t0 = time.perf_counter()
+    student = baseline_program.deepcopy()
+    with (
+        dspy.track_usage() as usage,
+        dspy.context(callbacks=[*(dspy.settings.get("callbacks") or []), counter]),
+    ):
+        candidate_program = _run_optimizer(
+            settings,
+            student,
+            metric,
+            fit.examples(),
+            val.examples() if val is not None else None,
+            reflection_lm,
+        )
+    compile_seconds = time.perf_counter() - t0
+    totals = usage.get_total_tokens()
+
+    say(
+        f"candidate: scoring the compiled program ({demo_count(candidate_program)} demos) on the held-out split"
+    )
+    candidate = evaluate(
+        candidate_program,
+        split.heldout,
+        metric,
+        version=version_of(candidate_program) if version_of else None,
+        tags=("candidate",),
+        **common,
+    )
+    return CompileResult(
+        program=name,
+        optimizer=settings,
+        dataset_id=dataset.id,
+        dataset_name=dataset.name,
+        metric=m_name,
+        heldout_fraction=heldout_fraction,
+        split_seed=seed,
+        train_ids=tuple(r.key for r in split.train),
+        heldout_ids=tuple(r.key for r in split.heldout),
+        baseline=baseline,
+        candidate=candidate,
+        compile_seconds=compile_seconds,
+        compile_lm_calls=counter.calls,
+        compile_prompt_tokens=sum(int(u.get("prompt_tokens") or 0) for u in totals.values()),
+        compile_completion_tokens=sum(int(u.get("completion_tokens") or 0) for u in totals.values()),
+        baseline_program=baseline_program,
+        candidate_program=candidate_program,
+    )
