@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import dspy
 
 from geode.runtime.settings import LMSettings
@@ -36,7 +38,7 @@ def build_lm(settings: LMSettings) -> dspy.BaseLM:
             max_tokens=settings.max_tokens,
             cache=settings.cache,
         )
-    kwargs: dict[str, object] = {}
+    kwargs: dict[str, Any] = {}
     if settings.api_base:
         kwargs["api_base"] = settings.api_base
     if settings.api_key is not None:
