@@ -31,6 +31,8 @@ _COMMAND_MODULES = (
     "geode.cli.run",
     "geode.cli.settings",
     "geode.cli.reference",
+    "geode.cli.phoenix",
+    "geode.cli.trace",
 )
 
 _state = {"debug": False}

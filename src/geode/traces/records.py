@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, cast
 from openinference.semconv.trace import SpanAttributes, ToolAttributes
 
 from geode.errors import TraceSourceError
+from geode.traces.otlp_json import decode_attributes
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -330,7 +331,7 @@ class SpanRecord:
             name, start_ns = str(span["name"]), int(span["startTimeUnixNano"])
         except (KeyError, TypeError, ValueError) as err:
             raise TraceSourceError(f"not an OTLP-JSON span ({err!r}): {dict(span)!r:.200}") from err
-        attributes = _otlp_attributes(span.get("attributes") or ())
+        attributes = _scalars(decode_attributes(span.get("attributes") or ()))
         kind = str(attributes.get(_KIND_KEY) or "UNKNOWN")
         attributes[_KIND_KEY] = kind
         status = span.get("status") or {}
@@ -352,7 +353,7 @@ class SpanRecord:
                 SpanEvent(
                     name=str(e.get("name", "")),
                     time=_from_ns(int(e.get("timeUnixNano") or start_ns)),
-                    attributes=MappingProxyType(_otlp_attributes(e.get("attributes") or ())),
+                    attributes=MappingProxyType(_scalars(decode_attributes(e.get("attributes") or ()))),
                 )
                 for e in span.get("events") or ()
             ),
@@ -632,29 +633,3 @@ def _hex_id(value: Any, digits: int) -> str:
     if len(text) != digits or any(c not in "0123456789abcdef" for c in text):
         raise ValueError(f"{value!r} is not a {digits}-digit hex id")
     return text
-
-
-def _otlp_value(value: Mapping[str, Any]) -> AttributeValue | None:
-    if "stringValue" in value:
-        return str(value["stringValue"])
-    if "boolValue" in value:
-        return bool(value["boolValue"])
-    if "intValue" in value:
-        return int(value["intValue"])  # int64 travels as a JSON string
-    if "doubleValue" in value:
-        return float(value["doubleValue"])
-    if "arrayValue" in value:
-        items = [_otlp_value(v) for v in (value["arrayValue"] or {}).get("values") or ()]
-        return tuple(v for v in items if v is not None and not isinstance(v, tuple))
-    if "bytesValue" in value:
-        return str(value["bytesValue"])
-    return None
-
-
-def _otlp_attributes(pairs: Iterable[Mapping[str, Any]]) -> dict[str, AttributeValue]:
-    result: dict[str, AttributeValue] = {}
-    for pair in pairs:
-        value = _otlp_value(pair.get("value") or {})
-        if value is not None:
-            result[str(pair["key"])] = value
-    return result

@@ -13,9 +13,12 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
+
+from openinference.semconv.resource import ResourceAttributes
 
 from geode.errors import TraceSourceError
+from geode.traces.otlp_json import iter_spans
 from geode.traces.records import SpanRecord, TraceRecord, group_traces
 from geode.traces.sources.base import TraceFilter, TraceWait, normalize_trace_id, poll_until_complete
 
@@ -24,19 +27,22 @@ __all__ = ["OtlpFileTraceSource", "iter_otlp_spans"]
 _SUFFIXES = (".jsonl", ".json", ".ndjson")
 
 
-def iter_otlp_spans(request: Mapping[str, Any]) -> Iterator[SpanRecord]:
+def iter_otlp_spans(request: Mapping[str, Any], *, project: str | None = None) -> Iterator[SpanRecord]:
     """The spans of one OTLP-JSON ``ExportTraceServiceRequest`` as records.
+
+    Args:
+        request: The decoded JSON request.
+        project: Only spans exported under this Phoenix project (the ``openinference.project.name``
+            resource attribute).
 
     Raises:
         TraceSourceError: The request or one of its spans is not valid OTLP-JSON.
     """
-    resource_spans = request.get("resourceSpans")
-    if not isinstance(resource_spans, list):
+    if not isinstance(request.get("resourceSpans"), list):
         raise TraceSourceError("not an OTLP-JSON export request: no 'resourceSpans' list")
-    for resource in cast(list[Mapping[str, Any]], resource_spans):
-        for scope in resource.get("scopeSpans") or ():
-            for span in scope.get("spans") or ():
-                yield SpanRecord.from_otlp_json(span)
+    for item in iter_spans(request):
+        if project is None or item.resource.get(ResourceAttributes.PROJECT_NAME) == project:
+            yield SpanRecord.from_otlp_json(item.span)
 
 
 @dataclass
@@ -53,6 +59,7 @@ class OtlpFileTraceSource:
     Args:
         path: One file, or a folder whose ``*.jsonl``/``*.json``/``*.ndjson`` files are all read (the
             runtime's ``traces`` folder).
+        project: Only spans exported under this Phoenix project; default: all.
 
     Example:
         >>> source = OtlpFileTraceSource(".geode/traces/spans.jsonl")
@@ -60,8 +67,9 @@ class OtlpFileTraceSource:
         'OTLP-JSON file .geode/traces/spans.jsonl'
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, project: str | None = None) -> None:
         self.path = Path(path)
+        self.project = project
         self._lock = threading.Lock()
         self._files: dict[Path, _FileState] = {}
 
@@ -69,7 +77,8 @@ class OtlpFileTraceSource:
     def description(self) -> str:
         """Where the traces come from."""
         kind = "folder" if self.path.is_dir() else "file"
-        return f"OTLP-JSON {kind} {self.path}"
+        scope = f", project {self.project!r}" if self.project is not None else ""
+        return f"OTLP-JSON {kind} {self.path}{scope}"
 
     @property
     def bad_lines(self) -> int:
@@ -169,7 +178,7 @@ class OtlpFileTraceSource:
             if not line.strip():
                 continue
             try:
-                spans = list(iter_otlp_spans(json.loads(line)))
+                spans = list(iter_otlp_spans(json.loads(line), project=self.project))
                 state.spans.extend(spans)
                 good += 1
             except (ValueError, TraceSourceError, AttributeError, TypeError):
@@ -180,11 +189,10 @@ class OtlpFileTraceSource:
             )
         state.offset += len(complete)
 
-    @staticmethod
-    def _parse_document(file: Path, state: _FileState, data: bytes) -> None:
+    def _parse_document(self, file: Path, state: _FileState, data: bytes) -> None:
         try:
             document = json.loads(data)
-            state.spans.extend(iter_otlp_spans(document))
+            state.spans.extend(iter_otlp_spans(document, project=self.project))
         except ValueError as err:
             raise TraceSourceError(
                 f"{file} is neither OTLP-JSON lines nor one OTLP-JSON document: {err}"
