@@ -287,9 +287,13 @@ def _build_grammar(response_format: Mapping[str, Any]) -> LlamaGrammar:
     converted = llama_response_format(response_format)
     assert converted is not None
     schema = converted.get("schema")
-    if schema is None:
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    return LlamaGrammar.from_string(json_schema_grammar(schema), verbose=False)
+    if schema is not None:
+        try:
+            return LlamaGrammar.from_string(json_schema_grammar(schema), verbose=False)
+        except UnsupportedFeatureError as exc:
+            # Any-JSON still beats free text for a small model; DSPy's own adapters degrade the same way.
+            logger.warning("constraining to any JSON instead of the output schema: %s", exc.message)
+    return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
 
 
 # -- request conversion ----------------------------------------------------------------------------
