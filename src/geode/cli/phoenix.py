@@ -22,14 +22,14 @@ def _print_running(console: Console, status: PhoenixStatus, *, configured_port: 
         f"  spans to   {status.collector_endpoint}"
         + (f"  (gRPC :{status.grpc_port})" if status.grpc_port else "")
     )
-    console.print(f"  data       {status.working_dir}")
+    console.print(f"  data       {status.working_dir or '(not started by geode: wherever it was started)'}")
     if status.managed:
         console.print(f"  log        {status.log_path}")
         console.print("  stop with  geode phoenix --stop")
     if not status.url.endswith(f":{configured_port}"):
         console.print(
-            f"  note: not on the configured port {configured_port}; `geode run` still finds it (through "
-            f"{status.working_dir}/phoenix.json), other tools need PHOENIX_COLLECTOR_ENDPOINT={status.url}"
+            f"  note: not on the configured port {configured_port}; to send spans here from elsewhere, "
+            f"set PHOENIX_COLLECTOR_ENDPOINT={status.url}"
         )
 
 
@@ -101,7 +101,8 @@ def phoenix(
             "started by geode, pid " + str(current.pid) if current.managed else "not started by geode"
         )
         console.print(f"Phoenix {current.version} is running at [bold]{current.url}[/]  ({current_is_ours})")
-        console.print(f"  data  {current.working_dir}")
+        if current.working_dir is not None:
+            console.print(f"  data  {current.working_dir}")
         return
 
     started = server.start(any_port=any_port, progress=True)

@@ -74,8 +74,8 @@ class PhoenixStatus:
     """The process Geode started, if it is alive."""
     grpc_port: int | None
     """OTLP/gRPC port of the process Geode started."""
-    working_dir: Path
-    """Where its SQLite database lives."""
+    working_dir: Path | None
+    """Where its SQLite database lives, when Geode started it (unknown otherwise)."""
     log_path: Path
     reused: bool = False
     """``start()`` found it already running and did not start another."""
@@ -199,7 +199,7 @@ class PhoenixServer:
             version=version,
             pid=state.pid if state else None,
             grpc_port=state.grpc_port if state else None,
-            working_dir=self.working_dir,
+            working_dir=self.working_dir if state else None,
             log_path=self.log_path,
         )
 
@@ -247,7 +247,7 @@ class PhoenixServer:
                 version=version,
                 pid=None,
                 grpc_port=None,
-                working_dir=self.working_dir,
+                working_dir=None,
                 log_path=self.log_path,
                 reused=True,
             )
