@@ -1,0 +1,137 @@
+"""Geode's DSPy instrumentation: every module, LM, tool, retrieval and evaluation call as a span.
+
+:func:`instrument` registers one :class:`GeodeCallback` (DSPy's public callback API) with DSPy's
+process-wide callbacks, so every DSPy program in the process is traced, and makes thread pools carry
+the trace context. :class:`~geode.runtime.runtime.Runtime` calls it for you; call it yourself to trace
+DSPy programs you run without a runtime.
+
+Example:
+    >>> import dspy, geode
+    >>> from geode.testing import ScriptedLM, in_memory_tracing
+    >>> provider, exporter = in_memory_tracing()
+    >>> geode.instrument(tracer_provider=provider)
+    >>> with dspy.context(lm=ScriptedLM([{"answer": "4"}])):
+    ...     _ = dspy.Predict("question -> answer")(question="2+2?")
+    >>> sorted(span.name for span in exporter.get_finished_spans())
+    ['Predict', 'scripted']
+    >>> geode.uninstrument()
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import TracerProvider
+
+from geode.runtime.instrumentation import _propagation
+from geode.runtime.instrumentation._callback import GeodeCallback
+
+__all__ = [
+    "GeodeCallback",
+    "active_callback",
+    "instrument",
+    "is_instrumented",
+    "uninstrument",
+    "with_callback",
+]
+
+logger = logging.getLogger("geode.instrumentation")
+
+_SCOPE = "geode"
+_lock = threading.Lock()
+_callback: GeodeCallback | None = None
+_provider: TracerProvider | None = None
+
+
+def _dspy_config() -> Any:
+    # DSPy's process-wide settings dict. Writing it directly (instead of `dspy.configure`) keeps
+    # instrumentation from claiming DSPy's "configure owner" thread, which would make the
+    # application's own later `dspy.configure` call fail from any other thread.
+    return importlib.import_module("dspy.dsp.utils.settings").main_thread_config
+
+
+def _register(callback: GeodeCallback) -> None:
+    config = _dspy_config()
+    current = [cb for cb in (config.get("callbacks") or []) if not isinstance(cb, GeodeCallback)]
+    config["callbacks"] = [*current, callback]
+
+
+def _unregister() -> None:
+    config = _dspy_config()
+    config["callbacks"] = [cb for cb in (config.get("callbacks") or []) if not isinstance(cb, GeodeCallback)]
+
+
+def _warn_if_openinference_dspy_active() -> None:
+    try:
+        from openinference.instrumentation.dspy import DSPyInstrumentor
+    except ImportError:
+        return
+    try:
+        active = bool(DSPyInstrumentor().is_instrumented_by_opentelemetry)
+    except Exception:
+        return
+    if active:
+        logger.warning(
+            "openinference-instrumentation-dspy is also instrumenting DSPy: every call will be traced "
+            "twice; call DSPyInstrumentor().uninstrument() to keep only Geode's spans"
+        )
+
+
+def instrument(tracer_provider: TracerProvider | None = None) -> None:
+    """Trace every DSPy program in this process (idempotent).
+
+    Args:
+        tracer_provider: Where spans go; default: OpenTelemetry's global tracer provider. Calling
+            again with another provider moves instrumentation to it.
+    """
+    global _callback, _provider
+    provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+    with _lock:
+        from geode import __version__
+
+        if _callback is None:
+            _callback = GeodeCallback(provider.get_tracer(_SCOPE, __version__))
+            _warn_if_openinference_dspy_active()
+        elif provider is not _provider:
+            _callback.tracer = provider.get_tracer(_SCOPE, __version__)
+        _provider = provider
+        _register(_callback)
+        _propagation.install()
+
+
+def uninstrument() -> None:
+    """Stop tracing DSPy programs and restore thread pools (idempotent)."""
+    global _callback, _provider
+    with _lock:
+        _unregister()
+        _propagation.uninstall()
+        _callback = None
+        _provider = None
+
+
+def is_instrumented() -> bool:
+    """Whether :func:`instrument` is in effect."""
+    return _callback is not None
+
+
+def active_callback() -> GeodeCallback | None:
+    """The registered callback, if instrumented."""
+    return _callback
+
+
+def with_callback(callbacks: Sequence[Any] | None) -> list[Any]:
+    """``callbacks`` plus Geode's callback when instrumented and missing.
+
+    ``dspy.context(callbacks=[...])`` replaces DSPy's process-wide callbacks for its block; the runtime
+    passes its per-call callbacks through this so Geode's spans survive such overrides.
+    """
+    result = list(callbacks or [])
+    callback = _callback
+    if callback is not None and not any(cb is callback for cb in result):
+        result.append(callback)
+    return result

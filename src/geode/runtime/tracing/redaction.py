@@ -1,0 +1,256 @@
+"""Redaction and truncation of finished spans, applied on the export path before anything leaves.
+
+OpenInference's own masking (``TraceConfig``) hides ``input.value``/``output.value`` and LLM messages,
+but not retrieved documents or exception messages, and it never matches secrets inside values.
+:class:`SpanRedactor` does all of that, plus truncation of oversized strings, on a finished
+``ReadableSpan``; it runs on the export worker thread, never on the application's.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.trace.status import Status
+
+from geode.errors import ConfigError
+from geode.traces.vocab import GeodeAttributes, SpanAttributes
+
+__all__ = ["HIDDEN", "REDACTED", "SECRET_PATTERNS", "SpanRedactor"]
+
+HIDDEN: Final = "__REDACTED__"
+"""Replaces a whole value hidden by ``hide_inputs``/``hide_outputs``/``hide_messages`` (OpenInference's
+marker, so Phoenix users recognise it)."""
+REDACTED: Final = "[REDACTED]"
+"""Replaces each match of a secret pattern inside a value."""
+
+SECRET_PATTERNS: Final[tuple[str, ...]] = (
+    r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?(?:-----END [A-Z ]*PRIVATE KEY-----|\Z)",
+    r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",  # JWT
+    r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}",  # OpenAI / Anthropic / Stripe-style keys
+    r"\bAKIA[0-9A-Z]{16}\b",  # AWS access key id
+    r"\bgh[pousr]_[A-Za-z0-9]{20,}\b",  # GitHub tokens
+    r"\bgithub_pat_[A-Za-z0-9_]{20,}",
+    r"\bxox[abposr]-[A-Za-z0-9-]{10,}",  # Slack tokens
+    r"\bAIza[0-9A-Za-z_-]{30,}",  # Google API keys
+    r"\bhf_[A-Za-z0-9]{30,}",  # Hugging Face tokens
+    r"\b(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}",
+    r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)",  # user:password in URLs
+)
+"""Secret shapes that are always redacted, whatever the settings say."""
+
+_INPUT = SpanAttributes.INPUT_VALUE
+_OUTPUT = SpanAttributes.OUTPUT_VALUE
+_INPUT_MIME = SpanAttributes.INPUT_MIME_TYPE
+_OUTPUT_MIME = SpanAttributes.OUTPUT_MIME_TYPE
+_KIND = SpanAttributes.OPENINFERENCE_SPAN_KIND
+_IN_MESSAGES = SpanAttributes.LLM_INPUT_MESSAGES + "."
+_OUT_MESSAGES = SpanAttributes.LLM_OUTPUT_MESSAGES + "."
+_DOCUMENTS = SpanAttributes.RETRIEVAL_DOCUMENTS + "."
+# Parts of a message that say what it is rather than what it contains stay visible when hidden.
+_MESSAGE_SHAPE_SUFFIXES = (
+    ".message.role",
+    ".tool_call.function.name",
+    ".message_content.type",
+    ".message.name",
+)
+_DOCUMENT_CONTENT_SUFFIXES = (".document.content", ".document.metadata")
+_INPUT_LIKE = frozenset({_INPUT, SpanAttributes.LLM_PROMPT_TEMPLATE_VARIABLES, SpanAttributes.LLM_PROMPTS})
+_EXCEPTION_MESSAGE = "exception.message"
+_EXCEPTION_STACKTRACE = "exception.stacktrace"
+
+
+def _compile(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:
+    compiled: list[re.Pattern[str]] = [re.compile("|".join(f"(?:{p})" for p in SECRET_PATTERNS))]
+    for pattern in patterns:
+        try:
+            # Compiled one by one: a user pattern may carry global flags such as (?i).
+            compiled.append(re.compile(pattern))
+        except re.error as err:
+            raise ConfigError(
+                f"tracing redact pattern {pattern!r} is not a valid regular expression: {err}",
+                hint="fix GEODE_TRACING_REDACT_PATTERNS",
+            ) from err
+    return tuple(compiled)
+
+
+@dataclass
+class _Outcome:
+    redacted: bool = False
+    truncated: bool = False
+
+
+class SpanRedactor:
+    """Hides, redacts and truncates the attributes, events and status of finished spans.
+
+    Args:
+        hide_inputs: Hide ``input.value``, LLM input messages and prompt variables.
+        hide_outputs: Hide ``output.value``, LLM output messages and retrieved documents' content
+            and metadata.
+        hide_messages: Hide LLM input and output messages (and the LLM span's input/output value,
+            which repeat them).
+        patterns: Extra regular expressions to redact, on top of :data:`SECRET_PATTERNS`.
+        max_attribute_length: Longer strings are cut to this many characters (marker included).
+
+    Hiding inputs or outputs also hides exception messages (they routinely quote the values that
+    caused them); secret patterns apply to every string, exception messages and stack traces included.
+
+    Example:
+        >>> SpanRedactor().clean_text("key=sk-abcdefghijklmnopqrstu")
+        'key=[REDACTED]'
+    """
+
+    def __init__(
+        self,
+        *,
+        hide_inputs: bool = False,
+        hide_outputs: bool = False,
+        hide_messages: bool = False,
+        patterns: Sequence[str] = (),
+        max_attribute_length: int = 32_000,
+    ) -> None:
+        if max_attribute_length < 32:
+            raise ConfigError(f"max_attribute_length must be at least 32, got {max_attribute_length}")
+        self.hide_inputs = hide_inputs
+        self.hide_outputs = hide_outputs
+        self.hide_messages = hide_messages
+        self.max_attribute_length = max_attribute_length
+        self._patterns = _compile(patterns)
+        self._hide_exceptions = hide_inputs or hide_outputs
+        self._hidden_cache: dict[tuple[str, bool], bool] = {}
+
+    # -- values --------------------------------------------------------------------------------
+
+    def clean_text(self, text: str, outcome: _Outcome | None = None) -> str:
+        """Redact secret patterns in one string, then truncate it to the limit."""
+        for pattern in self._patterns:
+            cleaned, count = pattern.subn(REDACTED, text)
+            if count:
+                text = cleaned
+                if outcome is not None:
+                    outcome.redacted = True
+        limit = self.max_attribute_length
+        if len(text) > limit:
+            marker = f"…[truncated {len(text) - limit} chars]"
+            text = text[: max(limit - len(marker), 0)] + marker
+            if outcome is not None:
+                outcome.truncated = True
+        return text
+
+    def _clean_value(self, value: Any, outcome: _Outcome) -> Any:
+        if isinstance(value, str):
+            return self.clean_text(value, outcome)
+        if isinstance(value, tuple | list) and value and isinstance(value[0], str):
+            return tuple(self.clean_text(v, outcome) if isinstance(v, str) else v for v in value)
+        return value
+
+    def _is_hidden(self, key: str, is_llm: bool) -> bool:
+        cached = self._hidden_cache.get((key, is_llm))
+        if cached is not None:
+            return cached
+        hidden = False
+        if key in _INPUT_LIKE:
+            hidden = self.hide_inputs or (is_llm and self.hide_messages and key == _INPUT)
+        elif key == _OUTPUT:
+            hidden = self.hide_outputs or (is_llm and self.hide_messages)
+        elif key.startswith(_IN_MESSAGES):
+            hidden = (self.hide_inputs or self.hide_messages) and not key.endswith(_MESSAGE_SHAPE_SUFFIXES)
+        elif key.startswith(_OUT_MESSAGES):
+            hidden = (self.hide_outputs or self.hide_messages) and not key.endswith(_MESSAGE_SHAPE_SUFFIXES)
+        elif key.startswith(_DOCUMENTS):
+            hidden = self.hide_outputs and key.endswith(_DOCUMENT_CONTENT_SUFFIXES)
+        if len(self._hidden_cache) < 4096:
+            self._hidden_cache[(key, is_llm)] = hidden
+        return hidden
+
+    def _clean_attributes(self, attributes: Mapping[str, Any], outcome: _Outcome) -> dict[str, Any]:
+        is_llm = attributes.get(_KIND) == "LLM"
+        cleaned: dict[str, Any] = {}
+        for key, value in attributes.items():
+            if self._is_hidden(key, is_llm):
+                cleaned[key] = HIDDEN
+                outcome.redacted = True
+                continue
+            before = outcome.truncated
+            cleaned[key] = self._clean_value(value, outcome)
+            # A cut JSON document is no longer JSON; tell Phoenix to show it as text.
+            if outcome.truncated and not before and key in (_INPUT, _OUTPUT):
+                cleaned[_INPUT_MIME if key == _INPUT else _OUTPUT_MIME] = "text/plain"
+        return cleaned
+
+    def _clean_exception_text(self, text: str, message: str | None, outcome: _Outcome) -> str:
+        if self._hide_exceptions and message:
+            text = text.replace(message, HIDDEN)
+            outcome.redacted = True
+        return self.clean_text(text, outcome)
+
+    def _clean_event(self, event: Event, outcome: _Outcome) -> Event:
+        attributes = event.attributes or {}
+        if event.name != "exception":
+            cleaned = {k: self._clean_value(v, outcome) for k, v in attributes.items()}
+        else:
+            message = attributes.get(_EXCEPTION_MESSAGE)
+            message = message if isinstance(message, str) else None
+            cleaned = {}
+            for key, value in attributes.items():
+                if key in (_EXCEPTION_MESSAGE, _EXCEPTION_STACKTRACE) and isinstance(value, str):
+                    cleaned[key] = self._clean_exception_text(value, message, outcome)
+                else:
+                    cleaned[key] = self._clean_value(value, outcome)
+        return Event(event.name, cleaned, timestamp=event.timestamp, limit=None)
+
+    def _exception_messages(self, span: ReadableSpan) -> list[str]:
+        messages: list[str] = []
+        for event in span.events:
+            if event.name == "exception" and event.attributes:
+                message = event.attributes.get(_EXCEPTION_MESSAGE)
+                if isinstance(message, str) and message:
+                    messages.append(message)
+        return messages
+
+    # -- spans ---------------------------------------------------------------------------------
+
+    def redact(self, span: ReadableSpan) -> ReadableSpan:
+        """Return ``span`` with hidden values replaced, secrets redacted and long strings truncated.
+
+        The span is returned unchanged (the same object) when nothing applies; otherwise the copy
+        carries ``geode.redacted`` and/or ``geode.truncated``.
+        """
+        outcome = _Outcome()
+        attributes = self._clean_attributes(span.attributes or {}, outcome)
+        events = [self._clean_event(event, outcome) for event in span.events]
+        status = span.status
+        description = status.description
+        if description:
+            cleaned = description
+            if self._hide_exceptions:
+                for message in self._exception_messages(span):
+                    if message in cleaned:
+                        cleaned = cleaned.replace(message, HIDDEN)
+                        outcome.redacted = True
+            cleaned = self.clean_text(cleaned, outcome)
+            if cleaned != description:
+                status = Status(status.status_code, cleaned)
+        if not (outcome.redacted or outcome.truncated):
+            return span
+        if outcome.redacted:
+            attributes[GeodeAttributes.REDACTED] = True
+        if outcome.truncated:
+            attributes[GeodeAttributes.TRUNCATED] = True
+        return ReadableSpan(
+            name=span.name,
+            context=span.get_span_context(),
+            parent=span.parent,
+            resource=span.resource,
+            attributes=attributes,
+            events=events,
+            links=span.links,
+            kind=span.kind,
+            status=status,
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
