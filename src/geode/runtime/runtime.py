@@ -19,6 +19,7 @@ from dspy.utils.exceptions import LMError as DSPyLMError
 
 from geode.errors import InputError, LMError, OutputParseError
 from geode.runtime.programs import ProgramRef, ResolvedProgram, resolve
+from geode.runtime.registry import ActivePrograms, ProgramRegistry, ServedProgram
 from geode.runtime.settings import Settings
 from geode.traces.context import RunIdentity, run_identity
 
@@ -58,6 +59,7 @@ class Runtime:
         lm: Use this LM instead of building one from ``settings.lm``.
         adapter: Use this adapter; default: ``JSONAdapter`` for the embedded model (its output is
             schema-constrained), DSPy's default otherwise.
+        registry: Use this program registry; default: one under ``settings.programs_dir``.
 
     Example:
         >>> import dspy, geode
@@ -73,8 +75,11 @@ class Runtime:
         *,
         lm: dspy.BaseLM | None = None,
         adapter: dspy.Adapter | None = None,
+        registry: ProgramRegistry | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
+        self._registry = registry
+        self._active: ActivePrograms | None = None
         self._lm = lm
         self._adapter = adapter
         self._lock = threading.Lock()
@@ -117,6 +122,32 @@ class Runtime:
         with self._lock:
             return self._programs.setdefault(program, resolved)
 
+    @property
+    def registry(self) -> ProgramRegistry:
+        """The program registry: versions, the active pointer, promotion and rollback."""
+        if self._registry is None:
+            with self._lock:
+                if self._registry is None:
+                    self._registry = ProgramRegistry(self.settings.programs_dir)
+        return self._registry
+
+    def serve(self, program: ProgramRef) -> ServedProgram:
+        """The module that answers for ``program`` and its version.
+
+        A string reference whose program has an active version in the registry is served from that
+        version's state (loaded into a copy of the module, reloaded when the active pointer changes;
+        if it fails to load, the version served before keeps serving). A ``dspy.Module`` passed
+        directly is served as given.
+        """
+        resolved = self.resolve(program)
+        if not isinstance(program, str):
+            return ServedProgram(resolved.name, resolved.module, None)
+        if self._active is None:
+            with self._lock:
+                if self._active is None:
+                    self._active = ActivePrograms(self.registry)
+        return self._active.get(resolved)
+
     def _identity(
         self,
         resolved: ResolvedProgram,
@@ -125,10 +156,11 @@ class Runtime:
         user_id: str | None,
         metadata: Mapping[str, Any] | None,
         tags: Sequence[str] | None,
+        version: str | None = None,
     ) -> RunIdentity:
         return RunIdentity(
             program=resolved.name,
-            version=None,
+            version=version,
             session_id=session_id,
             user_id=user_id,
             metadata=dict(metadata or {}),
@@ -174,11 +206,17 @@ class Runtime:
         """
         resolved = self.resolve(program)
         self._check_inputs(resolved, inputs)
+        served = self.serve(program)
         identity = self._identity(
-            resolved, session_id=session_id, user_id=user_id, metadata=metadata, tags=tags
+            resolved,
+            session_id=session_id,
+            user_id=user_id,
+            metadata=metadata,
+            tags=tags,
+            version=served.version,
         )
         with run_identity(identity), self.context(), _translate_errors(self, resolved):
-            return resolved.module(**inputs)
+            return served.module(**inputs)
 
     async def arun(
         self,
@@ -194,11 +232,17 @@ class Runtime:
         """Async :meth:`run`: awaits the program's ``acall`` under its own ``dspy.context``."""
         resolved = self.resolve(program)
         self._check_inputs(resolved, inputs)
+        served = self.serve(program)
         identity = self._identity(
-            resolved, session_id=session_id, user_id=user_id, metadata=metadata, tags=tags
+            resolved,
+            session_id=session_id,
+            user_id=user_id,
+            metadata=metadata,
+            tags=tags,
+            version=served.version,
         )
         with run_identity(identity), self.context(), _translate_errors(self, resolved):
-            return await resolved.module.acall(**inputs)
+            return await served.module.acall(**inputs)
 
     def close(self) -> None:
         """Flush telemetry (bounded by a deadline) and release the store."""

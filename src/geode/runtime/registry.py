@@ -1,0 +1,1055 @@
+"""The program registry: compiled program versions as JSON, an active pointer, promotion and rollback.
+
+Layout under ``settings.programs_dir`` (``<home>/programs``)::
+
+    <program>/versions/<version>.json   one file per version: a metadata header and the DSPy state
+    <program>/active.json               the active version, the rollback history and an event log
+
+A version id is the first 16 hex digits of the SHA-256 of the program's canonical JSON state
+(``module.dump_state()``), so the same compiled state always gets the same id. Each version file
+also carries a checksum over its whole content: a file edited by hand, cut short or corrupted is
+refused on load (``ProgramLoadError``) with the reason. Pickle is never read, whatever the file is
+called. The checksum detects accidents and casual edits; anyone who can write the folder can also
+write a consistent file, so protect the folder like code.
+
+The active pointer is replaced atomically (temp file + ``os.replace``), so readers see the old or the
+new pointer, never half of one. Promotion is gated: a candidate must beat the active version by a
+margin on the same held-out data unless forced. When the active version cannot be loaded, the
+runtime keeps serving what it served before (see :class:`ActivePrograms`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import re
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from geode.errors import ProgramLoadError, VersionError
+from geode.runtime.programs import ResolvedProgram
+
+__all__ = [
+    "ActivePrograms",
+    "ProgramRegistry",
+    "PromotionEvent",
+    "Score",
+    "ServedProgram",
+    "VersionInfo",
+    "is_pickle",
+    "program_version",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "geode.program-version"
+FORMAT_VERSION = 1
+POINTER_FORMAT = "geode.program-pointer"
+MAX_FILE_BYTES = 64 * 1024 * 1024
+"""Version files larger than this are refused (a compiled DSPy state is kilobytes to a few megabytes)."""
+
+_VERSION_KEYS = frozenset({"format", "format_version", "version", "checksum", "metadata", "state"})
+_METADATA_KEYS = frozenset(
+    {
+        "program",
+        "parent",
+        "created_at",
+        "dataset_id",
+        "metric",
+        "scores",
+        "optimizer",
+        "optimizer_settings",
+        "dependency_versions",
+        "predictors",
+        "demos",
+        "note",
+    }
+)
+_SCORE_KEYS = frozenset(
+    {"dataset_id", "metric", "score", "n", "split", "source_dataset_id", "model", "measured_at"}
+)
+_POINTER_KEYS = frozenset({"format", "format_version", "program", "active", "history", "events"})
+_PICKLE_SUFFIXES = frozenset({".pkl", ".pickle", ".pck", ".cloudpickle"})
+_VERSION_RE = re.compile(r"^[0-9a-f]{16}$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+# -- hashing and files ----------------------------------------------------------------------------
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
+
+
+def _state_of(module: dspy.Module) -> dict[str, Any]:
+    state = module.dump_state()
+    try:
+        # Round-trip through JSON: what is hashed is exactly what is stored and later loaded.
+        return json.loads(_canonical(state))
+    except (TypeError, ValueError) as err:
+        raise ProgramLoadError(
+            f"cannot version {type(module).__name__}: its state is not JSON-serializable ({err})",
+            hint="Geode stores program state as JSON only; keep demos and signatures to JSON values",
+        ) from err
+
+
+def program_version(module: dspy.Module) -> str:
+    """The version id of a program's current state: 16 hex digits of the SHA-256 of its canonical JSON."""
+    return _sha256(_canonical(_state_of(module)))[:16]
+
+
+def _checksum(version: str, metadata: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    return _sha256(_canonical({"version": version, "metadata": metadata, "state": state}))
+
+
+def is_pickle(path: Path, head: bytes | None = None) -> bool:
+    """Whether a file is (or claims to be) a pickle: by suffix, or by the pickle protocol's magic bytes."""
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        return True
+    if head is None:
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(2)
+        except OSError:
+            return False
+    # Protocols 2-5 start with PROTO (0x80) and the protocol number.
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _pickle_error(path: Path) -> ProgramLoadError:
+    return ProgramLoadError(
+        f"{str(path)!r} is a pickle file; Geode never loads pickle (unpickling can run arbitrary code)",
+        hint="save program state as JSON (module.save('program.json') or geode compile) and import that",
+    )
+
+
+def _read_json_file(path: Path) -> Any:
+    if is_pickle(path):
+        raise _pickle_error(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError as err:
+        raise ProgramLoadError(f"program file {str(path)!r} does not exist") from err
+    if size > MAX_FILE_BYTES:
+        raise ProgramLoadError(
+            f"{str(path)!r} is {size} bytes, over the {MAX_FILE_BYTES}-byte limit for program files"
+        )
+    data = path.read_bytes()
+    if is_pickle(path, data[:2]):
+        raise _pickle_error(path)
+    if not data.strip():
+        raise ProgramLoadError(
+            f"{str(path)!r} is empty", hint="the file was truncated; roll back or re-save it"
+        )
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ProgramLoadError(
+            f"{str(path)!r} is not UTF-8 JSON (byte {err.start}); is it a program file?"
+        ) from err
+    except json.JSONDecodeError as err:
+        raise ProgramLoadError(
+            f"{str(path)!r} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+            "the file is corrupt or truncated",
+            hint="roll back to another version, or re-save this one",
+        ) from err
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _dependency_versions() -> dict[str, str]:
+    versions = {"python": f"{sys.version_info.major}.{sys.version_info.minor}.{sys.version_info.micro}"}
+    for dist in ("geode", "dspy", "litellm", "gepa", "optuna"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[dist] = importlib.metadata.version(dist)
+    return versions
+
+
+def _predictors(module: dspy.Module) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, predictor in module.named_predictors():
+        signature = getattr(predictor, "signature", None)
+        if signature is None:
+            out[name] = type(predictor).__name__
+            continue
+        ins = ", ".join(signature.input_fields)
+        outs = ", ".join(signature.output_fields)
+        out[name] = f"{ins} -> {outs}"
+    return out
+
+
+# -- records --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Score:
+    """A version's score with one metric on one dataset (usually a held-out split)."""
+
+    dataset_id: str
+    """The id of the exact examples scored (the held-out split's own content id)."""
+    metric: str
+    score: float
+    """Mean metric value in ``[0, 1]``."""
+    n: int
+    split: str = "heldout"
+    source_dataset_id: str | None = None
+    """The dataset the split was cut from."""
+    model: str | None = None
+    measured_at: str = field(default_factory=_now)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON data."""
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, obj: Any, where: str) -> Score:
+        """Validate a score entry of a version file."""
+        if not isinstance(obj, dict):
+            raise ProgramLoadError(f"{where}: a score must be a JSON object")
+        unknown = sorted(set(obj) - _SCORE_KEYS)
+        if unknown:
+            raise ProgramLoadError(f"{where}: unknown score field(s) {', '.join(map(repr, unknown))}")
+        try:
+            score = obj["score"]
+            if isinstance(score, bool) or not isinstance(score, int | float):
+                raise TypeError("score")
+            return cls(
+                dataset_id=str(obj["dataset_id"]),
+                metric=str(obj["metric"]),
+                score=float(score),
+                n=int(obj["n"]),
+                split=str(obj.get("split", "heldout")),
+                source_dataset_id=obj.get("source_dataset_id"),
+                model=obj.get("model"),
+                measured_at=str(obj.get("measured_at", "")),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ProgramLoadError(f"{where}: malformed score entry ({err})") from err
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A stored program version's metadata (not its state)."""
+
+    program: str
+    version: str
+    parent: str | None
+    created_at: str
+    dataset_id: str | None
+    metric: str | None
+    scores: tuple[Score, ...]
+    optimizer: str | None
+    optimizer_settings: Mapping[str, Any]
+    dependency_versions: Mapping[str, str]
+    predictors: Mapping[str, str]
+    demos: int
+    note: str | None
+    path: Path
+
+    def score_on(self, dataset_id: str, metric: str) -> Score | None:
+        """The latest score on exactly these examples with this metric."""
+        matches = [s for s in self.scores if s.dataset_id == dataset_id and s.metric == metric]
+        return matches[-1] if matches else None
+
+    @property
+    def heldout_score(self) -> Score | None:
+        """The latest held-out score, if any."""
+        held = [s for s in self.scores if s.split == "heldout"]
+        return held[-1] if held else None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON data (without the path)."""
+        return {
+            "program": self.program,
+            "version": self.version,
+            "parent": self.parent,
+            "created_at": self.created_at,
+            "dataset_id": self.dataset_id,
+            "metric": self.metric,
+            "scores": [s.to_json() for s in self.scores],
+            "optimizer": self.optimizer,
+            "optimizer_settings": dict(self.optimizer_settings),
+            "dependency_versions": dict(self.dependency_versions),
+            "predictors": dict(self.predictors),
+            "demos": self.demos,
+            "note": self.note,
+        }
+
+
+@dataclass(frozen=True)
+class PromotionEvent:
+    """One change of the active pointer."""
+
+    action: str
+    """``promote`` or ``rollback``."""
+    version: str | None
+    """The version that became active (``None``: the unversioned base program)."""
+    previous: str | None
+    at: str
+    forced: bool = False
+    candidate_score: float | None = None
+    active_score: float | None = None
+    margin: float | None = None
+    reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON data."""
+        return dict(self.__dict__)
+
+
+def _metadata_from_json(meta: Any, where: str) -> dict[str, Any]:
+    if not isinstance(meta, dict):
+        raise ProgramLoadError(f"{where}: 'metadata' must be a JSON object")
+    unknown = sorted(set(meta) - _METADATA_KEYS)
+    if unknown:
+        raise ProgramLoadError(
+            f"{where}: unknown metadata field(s) {', '.join(map(repr, unknown))}",
+            hint="the file was not written by this Geode, or was edited; roll back or re-save it",
+        )
+    if not isinstance(meta.get("program"), str):
+        raise ProgramLoadError(f"{where}: metadata.program must be the program's name")
+    for key in ("optimizer_settings", "dependency_versions", "predictors"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise ProgramLoadError(f"{where}: metadata.{key} must be a JSON object")
+    if not isinstance(meta.get("scores", []), list):
+        raise ProgramLoadError(f"{where}: metadata.scores must be a list")
+    return meta
+
+
+def _info(version: str, meta: Mapping[str, Any], path: Path) -> VersionInfo:
+    where = str(path)
+    try:
+        return _build_info(version, meta, path, where)
+    except (TypeError, ValueError) as err:
+        raise ProgramLoadError(f"{where}: malformed metadata ({err})") from err
+
+
+def _build_info(version: str, meta: Mapping[str, Any], path: Path, where: str) -> VersionInfo:
+    return VersionInfo(
+        program=str(meta["program"]),
+        version=version,
+        parent=meta.get("parent"),
+        created_at=str(meta.get("created_at", "")),
+        dataset_id=meta.get("dataset_id"),
+        metric=meta.get("metric"),
+        scores=tuple(Score.from_json(s, where) for s in meta.get("scores", [])),
+        optimizer=meta.get("optimizer"),
+        optimizer_settings=dict(meta.get("optimizer_settings", {})),
+        dependency_versions=dict(meta.get("dependency_versions", {})),
+        predictors=dict(meta.get("predictors", {})),
+        demos=int(meta.get("demos", 0) or 0),
+        note=meta.get("note"),
+        path=path,
+    )
+
+
+def _check_state_shape(state: Any, where: str) -> dict[str, Any]:
+    if not isinstance(state, dict) or not state:
+        raise ProgramLoadError(f"{where}: 'state' must be a non-empty JSON object of predictor states")
+    for name, pstate in state.items():
+        if not isinstance(pstate, dict):
+            raise ProgramLoadError(f"{where}: the state of predictor {name!r} must be a JSON object")
+        demos = pstate.get("demos", [])
+        if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
+            raise ProgramLoadError(f"{where}: demos of predictor {name!r} must be a list of JSON objects")
+        signature = pstate.get("signature")
+        if signature is not None and (
+            not isinstance(signature, dict)
+            or not isinstance(signature.get("instructions"), str)
+            or not isinstance(signature.get("fields"), list)
+        ):
+            raise ProgramLoadError(f"{where}: the signature state of predictor {name!r} is malformed")
+    return state
+
+
+def _check_against(module: dspy.Module, state: Mapping[str, Any], where: str) -> None:
+    """Refuse a state that does not fit the program: other predictors, other fields, unknown keys."""
+    expected = module.dump_state()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise ProgramLoadError(
+            f"{where}: the saved state does not fit {type(module).__name__}: "
+            + "; ".join(
+                part
+                for part in (
+                    f"missing predictor(s) {', '.join(missing)}" if missing else "",
+                    f"unknown predictor(s) {', '.join(extra)}" if extra else "",
+                )
+                if part
+            ),
+            hint="the program's structure changed since this version was compiled; recompile it",
+        )
+    for name, fresh in expected.items():
+        saved = state[name]
+        allowed = set(fresh) | (
+            {"fields", "lm"} if isinstance(fresh, dict) and "signature" in fresh else set()
+        )
+        unknown = sorted(set(saved) - allowed)
+        if unknown:
+            raise ProgramLoadError(
+                f"{where}: predictor {name!r} has unknown state field(s) {', '.join(map(repr, unknown))}",
+                hint="the file was edited or written by something else; roll back or re-save it",
+            )
+        fresh_sig = fresh.get("signature") if isinstance(fresh, dict) else None
+        saved_sig = saved.get("signature")
+        if isinstance(fresh_sig, dict) and isinstance(saved_sig, dict):
+            if len(fresh_sig.get("fields", [])) != len(saved_sig.get("fields", [])):
+                raise ProgramLoadError(
+                    f"{where}: predictor {name!r} was saved with {len(saved_sig.get('fields', []))} signature "
+                    f"fields, the program has {len(fresh_sig.get('fields', []))}",
+                    hint="the program's signature changed since this version was compiled; recompile it",
+                )
+
+
+# -- the registry ---------------------------------------------------------------------------------
+
+
+class ProgramRegistry:
+    """Versions of compiled programs, stored as JSON under ``root``.
+
+    Args:
+        root: The registry folder (``settings.programs_dir``).
+
+    Example:
+        >>> reg = ProgramRegistry(tmp_path / "programs")  # doctest: +SKIP
+        >>> info = reg.save("qa", compiled, dataset_id=ds.id, metric="exact_match")  # doctest: +SKIP
+        >>> reg.promote("qa", info.version, candidate_score=0.8, active_score=0.6)  # doctest: +SKIP
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._thread_lock = threading.RLock()
+
+    # -- paths ---------------------------------------------------------------------------------
+
+    def program_dir(self, name: str) -> Path:
+        """The folder of one program (names that are not filename-safe get a slug plus a hash)."""
+        if not name:
+            raise VersionError("a program name is required")
+        if _SAFE_NAME.match(name):
+            return self.root / name
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:60] or "program"
+        return self.root / f"{slug}-{_sha256(name)[:8]}"
+
+    def _versions_dir(self, name: str) -> Path:
+        return self.program_dir(name) / "versions"
+
+    def _pointer_path(self, name: str) -> Path:
+        return self.program_dir(name) / "active.json"
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[None]:
+        # One writer at a time per program: a thread lock here, an advisory file lock across processes.
+        folder = self.program_dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        with self._thread_lock, (folder / ".lock").open("a") as fh:
+            try:
+                import fcntl
+
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            except ImportError:  # not POSIX: the thread lock still serialises this process
+                pass
+            yield
+
+    # -- versions ------------------------------------------------------------------------------
+
+    def programs(self) -> list[str]:
+        """Names of programs with at least one stored version or an active pointer."""
+        if not self.root.is_dir():
+            return []
+        names: list[str] = []
+        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            name = self._name_in(folder)
+            if name:
+                names.append(name)
+        return names
+
+    def _name_in(self, folder: Path) -> str | None:
+        pointer = folder / "active.json"
+        with contextlib.suppress(ProgramLoadError, OSError):
+            if pointer.is_file():
+                data = _read_json_file(pointer)
+                if isinstance(data, dict) and isinstance(data.get("program"), str):
+                    return data["program"]
+        for path in sorted((folder / "versions").glob("*.json")):
+            with contextlib.suppress(ProgramLoadError, OSError):
+                data = _read_json_file(path)
+                meta = data.get("metadata") if isinstance(data, dict) else None
+                if isinstance(meta, dict) and isinstance(meta.get("program"), str):
+                    return meta["program"]
+        return None
+
+    def save(
+        self,
+        name: str,
+        module: dspy.Module,
+        *,
+        parent: str | None = None,
+        dataset_id: str | None = None,
+        metric: str | None = None,
+        scores: Sequence[Score] = (),
+        optimizer: str | None = None,
+        optimizer_settings: Mapping[str, Any] | None = None,
+        note: str | None = None,
+    ) -> VersionInfo:
+        """Store a program's current state as a version (idempotent: the same state is the same version).
+
+        Saving a state that is already stored keeps its original metadata and adds any new scores.
+
+        Returns:
+            The stored version's metadata.
+        """
+        state = _state_of(module)
+        version = _sha256(_canonical(state))[:16]
+        path = self._versions_dir(name) / f"{version}.json"
+        with self._locked(name):
+            info = None
+            if path.exists():
+                try:
+                    info, _ = self._load(name, version)
+                except ProgramLoadError as err:  # a damaged copy of this very state: rewrite it whole
+                    logger.warning("program %r: rewriting damaged version file %s (%s)", name, path, err)
+            if info is not None:
+                merged = list(info.scores)
+                for s in scores:
+                    if not any(_same_score(s, old) for old in merged):
+                        merged.append(s)
+                meta = info.to_json()
+                meta["scores"] = [s.to_json() for s in merged]
+                if meta.get("parent") is None and parent is not None and parent != version:
+                    meta["parent"] = parent
+            else:
+                meta = {
+                    "program": name,
+                    "parent": parent if parent != version else None,
+                    "created_at": _now(),
+                    "dataset_id": dataset_id,
+                    "metric": metric,
+                    "scores": [s.to_json() for s in scores],
+                    "optimizer": optimizer,
+                    "optimizer_settings": dict(optimizer_settings or {}),
+                    "dependency_versions": _dependency_versions(),
+                    "predictors": _predictors(module),
+                    "demos": sum(len(getattr(p, "demos", []) or []) for _, p in module.named_predictors()),
+                    "note": note,
+                }
+            self._write_version(path, version, meta, state)
+        return _info(version, meta, path)
+
+    def _write_version(
+        self, path: Path, version: str, meta: Mapping[str, Any], state: Mapping[str, Any]
+    ) -> None:
+        doc = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "version": version,
+            "checksum": _checksum(version, meta, state),
+            "metadata": meta,
+            "state": state,
+        }
+        _atomic_write(
+            path, json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+        )
+
+    def add_score(self, name: str, version: str, score: Score) -> VersionInfo:
+        """Record another score on a stored version (its state and id do not change)."""
+        with self._locked(name):
+            info, state = self._load(name, version)
+            meta = info.to_json()
+            if not any(_same_score(score, old) for old in info.scores):
+                meta["scores"] = [*meta["scores"], score.to_json()]
+                self._write_version(info.path, info.version, meta, state)
+        return _info(info.version, meta, info.path)
+
+    def scan(self, name: str) -> tuple[list[VersionInfo], list[tuple[Path, str]]]:
+        """Every version of a program, oldest first, and the files that failed validation (with why)."""
+        folder = self._versions_dir(name)
+        if not folder.is_dir():
+            return [], []
+        good: list[VersionInfo] = []
+        bad: list[tuple[Path, str]] = []
+        for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
+            if path.suffix != ".json" or not _VERSION_RE.match(path.stem):
+                reason = "pickle file refused" if is_pickle(path) else "not a version file"
+                bad.append((path, reason))
+                continue
+            try:
+                good.append(self._load_path(path)[0])
+            except ProgramLoadError as err:
+                bad.append((path, str(err)))
+        good.sort(key=lambda v: (v.created_at, v.version))
+        return good, bad
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        """The program's valid versions, oldest first."""
+        return self.scan(name)[0]
+
+    def resolve_version(self, name: str, version: str) -> str:
+        """Expand a unique version prefix (at least 4 characters) to the full id.
+
+        Raises:
+            VersionError: No such version, or the prefix is ambiguous; the message lists what exists.
+        """
+        version = version.strip().lower()
+        folder = self._versions_dir(name)
+        known = (
+            sorted(p.stem for p in folder.glob("*.json") if _VERSION_RE.match(p.stem))
+            if folder.is_dir()
+            else []
+        )
+        if version in known:
+            return version
+        matches = [v for v in known if len(version) >= 4 and v.startswith(version)]
+        if len(matches) == 1:
+            return matches[0]
+        listing = ", ".join(known[-10:]) or "none"
+        if len(matches) > 1:
+            raise VersionError(f"version prefix {version!r} of {name!r} is ambiguous: {', '.join(matches)}")
+        raise VersionError(
+            f"program {name!r} has no version {version!r} (versions: {listing})",
+            hint=f"list them with: geode versions {name}",
+        )
+
+    def info(self, name: str, version: str) -> VersionInfo:
+        """A version's metadata, validated.
+
+        Raises:
+            VersionError: No such version.
+            ProgramLoadError: The version file is corrupt, tampered with or not JSON.
+        """
+        return self._load(name, version)[0]
+
+    def _load(self, name: str, version: str) -> tuple[VersionInfo, dict[str, Any]]:
+        full = self.resolve_version(name, version)
+        info, state = self._load_path(self._versions_dir(name) / f"{full}.json")
+        if info.program != name:
+            raise ProgramLoadError(f"{info.path}: the file belongs to program {info.program!r}, not {name!r}")
+        return info, state
+
+    def _load_path(self, path: Path) -> tuple[VersionInfo, dict[str, Any]]:
+        where = str(path)
+        doc = _read_json_file(path)
+        if not isinstance(doc, dict):
+            raise ProgramLoadError(f"{where}: a program version must be a JSON object")
+        unknown = sorted(set(doc) - _VERSION_KEYS)
+        missing = sorted(_VERSION_KEYS - set(doc))
+        if unknown:
+            raise ProgramLoadError(
+                f"{where}: unknown field(s) {', '.join(map(repr, unknown))}",
+                hint="the file was edited or written by something else; roll back or re-save it",
+            )
+        if missing:
+            raise ProgramLoadError(
+                f"{where}: missing field(s) {', '.join(map(repr, missing))}; the file is incomplete"
+            )
+        if doc["format"] != FORMAT:
+            raise ProgramLoadError(f"{where}: not a Geode program version (format {doc['format']!r})")
+        if doc["format_version"] != FORMAT_VERSION:
+            raise ProgramLoadError(
+                f"{where}: program version format {doc['format_version']!r} is not supported (this Geode reads "
+                f"{FORMAT_VERSION})",
+                hint="upgrade Geode or recompile the program",
+            )
+        version, meta, state = doc["version"], doc["metadata"], doc["state"]
+        if not isinstance(version, str) or not _VERSION_RE.match(version):
+            raise ProgramLoadError(f"{where}: malformed version id {version!r}")
+        meta = _metadata_from_json(meta, where)
+        state = _check_state_shape(state, where)
+        try:
+            checksum = _checksum(version, meta, state)
+        except ValueError as err:
+            raise ProgramLoadError(f"{where}: the file holds values JSON cannot represent ({err})") from err
+        if doc["checksum"] != checksum:
+            raise ProgramLoadError(
+                f"{where}: checksum mismatch: the file was modified after it was written (tampered or corrupted)",
+                hint="roll back to another version (geode rollback) or recompile",
+            )
+        if _sha256(_canonical(state))[:16] != version:
+            raise ProgramLoadError(
+                f"{where}: the state does not hash to its version id {version}; the file was altered"
+            )
+        if path.stem != version:
+            raise ProgramLoadError(f"{where}: the file name does not match its version id {version}")
+        return _info(version, meta, path), state
+
+    def load_state(self, name: str, version: str) -> tuple[VersionInfo, dict[str, Any]]:
+        """A version's metadata and its validated DSPy state."""
+        return self._load(name, version)
+
+    def load_into(self, name: str, version: str, module: dspy.Module) -> dspy.Module:
+        """A fresh copy of ``module`` with the version's state loaded (``module`` itself is untouched).
+
+        Raises:
+            VersionError: No such version.
+            ProgramLoadError: The file is invalid or its state does not fit ``module``.
+        """
+        info, state = self._load(name, version)
+        return _apply_state(module, state, str(info.path))
+
+    # -- active pointer ------------------------------------------------------------------------
+
+    def _read_pointer(self, name: str) -> dict[str, Any]:
+        path = self._pointer_path(name)
+        if not path.exists():
+            return {"active": None, "history": [], "events": []}
+        doc = _read_json_file(path)
+        where = str(path)
+        if not isinstance(doc, dict):
+            raise ProgramLoadError(f"{where}: the active pointer must be a JSON object")
+        unknown = sorted(set(doc) - _POINTER_KEYS)
+        if unknown:
+            raise ProgramLoadError(
+                f"{where}: unknown field(s) {', '.join(map(repr, unknown))} in the active pointer"
+            )
+        active = doc.get("active")
+        history = doc.get("history", [])
+        if active is not None and (not isinstance(active, str) or not _VERSION_RE.match(active)):
+            raise ProgramLoadError(f"{where}: malformed active version {active!r}")
+        if not isinstance(history, list) or not all(
+            h is None or (isinstance(h, str) and _VERSION_RE.match(h)) for h in history
+        ):
+            raise ProgramLoadError(f"{where}: malformed rollback history")
+        events = doc.get("events", [])
+        return {
+            "active": active,
+            "history": list(history),
+            "events": events if isinstance(events, list) else [],
+        }
+
+    def _write_pointer(self, name: str, pointer: Mapping[str, Any]) -> None:
+        doc = {
+            "format": POINTER_FORMAT,
+            "format_version": FORMAT_VERSION,
+            "program": name,
+            "active": pointer["active"],
+            "history": list(pointer["history"]),
+            "events": list(pointer["events"])[-200:],
+        }
+        _atomic_write(self._pointer_path(name), json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+    def pointer_stamp(self, name: str) -> tuple[int, int, int] | None:
+        """A cheap change marker of the active pointer file (``None`` when there is none)."""
+        try:
+            st = self._pointer_path(name).stat()
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def active(self, name: str) -> str | None:
+        """The active version id, or ``None`` when the base program serves."""
+        return self._read_pointer(name)["active"]
+
+    def history(self, name: str) -> list[str | None]:
+        """Versions that were active before the current one, oldest first (``None``: the base program)."""
+        return list(self._read_pointer(name)["history"])
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The pointer's event log (promotions and rollbacks), oldest first."""
+        return list(self._read_pointer(name)["events"])
+
+    def promote(
+        self,
+        name: str,
+        version: str,
+        *,
+        candidate_score: float | None = None,
+        active_score: float | None = None,
+        margin: float = 0.05,
+        force: bool = False,
+        module: dspy.Module | None = None,
+        reason: str | None = None,
+    ) -> PromotionEvent:
+        """Make ``version`` the active version, if it beats the active one by ``margin``.
+
+        Args:
+            name: The program.
+            version: The candidate (a full id or a unique prefix).
+            candidate_score: The candidate's score on the held-out data, in ``[0, 1]``.
+            active_score: The active version's score on the same data with the same metric.
+            margin: How much better the candidate must be (0.05 = 5 points).
+            force: Promote without the gate (the event records that it was forced).
+            module: The program; when given, the version's state is test-loaded into a copy first.
+            reason: Recorded on the event.
+
+        Raises:
+            VersionError: Unknown version, already active, scores missing, or the gate refused
+                (the message gives both scores and the margin).
+            ProgramLoadError: The candidate's file is invalid or does not fit ``module``. The active
+                pointer is unchanged in every error case.
+        """
+        if margin < 0:
+            raise VersionError(f"the promotion margin must be >= 0, got {margin}")
+        with self._locked(name):
+            info, state = self._load(name, version)
+            if module is not None:
+                _apply_state(module, state, str(info.path))
+            pointer = self._read_pointer(name)
+            current = pointer["active"]
+            if current == info.version:
+                raise VersionError(f"{info.version} is already the active version of {name!r}")
+            if not force:
+                _gate(name, info.version, current, candidate_score, active_score, margin)
+            event = PromotionEvent(
+                action="promote",
+                version=info.version,
+                previous=current,
+                at=_now(),
+                forced=force,
+                candidate_score=candidate_score,
+                active_score=active_score,
+                margin=margin,
+                reason=reason,
+            )
+            pointer["history"].append(current)
+            pointer["active"] = info.version
+            pointer["events"].append(event.to_json())
+            self._write_pointer(name, pointer)
+        return event
+
+    def rollback(self, name: str, *, module: dspy.Module | None = None) -> PromotionEvent:
+        """Make the previously active version active again.
+
+        Raises:
+            VersionError: There is nothing to roll back to.
+            ProgramLoadError: The previous version's file is invalid (the active pointer is unchanged).
+        """
+        with self._locked(name):
+            pointer = self._read_pointer(name)
+            if not pointer["history"]:
+                current = pointer["active"]
+                raise VersionError(
+                    f"program {name!r} has nothing to roll back to"
+                    + (
+                        f" (active: {current}, no earlier version)"
+                        if current
+                        else " (the base program is serving)"
+                    )
+                )
+            target = pointer["history"][-1]
+            if target is not None:
+                info, state = self._load(name, target)
+                if module is not None:
+                    _apply_state(module, state, str(info.path))
+            event = PromotionEvent(action="rollback", version=target, previous=pointer["active"], at=_now())
+            pointer["history"].pop()
+            pointer["active"] = target
+            pointer["events"].append(event.to_json())
+            self._write_pointer(name, pointer)
+        return event
+
+    def gate_scores(self, name: str, candidate: str, active: str) -> tuple[Score, Score] | None:
+        """The latest pair of scores of two versions on the same examples with the same metric."""
+        cand = self.info(name, candidate)
+        act = self.info(name, active)
+        for score in reversed(cand.scores):
+            other = act.score_on(score.dataset_id, score.metric)
+            if other is not None:
+                return score, other
+        return None
+
+    # -- import ---------------------------------------------------------------------------------
+
+    def import_file(
+        self, name: str, path: str | os.PathLike[str], module: dspy.Module, *, note: str | None = None
+    ) -> VersionInfo:
+        """Store a program state saved elsewhere as a version.
+
+        Accepts DSPy's ``module.save("program.json")`` output and Geode version files; refuses pickle.
+
+        Raises:
+            ProgramLoadError: The file is pickle, not JSON, or its state does not fit ``module``.
+        """
+        source = Path(path)
+        if source.is_dir():
+            if any(is_pickle(p) for p in source.iterdir() if p.is_file()):
+                raise _pickle_error(source / "program.pkl")
+            raise ProgramLoadError(f"{str(source)!r} is a directory; pass the program's .json state file")
+        doc = _read_json_file(source)
+        if isinstance(doc, dict) and doc.get("format") == FORMAT:
+            _, state = self._load_path(source)
+        elif isinstance(doc, dict):
+            state = {k: v for k, v in doc.items() if k != "metadata"}
+            state = _check_state_shape(state, str(source))
+        else:
+            raise ProgramLoadError(f"{str(source)!r} is not a DSPy program state (expected a JSON object)")
+        loaded = _apply_state(module, state, str(source))
+        return self.save(name, loaded, note=note or f"imported from {source.name}")
+
+
+def _same_score(a: Score, b: Score) -> bool:
+    return (
+        a.dataset_id == b.dataset_id
+        and a.metric == b.metric
+        and abs(a.score - b.score) < 1e-12
+        and a.n == b.n
+    )
+
+
+def _gate(
+    name: str,
+    candidate: str,
+    current: str | None,
+    candidate_score: float | None,
+    active_score: float | None,
+    margin: float,
+) -> None:
+    active_label = current or "the base program"
+    if candidate_score is None or active_score is None:
+        raise VersionError(
+            f"refusing to promote {candidate} of {name!r}: no scores of it and {active_label} on the same held-out data",
+            hint="run geode compile (it scores both), pass --dataset and --metric to score them now, or --force",
+        )
+    gain = candidate_score - active_score
+    if gain + 1e-9 < margin:
+        raise VersionError(
+            f"refusing to promote {candidate} of {name!r}: it scored {candidate_score:.1%} vs {active_score:.1%} "
+            f"for {active_label} on the held-out data ({gain * 100:+.1f} points); promotion needs at least "
+            f"{margin * 100:+.1f} points",
+            hint="improve the candidate, lower --margin, or pass --force to promote anyway",
+        )
+
+
+def _apply_state(module: dspy.Module, state: Mapping[str, Any], where: str) -> dspy.Module:
+    _check_against(module, state, where)
+    fresh = module.deepcopy()
+    try:
+        # Never trust LM endpoints or custom LM classes from a file: allow_unsafe_lm_state=False.
+        fresh.load_state(dict(state), allow_unsafe_lm_state=False)
+    except Exception as err:
+        raise ProgramLoadError(
+            f"{where}: the saved state could not be loaded into {type(module).__name__} ({type(err).__name__}: {err})",
+            hint="the program changed since this version was compiled, or the file is damaged",
+        ) from err
+    return fresh
+
+
+# -- serving --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServedProgram:
+    """The module that answers for a program, and the version it is."""
+
+    name: str
+    module: dspy.Module
+    version: str | None
+    """The registry version serving, ``None`` for the base program."""
+    problem: str | None = None
+    """Why the active version is not the one serving (it failed to load), if so."""
+
+
+@dataclass
+class _Slot:
+    base: dspy.Module
+    stamp: tuple[int, int, int] | None
+    served: ServedProgram
+
+
+class ActivePrograms:
+    """Serves each program's active registry version, reloading when the active pointer changes.
+
+    When the active version cannot be loaded (corrupt, tampered, pickle, does not fit the program),
+    the version served before keeps serving; on a first load, the most recent loadable version of the
+    rollback history serves, else the base program. The problem is logged once and kept on
+    :attr:`ServedProgram.problem`.
+    """
+
+    def __init__(self, registry: ProgramRegistry) -> None:
+        self.registry = registry
+        self._slots: dict[str, _Slot] = {}
+        self._lock = threading.Lock()
+
+    def get(self, resolved: ResolvedProgram) -> ServedProgram:
+        """The served program for a resolved reference."""
+        name = resolved.name
+        stamp = self.registry.pointer_stamp(name)
+        slot = self._slots.get(name)
+        if slot is not None and slot.stamp == stamp and slot.base is resolved.module:
+            return slot.served
+        with self._lock:
+            slot = self._slots.get(name)
+            if slot is not None and slot.stamp == stamp and slot.base is resolved.module:
+                return slot.served
+            previous = slot.served if slot is not None and slot.base is resolved.module else None
+            served = (
+                self._load(resolved, previous)
+                if stamp is not None
+                else ServedProgram(name, resolved.module, None)
+            )
+            self._slots[name] = _Slot(resolved.module, stamp, served)
+            return served
+
+    def _load(self, resolved: ResolvedProgram, previous: ServedProgram | None) -> ServedProgram:
+        name = resolved.name
+        try:
+            active = self.registry.active(name)
+            history = self.registry.history(name)
+        except ProgramLoadError as err:
+            return self._fallback(resolved, previous, [], f"the active pointer is unreadable: {err}")
+        if active is None:
+            return ServedProgram(name, resolved.module, None)
+        try:
+            module = self.registry.load_into(name, active, resolved.module)
+            return ServedProgram(name, module, active)
+        except (ProgramLoadError, VersionError) as err:
+            return self._fallback(
+                resolved, previous, history, f"active version {active} failed to load: {err}"
+            )
+
+    def _fallback(
+        self,
+        resolved: ResolvedProgram,
+        previous: ServedProgram | None,
+        history: Sequence[str | None],
+        problem: str,
+    ) -> ServedProgram:
+        name = resolved.name
+        if previous is not None:
+            logger.error(
+                "program %r: %s; still serving %s", name, problem, previous.version or "the base program"
+            )
+            return ServedProgram(name, previous.module, previous.version, problem)
+        for candidate in reversed(history):
+            if candidate is None:
+                break
+            try:
+                module = self.registry.load_into(name, candidate, resolved.module)
+            except (ProgramLoadError, VersionError):
+                continue
+            logger.error("program %r: %s; serving the previously active version %s", name, problem, candidate)
+            return ServedProgram(name, module, candidate, problem)
+        logger.error("program %r: %s; serving the base program", name, problem)
+        return ServedProgram(name, resolved.module, None, problem)
