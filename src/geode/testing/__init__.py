@@ -4,6 +4,7 @@ Nothing in Geode's own runtime imports this package; tests and examples do.
 """
 
 from geode.testing.lm import ScriptedCall, ScriptedLM, ScriptExhaustedError
+from geode.testing.retrieval import HashingEmbedder
 from geode.testing.tracing import in_memory_tracing, span_tree
 
-__all__ = ["ScriptExhaustedError", "ScriptedCall", "ScriptedLM", "in_memory_tracing", "span_tree"]
+__all__ = ["HashingEmbedder", "ScriptExhaustedError", "ScriptedCall", "ScriptedLM", "in_memory_tracing", "span_tree"]

@@ -1,0 +1,317 @@
+"""``QdrantStore``: the :class:`~geode.retrieval.base.Store` on ``qdrant-client``.
+
+One code path for three places the data can live: a Qdrant server or cluster (by URL, with an API key and a
+timeout), qdrant-client's embedded local mode on disk, and ``:memory:`` for tests. Local mode is pure Python
+with brute-force search (fine to a few thousand chunks); the default embedded engine is
+:class:`~geode.retrieval.edge.EdgeStore` when ``qdrant-edge-py`` is installed.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from geode.errors import GeodeError, RetrievalError, StoreUnavailableError
+from geode.retrieval._lock import StoreLock, check_or_write_marker
+from geode.retrieval.base import (
+    CollectionInfo,
+    Distance,
+    Hit,
+    PayloadFilter,
+    Record,
+    StoredPoint,
+    Vectors,
+    collection_not_found,
+)
+
+__all__ = ["QdrantStore", "check_collection_name", "to_qdrant_filter"]
+
+_DISTANCES: dict[Distance, models.Distance] = {
+    "cosine": models.Distance.COSINE,
+    "dot": models.Distance.DOT,
+    "euclid": models.Distance.EUCLID,
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+ENGINE = "qdrant-local"
+
+
+def check_collection_name(name: str) -> str:
+    """Return ``name`` if it is a valid collection name (letters, digits, ``_ . -``; it names a folder).
+
+    Raises:
+        RetrievalError: The name is empty, too long or has other characters.
+    """
+    if not _NAME.match(name) or name in {".", ".."}:
+        raise RetrievalError(
+            f"invalid collection name {name!r}",
+            hint="use 1-128 letters, digits, '_', '.' or '-', starting with a letter or digit",
+        )
+    return name
+
+
+def to_qdrant_filter(filter: PayloadFilter | None) -> models.Filter | None:
+    """Translate Geode's payload filter (AND of equality / any-of conditions) to a Qdrant filter."""
+    if not filter:
+        return None
+    must: list[models.Condition] = []
+    for key, value in filter.items():
+        if isinstance(value, str | int | bool):
+            must.append(models.FieldCondition(key=key, match=models.MatchValue(value=value)))
+        else:
+            must.append(models.FieldCondition(key=key, match=models.MatchAny(any=list(value))))  # type: ignore[arg-type]
+    return models.Filter(must=must)
+
+
+def _as_list(vector: Sequence[float] | Vectors) -> list[float]:
+    if isinstance(vector, np.ndarray):
+        return cast(list[float], vector.astype(np.float32, copy=False).tolist())
+    return [float(x) for x in vector]
+
+
+class QdrantStore:
+    """A :class:`~geode.retrieval.base.Store` backed by a ``QdrantClient``.
+
+    Build one with :meth:`memory`, :meth:`local` or :meth:`remote`.
+
+    Args:
+        client: The client to use; the store closes it.
+        description: Where the data lives, for messages.
+        remote: Whether ``client`` talks to a server (errors are then translated to
+            :class:`~geode.errors.StoreUnavailableError`).
+        lock: An inter-process lock to release on :meth:`close`.
+
+    Example:
+        >>> from geode.retrieval import QdrantStore, StoredPoint
+        >>> store = QdrantStore.memory()
+        >>> _ = store.create_collection("docs", dimension=2, distance="cosine", embedder="demo")
+        >>> store.upsert("docs", [StoredPoint("00000000-0000-0000-0000-000000000001", [1.0, 0.0], {"text": "hi"})])
+        >>> store.search("docs", [1.0, 0.1], k=1)[0].payload["text"]
+        'hi'
+    """
+
+    def __init__(
+        self, client: QdrantClient, *, description: str, remote: bool = False, lock: StoreLock | None = None
+    ) -> None:
+        self._client = client
+        self._description = description
+        self._remote = remote
+        self._lock = lock
+        self._closed = False
+        # Local mode keeps Python dicts and a SQLite connection: serialise access. A server needs no lock.
+        self._mutex: AbstractContextManager[Any] = nullcontext() if remote else threading.RLock()
+
+    # -- construction ------------------------------------------------------------------------------
+
+    @classmethod
+    def memory(cls) -> QdrantStore:
+        """An in-process store that lives as long as the object (for tests and throwaway work)."""
+        return cls(QdrantClient(location=":memory:"), description="in-memory qdrant-client store")
+
+    @classmethod
+    def local(cls, path: str | Path) -> QdrantStore:
+        """qdrant-client's embedded local mode on disk at ``path`` (one process at a time).
+
+        Raises:
+            StoreUnavailableError: Another process has the folder open.
+            RetrievalError: The folder holds data Geode did not write.
+        """
+        folder = Path(path)
+        lock = StoreLock(folder)
+        try:
+            check_or_write_marker(folder, ENGINE)
+            client = QdrantClient(path=str(folder), force_disable_check_same_thread=True)
+        except RuntimeError as err:
+            lock.release()
+            raise StoreUnavailableError(f"cannot open the embedded store at {folder}: {err}") from err
+        except BaseException:
+            lock.release()
+            raise
+        return cls(client, description=f"embedded qdrant-client store at {folder}", lock=lock)
+
+    @classmethod
+    def remote(cls, url: str, *, api_key: str | None = None, timeout_s: float = 10.0) -> QdrantStore:
+        """A Qdrant server or cluster at ``url``; every request fails within ``timeout_s`` if it does not answer."""
+        # qdrant-client types `timeout` as int but hands it to httpx, which takes seconds as a float.
+        timeout: Any = float(timeout_s)
+        client = QdrantClient(url=url, api_key=api_key, timeout=timeout, check_compatibility=False)
+        return cls(client, description=f"Qdrant server at {url}", remote=True)
+
+    # -- Store -------------------------------------------------------------------------------------
+
+    @property
+    def description(self) -> str:
+        """Where the data lives and which engine serves it."""
+        return self._description
+
+    @property
+    def client(self) -> QdrantClient:
+        """The underlying ``QdrantClient`` (for benchmarks and advanced use)."""
+        return self._client
+
+    @contextmanager
+    def _call(self, collection: str | None = None) -> Iterator[None]:
+        if self._closed:
+            raise StoreUnavailableError(f"the store ({self._description}) is closed")
+        with self._mutex:
+            try:
+                yield
+            except GeodeError:
+                raise
+            except UnexpectedResponse as err:
+                if err.status_code == 404 and collection is not None:
+                    raise collection_not_found(collection, self._names()) from None
+                if err.status_code in (401, 403):
+                    raise StoreUnavailableError(
+                        f"{self._description} refused the request (HTTP {err.status_code})",
+                        hint="check GEODE_RETRIEVAL_QDRANT_API_KEY",
+                    ) from None
+                raise RetrievalError(
+                    f"{self._description} answered HTTP {err.status_code}: {err.content!r}"
+                ) from err
+            except (ResponseHandlingException, OSError) as err:
+                raise StoreUnavailableError(
+                    f"{self._description} is unreachable or did not answer in time: {type(err).__name__}: {err}",
+                    hint="check that the server is up and GEODE_RETRIEVAL_QDRANT_URL / _TIMEOUT_S are right",
+                ) from None
+            except ValueError as err:
+                # Local mode signals a missing collection with ValueError("Collection ... not found").
+                if collection is not None and "not found" in str(err):
+                    raise collection_not_found(collection, self._names()) from None
+                raise RetrievalError(f"{self._description}: {err}") from err
+
+    def _names(self) -> list[str]:
+        return sorted(c.name for c in self._client.get_collections().collections)
+
+    def list_collections(self) -> list[str]:
+        """Names of all collections, sorted."""
+        with self._call():
+            return self._names()
+
+    def get_collection(self, name: str) -> CollectionInfo:
+        """Dimension, distance, size and embedder of one collection."""
+        with self._call(name):
+            info = self._client.get_collection(name)
+        params = info.config.params.vectors
+        if not isinstance(params, models.VectorParams):
+            raise RetrievalError(
+                f"collection {name!r} uses named vectors, which Geode does not read",
+                hint="ingest into a collection Geode created",
+            )
+        distance: Distance | None = next((d for d, q in _DISTANCES.items() if q == params.distance), None)
+        if distance is None:
+            raise RetrievalError(
+                f"collection {name!r} uses distance {params.distance}, which Geode does not use"
+            )
+        metadata = info.config.metadata or {}
+        geode_meta = metadata.get("geode") if isinstance(metadata, dict) else None
+        embedder = geode_meta.get("embedder") if isinstance(geode_meta, dict) else None
+        return CollectionInfo(
+            name=name,
+            dimension=params.size,
+            distance=distance,
+            points=info.points_count or 0,
+            embedder=embedder if isinstance(embedder, str) else None,
+        )
+
+    def create_collection(
+        self, name: str, *, dimension: int, distance: Distance, embedder: str
+    ) -> CollectionInfo:
+        """Create an empty collection recording its embedder in the collection's metadata."""
+        check_collection_name(name)
+        with self._call():
+            if self._client.collection_exists(name):
+                raise RetrievalError(f"collection {name!r} already exists")
+            self._client.create_collection(
+                name,
+                vectors_config=models.VectorParams(size=dimension, distance=_DISTANCES[distance]),
+                metadata={"geode": {"embedder": embedder, "format": 1}},
+            )
+        return CollectionInfo(name=name, dimension=dimension, distance=distance, points=0, embedder=embedder)
+
+    def delete_collection(self, name: str) -> None:
+        """Delete a collection and its points."""
+        with self._call(name):
+            if not self._client.delete_collection(name) and not self._remote:
+                raise collection_not_found(name, self._names())
+
+    def upsert(self, collection: str, points: Sequence[StoredPoint]) -> None:
+        """Insert or replace points by id, waiting until the write is applied."""
+        if not points:
+            return
+        batch = models.Batch(
+            ids=[p.id for p in points],
+            vectors=[_as_list(p.vector) for p in points],
+            payloads=[dict(p.payload) for p in points],
+        )
+        with self._call(collection):
+            self._client.upsert(collection, points=batch, wait=True)
+
+    def retrieve(self, collection: str, ids: Sequence[str]) -> list[Record]:
+        """Points with these ids (missing ids are left out), with payloads."""
+        if not ids:
+            return []
+        with self._call(collection):
+            found = self._client.retrieve(collection, ids=list(ids), with_payload=True, with_vectors=False)
+        return [Record(id=str(r.id), payload=dict(r.payload or {})) for r in found]
+
+    def delete(self, collection: str, ids: Sequence[str]) -> None:
+        """Delete points by id; missing ids are ignored."""
+        if not ids:
+            return
+        with self._call(collection):
+            self._client.delete(collection, points_selector=models.PointIdsList(points=list(ids)), wait=True)
+
+    def search(
+        self,
+        collection: str,
+        vector: Sequence[float] | Vectors,
+        *,
+        k: int,
+        filter: PayloadFilter | None = None,
+    ) -> list[Hit]:
+        """The ``k`` points closest to ``vector`` whose payload matches ``filter``, best first."""
+        query = _as_list(vector)
+        with self._call(collection):
+            response = self._client.query_points(
+                collection, query=query, limit=k, query_filter=to_qdrant_filter(filter), with_payload=True
+            )
+        return [
+            Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in response.points
+        ]
+
+    def count(self, collection: str) -> int:
+        """Number of points in a collection."""
+        with self._call(collection):
+            return self._client.count(collection, exact=True).count
+
+    def optimize(self, collection: str) -> None:
+        """Nothing to do: local mode has no index and a server optimises in the background."""
+        self.get_collection(collection)
+
+    def close(self) -> None:
+        """Close the client and release the folder lock (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            with self._mutex:
+                self._client.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> QdrantStore:
+        # A store is a shared resource: DSPy deep-copies modules (optimizers, `reset_copy`) and the copies
+        # must keep using this store, not a second handle on the same locked folder.
+        return self
+
+    def __repr__(self) -> str:
+        return f"QdrantStore({self._description!r})"
