@@ -125,16 +125,41 @@ def _signature_text(instance: Any) -> str | None:
 
 
 def _module_names(module: Any) -> dict[int, str]:
-    """``id(submodule) -> name``: predictors as ``named_predictors()`` names them, others by path."""
+    """``id(submodule) -> name``, named as ``named_predictors()`` names predictors.
+
+    DSPy's ``named_sub_modules()`` walks every attribute, a module's whole call history included,
+    which grows with each call; this walks modules and the lists and dicts holding them only.
+    """
     names: dict[int, str] = {}
-    try:
-        for name, sub in module.named_sub_modules():
-            if name != "self":
-                names[id(sub)] = name.removeprefix("self.")
-        for name, predictor in module.named_predictors():
-            names[id(predictor)] = name
-    except Exception:
-        logger.debug("cannot name the sub-modules of %s", type(module).__name__, exc_info=True)
+    if isinstance(module, dspy.Predict):
+        names[id(module)] = "self"
+    seen = {id(module)}
+    pending: list[tuple[str, Any]] = [("", module)]
+    while pending:
+        prefix, parent = pending.pop()
+        attributes = getattr(parent, "__dict__", None)
+        if not isinstance(attributes, dict):
+            continue
+        for attr, value in attributes.items():
+            children: list[tuple[str, Any]]
+            if isinstance(value, dspy.Module):
+                children = [(f"{prefix}{attr}", value)]
+            elif isinstance(value, list | tuple):
+                children = [
+                    (f"{prefix}{attr}[{i}]", v) for i, v in enumerate(value) if isinstance(v, dspy.Module)
+                ]
+            elif isinstance(value, dict) and attr not in ("history", "callbacks"):
+                children = [
+                    (f"{prefix}{attr}['{k}']", v) for k, v in value.items() if isinstance(v, dspy.Module)
+                ]
+            else:
+                continue
+            for name, child in children:
+                if id(child) in seen:
+                    continue
+                seen.add(id(child))
+                names[id(child)] = name
+                pending.append((f"{name}.", child))
     return names
 
 
