@@ -4,6 +4,7 @@ Depends on nothing of Geode's but ``geode.errors``, and reads no settings or env
 ``geode.runtime.stores`` builds these objects from settings.
 """
 
+from geode.retrieval._lock import store_engine
 from geode.retrieval.base import (
     CollectionInfo,
     Distance,
@@ -51,4 +52,5 @@ __all__ = [
     "point_id",
     "sample_corpus_dir",
     "sample_queries_path",
+    "store_engine",
 ]

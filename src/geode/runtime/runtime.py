@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError
@@ -22,6 +22,9 @@ from geode.runtime.programs import ProgramRef, ResolvedProgram, resolve
 from geode.runtime.registry import ActivePrograms, ProgramRegistry, ServedProgram
 from geode.runtime.settings import Settings
 from geode.traces.context import RunIdentity, run_identity
+
+if TYPE_CHECKING:
+    from geode.retrieval import Embedder, Retriever, Store
 
 __all__ = ["Runtime"]
 
@@ -60,6 +63,8 @@ class Runtime:
         adapter: Use this adapter; default: ``JSONAdapter`` for the embedded model (its output is
             schema-constrained), DSPy's default otherwise.
         registry: Use this program registry; default: one under ``settings.programs_dir``.
+        store: Use this vector store (the caller closes it); default: built from ``settings.retrieval``.
+        embedder: Use this embedder; default: built from ``settings.retrieval``.
 
     Example:
         >>> import dspy, geode
@@ -76,8 +81,13 @@ class Runtime:
         lm: dspy.BaseLM | None = None,
         adapter: dspy.Adapter | None = None,
         registry: ProgramRegistry | None = None,
+        store: Store | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
+        self._store = store
+        self._owns_store = store is None
+        self._embedder = embedder
         self._registry = registry
         self._active: ActivePrograms | None = None
         self._lm = lm
@@ -107,6 +117,34 @@ class Runtime:
             if is_local(self.lm):
                 self._adapter = dspy.JSONAdapter()
         return self._adapter
+
+    @property
+    def store(self) -> Store:
+        """The vector store (opened on first use; the embedded one is locked to this process)."""
+        if self._store is None:
+            with self._lock:
+                if self._store is None:
+                    from geode.runtime.stores import build_store
+
+                    self._store = build_store(self.settings)
+        return self._store
+
+    @property
+    def embedder(self) -> Embedder:
+        """The embedder for ingestion and retrieval (the local model loads on first embedding)."""
+        if self._embedder is None:
+            with self._lock:
+                if self._embedder is None:
+                    from geode.runtime.stores import build_embedder
+
+                    self._embedder = build_embedder(self.settings.retrieval)
+        return self._embedder
+
+    def retriever(self, collection: str | None = None, k: int = 5) -> Retriever:
+        """A ``geode.Retriever`` over ``collection`` (default: ``settings.retrieval.collection``)."""
+        from geode.runtime.stores import build_retriever
+
+        return build_retriever(self.store, self.embedder, self.settings.retrieval, collection=collection, k=k)
 
     # -- programs ----------------------------------------------------------------------------------
 
@@ -246,6 +284,9 @@ class Runtime:
 
     def close(self) -> None:
         """Flush telemetry (bounded by a deadline) and release the store."""
+        store, self._store = self._store, None
+        if store is not None and self._owns_store:
+            store.close()
 
     def __enter__(self) -> Runtime:
         return self
