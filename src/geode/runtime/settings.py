@@ -126,9 +126,38 @@ class ServeSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65_535)
     api_keys: tuple[SecretStr, ...] = ()
+    """Accepted API keys (JSON list, each at least 16 characters), sent as ``Authorization: Bearer <key>``
+    or ``X-API-Key``. Without keys the server only starts on a loopback address."""
+    allow_unauthenticated: bool = False
+    """Serve without API keys on a non-loopback address (only behind a proxy that authenticates)."""
     max_body_bytes: int = Field(default=1_000_000, ge=1_024)
+    """Larger request bodies are refused with 413 before they are parsed."""
     max_field_chars: int = Field(default=20_000, ge=16)
+    """Longer text inputs are refused with 422 before any LM call."""
+    max_list_items: int = Field(default=1_000, ge=1)
+    """Longer list inputs are refused with 422 before any LM call."""
+    max_json_depth: int = Field(default=32, ge=2, le=1_000)
+    """JSON bodies nested deeper are refused with 422 before they are parsed."""
     request_timeout_s: float = Field(default=120.0, gt=0)
+    """Per-request deadline; a request still running then gets 504 ``deadline_exceeded``."""
+    rate_limit_per_minute: int | None = Field(default=None, ge=1)
+    """Requests per minute per API key (per client address without keys); unset: no limit."""
+    token_budget_per_hour: int | None = Field(default=None, ge=1)
+    """LM tokens per hour per API key; a key over budget gets 429 until it refills; unset: no limit."""
+    session_ttl_s: float = Field(default=3600.0, gt=0)
+    """Idle sessions are forgotten after this long."""
+    max_sessions: int = Field(default=10_000, ge=1)
+    """Sessions kept in memory; the least recently used are dropped beyond it."""
+    max_session_turns: int = Field(default=20, ge=1)
+    """Turns kept per session (the history a multi-turn program sees)."""
+    shadow_max_in_flight: int = Field(default=8, ge=1)
+    """Shadow runs of a candidate version at once; more are skipped (and counted), never queued."""
+    feedback_timeout_s: float = Field(default=2.0, gt=0)
+    """How long ``POST /feedback`` waits for Phoenix before keeping the record only locally."""
+    max_recent_runs: int = Field(default=100_000, ge=1)
+    """Runs remembered for feedback (trace id → root span id); older feedback annotates the trace."""
+    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+    """How long shutdown waits for in-flight shadow runs and telemetry."""
 
 
 class Settings(BaseSettings):

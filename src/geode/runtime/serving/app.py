@@ -1,0 +1,1034 @@
+"""The HTTP app: one endpoint per hosted program, sessions, feedback, health, metrics.
+
+:func:`create_app` builds a FastAPI app around a :class:`~geode.runtime.runtime.Runtime`. Each
+request runs under its own ``dspy.context`` (LM history off, so memory stays flat), its own
+:class:`~geode.traces.context.RunIdentity` and its own root span, whose trace id is returned in the
+``X-Trace-Id`` header and the body. Programs run with ``acall`` when they have an async path and
+through ``dspy.asyncify`` otherwise; every request has a deadline. Errors are JSON with a stable code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import dspy
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from geode.agents.tools import run_deadline
+from geode.errors import GeodeError, VersionError
+from geode.runtime.programs import ProgramRef
+from geode.runtime.runtime import Runtime
+from geode.runtime.serving.errors import (
+    DeadlineExceededError,
+    ServiceUnavailableError,
+    describe,
+    error_body,
+    retry_after_of,
+    status_for,
+    translate_program_errors,
+)
+from geode.runtime.serving.feedback import FeedbackLog, FeedbackRecord, FeedbackSink, PhoenixFeedback
+from geode.runtime.serving.guard import ApiKeys, Quotas
+from geode.runtime.serving.limits import BodyLimitMiddleware
+from geode.runtime.serving.metrics import ServerMetrics
+from geode.runtime.serving.schema import (
+    ProgramInterface,
+    interface_of,
+    request_model,
+    response_model,
+    route_name,
+)
+from geode.runtime.serving.sessions import MemorySessionStore, SessionStore, Turn
+from geode.runtime.serving.traffic import Candidate, in_share
+from geode.runtime.settings import ServeSettings
+from geode.traces.context import RunIdentity, run_identity
+from geode.traces.vocab import GeodeAttributes, OpenInferenceMimeTypeValues, SpanAttributes
+from geode.traces.vocab import SpanKind as OISpanKind
+
+__all__ = ["HostedProgram", "create_app"]
+
+logger = logging.getLogger("geode.serve")
+
+TRACE_HEADER = "X-Trace-Id"
+VERSION_HEADER = "X-Geode-Version"
+REQUEST_HEADER = "X-Request-Id"
+_SCOPE = "geode.serve"
+
+
+@dataclass
+class HostedProgram:
+    """A program the server hosts, and how its versions share traffic.
+
+    Args:
+        program: A reference (``module:attr``, ``file.py:attr`` or a registered name) — served from its
+            active registry version, re-checked on every request so promotion and rollback apply live —
+            or a ``dspy.Module`` served as given.
+        name: The name in routes, spans and metrics; default: the reference (or the class name).
+        candidate: A second version on a canary share or in shadow.
+        sample_ratio: Share of this program's traces exported (errors and runs that get feedback are
+            always kept); default: the tracing settings' ratio.
+    """
+
+    program: ProgramRef
+    name: str | None = None
+    candidate: Candidate | None = None
+    sample_ratio: float | None = None
+
+
+@dataclass
+class _Hosted:
+    name: str
+    route: str
+    program: ProgramRef
+    interface: ProgramInterface
+    request_model: type[BaseModel]
+    response_model: type[BaseModel]
+    candidate: Candidate | None
+    sample_ratio: float | None
+
+
+@dataclass
+class _RecentRun:
+    span_id: str
+    program: str
+    version: str | None
+
+
+@dataclass
+class _Outcome:
+    outputs: dict[str, Any]
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
+
+
+@dataclass
+class _Call:
+    """Everything about one request's run, filled in as it goes."""
+
+    hosted: _Hosted
+    module: dspy.Module
+    version: str | None
+    role: str
+    inputs: dict[str, Any]
+    session_id: str | None
+    user_id: str | None
+    request_id: str
+    caller: str
+    lm_overrides: dict[str, Any] = field(default_factory=dict[str, Any])
+    span: Span | None = None
+    trace_id: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+
+class FeedbackIn(BaseModel):
+    """A score and/or label on one served run."""
+
+    trace_id: str = Field(pattern=r"^[0-9a-f]{32}$", description="The X-Trace-Id of the run.")
+    name: str = Field(default="user_feedback", min_length=1, max_length=100)
+    score: float | None = Field(default=None, ge=-1e9, le=1e9)
+    label: str | None = Field(default=None, max_length=200)
+    explanation: str | None = Field(default=None, max_length=4000)
+    annotator_kind: Literal["HUMAN", "CODE", "LLM"] = "HUMAN"
+    span_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")
+
+
+class FeedbackOut(BaseModel):
+    """Where the feedback was stored."""
+
+    trace_id: str
+    stored: list[str]
+    """Sinks that accepted it: ``local`` (the Geode home) and/or ``phoenix``."""
+    problems: list[str] = Field(default_factory=list)
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict):
+        with contextlib.suppress(Exception):
+            return _jsonable(to_dict())
+    return str(value)
+
+
+def _usage_of(prediction: Any) -> tuple[int, int, float | None]:
+    getter = getattr(prediction, "get_lm_usage", None)
+    usage: Any = getter() if callable(getter) else None
+    prompt = completion = 0
+    cost: float | None = None
+    for entry in (usage or {}).values():
+        if not isinstance(entry, Mapping):
+            continue
+        prompt += int(entry.get("prompt_tokens") or 0)
+        completion += int(entry.get("completion_tokens") or 0)
+        value = entry.get("cost")
+        if isinstance(value, int | float):
+            cost = (cost or 0.0) + float(value)
+    return prompt, completion, cost
+
+
+def _has_async_path(module: dspy.Module) -> bool:
+    return callable(getattr(module, "aforward", None))
+
+
+def _hex_trace(span: Span) -> str | None:
+    ctx = span.get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+class _Server:
+    def __init__(
+        self,
+        runtime: Runtime,
+        programs: Sequence[ProgramRef | HostedProgram],
+        settings: ServeSettings,
+        *,
+        sessions: SessionStore | None,
+        feedback_sinks: Sequence[FeedbackSink] | None,
+        host: str,
+        tracer_provider: trace.TracerProvider | None,
+    ) -> None:
+        self.runtime = runtime
+        self.settings = settings
+        self.keys = ApiKeys(
+            settings.api_keys, host=host, allow_unauthenticated=settings.allow_unauthenticated
+        )
+        self.quotas = Quotas(
+            requests_per_minute=settings.rate_limit_per_minute, tokens_per_hour=settings.token_budget_per_hour
+        )
+        self.sessions: SessionStore = sessions or MemorySessionStore(
+            max_sessions=settings.max_sessions,
+            ttl_s=settings.session_ttl_s,
+            max_turns=settings.max_session_turns,
+        )
+        provider = tracer_provider or getattr(runtime, "tracer_provider", None) or trace.get_tracer_provider()
+        self.tracer = provider.get_tracer(_SCOPE)
+        self.metrics = ServerMetrics(
+            meter_provider=getattr(runtime, "meter_provider", None), dropped_spans=self._dropped_spans
+        )
+        self.feedback_sinks: list[FeedbackSink] = (
+            list(feedback_sinks) if feedback_sinks is not None else self._default_sinks()
+        )
+        self.recent: OrderedDict[str, _RecentRun] = OrderedDict()
+        self.hosted: dict[str, _Hosted] = {}
+        self.draining = False
+        self.background: set[asyncio.Task[None]] = set()
+        self.shadow_slots = asyncio.Semaphore(settings.shadow_max_in_flight)
+        for spec in programs:
+            hosted = self._host(spec if isinstance(spec, HostedProgram) else HostedProgram(spec))
+            if hosted.route in self.hosted:
+                raise GeodeError(
+                    f"two programs would be served at /programs/{hosted.route}", hint="serve them as NAME=REF"
+                )
+            self.hosted[hosted.route] = hosted
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def _default_sinks(self) -> list[FeedbackSink]:
+        sinks: list[FeedbackSink] = [FeedbackLog(self.runtime.settings.home / "feedback" / "feedback.jsonl")]
+        endpoint = self.runtime.settings.tracing.endpoint
+        if endpoint:
+            from geode.traces.sources.phoenix import phoenix_base_url
+
+            with contextlib.suppress(Exception):
+                sinks.append(
+                    PhoenixFeedback(phoenix_base_url(endpoint), timeout_s=self.settings.feedback_timeout_s)
+                )
+        return sinks
+
+    def _dropped_spans(self) -> Mapping[str, int]:
+        pipeline = getattr(self.runtime, "tracing", None)
+        stats = getattr(pipeline, "stats", None)
+        if stats is None:
+            return {}
+        failed = getattr(stats, "failed", {}) or {}
+        return {
+            "queue_full": int(getattr(stats, "dropped_queue_full", 0)),
+            "after_shutdown": int(getattr(stats, "dropped_after_shutdown", 0)),
+            "export_failed": int(sum(failed.values())),
+        }
+
+    def _host(self, spec: HostedProgram) -> _Hosted:
+        resolved = self.runtime.resolve(spec.program)
+        name = spec.name or resolved.name
+        route = route_name(name)
+        interface = interface_of(resolved.module)
+        model = "".join(
+            part.capitalize() for part in route.replace("-", ".").replace("_", ".").split(".") if part
+        )
+        return _Hosted(
+            name=name,
+            route=route,
+            program=spec.program,
+            interface=interface,
+            request_model=request_model(
+                f"{model}Request",
+                interface,
+                max_chars=self.settings.max_field_chars,
+                max_items=self.settings.max_list_items,
+            ),
+            response_model=response_model(f"{model}Response", interface),
+            candidate=spec.candidate,
+            sample_ratio=spec.sample_ratio,
+        )
+
+    # -- per request ---------------------------------------------------------------------------
+
+    async def caller(
+        self,
+        request: Request,
+        bearer: HTTPAuthorizationCredentials | None,
+        api_key: str | None,
+    ) -> str:
+        if self.draining:
+            raise ServiceUnavailableError("the server is shutting down", hint="retry on another replica")
+        authorization = f"Bearer {bearer.credentials}" if bearer is not None else None
+        client = request.client.host if request.client else None
+        who = self.keys.check(authorization, api_key, client)
+        self.quotas.admit(who)
+        return who
+
+    def primary(self, hosted: _Hosted) -> tuple[dspy.Module, str | None]:
+        if isinstance(hosted.program, str):
+            served = self.runtime.serve(hosted.program)
+            return served.module, served.version
+        return hosted.program, None
+
+    def choose(self, hosted: _Hosted, asked: str | None, key: str) -> tuple[dspy.Module, str | None, str]:
+        module, version = self.primary(hosted)
+        candidate = hosted.candidate
+        if asked is not None:
+            if asked in (version, "base" if version is None else version):
+                return module, version, "primary"
+            if candidate is not None and asked == candidate.version:
+                return candidate.module, candidate.version, candidate.mode
+            served = [v for v in (version or "base", candidate.version if candidate else None) if v]
+            raise VersionError(
+                f"version {asked!r} of {hosted.name!r} is not served here",
+                hint=f"served: {', '.join(served)}",
+            )
+        if (
+            candidate is not None
+            and candidate.mode == "canary"
+            and in_share(key, candidate.share, salt=hosted.name)
+        ):
+            return candidate.module, candidate.version, "canary"
+        return module, version, "primary"
+
+    def inputs_of(self, hosted: _Hosted, body: BaseModel, session_id: str | None) -> dict[str, Any]:
+        inputs = {name: getattr(body, name) for name in hosted.interface.input_names}
+        inputs = {k: v for k, v in inputs.items() if v is not None or k in body.model_fields_set}
+        if hosted.interface.history_field is not None:
+            turns = self.sessions.turns(session_id) if session_id else ()
+            inputs[hosted.interface.history_field] = dspy.History(messages=[t.message() for t in turns])
+        return inputs
+
+    def start_span(self, call: _Call, links: Sequence[Link] = ()) -> Span:
+        attrs: dict[str, Any] = {
+            SpanAttributes.OPENINFERENCE_SPAN_KIND: OISpanKind.CHAIN.value,
+            GeodeAttributes.PROGRAM_NAME: call.hosted.name,
+            GeodeAttributes.SERVE_ROLE: call.role,
+            GeodeAttributes.SERVE_REQUEST_ID: call.request_id,
+            SpanAttributes.INPUT_VALUE: json.dumps(_jsonable(_visible(call)), ensure_ascii=False),
+            SpanAttributes.INPUT_MIME_TYPE: OpenInferenceMimeTypeValues.JSON.value,
+        }
+        if call.version:
+            attrs[GeodeAttributes.PROGRAM_VERSION] = call.version
+        if call.session_id:
+            attrs[SpanAttributes.SESSION_ID] = call.session_id
+        if call.user_id:
+            attrs[SpanAttributes.USER_ID] = call.user_id
+        # A new root: the request's trace starts here, whatever trace context the caller sent.
+        return self.tracer.start_span(
+            call.hosted.name,
+            context=otel_context.Context(),
+            kind=SpanKind.SERVER,
+            attributes=attrs,
+            links=links,
+        )
+
+    async def execute(
+        self, call: _Call, *, stream: Callable[[Any], Awaitable[None]] | None = None
+    ) -> _Outcome:
+        """Run the program for one call under its span, identity, settings and deadline."""
+        assert call.span is not None
+        identity = RunIdentity(
+            program=call.hosted.name,
+            version=call.version,
+            session_id=call.session_id,
+            user_id=call.user_id,
+            metadata={"request_id": call.request_id, "role": call.role},
+        )
+        timeout = self.settings.request_timeout_s
+        token = otel_context.attach(trace.set_span_in_context(call.span))
+        try:
+            with (
+                run_identity(identity),
+                self.runtime.context(disable_history=True, **call.lm_overrides),
+                run_deadline(time.monotonic() + timeout),
+                translate_program_errors(call.hosted.name),
+            ):
+                try:
+                    async with asyncio.timeout(timeout):
+                        prediction = await self._run(call, stream)
+                except TimeoutError as err:
+                    raise DeadlineExceededError(
+                        f"{call.hosted.name!r} did not answer within {timeout:g} s",
+                        hint="retry later, shorten the input, or raise GEODE_SERVE_REQUEST_TIMEOUT_S",
+                    ) from err
+        finally:
+            otel_context.detach(token)
+        prompt, completion, cost = _usage_of(prediction)
+        outputs = {name: _jsonable(prediction.get(name)) for name in call.hosted.interface.output_names}
+        return _Outcome(outputs, prompt, completion, cost)
+
+    async def _run(self, call: _Call, stream: Callable[[Any], Awaitable[None]] | None) -> Any:
+        module = call.module
+        if stream is None:
+            if _has_async_path(module):
+                return await module.acall(**call.inputs)
+            runner: Callable[..., Awaitable[Any]] = dspy.asyncify(module)
+            return await runner(**call.inputs)
+        listeners = _listeners(module, call.hosted.interface.output_names)
+        streamer: Any = dspy.streamify(
+            module, stream_listeners=listeners, is_async_program=_has_async_path(module)
+        )
+        prediction: Any = None
+        async for item in streamer(**call.inputs):
+            if isinstance(item, dspy.Prediction):
+                prediction = item
+            else:
+                await stream(item)
+        if prediction is None:
+            raise GeodeError(f"{call.hosted.name!r} streamed no final prediction")
+        return prediction
+
+    def finish_span(self, call: _Call, outcome: _Outcome | None, err: BaseException | None) -> None:
+        span = call.span
+        if span is None:
+            return
+        with contextlib.suppress(Exception):
+            if outcome is not None:
+                span.set_attribute(
+                    SpanAttributes.OUTPUT_VALUE, json.dumps(outcome.outputs, ensure_ascii=False)
+                )
+                span.set_attribute(SpanAttributes.OUTPUT_MIME_TYPE, OpenInferenceMimeTypeValues.JSON.value)
+                span.set_attribute(SpanAttributes.LLM_TOKEN_COUNT_PROMPT, outcome.prompt_tokens)
+                span.set_attribute(SpanAttributes.LLM_TOKEN_COUNT_COMPLETION, outcome.completion_tokens)
+                span.set_attribute(
+                    SpanAttributes.LLM_TOKEN_COUNT_TOTAL, outcome.prompt_tokens + outcome.completion_tokens
+                )
+                span.set_status(Status(StatusCode.OK))
+            elif err is not None:
+                code, message = describe(err)
+                span.set_attribute(GeodeAttributes.SERVE_ERROR_CODE, code)
+                span.record_exception(err)
+                span.set_status(Status(StatusCode.ERROR, f"{code}: {message}"[:500]))
+        span.end()
+
+    def remember(self, call: _Call) -> None:
+        if call.span is None or call.trace_id is None:
+            return
+        span_id = format(call.span.get_span_context().span_id, "016x")
+        self.recent[call.trace_id] = _RecentRun(span_id, call.hosted.name, call.version)
+        while len(self.recent) > self.settings.max_recent_runs:
+            self.recent.popitem(last=False)
+
+    def account(self, call: _Call, outcome: _Outcome | None, status: int, code: str | None) -> None:
+        prompt = outcome.prompt_tokens if outcome else 0
+        completion = outcome.completion_tokens if outcome else 0
+        self.metrics.finished(
+            call.hosted.name,
+            call.version,
+            status=status,
+            seconds=time.perf_counter() - call.started,
+            error_code=code,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=outcome.cost_usd if outcome else None,
+        )
+        if call.role != "shadow":
+            self.quotas.charge(call.caller, prompt + completion)
+
+    def headers(self, call: _Call) -> dict[str, str]:
+        headers = {REQUEST_HEADER: call.request_id, VERSION_HEADER: call.version or "base"}
+        if call.trace_id:
+            headers[TRACE_HEADER] = call.trace_id
+        return headers
+
+    def error_response(
+        self, call: _Call | None, err: BaseException, request_id: str | None = None
+    ) -> JSONResponse:
+        code, message = describe(err)
+        status = status_for(code)
+        if code == "internal_error":
+            logger.error("request %s failed", request_id or (call.request_id if call else "?"), exc_info=err)
+        headers = self.headers(call) if call is not None else {}
+        extra: dict[str, Any] = {}
+        retry = retry_after_of(err) or retry_after_of(err.__cause__ or err)
+        cause_retry = getattr(err.__cause__, "retry_after", None)
+        if retry is None and isinstance(cause_retry, int | float):
+            retry = float(cause_retry)
+        if retry is not None:
+            headers["Retry-After"] = str(max(1, round(retry)))
+            extra["retry_after_s"] = retry
+        body = error_body(
+            code,
+            message,
+            request_id=call.request_id if call else request_id,
+            trace_id=call.trace_id if call else None,
+            extra=extra,
+        )
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    def begin(self, hosted: _Hosted, body: BaseModel, caller: str, request: Request) -> _Call:
+        request_id = request.headers.get(REQUEST_HEADER) or secrets.token_hex(8)
+        request_id = request_id[:64]
+        session_id: str | None = getattr(body, "session_id", None)
+        module, version, role = self.choose(hosted, getattr(body, "version", None), session_id or request_id)
+        options = getattr(body, "options", None)
+        overrides: dict[str, Any] = {}
+        if options is not None:
+            changes = options.model_dump(exclude_none=True)
+            if changes:
+                overrides["lm"] = self.runtime.lm.copy(**changes)
+        call = _Call(
+            hosted=hosted,
+            module=module,
+            version=version,
+            role=role,
+            inputs=self.inputs_of(hosted, body, session_id),
+            session_id=session_id,
+            user_id=getattr(body, "user_id", None),
+            request_id=request_id,
+            caller=caller,
+            lm_overrides=overrides,
+        )
+        call.span = self.start_span(call)
+        call.trace_id = _hex_trace(call.span)
+        self.metrics.started()
+        return call
+
+    def after_success(self, call: _Call, outcome: _Outcome) -> None:
+        self.remember(call)
+        if call.session_id:
+            visible = {
+                k: _jsonable(v) for k, v in call.inputs.items() if k != call.hosted.interface.history_field
+            }
+            self.sessions.append(
+                call.session_id, Turn(visible, outcome.outputs, trace_id=call.trace_id, version=call.version)
+            )
+        candidate = call.hosted.candidate
+        if (
+            candidate is not None
+            and candidate.mode == "shadow"
+            and call.role == "primary"
+            and in_share(call.request_id, candidate.share, salt=call.hosted.name)
+        ):
+            self.shadow(call, candidate)
+
+    def shadow(self, primary: _Call, candidate: Candidate) -> None:
+        if self.shadow_slots.locked():
+            self.metrics.shadow(primary.hosted.name, "skipped")
+            return
+        call = _Call(
+            hosted=primary.hosted,
+            module=candidate.module,
+            version=candidate.version,
+            role="shadow",
+            inputs=dict(primary.inputs),
+            session_id=primary.session_id,
+            user_id=primary.user_id,
+            request_id=primary.request_id,
+            caller=primary.caller,
+            lm_overrides=dict(primary.lm_overrides),
+        )
+
+        async def run() -> None:
+            async with self.shadow_slots:
+                link = [Link(primary.span.get_span_context())] if primary.span is not None else []
+                call.span = self.start_span(call, link)
+                call.trace_id = _hex_trace(call.span)
+                self.metrics.started()
+                outcome: _Outcome | None = None
+                try:
+                    outcome = await self.execute(call)
+                except Exception as err:
+                    self.finish_span(call, None, err)
+                    code, _ = describe(err)
+                    self.account(call, None, status_for(code), code)
+                    self.metrics.shadow(call.hosted.name, "error")
+                    return
+                self.finish_span(call, outcome, None)
+                self.remember(call)
+                self.account(call, outcome, 200, None)
+                self.metrics.shadow(call.hosted.name, "ok")
+
+        task = asyncio.get_running_loop().create_task(run())
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def feedback(self, body: FeedbackIn) -> FeedbackOut:
+        known = self.recent.get(body.trace_id)
+        record = FeedbackRecord(
+            trace_id=body.trace_id,
+            name=body.name,
+            span_id=body.span_id or (known.span_id if known else None),
+            score=body.score,
+            label=body.label,
+            explanation=body.explanation,
+            annotator_kind=body.annotator_kind,
+            program=known.program if known else None,
+            version=known.version if known else None,
+        )
+        stored: list[str] = []
+        problems: list[str] = []
+        for sink in self.feedback_sinks:
+            try:
+                await asyncio.wait_for(
+                    asyncio.to_thread(sink.send, record), self.settings.feedback_timeout_s + 1
+                )
+            except Exception as err:
+                problems.append(f"{sink.name}: {type(err).__name__}")
+                logger.warning("feedback for trace %s not stored in %s: %s", body.trace_id, sink.name, err)
+                continue
+            stored.append(sink.name)
+            self.metrics.feedback(record.program or "unknown", record.version, sink.name)
+        if not stored:
+            raise ServiceUnavailableError(
+                "the feedback could not be stored anywhere", hint="; ".join(problems)
+            )
+        return FeedbackOut(trace_id=body.trace_id, stored=stored, problems=problems)
+
+    async def drain(self) -> None:
+        self.draining = True
+        if self.background:
+            await asyncio.wait(set(self.background), timeout=self.settings.shutdown_timeout_s)
+        for sink in self.feedback_sinks:
+            close = getattr(sink, "close", None)
+            if callable(close):
+                with contextlib.suppress(Exception):
+                    close()
+
+
+def _visible(call: _Call) -> dict[str, Any]:
+    history = call.hosted.interface.history_field
+    return {k: v for k, v in call.inputs.items() if k != history}
+
+
+def _output_fields(predictor: Any) -> Mapping[str, Any]:
+    signature = getattr(predictor, "signature", None)
+    return getattr(signature, "output_fields", None) or {}
+
+
+def _listeners(module: dspy.Module, outputs: Sequence[str]) -> list[dspy.streaming.StreamListener]:
+    """Stream listeners for the output fields that one predictor of ``module`` produces."""
+    predictors = list(module.named_predictors())
+    listeners: list[dspy.streaming.StreamListener] = []
+    for name in outputs:
+        owners = [(pname, p) for pname, p in predictors if name in _output_fields(p)]
+        if not owners:
+            continue
+        pname, predictor = owners[-1]
+        listeners.append(
+            dspy.streaming.StreamListener(signature_field_name=name, predict=predictor, predict_name=pname)
+        )
+    return listeners
+
+
+def _sse(event: str, data: Any) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n".encode()
+
+
+def _stream_item(item: Any) -> bytes | None:
+    if isinstance(item, dspy.streaming.StreamResponse):
+        return _sse(
+            "token",
+            {
+                "field": item.signature_field_name,
+                "chunk": item.chunk,
+                "last": bool(getattr(item, "is_last_chunk", False)),
+            },
+        )
+    if isinstance(item, dspy.streaming.StatusMessage):
+        return _sse("status", {"message": item.message})
+    return None
+
+
+def _validation_details(err: RequestValidationError) -> list[dict[str, Any]]:
+    # Never echo the input back: it may be megabytes, or secret.
+    details = []
+    for item in err.errors()[:20]:
+        details.append({"loc": [str(p) for p in item.get("loc", ())], "msg": str(item.get("msg", ""))[:300]})
+    return details
+
+
+def create_app(
+    runtime: Runtime,
+    programs: Sequence[ProgramRef | HostedProgram],
+    settings: ServeSettings | None = None,
+    *,
+    sessions: SessionStore | None = None,
+    feedback_sinks: Sequence[FeedbackSink] | None = None,
+    host: str | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> FastAPI:
+    """Build the HTTP app hosting ``programs`` on ``runtime``.
+
+    Args:
+        runtime: Runs the programs (LM, tracing, registry).
+        programs: References, modules or :class:`HostedProgram` specs; each gets ``POST /programs/<name>``
+            and ``POST /programs/<name>/stream``.
+        settings: Server settings; default ``runtime.settings.serve``.
+        sessions: Where sessions live; default an in-memory store bounded by the settings.
+        feedback_sinks: Where ``POST /feedback`` stores records; default a JSON-lines log under the
+            Geode home plus Phoenix when a collector endpoint is configured.
+        host: The address the server binds (decides whether running without API keys is allowed);
+            default ``settings.host``.
+        tracer_provider: Where the request spans go; default the runtime's, else the global one.
+
+    Raises:
+        ConfigError: No programs, a program whose interface cannot be served, or no API keys on a
+            public address.
+
+    Example:
+        >>> import dspy, geode
+        >>> from geode.testing import ScriptedLM
+        >>> rt = geode.Runtime(lm=ScriptedLM([{"answer": "4"}]), settings=geode.Settings(tracing={"enabled": False}))
+        >>> app = create_app(rt, [HostedProgram(dspy.Predict("question -> answer"), name="qa")])
+        >>> sorted(r.path for r in app.routes if r.path.startswith("/programs/"))
+        ['/programs/qa', '/programs/qa/stream']
+    """
+    from geode.errors import ConfigError
+
+    serve = settings or runtime.settings.serve
+    if not programs:
+        raise ConfigError("no programs to serve", hint="pass at least one program reference")
+    server = _Server(
+        runtime,
+        programs,
+        serve,
+        sessions=sessions,
+        feedback_sinks=feedback_sinks,
+        host=host or serve.host,
+        tracer_provider=tracer_provider,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await server.drain()
+
+    app = FastAPI(
+        title="Geode",
+        summary="DSPy programs served by Geode",
+        description="Each hosted program has `POST /programs/<name>` (JSON) and `/programs/<name>/stream` "
+        "(server-sent events). Responses carry `X-Trace-Id`; send it to `POST /feedback`.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.state.geode = server
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_body_bytes=serve.max_body_bytes,
+        max_json_depth=serve.max_json_depth,
+    )
+
+    bearer = HTTPBearer(auto_error=False, description="An API key (GEODE_SERVE_API_KEYS).")
+    api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+
+    async def caller(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Security(bearer),  # noqa: B008
+        api_key: str | None = Security(api_key_header),
+    ) -> str:
+        return await server.caller(request, credentials, api_key)
+
+    @app.exception_handler(GeodeError)
+    async def _geode_error(request: Request, err: GeodeError) -> JSONResponse:
+        return server.error_response(None, err, request.headers.get(REQUEST_HEADER))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        body = error_body(
+            "invalid_input",
+            "the request does not match the program's inputs",
+            request_id=request.headers.get(REQUEST_HEADER),
+            extra={"details": _validation_details(err)},
+        )
+        return JSONResponse(body, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed", 401: "unauthorized"}.get(
+            err.status_code, "http_error"
+        )
+        return JSONResponse(error_body(code, str(err.detail)), status_code=err.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, err: Exception) -> JSONResponse:
+        return server.error_response(None, err, request.headers.get(REQUEST_HEADER))
+
+    _add_operation_routes(app, server, caller)
+    for hosted in server.hosted.values():
+        _add_program_routes(app, server, hosted, caller)
+    return app
+
+
+def _add_operation_routes(app: FastAPI, server: _Server, caller: Callable[..., Any]) -> None:
+    @app.get("/health", tags=["operations"])
+    async def health() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["operations"])
+    async def ready() -> JSONResponse:
+        """Readiness: programs loaded and not shutting down (503 while draining)."""
+        programs_state = {}
+        for hosted in server.hosted.values():
+            _, version = server.primary(hosted)
+            programs_state[hosted.name] = {
+                "version": version or "base",
+                "candidate": hosted.candidate.version if hosted.candidate else None,
+            }
+        status = 503 if server.draining else 200
+        return JSONResponse(
+            {"status": "draining" if server.draining else "ready", "programs": programs_state}, status
+        )
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics: requests, errors, latency, tokens and cost per program and version."""
+        return Response(server.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/programs", tags=["programs"])
+    async def list_programs(_: str = Depends(caller)) -> list[dict[str, Any]]:
+        """The hosted programs, their routes, fields and versions."""
+        found = []
+        for hosted in server.hosted.values():
+            version = server.primary(hosted)[1]
+            found.append(
+                {
+                    "name": hosted.name,
+                    "path": f"/programs/{hosted.route}",
+                    "inputs": list(hosted.interface.input_names),
+                    "outputs": list(hosted.interface.output_names),
+                    "version": version or "base",
+                    "candidate": (
+                        {
+                            "version": hosted.candidate.version,
+                            "mode": hosted.candidate.mode,
+                            "share": hosted.candidate.share,
+                        }
+                        if hosted.candidate
+                        else None
+                    ),
+                }
+            )
+        return found
+
+    @app.post("/feedback", tags=["feedback"], response_model=FeedbackOut, status_code=202)
+    async def feedback(body: FeedbackIn, _: str = Depends(caller)) -> FeedbackOut:
+        """Record a score or label on a served run (a Phoenix annotation on its root span)."""
+        return await server.feedback(body)
+
+    @app.get("/sessions/{session_id}", tags=["sessions"])
+    async def get_session(session_id: str, _: str = Depends(caller)) -> dict[str, Any]:
+        """A session's turns, oldest first."""
+        turns = server.sessions.turns(session_id)
+        return {
+            "session_id": session_id,
+            "turns": [
+                {
+                    "inputs": dict(t.inputs),
+                    "outputs": dict(t.outputs),
+                    "trace_id": t.trace_id,
+                    "version": t.version,
+                }
+                for t in turns
+            ],
+        }
+
+    @app.delete("/sessions/{session_id}", tags=["sessions"], status_code=204)
+    async def delete_session(session_id: str, _: str = Depends(caller)) -> Response:
+        """Forget a session."""
+        server.sessions.delete(session_id)
+        return Response(status_code=204)
+
+
+def _add_program_routes(app: FastAPI, server: _Server, hosted: _Hosted, caller: Callable[..., Any]) -> None:
+    error_responses: dict[int | str, dict[str, Any]] = {
+        status: {"description": desc}
+        for status, desc in (
+            (401, "missing or unknown API key"),
+            (413, "body too large"),
+            (422, "invalid input"),
+            (429, "rate limited or out of token budget"),
+            (502, "the LM or a tool failed"),
+            (504, "deadline exceeded"),
+        )
+    }
+
+    async def run_json(request: Request, body: BaseModel, who: str) -> Response:
+        call = server.begin(hosted, body, who, request)
+        outcome: _Outcome | None = None
+        try:
+            outcome = await server.execute(call)
+        except Exception as err:
+            server.finish_span(call, None, err)
+            code, _ = describe(err)
+            server.account(call, None, status_for(code), code)
+            return server.error_response(call, err)
+        server.finish_span(call, outcome, None)
+        server.account(call, outcome, 200, None)
+        server.after_success(call, outcome)
+        payload = {
+            "program": hosted.name,
+            "version": call.version or "base",
+            "outputs": outcome.outputs,
+            "trace_id": call.trace_id,
+            "session_id": call.session_id,
+            "usage": {
+                "prompt_tokens": outcome.prompt_tokens,
+                "completion_tokens": outcome.completion_tokens,
+                "total_tokens": outcome.prompt_tokens + outcome.completion_tokens,
+                "cost_usd": outcome.cost_usd,
+            },
+        }
+        return JSONResponse(payload, headers=server.headers(call))
+
+    async def run_stream(request: Request, body: BaseModel, who: str) -> Response:
+        call = server.begin(hosted, body, who, request)
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
+
+        async def emit(item: Any) -> None:
+            data = _stream_item(item)
+            if data is not None:
+                await queue.put(data)
+
+        async def produce() -> None:
+            outcome: _Outcome | None = None
+            try:
+                outcome = await server.execute(call, stream=emit)
+            except BaseException as err:
+                server.finish_span(call, None, err)
+                code, message = describe(err)
+                server.account(call, None, status_for(code), code)
+                if isinstance(err, asyncio.CancelledError):
+                    raise
+                await queue.put(
+                    _sse(
+                        "error", error_body(code, message, request_id=call.request_id, trace_id=call.trace_id)
+                    )
+                )
+            else:
+                server.finish_span(call, outcome, None)
+                server.account(call, outcome, 200, None)
+                server.after_success(call, outcome)
+                await queue.put(
+                    _sse(
+                        "prediction",
+                        {
+                            "program": hosted.name,
+                            "version": call.version or "base",
+                            "outputs": outcome.outputs,
+                            "trace_id": call.trace_id,
+                            "session_id": call.session_id,
+                        },
+                    )
+                )
+            finally:
+                with contextlib.suppress(asyncio.QueueFull):
+                    queue.put_nowait(None)
+
+        task = asyncio.get_running_loop().create_task(produce())
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                while (item := await queue.get()) is not None:
+                    yield item
+                yield b"event: done\ndata: {}\n\n"
+            finally:
+                # The client went away (or we are done): stop the run; its span ends in produce().
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+
+        headers = {**server.headers(call), "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+
+    for suffix, handler, summary in (
+        ("", run_json, f"Run {hosted.name}"),
+        ("/stream", run_stream, f"Run {hosted.name}, streaming output fields as server-sent events"),
+    ):
+        endpoint = _endpoint(handler, hosted.request_model, caller)
+        app.add_api_route(
+            f"/programs/{hosted.route}{suffix}",
+            endpoint,
+            methods=["POST"],
+            tags=["programs"],
+            summary=summary,
+            description=hosted.interface.instructions or "",
+            response_model=hosted.response_model if not suffix else None,
+            response_class=JSONResponse if not suffix else StreamingResponse,
+            responses=error_responses,
+            operation_id=f"run_{hosted.route.replace('.', '_').replace('-', '_')}{suffix.replace('/', '_')}",
+        )
+
+
+def _endpoint(
+    handler: Callable[[Request, BaseModel, str], Awaitable[Response]],
+    model: type[BaseModel],
+    caller: Callable[..., Any],
+) -> Callable[..., Awaitable[Response]]:
+    """An endpoint whose signature names the generated request model (FastAPI reads the signature)."""
+
+    async def endpoint(request: Request, body: BaseModel, who: str) -> Response:
+        return await handler(request, body, who)
+
+    endpoint.__signature__ = inspect.Signature(
+        [
+            inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request),
+            inspect.Parameter("body", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=model),
+            inspect.Parameter(
+                "who", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str, default=Depends(caller)
+            ),
+        ],
+        return_annotation=Response,
+    )
+    return endpoint
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("geode")
+    except PackageNotFoundError:
+        return "0"

@@ -1,0 +1,193 @@
+"""HTTP errors: every failure becomes JSON with a stable code, never a stack trace or raw LM text.
+
+A body looks like ``{"error": {"code": "lm_rate_limited", "message": "...", "request_id": "...",
+"trace_id": "..."}}``. The code is :attr:`geode.errors.GeodeError.code`; the HTTP status comes from
+:data:`STATUS_BY_CODE`. Exceptions that are not :class:`~geode.errors.GeodeError` are logged here and
+answered as ``internal_error`` with no detail.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Final
+
+from dspy.utils.exceptions import AdapterParseError, LMRateLimitError, LMTimeoutError
+from dspy.utils.exceptions import LMError as DSPyLMError
+
+from geode.errors import GeodeError, LMError, OutputParseError
+
+__all__ = [
+    "STATUS_BY_CODE",
+    "DeadlineExceededError",
+    "LMRateLimitedError",
+    "LMTimeoutGeodeError",
+    "PayloadTooLargeError",
+    "RateLimitedError",
+    "ServiceUnavailableError",
+    "UnauthorizedError",
+    "error_body",
+    "status_for",
+    "translate_program_errors",
+]
+
+logger = logging.getLogger("geode.serve")
+
+
+class UnauthorizedError(GeodeError):
+    """The request carries no API key, or one the server does not know."""
+
+    code = "unauthorized"
+
+
+class PayloadTooLargeError(GeodeError):
+    """The request body is larger than ``GEODE_SERVE_MAX_BODY_BYTES``."""
+
+    code = "payload_too_large"
+
+
+class RateLimitedError(GeodeError):
+    """The caller's key sent more requests, or used more tokens, than its allowance."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceededError(GeodeError):
+    """The request did not finish within its deadline (``GEODE_SERVE_REQUEST_TIMEOUT_S``)."""
+
+    code = "deadline_exceeded"
+
+
+class ServiceUnavailableError(GeodeError):
+    """The server is starting, shutting down, or at its concurrency limit."""
+
+    code = "unavailable"
+
+
+class LMRateLimitedError(LMError):
+    """The LM provider kept answering 429 after the configured retries."""
+
+    code = "lm_rate_limited"
+
+    def __init__(self, message: str, *, retry_after_s: float | None, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after_s = retry_after_s
+
+
+class LMTimeoutGeodeError(LMError):
+    """The LM did not answer within its timeout."""
+
+    code = "lm_timeout"
+
+
+STATUS_BY_CODE: Final[Mapping[str, int]] = {
+    "invalid_input": 422,
+    "payload_too_large": 413,
+    "unauthorized": 401,
+    "rate_limited": 429,
+    "deadline_exceeded": 504,
+    "unavailable": 503,
+    "not_found": 404,
+    "program_not_found": 404,
+    "version_error": 404,
+    "lm_error": 502,
+    "lm_output_unparseable": 502,
+    "lm_rate_limited": 503,
+    "lm_timeout": 504,
+    "tool_error": 502,
+    "tool_invalid_arguments": 502,
+    "tool_timeout": 504,
+    "budget_exceeded": 429,
+    "retrieval_error": 503,
+    "store_unavailable": 503,
+    "collection_not_found": 503,
+    "trace_source_error": 503,
+    "program_load_error": 500,
+    "config_error": 500,
+    "internal_error": 500,
+}
+"""HTTP status per error code; codes not listed (new GeodeError subclasses) answer 500."""
+
+
+def status_for(code: str) -> int:
+    """The HTTP status for an error code."""
+    return STATUS_BY_CODE.get(code, 500)
+
+
+def error_body(
+    code: str,
+    message: str,
+    *,
+    request_id: str | None = None,
+    trace_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON error body the server answers with."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if request_id:
+        error["request_id"] = request_id
+    if trace_id:
+        error["trace_id"] = trace_id
+    if extra:
+        error.update(extra)
+    return {"error": error}
+
+
+def retry_after_of(err: BaseException) -> float | None:
+    """Seconds the caller should wait before retrying, when the error says so."""
+    value = getattr(err, "retry_after_s", None)
+    return float(value) if isinstance(value, int | float) and value >= 0 else None
+
+
+@contextmanager
+def translate_program_errors(program: str) -> Iterator[None]:
+    """Turn DSPy's LM and parse errors into Geode errors with stable codes (no raw LM text).
+
+    ``AdapterParseError`` carries the LM's whole answer in its message; it never reaches a response.
+    Rate limits and timeouts keep their own codes so clients can back off (``Retry-After``).
+    """
+    try:
+        yield
+    except AdapterParseError as err:
+        signature = getattr(err, "signature", None)
+        fields = ", ".join(getattr(signature, "output_fields", {}) or ())
+        raise OutputParseError(
+            f"the LM's answer for {program!r} could not be parsed into its output fields ({fields})",
+            hint="a small model may need a simpler signature, or use a stronger model",
+        ) from err
+    except LMRateLimitError as err:
+        raise LMRateLimitedError(
+            f"the LM provider rate-limited {program!r} after its retries",
+            retry_after_s=err.retry_after,
+            hint="retry later, or raise the provider quota",
+        ) from err
+    except LMTimeoutError as err:
+        raise LMTimeoutGeodeError(
+            f"the LM did not answer in time while running {program!r}",
+            hint="raise GEODE_LM_TIMEOUT_S or use a faster model",
+        ) from err
+    except DSPyLMError as err:
+        raise LMError(
+            f"the LM failed while running {program!r} ({type(err).__name__})",
+            hint="check the model name, api_base and API key (GEODE_LM_*)",
+        ) from err
+    except GeodeError:
+        raise
+
+
+def describe(err: BaseException) -> tuple[str, str]:
+    """The code and the client-safe message of an exception raised while answering a request."""
+    if isinstance(err, GeodeError):
+        cause = err.__cause__
+        # The runtime folds every DSPy LM error into `lm_error`; rate limits and timeouts keep theirs.
+        if type(err) is LMError and isinstance(cause, LMRateLimitError):
+            return LMRateLimitedError.code, str(err)
+        if type(err) is LMError and isinstance(cause, LMTimeoutError):
+            return LMTimeoutGeodeError.code, str(err)
+        return err.code, str(err)
+    return "internal_error", "the server failed to answer this request; the trace has the details"

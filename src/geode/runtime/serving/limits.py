@@ -1,0 +1,147 @@
+"""Request size and shape limits, enforced before a body is parsed (uvicorn has no body-size flag).
+
+:class:`BodyLimitMiddleware` refuses a body larger than the limit with 413 (from ``Content-Length``
+when it is sent, else while reading a chunked body) and a JSON body nested deeper than the limit with
+422, so neither the JSON parser nor the program ever sees it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from geode.runtime.serving.errors import error_body
+
+__all__ = ["BodyLimitMiddleware", "json_depth_exceeds"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_OPEN = frozenset(b"[{")
+_CLOSE = frozenset(b"]}")
+
+
+def json_depth_exceeds(body: bytes, limit: int) -> bool:
+    """Whether a JSON text nests arrays/objects deeper than ``limit`` (strings are skipped).
+
+    Example:
+        >>> json_depth_exceeds(b'{"a": [[1]]}', 3), json_depth_exceeds(b'{"a": [[1]]}', 2)
+        (False, True)
+    """
+    # Cheap bound first: a body with few brackets cannot be deep.
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    depth = 0
+    in_string = False
+    escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in _OPEN:
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in _CLOSE:
+            depth -= 1
+    return False
+
+
+class BodyLimitMiddleware:
+    """ASGI middleware: cap the body size of every request and the JSON depth of JSON bodies.
+
+    Args:
+        app: The wrapped application.
+        max_body_bytes: Larger bodies get 413 ``payload_too_large``.
+        max_json_depth: JSON nested deeper gets 422 ``invalid_input``.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, max_json_depth: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_json_depth = max_json_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the body, then hand the request (with its body replayed) to the app."""
+        if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        declared = headers.get(b"content-length")
+        if declared is not None:
+            try:
+                size = int(declared)
+            except ValueError:
+                await _reject(send, 400, "invalid_input", "the Content-Length header is not a number")
+                return
+            if size > self.max_body_bytes:
+                await self._too_large(send)
+                return
+        chunks: list[bytes] = []
+        total = 0
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            total += len(chunk)
+            if total > self.max_body_bytes:
+                await self._too_large(send)
+                return
+            chunks.append(chunk)
+            more = bool(message.get("more_body", False))
+        body = b"".join(chunks)
+        content_type = headers.get(b"content-type", b"")
+        if b"json" in content_type and json_depth_exceeds(body, self.max_json_depth):
+            await _reject(
+                send,
+                422,
+                "invalid_input",
+                f"the JSON body is nested deeper than {self.max_json_depth} levels",
+            )
+            return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, send: Send) -> None:
+        await _reject(
+            send,
+            413,
+            "payload_too_large",
+            f"the request body is larger than {self.max_body_bytes} bytes (GEODE_SERVE_MAX_BODY_BYTES)",
+        )
+
+
+async def _reject(send: Send, status: int, code: str, message: str) -> None:
+    payload = json.dumps(error_body(code, message)).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
