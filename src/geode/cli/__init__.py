@@ -29,10 +29,14 @@ app = typer.Typer(
 # Command modules, imported lazily so `geode --help` stays fast; each defines `register(app)`.
 _COMMAND_MODULES = (
     "geode.cli.run",
+    "geode.cli.ingest",
+    "geode.cli.search",
     "geode.cli.settings",
     "geode.cli.reference",
     "geode.cli.phoenix",
     "geode.cli.trace",
+    "geode.cli.serve",
+    "geode.cli.compare_versions",
 )
 
 _state = {"debug": False}

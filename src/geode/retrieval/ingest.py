@@ -59,13 +59,16 @@ class IngestReport:
     deleted: int
     """Stale chunks removed because their file got shorter."""
     seconds: float
+    """The whole run, including loading the embedding model."""
+    write_seconds: float
+    """Embedding and writing the chunks."""
     skipped: list[Skipped] = field(default_factory=list[Skipped])
     warnings: list[str] = field(default_factory=list[str])
 
     @property
     def chunks_per_second(self) -> float:
-        """Chunks written per second of the whole run."""
-        return self.chunks / self.seconds if self.seconds > 0 else 0.0
+        """Chunks embedded and written per second of embedding and writing."""
+        return self.chunks / self.write_seconds if self.write_seconds > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -146,7 +149,7 @@ class Ingestor:
         files, skipped = discover(paths)
         loaded, warnings = self._read(files, skipped, progress)
         if not loaded:
-            return IngestReport(collection, 0, 0, 0, 0, time.perf_counter() - started, skipped, warnings)
+            return IngestReport(collection, 0, 0, 0, 0, time.perf_counter() - started, 0.0, skipped, warnings)
         if info is None:
             info = self.store.create_collection(
                 collection,
@@ -158,7 +161,9 @@ class Ingestor:
         if stale:
             # Before any new point is written, so an interrupted run cannot orphan them.
             self.store.delete(collection, stale)
+        write_started = time.perf_counter()
         written = self._write(collection, pending, progress)
+        write_seconds = time.perf_counter() - write_started
         if self.optimize and (written or stale):
             progress("index", 0, 1)
             self.store.optimize(collection)
@@ -170,6 +175,7 @@ class Ingestor:
             chunks=written,
             deleted=len(stale),
             seconds=time.perf_counter() - started,
+            write_seconds=write_seconds,
             skipped=skipped,
             warnings=warnings,
         )

@@ -1,0 +1,158 @@
+"""``geode ingest``: chunk, embed and store files in a collection, with a progress bar and a summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from geode.cli._common import make_settings
+from geode.cli.search import parse_pairs
+from geode.errors import InputError
+from geode.retrieval import Chunker, Ingestor, IngestReport
+from geode.retrieval.ingest import Phase
+from geode.retrieval.loaders import SUPPORTED_SUFFIXES, discover
+from geode.runtime.runtime import Runtime
+
+__all__ = ["ingest", "register"]
+
+_PHASE_LABELS: dict[Phase, str] = {
+    "read": "reading and chunking files",
+    "embed": "embedding and writing chunks",
+    "index": "building the search index",
+}
+
+
+def _summary(report: IngestReport, console: Console) -> None:
+    table = Table(title=f"ingested into collection {report.collection!r}", show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("files written", str(report.files))
+    table.add_row("files unchanged (skipped)", str(report.unchanged))
+    table.add_row("files skipped (warnings)", str(len(report.skipped)))
+    table.add_row("chunks written", str(report.chunks))
+    if report.deleted:
+        table.add_row("stale chunks deleted", str(report.deleted))
+    table.add_row("seconds (total)", f"{report.seconds:.1f}")
+    table.add_row("chunks / second (embedding + writing)", f"{report.chunks_per_second:.1f}")
+    console.print(table)
+
+
+def ingest(
+    paths: list[Path] = typer.Argument(  # noqa: B008  (typer's declaration style)
+        ..., help="Files and folders; folders are walked for .md, .txt, .jsonl, .pdf (and similar) files."
+    ),
+    collection: str | None = typer.Option(
+        None,
+        "--collection",
+        "-c",
+        help="Collection to write. Default: GEODE_RETRIEVAL_COLLECTION, else 'docs'.",
+    ),
+    text_field: str = typer.Option(
+        "text", "--text-field", help="JSONL: the field of each record holding the text."
+    ),
+    chunk_size: int = typer.Option(900, "--chunk-size", min=50, help="Maximum characters per chunk."),
+    overlap: int = typer.Option(
+        150, "--overlap", min=0, help="Characters of whole sentences repeated between chunks."
+    ),
+    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Chunks embedded and written at a time."),
+    meta: list[str] = typer.Option(  # noqa: B008
+        [],
+        "--meta",
+        "-m",
+        help="Metadata key=value put on every chunk (filterable with `geode search --filter`).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Ingest files into a collection: re-running updates changed files and skips unchanged ones.
+
+    Example: geode ingest docs/ --collection docs
+    """
+    files, missing = discover(paths)
+    if missing:
+        raise InputError(f"no such file or folder: {', '.join(str(m.path) for m in missing)}")
+    if not files:
+        suffixes = ", ".join(sorted(SUPPORTED_SUFFIXES))
+        raise InputError(
+            f"no files to ingest under {', '.join(map(str, paths))}", hint=f"supported: {suffixes}"
+        )
+    metadata = parse_pairs(meta, "--meta")
+    if any(isinstance(v, list) for v in metadata.values()):
+        raise InputError("--meta: each key may be given once")
+    chunker = Chunker(max_chars=chunk_size, overlap_chars=overlap)
+    settings = make_settings()
+    name = collection or settings.retrieval.collection
+    err = Console(stderr=True)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+    tasks: dict[Phase, TaskID] = {}
+
+    def on_progress(phase: Phase, done: int, total: int) -> None:
+        if phase not in tasks:
+            tasks[phase] = progress.add_task(_PHASE_LABELS[phase], total=total or None)
+        progress.update(tasks[phase], completed=done, total=total or None)
+
+    with Runtime(settings) as rt:
+        ingestor = Ingestor(
+            rt.store,
+            rt.embedder,
+            chunker=chunker,
+            batch_size=batch_size,
+            text_field=text_field,
+            metadata=metadata,
+        )
+        try:
+            with err.status("opening the store and loading the embedding model...", spinner="dots"):
+                _ = rt.store, rt.embedder.dimension
+            with progress:
+                report = ingestor.ingest(files, name, on_progress=on_progress)
+        except KeyboardInterrupt:
+            err.print(
+                "[yellow]interrupted: chunks already written are kept; run the same command to resume[/yellow]"
+            )
+            raise
+    for skipped in report.skipped:
+        err.print(f"[yellow]warning:[/yellow] skipped {skipped.path}: {skipped.reason}")
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}")
+    if as_json:
+        out = {
+            "collection": report.collection,
+            "files": report.files,
+            "unchanged": report.unchanged,
+            "skipped": [{"path": str(s.path), "reason": s.reason} for s in report.skipped],
+            "chunks": report.chunks,
+            "deleted": report.deleted,
+            "seconds": round(report.seconds, 3),
+            "write_seconds": round(report.write_seconds, 3),
+            "chunks_per_second": round(report.chunks_per_second, 1),
+        }
+        typer.echo(json.dumps(out, indent=2))
+    else:
+        _summary(report, Console())
+    if report.files == 0 and report.unchanged == 0:
+        raise InputError(f"none of the {len(files)} file(s) could be ingested (see the warnings above)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``geode ingest`` to the CLI."""
+    app.command("ingest")(ingest)

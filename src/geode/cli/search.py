@@ -1,0 +1,135 @@
+"""``geode search``: search a collection and print id, score, source and text of the top passages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from geode.cli._common import make_settings
+from geode.errors import InputError
+from geode.retrieval import Passage
+from geode.retrieval.base import FilterValue
+from geode.runtime.runtime import Runtime
+
+__all__ = ["parse_pairs", "register", "search"]
+
+
+def parse_pairs(pairs: Sequence[str], option: str) -> dict[str, Any]:
+    """Parse ``key=value`` (text) and ``key:=json`` (a JSON scalar) pairs; a repeated key collects a list.
+
+    Raises:
+        InputError: A pair has no ``=``, an empty key, or a value that is not a JSON scalar after ``:=``.
+    """
+    parsed: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise InputError(
+                f"bad {option} {pair!r}", hint=f"use {option} key=value (or key:=<json> for a number)"
+            )
+        is_json = key.endswith(":")
+        key = key.removesuffix(":").strip()
+        if not key:
+            raise InputError(f"bad {option} {pair!r}: the key is empty")
+        value: Any = raw
+        if is_json:
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise InputError(f"{option} {key}:= is not valid JSON: {err.msg}") from err
+            if not isinstance(value, str | int | float | bool):
+                raise InputError(f"{option} {key}:= must be a string, number or boolean, not {raw!r}")
+        if key in parsed:
+            previous = parsed[key]
+            parsed[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
+        else:
+            parsed[key] = value
+    return parsed
+
+
+def _filter(pairs: Sequence[str]) -> dict[str, FilterValue] | None:
+    parsed = parse_pairs(pairs, "--filter")
+    for key, value in parsed.items():
+        if isinstance(value, float) or (isinstance(value, list) and any(isinstance(v, float) for v in value)):
+            raise InputError(f"--filter {key}: only text, integers and booleans can be matched exactly")
+        if key == "source":
+            # Sources are stored as absolute paths; let people name the file the way they ingested it.
+            values = value if isinstance(value, list) else [value]
+            resolved = [Path(v).resolve().as_posix() if Path(v).exists() else v for v in values]
+            parsed[key] = resolved if isinstance(value, list) else resolved[0]
+    return parsed or None
+
+
+def _shown_source(passage: Passage) -> str:
+    source = passage.source
+    if source is None:
+        return "-"
+    try:
+        shown = str(Path(source).relative_to(Path.cwd()))
+    except ValueError:
+        shown = source
+    page = passage.metadata.get("page")
+    return f"{shown} p.{page}" if page is not None else shown
+
+
+def search(
+    query: str = typer.Argument(..., help="What to search for."),
+    collection: str | None = typer.Option(
+        None,
+        "--collection",
+        "-c",
+        help="Collection to search. Default: GEODE_RETRIEVAL_COLLECTION, else 'docs'.",
+    ),
+    k: int = typer.Option(5, "--k", "-k", min=1, max=100, help="How many passages to return."),
+    filters: list[str] = typer.Option(  # noqa: B008  (typer's declaration style)
+        [],
+        "--filter",
+        "-f",
+        help="Payload condition key=value (key:=<json> for numbers/booleans); repeat a key to match any of "
+        "its values. 'source' accepts a file path.",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the passages as JSON."),
+) -> None:
+    """Search a collection and print the top passages with id, score, source and text.
+
+    Example: geode search "how do I return a tent?" --collection docs --k 3
+    """
+    payload_filter = _filter(filters)
+    settings = make_settings()
+    err = Console(stderr=True)
+    with Runtime(settings) as rt:
+        retriever = rt.retriever(collection=collection, k=k)
+        with err.status("searching (the first search loads the embedding model)...", spinner="dots"):
+            passages: list[Passage] = retriever(query=query, filter=payload_filter).passages
+    if as_json:
+        out = {
+            "query": query,
+            "collection": retriever.collection,
+            "passages": [p.to_dict() for p in passages],
+        }
+        typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+        return
+    console = Console()
+    if not passages:
+        console.print(f"no passages in collection {retriever.collection!r} match {query!r}")
+        return
+    table = Table(title=f"{retriever.collection}: {query}", show_lines=True)
+    table.add_column("#", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("source / id", overflow="fold", max_width=40)
+    table.add_column("text", overflow="fold")
+    for rank, p in enumerate(passages, start=1):
+        text = p.text if len(p.text) <= 600 else p.text[:600] + " [...]"
+        table.add_row(str(rank), f"{p.score:.3f}", f"{_shown_source(p)}\n[dim]{p.id}[/dim]", text)
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``geode search`` to the CLI."""
+    app.command("search")(search)
