@@ -35,6 +35,8 @@ _COMMAND_MODULES = (
     "geode.cli.reference",
     "geode.cli.phoenix",
     "geode.cli.trace",
+    "geode.cli.serve",
+    "geode.cli.compare_versions",
 )
 
 _state = {"debug": False}

@@ -158,6 +158,12 @@ class ServeSettings(BaseSettings):
     """Runs remembered for feedback (trace id → root span id); older feedback annotates the trace."""
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     """How long shutdown waits for in-flight shadow runs and telemetry."""
+    trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
+    """Share of each served program's traces exported; failed runs and runs that get feedback are
+    always kept. Leave GEODE_TRACING_SAMPLE_RATIO at 1 when serving: it drops spans before this
+    decision can be made."""
+    feedback_hold_s: float = Field(default=600.0, gt=0)
+    """How long an unsampled trace waits in memory for feedback that would keep it."""
 
 
 class Settings(BaseSettings):

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider as SDKTracerProvider
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -49,6 +50,7 @@ from geode.runtime.serving.feedback import FeedbackLog, FeedbackRecord, Feedback
 from geode.runtime.serving.guard import ApiKeys, Quotas
 from geode.runtime.serving.limits import BodyLimitMiddleware
 from geode.runtime.serving.metrics import ServerMetrics
+from geode.runtime.serving.sampling import TraceGate, install_trace_gate
 from geode.runtime.serving.schema import (
     ProgramInterface,
     interface_of,
@@ -239,6 +241,7 @@ class _Server:
         self.draining = False
         self.background: set[asyncio.Task[None]] = set()
         self.shadow_slots = asyncio.Semaphore(settings.shadow_max_in_flight)
+        self.gate: TraceGate | None = None
         for spec in programs:
             hosted = self._host(spec if isinstance(spec, HostedProgram) else HostedProgram(spec))
             if hosted.route in self.hosted:
@@ -246,6 +249,11 @@ class _Server:
                     f"two programs would be served at /programs/{hosted.route}", hint="serve them as NAME=REF"
                 )
             self.hosted[hosted.route] = hosted
+        ratios = {h.name: h.sample_ratio for h in self.hosted.values() if h.sample_ratio is not None}
+        if isinstance(provider, SDKTracerProvider) and (ratios or settings.trace_sample_ratio < 1.0):
+            self.gate = install_trace_gate(
+                provider, ratios, settings.trace_sample_ratio, hold_s=settings.feedback_hold_s
+            )
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -318,6 +326,12 @@ class _Server:
             served = self.runtime.serve(hosted.program)
             return served.module, served.version
         return hosted.program, None
+
+    def problem(self, hosted: _Hosted) -> str | None:
+        """Why the active registry version is not the one serving, if so."""
+        if isinstance(hosted.program, str):
+            return self.runtime.serve(hosted.program).problem
+        return None
 
     def choose(self, hosted: _Hosted, asked: str | None, key: str) -> tuple[dspy.Module, str | None, str]:
         module, version = self.primary(hosted)
@@ -438,11 +452,6 @@ class _Server:
                     SpanAttributes.OUTPUT_VALUE, json.dumps(outcome.outputs, ensure_ascii=False)
                 )
                 span.set_attribute(SpanAttributes.OUTPUT_MIME_TYPE, OpenInferenceMimeTypeValues.JSON.value)
-                span.set_attribute(SpanAttributes.LLM_TOKEN_COUNT_PROMPT, outcome.prompt_tokens)
-                span.set_attribute(SpanAttributes.LLM_TOKEN_COUNT_COMPLETION, outcome.completion_tokens)
-                span.set_attribute(
-                    SpanAttributes.LLM_TOKEN_COUNT_TOTAL, outcome.prompt_tokens + outcome.completion_tokens
-                )
                 span.set_status(Status(StatusCode.OK))
             elif err is not None:
                 code, message = describe(err)
@@ -594,6 +603,8 @@ class _Server:
         task.add_done_callback(self.background.discard)
 
     async def feedback(self, body: FeedbackIn) -> FeedbackOut:
+        if self.gate is not None:
+            self.gate.keep(body.trace_id)
         known = self.recent.get(body.trace_id)
         record = FeedbackRecord(
             trace_id=body.trace_id,
@@ -815,6 +826,7 @@ def _add_operation_routes(app: FastAPI, server: _Server, caller: Callable[..., A
             programs_state[hosted.name] = {
                 "version": version or "base",
                 "candidate": hosted.candidate.version if hosted.candidate else None,
+                "problem": server.problem(hosted),
             }
         status = 503 if server.draining else 200
         return JSONResponse(

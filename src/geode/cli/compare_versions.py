@@ -1,0 +1,137 @@
+"""``geode compare-versions``: served versions of a program side by side, from traces and feedback."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from geode.cli._common import make_settings
+from geode.cli.trace import _source
+from geode.errors import InputError
+from geode.runtime.serving.compare import VersionStats, compare_versions, feedback_from_annotations
+from geode.runtime.serving.feedback import FeedbackRecord, read_feedback
+from geode.traces.records import TraceRecord
+from geode.traces.sources import PhoenixTraceSource, TraceFilter
+
+__all__ = ["parse_since", "register"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str) -> timedelta:
+    """``30m``, ``1h``, ``7d`` → a timedelta.
+
+    Example:
+        >>> parse_since("90m")
+        datetime.timedelta(seconds=5400)
+    """
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if not found:
+        raise InputError(f"bad --since {text!r}", hint="use a number and a unit: 30m, 1h, 7d")
+    return timedelta(seconds=float(found.group(1)) * _UNITS[found.group(2)])
+
+
+def _phoenix_feedback(reader: PhoenixTraceSource, traces: list[TraceRecord]) -> list[FeedbackRecord]:
+    from phoenix.client import Client
+
+    roots = {t.root.span_id: t.trace_id for t in traces if t.root is not None}
+    if not roots:
+        return []
+    client = Client(base_url=reader.url)
+    ids = list(roots)
+    annotations: list[Any] = []
+    for start in range(0, len(ids), 100):
+        found = client.spans.get_span_annotations(
+            span_ids=ids[start : start + 100], project_identifier=reader.project
+        )
+        annotations.extend(dict(a) for a in found)
+    return feedback_from_annotations(annotations, roots)
+
+
+def _fmt(value: float | None, pattern: str) -> str:
+    return "-" if value is None else pattern.format(value)
+
+
+def _table(name: str, rows: list[VersionStats], since: str) -> Table:
+    table = Table(title=f"{name}: versions over the last {since}")
+    for column in (
+        "version",
+        "served as",
+        "runs",
+        "errors",
+        "p50 ms",
+        "p95 ms",
+        "tokens/run",
+        "cost/run",
+        "feedback",
+        "score",
+    ):
+        table.add_column(column, justify="left" if column in ("version", "served as") else "right")
+    for row in rows:
+        table.add_row(
+            row.version,
+            ", ".join(row.roles),
+            str(row.runs),
+            f"{row.error_rate:.1%}",
+            _fmt(row.p50_ms, "{:.0f}"),
+            _fmt(row.p95_ms, "{:.0f}"),
+            f"{row.tokens_per_run:.0f}",
+            _fmt(row.cost_per_run, "${:.5f}"),
+            str(row.feedback),
+            _fmt(row.mean_score, "{:.3f}"),
+        )
+    return table
+
+
+def compare(
+    name: str = typer.Argument(..., help="The program's name (geode.program.name on its spans)."),
+    since: str = typer.Option("1h", "--since", help="How far back: 30m, 1h, 7d."),
+    source: str = typer.Option(
+        "phoenix", "--source", "-s", help="'phoenix' (configured or local) or an OTLP-JSON file or folder."
+    ),
+    project: str | None = typer.Option(
+        None, "--project", help="Phoenix project (default: the tracing project)."
+    ),
+    feedback_name: str | None = typer.Option(None, "--feedback-name", help="Only feedback with this name."),
+    limit: int = typer.Option(10_000, "--limit", min=1, help="At most this many traces (newest first)."),
+    as_json: bool = typer.Option(False, "--json", help="Print rows as JSON."),
+) -> None:
+    """Compare the versions of a served program: runs, errors, latency, tokens, cost and feedback score.
+
+    Example: geode compare-versions qa --since 1h
+    """
+    window = parse_since(since)
+    settings = make_settings()
+    reader = _source(settings, source, project)
+    try:
+        traces = list(reader.traces(TraceFilter(program=name, start=datetime.now(UTC) - window, limit=limit)))
+        feedback = list(read_feedback(settings.home / "feedback" / "feedback.jsonl"))
+        if isinstance(reader, PhoenixTraceSource):
+            feedback.extend(_phoenix_feedback(reader, traces))
+    finally:
+        close = getattr(reader, "close", None)
+        if callable(close):
+            close()
+    # The local log and Phoenix may both hold one record: count each (trace, name, score) once.
+    unique = {(r.trace_id, r.name, r.score, r.label): r for r in feedback}
+    rows = compare_versions(traces, unique.values(), feedback_name=feedback_name)
+    if as_json:
+        typer.echo(json.dumps([{**r.__dict__, "error_rate": r.error_rate} for r in rows], indent=2))
+        return
+    if not rows:
+        raise InputError(
+            f"no runs of {name!r} in the last {since} in {reader.description}",
+            hint="check the program name (see `geode trace show --last`) or widen --since",
+        )
+    Console().print(_table(name, rows, since))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``geode compare-versions`` to the CLI."""
+    app.command("compare-versions")(compare)

@@ -1,0 +1,167 @@
+"""``geode serve``: host programs over HTTP (FastAPI + uvicorn)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import typer
+
+from geode.cli._common import LM_OPTION, make_settings
+from geode.errors import ConfigError
+from geode.runtime.runtime import Runtime
+from geode.runtime.serving import Candidate, HostedProgram, create_app
+from geode.runtime.settings import Settings
+
+__all__ = ["parse_split", "register", "serve"]
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """A ``--canary``/``--shadow`` option: which program, which version, what share."""
+
+    program: str
+    version: str
+    share: float
+
+
+def parse_split(text: str, *, default_share: float) -> SplitSpec:
+    """Parse ``NAME=VERSION`` or ``NAME=VERSION:SHARE``.
+
+    Example:
+        >>> parse_split("qa=1a2b3c:0.2", default_share=0.1)
+        SplitSpec(program='qa', version='1a2b3c', share=0.2)
+    """
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise ConfigError(
+            f"bad split {text!r}", hint="use NAME=VERSION or NAME=VERSION:SHARE, e.g. qa=1a2b3c:0.1"
+        )
+    version, _, share_text = rest.partition(":")
+    share = default_share
+    if share_text:
+        try:
+            share = float(share_text)
+        except ValueError as err:
+            raise ConfigError(
+                f"bad share {share_text!r} in {text!r}", hint="a number between 0 and 1"
+            ) from err
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"the share in {text!r} must be between 0 and 1")
+    return SplitSpec(name, version, share)
+
+
+def _parse_ref(text: str) -> tuple[str | None, str]:
+    # NAME=REF names the route; a bare REF is served under its own name.
+    name, sep, ref = text.partition("=")
+    if sep and name and ref and ":" not in name and "/" not in name:
+        return name, ref
+    return None, text
+
+
+def _hosted(
+    rt: Runtime,
+    refs: list[str],
+    canary: list[str],
+    shadow: list[str],
+    sample: list[str],
+) -> list[HostedProgram]:
+    specs: dict[str, HostedProgram] = {}
+    for text in refs:
+        name, ref = _parse_ref(text)
+        resolved = rt.resolve(ref)
+        key = name or resolved.name
+        if key in specs:
+            raise ConfigError(f"program {key!r} is given twice")
+        specs[key] = HostedProgram(ref, name=name or None)
+    splits = [("canary", parse_split(t, default_share=0.1)) for t in canary]
+    splits += [("shadow", parse_split(t, default_share=1.0)) for t in shadow]
+    for mode, split in splits:
+        spec = specs.get(split.program)
+        if spec is None:
+            raise ConfigError(
+                f"--{mode} names {split.program!r}, which is not served", hint=f"served: {', '.join(specs)}"
+            )
+        if spec.candidate is not None:
+            raise ConfigError(
+                f"{split.program!r} has two candidates; serve one --canary or --shadow per program"
+            )
+        ref = spec.program
+        assert isinstance(ref, str)
+        resolved = rt.resolve(ref)
+        registry_name = resolved.name
+        version = rt.registry.resolve_version(registry_name, split.version)
+        module = rt.registry.load_into(registry_name, version, resolved.module)
+        spec.candidate = Candidate(module, version, mode=mode, share=split.share)  # type: ignore[arg-type]
+    for text in sample:
+        name, sep, ratio = text.partition("=")
+        if not sep or name not in specs:
+            raise ConfigError(f"bad --sample {text!r}", hint="use NAME=RATIO for a served program")
+        try:
+            specs[name].sample_ratio = float(ratio)
+        except ValueError as err:
+            raise ConfigError(f"bad ratio in --sample {text!r}") from err
+    return list(specs.values())
+
+
+def serve(
+    programs: list[str] = typer.Argument(  # noqa: B008  (typer's declaration style)
+        ...,
+        help="Programs to host: REF or NAME=REF ('package.module:attribute', 'file.py:attr', a registered name).",
+    ),
+    host: str | None = typer.Option(
+        None, "--host", help="Bind address (default GEODE_SERVE_HOST, 127.0.0.1)."
+    ),
+    port: int | None = typer.Option(None, "--port", help="Port (default GEODE_SERVE_PORT, 8000)."),
+    lm: str | None = LM_OPTION,
+    canary: list[str] = typer.Option(  # noqa: B008
+        [],
+        "--canary",
+        help="NAME=VERSION[:SHARE]: a registry version answering SHARE of requests (default 0.1).",
+    ),
+    shadow: list[str] = typer.Option(  # noqa: B008
+        [],
+        "--shadow",
+        help="NAME=VERSION[:SHARE]: a registry version run on a copy of SHARE of requests, only traced.",
+    ),
+    sample: list[str] = typer.Option(  # noqa: B008
+        [],
+        "--sample",
+        help="NAME=RATIO: export RATIO of this program's traces (errors and feedback always kept).",
+    ),
+    log_level: str = typer.Option("info", "--log-level", help="uvicorn log level."),
+) -> None:
+    """Serve programs over HTTP: one endpoint each, OpenAPI at /docs, health at /health and /ready.
+
+    Example: geode serve geode.examples.qa:program --port 8000
+    """
+    import uvicorn
+
+    base = make_settings(lm=lm)
+    serve_settings = base.serve.model_copy(
+        update={k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    )
+    settings: Settings = base.model_copy(update={"serve": serve_settings})
+    rt = Runtime(settings)
+    try:
+        app = create_app(rt, _hosted(rt, programs, canary, shadow, sample), serve_settings)
+        logging.getLogger("geode").setLevel(log_level.upper())
+        config = uvicorn.Config(
+            app,
+            host=serve_settings.host,
+            port=serve_settings.port,
+            log_level=log_level,
+            # Context variables (DSPy overrides, OTel context) must not leak between requests on one
+            # connection (uvicorn #2167).
+            reset_contextvars=True,
+            timeout_graceful_shutdown=int(serve_settings.shutdown_timeout_s),
+            server_header=False,
+        )
+        uvicorn.Server(config).run()
+    finally:
+        rt.close()
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``geode serve`` to the CLI."""
+    app.command("serve")(serve)
