@@ -16,11 +16,29 @@ _EXPORTS: dict[str, str] = {
     "register_program": "geode.runtime.programs",
     "LocalLM": "geode.runtime.lm.local",
     "Retriever": "geode.retrieval.retriever",
+    "Agent": "geode.agents.agent",
+    "AgentStep": "geode.agents.steps",
+    "Budget": "geode.agents.steps",
+    "Fallback": "geode.agents.fallback",
+    "fallback_choice": "geode.agents.fallback",
+    "tool": "geode.agents.tools",
+    "search_tool": "geode.agents.tools",
+    "Calculator": "geode.agents.calculator",
+    "calculate": "geode.agents.calculator",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first use
+    from geode.agents.agent import Agent as Agent
+    from geode.agents.calculator import Calculator as Calculator
+    from geode.agents.calculator import calculate as calculate
+    from geode.agents.fallback import Fallback as Fallback
+    from geode.agents.fallback import fallback_choice as fallback_choice
+    from geode.agents.steps import AgentStep as AgentStep
+    from geode.agents.steps import Budget as Budget
+    from geode.agents.tools import search_tool as search_tool
+    from geode.agents.tools import tool as tool
     from geode.retrieval.retriever import Retriever as Retriever
     from geode.runtime.lm.local import LocalLM as LocalLM
     from geode.runtime.programs import register_program as register_program

@@ -690,7 +690,7 @@ class Agent(dspy.Module):
         budget: Budget | None = None,
         tool_timeout_s: float | None = DEFAULT_TOOL_TIMEOUT_S,
         max_observation_chars: int = 2000,
-        max_parse_failures: int = 2,
+        max_parse_failures: int = 3,
         stop_on_repeated_call: bool = True,
     ) -> None:
         super().__init__()

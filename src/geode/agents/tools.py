@@ -200,6 +200,11 @@ class GuardedTool(dspy.Tool):
         timeout_s: float | None = DEFAULT_TOOL_TIMEOUT_S,
     ) -> None:
         super().__init__(func=func, name=name, desc=desc, args=args, arg_types=arg_types, arg_desc=arg_desc)
+        if args is None:
+            # dspy.Tool lists a `**kwargs` parameter as an argument named "kwargs"; it is not one.
+            for var_keyword in _var_keyword_names(func):
+                (self.args or {}).pop(var_keyword, None)
+                (self.arg_types or {}).pop(var_keyword, None)
         if timeout_s is not None and timeout_s <= 0:
             raise ConfigError(f"tool {self.name!r}: timeout_s must be positive or None, got {timeout_s}")
         self.timeout_s = timeout_s
@@ -316,12 +321,22 @@ class GuardedTool(dspy.Tool):
             raise failure from None
 
 
+def _signature_target(func: Callable[..., Any]) -> Callable[..., Any]:
+    return func if inspect.isfunction(func) or inspect.ismethod(func) else type(func).__call__
+
+
+def _var_keyword_names(func: Callable[..., Any]) -> list[str]:
+    try:
+        parameters = inspect.signature(_signature_target(func)).parameters
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+
+
 def _args_model(tool: dspy.Tool) -> tuple[type[pydantic.BaseModel], frozenset[str]]:
     """A pydantic model of the tool's arguments, used to validate and convert them before a call."""
-    func = tool.func
-    target = func if inspect.isfunction(func) or inspect.ismethod(func) else type(func).__call__
     try:
-        parameters = inspect.signature(target).parameters
+        parameters = inspect.signature(_signature_target(tool.func)).parameters
     except (TypeError, ValueError):
         parameters = {}
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters.values()):
