@@ -519,7 +519,7 @@ class GeodeCallback(BaseCallback):
             attributes[_OUTPUT] = value
             attributes[_OUTPUT_MIME] = mime
         agent = record.agent
-        if agent is not None:
+        if agent is not None and agent.react is not None:
             if agent.iteration is not None:
                 agent.iteration.end()
                 agent.iteration = None
@@ -527,6 +527,10 @@ class GeodeCallback(BaseCallback):
             attributes[GeodeAttributes.AGENT_TERMINATION] = self._termination(
                 record, agent, outputs, exception
             )
+        elif agent is not None and exception is not None:
+            # Agents that count their own iterations say how they ended in geode_span_attributes,
+            # which they cannot do when they raise.
+            attributes[GeodeAttributes.AGENT_TERMINATION] = "error"
         if info is not None and info.span_attributes:
             try:
                 extra = record.module.geode_span_attributes(record.inputs or {}, outputs)
@@ -552,7 +556,7 @@ class GeodeCallback(BaseCallback):
         if isinstance(max_iters, int) and agent.iterations >= max_iters:
             return "max_iters"
         # ReAct ends the loop early, without finish, when the step's output cannot be used.
-        return "error" if agent.react is not None else "finish"
+        return "error"
 
     # -- LM calls ----------------------------------------------------------------------------------
 
