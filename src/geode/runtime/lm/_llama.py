@@ -12,6 +12,7 @@ free on the next call, so each model file is loaded once per process and every u
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import logging
@@ -214,8 +215,25 @@ def load_model(spec: ModelSpec) -> LoadedModel:
                 hint="check that the file is a complete GGUF model (re-download or reinstall it)",
             ) from exc
         loaded = LoadedModel(spec, llama)
+        if not _models:
+            atexit.register(_close_all)
         _models[spec] = loaded
         return loaded
+
+
+def _close_all() -> None:
+    # Free the models while llama_cpp's module globals still exist; freed during interpreter teardown
+    # instead, llama-cpp-python's finaliser fails with "'NoneType' object is not callable".
+    with _models_lock:
+        loaded_models = list(_models.values())
+        _models.clear()
+    for loaded in loaded_models:
+        # A generation still running in a daemon thread keeps its model; the process is ending anyway.
+        if loaded.lock.acquire(timeout=1.0):
+            try:
+                loaded.llama.close()
+            finally:
+                loaded.lock.release()
 
 
 def _chat_formatter(path: Path, llama: Llama) -> Jinja2ChatFormatter:

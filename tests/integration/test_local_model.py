@@ -1,0 +1,167 @@
+"""The real embedded model (SmolLM2-135M on llama.cpp) end to end through DSPy and the Runtime.
+
+Marked ``localmodel``: it loads a 98 MB model and makes about a dozen short calls (seconds, not minutes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Literal
+
+import dspy
+import pytest
+from dspy.lm15 import Config, Message, Request
+
+import geode
+from geode.errors import OutputParseError
+from geode.runtime.lm import build_lm, is_local
+from geode.runtime.lm.local import LocalLM
+from geode.runtime.settings import LMSettings
+
+pytestmark = pytest.mark.localmodel
+
+pytest.importorskip("llama_cpp", reason="needs the 'local' extra (llama-cpp-python)")
+
+
+class CapitalQA(dspy.Signature):
+    """Answer the question with a short phrase."""
+
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+class Triage(dspy.Signature):
+    """Triage a support message."""
+
+    message: str = dspy.InputField()
+    sentiment: Literal["positive", "negative"] = dspy.OutputField()
+    urgent: bool = dspy.OutputField()
+    order_number: int = dspy.OutputField()
+
+
+@pytest.fixture(scope="module")
+def lm() -> Iterator[LocalLM]:
+    yield LocalLM(cache=False, max_tokens=48, context_size=2048)
+
+
+@pytest.fixture
+def runtime(lm: LocalLM) -> geode.Runtime:
+    return geode.Runtime(lm=lm, settings=geode.Settings(tracing={"enabled": False}))
+
+
+def _request(lm: LocalLM, text: str, **config: object) -> Request:
+    return Request(model=lm.model, messages=(Message.user(text),), config=Config(**config))  # type: ignore[arg-type]
+
+
+def test_runtime_answers_through_predict_with_json_adapter_and_real_usage(
+    runtime: geode.Runtime, lm: LocalLM
+) -> None:
+    assert is_local(lm)
+    assert isinstance(runtime.adapter, dspy.JSONAdapter)
+    prediction = runtime.run(dspy.Predict(CapitalQA), question="What is the capital of France?")
+    assert isinstance(prediction.answer, str)
+    assert prediction.answer.strip()
+    usage = prediction.get_lm_usage()[lm.model]
+    assert usage["prompt_tokens"] > 50
+    assert usage["completion_tokens"] > 0
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    # The JSONAdapter sent the output schema, so llama.cpp decoded under a grammar.
+    request = lm.history[-1]
+    assert request["kwargs"]["response_format"] is not None
+
+
+def test_n_candidates_with_temperature_each_cost_a_call(runtime: geode.Runtime, lm: LocalLM) -> None:
+    before = len(lm.history)
+    prediction = runtime.run(
+        dspy.Predict(CapitalQA, n=3, temperature=0.7), question="In one word, what colour is the sky?"
+    )
+    assert len(prediction.completions.answer) == 3
+    assert len(lm.history) == before + 1
+    usage = prediction.get_lm_usage()[lm.model]
+    # Three candidates of the same prompt: three prompts billed, the KV cache served the repeats.
+    assert usage["prompt_tokens"] >= 3 * 50
+    assert usage["prompt_tokens_details"]["cached_tokens"] >= 2 * 50
+
+
+def test_async_run_uses_the_async_engine(runtime: geode.Runtime) -> None:
+    prediction = asyncio.run(runtime.arun(dspy.Predict(CapitalQA), question="What is the capital of Japan?"))
+    assert isinstance(prediction.answer, str)
+
+
+def test_typed_fields_parse_into_their_types(runtime: geode.Runtime) -> None:
+    prediction = runtime.run(
+        dspy.Predict(Triage),
+        message="My order 4417 arrived broken and I need a replacement before Friday!",
+    )
+    assert prediction.sentiment in ("positive", "negative")
+    assert isinstance(prediction.urgent, bool)
+    assert isinstance(prediction.order_number, int)
+
+
+def test_truncated_output_is_an_output_parse_error(lm: LocalLM) -> None:
+    starved = geode.Runtime(lm=lm.copy(max_tokens=3), settings=geode.Settings(tracing={"enabled": False}))
+    with pytest.raises(OutputParseError) as info:
+        starved.run(dspy.Predict(Triage), message="Where is my order 12?")
+    assert "could not be parsed" in str(info.value)
+
+
+def test_max_tokens_and_greedy_decoding_are_honoured(lm: LocalLM) -> None:
+    request = _request(lm, "Count from 1 to 50, separated by commas.", max_tokens=7, temperature=0.0)
+    first = lm.engine.complete(request)
+    second = lm.engine.complete(request)
+    assert first.finish_reason == "length"
+    assert first.usage.output_tokens == 7
+    assert first.text == second.text
+    # The second identical prompt was served from the KV cache except its last token.
+    assert second.usage.cache_read_tokens == second.usage.input_tokens - 1
+
+
+def test_streaming_yields_the_same_text_and_usage_as_complete(lm: LocalLM) -> None:
+    request = _request(lm, "Say hello to Ada in five words.", max_tokens=16, temperature=0.0)
+    complete = lm.engine.complete(request)
+    events = list(lm.engine.stream(request))
+    assert events[0].type == "start"
+    assert events[-1].type == "end"
+    streamed = "".join(e.delta.text for e in events if e.type == "delta")
+    assert streamed == complete.text
+    assert events[-1].usage.input_tokens == complete.usage.input_tokens
+    assert events[-1].usage.output_tokens == complete.usage.output_tokens
+
+
+def test_stop_strings_cut_the_output(lm: LocalLM) -> None:
+    prompt = "Count from 1 to 20, one number per line."
+    full = lm.engine.complete(_request(lm, prompt, max_tokens=10, temperature=0.0)).text
+    assert "2." in full
+    cut = _request(lm, prompt, max_tokens=10, temperature=0.0, stop=("2.",))
+    complete = lm.engine.complete(cut)
+    streamed = "".join(e.delta.text for e in lm.engine.stream(cut) if e.type == "delta")
+    assert complete.text == full[: full.index("2.")]
+    assert streamed == complete.text
+
+
+def test_concurrent_calls_are_serialised_not_corrupted(lm: LocalLM) -> None:
+    request = _request(lm, "What is 2 + 2?", max_tokens=4, temperature=0.0)
+    expected = lm.engine.complete(request).text
+    results: list[str] = []
+
+    def call() -> None:
+        results.append(lm.copy().engine.complete(request).text)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert results == [expected] * 3
+
+
+def test_copies_and_new_instances_share_one_loaded_model(lm: LocalLM) -> None:
+    assert lm.copy(temperature=0.5).loaded is lm.loaded
+    again = build_lm(LMSettings(model="local", context_size=2048, max_tokens=48))
+    assert isinstance(again, LocalLM)
+    assert again.loaded is lm.loaded
+    restored = LocalLM.load_state(lm.dump_state())
+    assert restored.loaded is lm.loaded
+    assert restored.dump_state() == lm.dump_state()
