@@ -22,6 +22,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
@@ -105,7 +106,7 @@ class _State:
 def probe_port(host: str, port: int, *, timeout_s: float = _PROBE_TIMEOUT_S) -> tuple[PortState, str | None]:
     """What listens on ``host:port``: a Phoenix (with its version), something else, or nothing."""
     try:
-        response = httpx.get(f"http://{_url_host(host)}:{port}/arize_phoenix_version", timeout=timeout_s)
+        response = _local_get(f"http://{_url_host(host)}:{port}/arize_phoenix_version", timeout_s)
         text = response.text.strip()
         if response.status_code == 200 and text[:1].isdigit() and len(text) < 40:
             return "phoenix", text
@@ -135,7 +136,7 @@ def local_phoenix_url(settings: Settings, *, timeout_s: float = 0.3) -> str | No
     candidates.append((settings.phoenix.host, settings.phoenix.port))
     for host, port in dict.fromkeys(candidates):
         try:
-            response = httpx.get(f"http://{_url_host(host)}:{port}/arize_phoenix_version", timeout=timeout_s)
+            response = _local_get(f"http://{_url_host(host)}:{port}/arize_phoenix_version", timeout_s)
         except httpx.HTTPError:
             continue
         if response.status_code == 200 and response.text.strip()[:1].isdigit():
@@ -420,6 +421,19 @@ class PhoenixServer:
 
 # -- helpers --------------------------------------------------------------------------------------
 
+_LOCAL_HTTP: httpx.Client | None = None
+_LOCAL_HTTP_LOCK = threading.Lock()
+
+
+def _local_get(url: str, timeout_s: float) -> httpx.Response:
+    """GET from a local server: one shared client (no TLS set-up per call), proxies from env ignored."""
+    global _LOCAL_HTTP
+    with _LOCAL_HTTP_LOCK:
+        if _LOCAL_HTTP is None:
+            _LOCAL_HTTP = httpx.Client(trust_env=False)
+        client = _LOCAL_HTTP
+    return client.get(url, timeout=timeout_s)
+
 
 def _phoenix_command() -> list[str]:
     script = Path(sys.executable).parent / "phoenix"
@@ -430,9 +444,9 @@ def _phoenix_command() -> list[str]:
 
 def _ready(url: str) -> bool:
     try:
-        response = httpx.get(f"{url}/readyz", timeout=_PROBE_TIMEOUT_S)
+        response = _local_get(f"{url}/readyz", _PROBE_TIMEOUT_S)
         if response.status_code == 404:  # servers before /readyz existed
-            response = httpx.get(f"{url}/healthz", timeout=_PROBE_TIMEOUT_S)
+            response = _local_get(f"{url}/healthz", _PROBE_TIMEOUT_S)
         return response.status_code == 200
     except httpx.HTTPError:
         return False
