@@ -8,19 +8,21 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import dspy
 import pytest
-from dspy.lm15 import Config, Message, Request
+from dspy.lm15 import Config, Message, Request, Response
 
 import geode
 from geode.errors import OutputParseError
 from geode.runtime.lm import build_lm, is_local
 from geode.runtime.lm.local import LocalLM
-from geode.runtime.settings import LMSettings
+from geode.runtime.settings import LMSettings, TracingSettings
 
 pytestmark = pytest.mark.localmodel
+
+_NO_TRACING = geode.Settings(tracing=TracingSettings(enabled=False))
 
 pytest.importorskip("llama_cpp", reason="needs the 'local' extra (llama-cpp-python)")
 
@@ -48,7 +50,18 @@ def lm() -> Iterator[LocalLM]:
 
 @pytest.fixture
 def runtime(lm: LocalLM) -> geode.Runtime:
-    return geode.Runtime(lm=lm, settings=geode.Settings(tracing={"enabled": False}))
+    return geode.Runtime(lm=lm, settings=_NO_TRACING)
+
+
+def _usage(prediction: dspy.Prediction, lm: LocalLM) -> dict[str, Any]:
+    usage = prediction.get_lm_usage()
+    assert usage is not None
+    return usage[lm.model]
+
+
+def _text(response: Response) -> str:
+    assert response.text is not None
+    return response.text
 
 
 def _request(lm: LocalLM, text: str, **config: object) -> Request:
@@ -63,7 +76,7 @@ def test_runtime_answers_through_predict_with_json_adapter_and_real_usage(
     prediction = runtime.run(dspy.Predict(CapitalQA), question="What is the capital of France?")
     assert isinstance(prediction.answer, str)
     assert prediction.answer.strip()
-    usage = prediction.get_lm_usage()[lm.model]
+    usage = _usage(prediction, lm)
     assert usage["prompt_tokens"] > 50
     assert usage["completion_tokens"] > 0
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
@@ -77,9 +90,11 @@ def test_n_candidates_with_temperature_each_cost_a_call(runtime: geode.Runtime, 
     prediction = runtime.run(
         dspy.Predict(CapitalQA, n=3, temperature=0.7), question="In one word, what colour is the sky?"
     )
-    assert len(prediction.completions.answer) == 3
+    completions = prediction.completions
+    assert completions is not None
+    assert len(completions.answer) == 3
     assert len(lm.history) == before + 1
-    usage = prediction.get_lm_usage()[lm.model]
+    usage = _usage(prediction, lm)
     # Three candidates of the same prompt: three prompts billed, the KV cache served the repeats.
     assert usage["prompt_tokens"] >= 3 * 50
     assert usage["prompt_tokens_details"]["cached_tokens"] >= 2 * 50
@@ -101,7 +116,7 @@ def test_typed_fields_parse_into_their_types(runtime: geode.Runtime) -> None:
 
 
 def test_truncated_output_is_an_output_parse_error(lm: LocalLM) -> None:
-    starved = geode.Runtime(lm=lm.copy(max_tokens=3), settings=geode.Settings(tracing={"enabled": False}))
+    starved = geode.Runtime(lm=lm.copy(max_tokens=3), settings=_NO_TRACING)
     with pytest.raises(OutputParseError) as info:
         starved.run(dspy.Predict(Triage), message="Where is my order 12?")
     assert "could not be parsed" in str(info.value)
@@ -109,19 +124,20 @@ def test_truncated_output_is_an_output_parse_error(lm: LocalLM) -> None:
 
 def test_max_tokens_and_greedy_decoding_are_honoured(lm: LocalLM) -> None:
     request = _request(lm, "Count from 1 to 50, separated by commas.", max_tokens=7, temperature=0.0)
-    first = lm.engine.complete(request)
-    second = lm.engine.complete(request)
+    first = lm.llama_engine.complete(request)
+    second = lm.llama_engine.complete(request)
     assert first.finish_reason == "length"
     assert first.usage.output_tokens == 7
     assert first.text == second.text
     # The second identical prompt was served from the KV cache except its last token.
+    assert second.usage.input_tokens is not None
     assert second.usage.cache_read_tokens == second.usage.input_tokens - 1
 
 
 def test_streaming_yields_the_same_text_and_usage_as_complete(lm: LocalLM) -> None:
     request = _request(lm, "Say hello to Ada in five words.", max_tokens=16, temperature=0.0)
-    complete = lm.engine.complete(request)
-    events = list(lm.engine.stream(request))
+    complete = lm.llama_engine.complete(request)
+    events = list(lm.llama_engine.stream(request))
     assert events[0].type == "start"
     assert events[-1].type == "end"
     streamed = "".join(e.delta.text for e in events if e.type == "delta")
@@ -132,22 +148,22 @@ def test_streaming_yields_the_same_text_and_usage_as_complete(lm: LocalLM) -> No
 
 def test_stop_strings_cut_the_output(lm: LocalLM) -> None:
     prompt = "Count from 1 to 20, one number per line."
-    full = lm.engine.complete(_request(lm, prompt, max_tokens=10, temperature=0.0)).text
+    full = _text(lm.llama_engine.complete(_request(lm, prompt, max_tokens=10, temperature=0.0)))
     assert "2." in full
     cut = _request(lm, prompt, max_tokens=10, temperature=0.0, stop=("2.",))
-    complete = lm.engine.complete(cut)
-    streamed = "".join(e.delta.text for e in lm.engine.stream(cut) if e.type == "delta")
+    complete = lm.llama_engine.complete(cut)
+    streamed = "".join(e.delta.text for e in lm.llama_engine.stream(cut) if e.type == "delta")
     assert complete.text == full[: full.index("2.")]
     assert streamed == complete.text
 
 
 def test_concurrent_calls_are_serialised_not_corrupted(lm: LocalLM) -> None:
     request = _request(lm, "What is 2 + 2?", max_tokens=4, temperature=0.0)
-    expected = lm.engine.complete(request).text
+    expected = lm.llama_engine.complete(request).text
     results: list[str] = []
 
     def call() -> None:
-        results.append(lm.copy().engine.complete(request).text)
+        results.append(_text(lm.copy().llama_engine.complete(request)))
 
     threads = [threading.Thread(target=call) for _ in range(3)]
     for thread in threads:

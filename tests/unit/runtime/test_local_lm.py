@@ -251,7 +251,8 @@ def test_sampling_settings_map_to_llama_cpp_and_unset_ones_keep_its_defaults() -
         "repeat_penalty": 1.1,
         "min_p": 0.0,
     }
-    assert sampling_kwargs(Config()) == {}
+    # Unset: the defaults of llama.cpp's chat API (not create_completion's 16-token cap).
+    assert sampling_kwargs(Config()) == {"temperature": 0.2, "max_tokens": None}
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,10 @@ SUPPORTED_PARAMS: Final = frozenset(
 # llama.cpp sampling knobs with no canonical Config field; they arrive as Config.extensions.
 _EXTENSION_PARAMS: Final = frozenset({"min_p", "typical_p", "repeat_penalty"})
 
+# create_completion's own defaults differ from create_chat_completion's (16 tokens, temperature 0.8); an
+# unset field must behave as llama.cpp's chat API does: no token cap but the context, temperature 0.2.
+_CHAT_DEFAULTS: Final[Mapping[str, Any]] = {"temperature": 0.2, "max_tokens": None}
+
 _GRAMMAR_CACHE_SIZE: Final = 128
 _GGUF_MAGIC: Final = b"GGUF"
 
@@ -364,7 +368,8 @@ def chat_messages(request: Request) -> list[dict[str, str]]:
 def sampling_kwargs(config: Config) -> dict[str, Any]:
     """llama-cpp-python ``create_completion`` keyword arguments for a canonical ``Config``.
 
-    Unset fields keep llama-cpp-python's defaults, so a bare request samples as llama.cpp would.
+    Unset fields take the defaults of llama-cpp-python's chat API, so a bare request samples as
+    ``create_chat_completion`` would.
 
     Raises:
         UnsupportedFeatureError: A setting the local model cannot honour (logprobs, reasoning, ...).
@@ -384,7 +389,7 @@ def sampling_kwargs(config: Config) -> dict[str, Any]:
                 feature=feature,
                 provider=PROVIDER,
             )
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = dict(_CHAT_DEFAULTS)
     for name in (
         "temperature",
         "max_tokens",

@@ -146,6 +146,8 @@ class LocalLM(dspy.LM):
             )
         )
         engine = LlamaCppEngine(self.loaded, structured_output=structured_output)
+        self.llama_engine = engine
+        """The engine DSPy calls (also usable directly with ``dspy.lm15.Request`` objects)."""
         super().__init__(
             f"local/{path.stem}",
             temperature=temperature,
