@@ -11,6 +11,7 @@ crystallize into. Two common shapes are provided:
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import dspy
@@ -95,12 +96,13 @@ class RAG(dspy.Module):
         return dspy.Prediction(**{k: pred.get(k) for k in self.signature.output_fields}, passages=passages)
 
     async def aforward(self, **inputs: Any) -> dspy.Prediction:
-        """Async :meth:`forward` (the retriever is awaited if it is a ``dspy.Module``)."""
+        """Async :meth:`forward` (a retriever without ``aforward`` runs in a worker thread)."""
         query = self._query(inputs)
-        if isinstance(self.retriever, dspy.Module):
+        if isinstance(self.retriever, dspy.Module) and hasattr(type(self.retriever), "aforward"):
             result = await self.retriever.acall(query=query, k=self.k)
         else:
-            result = self.retriever(query=query, k=self.k)
+            # Store lookups block; keep them off the event loop (to_thread carries the context along).
+            result = await asyncio.to_thread(self.retriever, query=query, k=self.k)
         passages = list(passages_of(result))
         pred = await self.generate.acall(context=self._context(passages), **inputs)
         return dspy.Prediction(**{k: pred.get(k) for k in self.signature.output_fields}, passages=passages)
