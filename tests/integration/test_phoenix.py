@@ -1,0 +1,201 @@
+"""Against a real Phoenix: the launcher starts ``phoenix serve``, spans go in over OTLP/HTTP, and come back
+through :class:`PhoenixTraceSource` (``arize-phoenix-client``) exactly as they were written.
+
+One Phoenix serves the whole session (start-up takes ~45 s on 2 cores); every test writes to its own
+project. ``GEODE_TEST_PHOENIX_PORT`` points the fixture at a Phoenix already running on that port
+(the launcher reuses it) to iterate faster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from geode.cli import main
+from geode.runtime.phoenix import PhoenixServer, PhoenixStatus, find_free_port
+from geode.runtime.settings import PhoenixSettings
+from geode.testing.spans import SpanTreeBuilder, agent_run_tree, workflow_run_tree
+from geode.traces.records import SpanRecord, TraceRecord
+from geode.traces.sources import InMemoryTraceSource, PhoenixTraceSource, TraceFilter
+
+pytestmark = pytest.mark.phoenix
+
+WAIT_S = 120.0
+"""Deadline for Phoenix to ingest a test's spans (it manages ~125 spans/s on a busy 2-core machine)."""
+
+
+@pytest.fixture(scope="session")
+def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PhoenixStatus]:
+    home = tmp_path_factory.mktemp("geode-home")
+    reuse_port = os.environ.get("GEODE_TEST_PHOENIX_PORT")
+    settings = PhoenixSettings(
+        port=int(reuse_port) if reuse_port else find_free_port(),
+        grpc_port=find_free_port(),
+        start_timeout_s=600.0,  # CI machines start it slowly when busy; the launcher's own default is 180
+    )
+    server = PhoenixServer(settings, working_dir=home / "phoenix")
+    status = server.start()
+    assert status.running, status
+    yield status
+    server.stop()
+
+
+def _project() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+def _builder_to(phoenix: PhoenixStatus, project: str) -> SpanTreeBuilder:
+    builder = SpanTreeBuilder(project=project)
+    builder.provider.add_span_processor(
+        SimpleSpanProcessor(OTLPSpanExporter(endpoint=phoenix.collector_endpoint))
+    )
+    return builder
+
+
+def _comparable(span: SpanRecord) -> tuple[object, ...]:
+    attributes = {
+        k: v for k, v in span.attributes.items() if k != "metadata" and not k.startswith("metadata.")
+    }
+    return (
+        span.trace_id,
+        span.span_id,
+        span.parent_id,
+        span.name,
+        span.kind,
+        span.start_time,
+        span.end_time,
+        span.status,
+        span.status_message,
+        attributes,
+        span.metadata,
+        span.exception,
+    )
+
+
+def _same_traces(got: list[TraceRecord], want: list[TraceRecord]) -> None:
+    assert [t.trace_id for t in got] == [t.trace_id for t in want]
+    for g, w in zip(got, want, strict=True):
+        assert [_comparable(s) for s in g.spans] == [_comparable(s) for s in w.spans]
+
+
+def test_launcher_reuses_the_running_server(phoenix: PhoenixStatus, tmp_path: Path) -> None:
+    port = int(phoenix.url.rsplit(":", 1)[1])
+    again = PhoenixServer(PhoenixSettings(port=port), working_dir=tmp_path / "phoenix").start()
+    assert again.reused and again.running and again.url == phoenix.url
+    assert again.version == phoenix.version
+
+
+def test_spans_come_back_exactly_as_written(phoenix: PhoenixStatus) -> None:
+    project = _project()
+    builder = _builder_to(phoenix, project)
+    agent = builder.emit(agent_run_tree(tool_error="index offline"))
+    workflow = builder.emit(workflow_run_tree(), gap_ms=50)
+    builder.shutdown()
+    with PhoenixTraceSource(phoenix.url, project) as source:
+        result = source.wait_for([agent, workflow], timeout_s=WAIT_S)
+        assert result.complete, f"Phoenix did not ingest {result.missing} within {WAIT_S}s"
+        assert result.source == f"Phoenix at {phoenix.url}, project {project!r}"
+        expected = InMemoryTraceSource(builder.exporter)
+        _same_traces(list(result.traces), [expected.trace(agent), expected.trace(workflow)])
+        trace = source.trace(agent)
+        root = trace.root
+        assert root is not None and root.kind == "AGENT"
+        assert root.tags == ("demo", "unit")
+        assert root.metadata == {"team": "geo", "nested.a": 1}
+        failed = [s for s in trace.spans if s.status == "ERROR"]
+        assert [s.tool_name for s in failed] == ["search"]
+        assert failed[0].exception is not None and failed[0].exception.message == "index offline"
+        assert trace.total_tokens == 110 + 111
+
+
+def test_paging_and_filters_match_the_in_memory_reader(phoenix: PhoenixStatus) -> None:
+    project = _project()
+    builder = _builder_to(phoenix, project)
+    ids: list[str] = []
+    for i in range(12):
+        if i % 3 == 2:
+            tree = workflow_run_tree(program="app:workflow", session=f"s-{i % 2}")
+        else:
+            tree = agent_run_tree(
+                program="app:agent",
+                session=f"s-{i % 2}",
+                iterations=1,
+                agent_error="boom" if i == 4 else None,
+            )
+        ids.append(builder.emit(tree, gap_ms=20))
+    builder.shutdown()
+    expected = InMemoryTraceSource(builder.exporter)
+    # A page size far below the trace count makes every read cross several cursor pages.
+    with PhoenixTraceSource(phoenix.url, project, page_size=4) as source:
+        assert source.wait_for(ids, timeout_s=WAIT_S).complete
+        all_traces = list(expected.traces())
+        start, end = all_traces[8].start_time, all_traces[2].start_time
+        for wanted in [
+            TraceFilter(),
+            TraceFilter(program="app:agent"),
+            TraceFilter(session_id="s-1"),
+            TraceFilter(status="ERROR"),
+            TraceFilter(program="app:workflow", session_id="s-0"),
+            TraceFilter(start=start, end=end),
+            TraceFilter(limit=5),
+            TraceFilter(program="app:agent", limit=3),
+        ]:
+            _same_traces(list(source.traces(wanted)), list(expected.traces(wanted)))
+        # SpanQuery conditions: a trace matches when any of its spans does.
+        tool_runs = list(source.traces(TraceFilter(where="span_kind == 'TOOL'")))
+        assert [t.trace_id for t in tool_runs] == [
+            t.trace_id for t in expected.traces(TraceFilter(program="app:agent"))
+        ]
+        errored = list(source.traces(TraceFilter(where="status_code == 'ERROR'", program="app:agent")))
+        assert [t.trace_id for t in errored] == [ids[4]]
+        assert project in source.projects()
+
+
+def test_wait_for_gives_up_at_the_deadline(phoenix: PhoenixStatus) -> None:
+    project = _project()
+    builder = _builder_to(phoenix, project)
+    present = builder.emit(agent_run_tree())
+    builder.shutdown()
+    with PhoenixTraceSource(phoenix.url, project) as source:
+        assert source.wait_for([present], timeout_s=WAIT_S).complete
+        result = source.wait_for([present, "0" * 31 + "1"], timeout_s=1.0)
+        assert [t.trace_id for t in result.traces] == [present]
+        assert result.missing == ("0" * 31 + "1",)
+        assert 1.0 <= result.elapsed_s < 10.0
+
+
+def test_trace_show_reads_phoenix(
+    phoenix: PhoenixStatus, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = _project()
+    builder = _builder_to(phoenix, project)
+    first = builder.emit(agent_run_tree(program="app:agent"))
+    last = builder.emit(workflow_run_tree(program="app:workflow"), gap_ms=50)
+    builder.shutdown()
+    monkeypatch.setenv("PHOENIX_COLLECTOR_ENDPOINT", phoenix.url)
+    monkeypatch.setenv("COLUMNS", "250")
+    with PhoenixTraceSource(phoenix.url, project) as source:
+        assert source.wait_for([first, last], timeout_s=WAIT_S).complete
+
+    def run(argv: list[str]) -> str:
+        try:
+            main(argv)
+        except SystemExit as exc:
+            assert not exc.code, capsys.readouterr().err
+        return capsys.readouterr().out
+
+    out = run(["trace", "show", "--last", "--project", project])
+    assert last in out and "Workflow.forward" in out and f"project '{project}'" in out
+    out = run(["trace", "show", first, "--project", project])
+    assert "AGENT" in out and "search" in out and "100→10 tok" in out
+    spans = json.loads(
+        run(["trace", "show", "--last", "--program", "app:agent", "--project", project, "--json"])
+    )
+    assert {s["trace_id"] for s in spans} == {first}
