@@ -92,7 +92,7 @@ class Runtime:
         self._active: ActivePrograms | None = None
         self._lm = lm
         self._adapter = adapter
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: lazy parts build other lazy parts
         self._programs: dict[str, ResolvedProgram] = {}
 
     # -- parts -------------------------------------------------------------------------------------
