@@ -238,7 +238,9 @@ def test_stream_errors_arrive_as_an_error_event(make_client: AppFactory) -> None
 
 
 def _versioned(answer: str) -> dspy.Predict:
-    return dspy.Predict(ensure_signature("question -> answer", f"Variant {answer}."))
+    signature = ensure_signature("question -> answer", f"Variant {answer}.")
+    assert signature is not None
+    return dspy.Predict(signature)
 
 
 def test_canary_share_routes_by_session_and_stamps_versions(
