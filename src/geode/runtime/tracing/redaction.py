@@ -169,6 +169,7 @@ class SpanRedactor:
     def _clean_attributes(self, attributes: Mapping[str, Any], outcome: _Outcome) -> dict[str, Any]:
         is_llm = attributes.get(_KIND) == "LLM"
         cleaned: dict[str, Any] = {}
+        cut: list[str] = []
         for key, value in attributes.items():
             if self._is_hidden(key, is_llm):
                 cleaned[key] = HIDDEN
@@ -176,9 +177,11 @@ class SpanRedactor:
                 continue
             before = outcome.truncated
             cleaned[key] = self._clean_value(value, outcome)
-            # A cut JSON document is no longer JSON; tell Phoenix to show it as text.
             if outcome.truncated and not before and key in (_INPUT, _OUTPUT):
-                cleaned[_INPUT_MIME if key == _INPUT else _OUTPUT_MIME] = "text/plain"
+                cut.append(key)
+        # A cut JSON document is no longer JSON; tell Phoenix to show it as text.
+        for key in cut:
+            cleaned[_INPUT_MIME if key == _INPUT else _OUTPUT_MIME] = "text/plain"
         return cleaned
 
     def _clean_exception_text(self, text: str, message: str | None, outcome: _Outcome) -> str:
