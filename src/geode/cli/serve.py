@@ -9,9 +9,11 @@ import typer
 
 from geode.cli._common import LM_OPTION, make_settings
 from geode.errors import ConfigError
+from geode.runtime.instrumentation import instrument, uninstrument
 from geode.runtime.runtime import Runtime
 from geode.runtime.serving import Candidate, HostedProgram, create_app
 from geode.runtime.settings import Settings
+from geode.runtime.tracing import build_tracing
 
 __all__ = ["parse_split", "register", "serve"]
 
@@ -143,8 +145,14 @@ def serve(
     )
     settings: Settings = base.model_copy(update={"serve": serve_settings})
     rt = Runtime(settings)
+    own_tracing = None
     try:
-        app = create_app(rt, _hosted(rt, programs, canary, shadow, sample), serve_settings)
+        tracing = getattr(rt, "tracing", None)
+        if tracing is None and getattr(rt, "tracer_provider", None) is None and settings.tracing.enabled:
+            # A runtime that does not set tracing up itself: the server does, and shuts it down.
+            own_tracing = tracing = build_tracing(settings)
+            instrument(tracer_provider=own_tracing.provider)
+        app = create_app(rt, _hosted(rt, programs, canary, shadow, sample), serve_settings, tracing=tracing)
         logging.getLogger("geode").setLevel(log_level.upper())
         config = uvicorn.Config(
             app,
@@ -159,6 +167,9 @@ def serve(
         )
         uvicorn.Server(config).run()
     finally:
+        if own_tracing is not None:
+            own_tracing.shutdown()
+            uninstrument()
         rt.close()
 
 

@@ -61,6 +61,7 @@ from geode.runtime.serving.schema import (
 from geode.runtime.serving.sessions import MemorySessionStore, SessionStore, Turn
 from geode.runtime.serving.traffic import Candidate, in_share
 from geode.runtime.settings import ServeSettings
+from geode.runtime.tracing import TracingPipeline
 from geode.traces.context import RunIdentity, run_identity
 from geode.traces.vocab import GeodeAttributes, OpenInferenceMimeTypeValues, SpanAttributes
 from geode.traces.vocab import SpanKind as OISpanKind
@@ -214,6 +215,7 @@ class _Server:
         feedback_sinks: Sequence[FeedbackSink] | None,
         host: str,
         tracer_provider: trace.TracerProvider | None,
+        tracing: TracingPipeline | None,
     ) -> None:
         self.runtime = runtime
         self.settings = settings
@@ -228,7 +230,13 @@ class _Server:
             ttl_s=settings.session_ttl_s,
             max_turns=settings.max_session_turns,
         )
-        provider = tracer_provider or getattr(runtime, "tracer_provider", None) or trace.get_tracer_provider()
+        self.tracing: TracingPipeline | None = tracing or getattr(runtime, "tracing", None)
+        provider = (
+            tracer_provider
+            or (self.tracing.provider if self.tracing is not None else None)
+            or getattr(runtime, "tracer_provider", None)
+            or trace.get_tracer_provider()
+        )
         self.tracer = provider.get_tracer(_SCOPE)
         self.metrics = ServerMetrics(
             meter_provider=getattr(runtime, "meter_provider", None), dropped_spans=self._dropped_spans
@@ -270,8 +278,7 @@ class _Server:
         return sinks
 
     def _dropped_spans(self) -> Mapping[str, int]:
-        pipeline = getattr(self.runtime, "tracing", None)
-        stats = getattr(pipeline, "stats", None)
+        stats = getattr(self.tracing, "stats", None)
         if stats is None:
             return {}
         failed = getattr(stats, "failed", {}) or {}
@@ -708,6 +715,7 @@ def create_app(
     feedback_sinks: Sequence[FeedbackSink] | None = None,
     host: str | None = None,
     tracer_provider: trace.TracerProvider | None = None,
+    tracing: TracingPipeline | None = None,
 ) -> FastAPI:
     """Build the HTTP app hosting ``programs`` on ``runtime``.
 
@@ -721,7 +729,9 @@ def create_app(
             Geode home plus Phoenix when a collector endpoint is configured.
         host: The address the server binds (decides whether running without API keys is allowed);
             default ``settings.host``.
-        tracer_provider: Where the request spans go; default the runtime's, else the global one.
+        tracer_provider: Where the request spans go; default ``tracing``'s, else the runtime's, else
+            the global one.
+        tracing: The export pipeline whose losses ``/metrics`` reports; default the runtime's.
 
     Raises:
         ConfigError: No programs, a program whose interface cannot be served, or no API keys on a
@@ -748,6 +758,7 @@ def create_app(
         feedback_sinks=feedback_sinks,
         host=host or serve.host,
         tracer_provider=tracer_provider,
+        tracing=tracing,
     )
 
     @contextlib.asynccontextmanager

@@ -1,0 +1,83 @@
+"""`geode serve` in a real uvicorn process: curl, an OpenAPI-driven client and a browser page."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .serve_helpers import PROGRAMS, serve
+
+pytestmark = pytest.mark.slow
+
+
+def _call_from_openapi(base: str, operation_id: str, arguments: dict[str, Any]) -> httpx.Response:
+    """A minimal OpenAPI client: find the operation, check the body against its schema, call it."""
+    doc = httpx.get(f"{base}/openapi.json").json()
+    for path, methods in doc["paths"].items():
+        for method, operation in methods.items():
+            if operation.get("operationId") != operation_id:
+                continue
+            ref = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+            schema = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+            missing = set(schema.get("required", [])) - set(arguments)
+            assert not missing, f"missing required fields {missing}"
+            unknown = set(arguments) - set(schema["properties"])
+            assert not unknown, f"unknown fields {unknown}"
+            return httpx.request(method.upper(), f"{base}{path}", json=arguments)
+    raise AssertionError(f"no operation {operation_id!r}")
+
+
+def test_geode_serve_answers_curl_openapi_clients_and_browsers(tmp_path: Path) -> None:
+    with serve([f"qa={PROGRAMS}:qa", f"support={PROGRAMS}:injected_agent"], tmp_path / "home") as served:
+        curl = shutil.which("curl")
+        if curl is not None:
+            out = subprocess.run(
+                [
+                    curl,
+                    "-s",
+                    "-i",
+                    "-X",
+                    "POST",
+                    f"{served.url}/programs/qa",
+                    "-H",
+                    "Content-Type: application/json",
+                    "-d",
+                    '{"question": "from curl"}',
+                ],
+                capture_output=True,
+                text=True,
+                timeout=30,
+                check=True,
+            ).stdout
+            head, _, body = out.partition("\n\n")
+            assert "200 OK" in head.splitlines()[0] and "x-trace-id:" in head.lower()
+            assert json.loads(body)["outputs"] == {"answer": "echo: from curl"}
+
+        response = _call_from_openapi(served.url, "run_qa", {"question": "from openapi", "session_id": "s1"})
+        assert response.status_code == 200 and response.json()["outputs"]["answer"] == "echo: from openapi"
+        assert len(response.headers["X-Trace-Id"]) == 32
+
+        page = httpx.get(f"{served.url}/docs")
+        assert page.status_code == 200 and "swagger-ui" in page.text.lower()
+
+        agent = httpx.post(
+            f"{served.url}/programs/support", json={"question": "How long does shipping take?"}, timeout=30
+        )
+        assert agent.status_code == 200 and agent.json()["outputs"]["answer"] == "3 days"
+
+        with httpx.stream(
+            "POST", f"{served.url}/programs/qa/stream", json={"question": "streamed"}
+        ) as stream:
+            text = "".join(stream.iter_text())
+        assert "event: prediction" in text and "echo: streamed" in text
+
+        metrics = httpx.get(f"{served.url}/metrics").text
+        assert 'geode_requests_total{program="qa",status="200",version="base"}' in metrics
+        seconds = served.stop()
+    assert seconds < 30
