@@ -1,17 +1,14 @@
 """Against a real Phoenix: the launcher starts ``phoenix serve``, spans go in over OTLP/HTTP, and come back
 through :class:`PhoenixTraceSource` (``arize-phoenix-client``) exactly as they were written.
 
-One Phoenix serves the whole session (start-up takes ~45 s on 2 cores); every test writes to its own
-project. ``GEODE_TEST_PHOENIX_PORT`` points the fixture at a Phoenix already running on that port
-(the launcher reuses it) to iterate faster.
+One Phoenix serves the whole session (the ``phoenix`` fixture in conftest.py); every test writes to its
+own project.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +16,7 @@ from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
 from geode.cli import main
-from geode.runtime.phoenix import PhoenixServer, PhoenixStatus, find_free_port
+from geode.runtime.phoenix import PhoenixServer, PhoenixStatus
 from geode.runtime.settings import PhoenixSettings
 from geode.testing.spans import SpanTreeBuilder, agent_run_tree, workflow_run_tree
 from geode.traces.records import SpanRecord, TraceRecord
@@ -29,22 +26,6 @@ pytestmark = pytest.mark.phoenix
 
 WAIT_S = 120.0
 """Deadline for Phoenix to ingest a test's spans (it manages ~125 spans/s on a busy 2-core machine)."""
-
-
-@pytest.fixture(scope="session")
-def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PhoenixStatus]:
-    home = tmp_path_factory.mktemp("geode-home")
-    reuse_port = os.environ.get("GEODE_TEST_PHOENIX_PORT")
-    settings = PhoenixSettings(
-        port=int(reuse_port) if reuse_port else find_free_port(),
-        grpc_port=find_free_port(),
-        start_timeout_s=600.0,  # CI machines start it slowly when busy; the launcher's own default is 180
-    )
-    server = PhoenixServer(settings, working_dir=home / "phoenix")
-    status = server.start()
-    assert status.running, status
-    yield status
-    server.stop()
 
 
 def _project() -> str:

@@ -143,9 +143,20 @@ class PhoenixTraceSource:
     def wait_for(
         self, trace_ids: Iterable[str], *, timeout_s: float = 60.0, poll_s: float = 0.25
     ) -> TraceWait:
-        """Poll Phoenix until exactly these traces are visible and complete, or the deadline passes."""
+        """Poll Phoenix until exactly these traces are visible and complete, or the deadline passes.
+
+        A project Phoenix has not created yet (it does so when the first span arrives) counts as
+        nothing visible yet, not as an error.
+        """
+
+        def read(pending: list[str]) -> dict[str, TraceRecord]:
+            try:
+                return self._fetch(pending)
+            except _NoSuchProjectError:
+                return {}
+
         return poll_until_complete(
-            self._fetch, trace_ids, source=self.description, timeout_s=timeout_s, poll_s=poll_s, settle=True
+            read, trace_ids, source=self.description, timeout_s=timeout_s, poll_s=poll_s, settle=True
         )
 
     def spans(self, trace_ids: Iterable[str]) -> list[SpanRecord]:
@@ -248,7 +259,7 @@ class PhoenixTraceSource:
             status = err.response.status_code
             body = err.response.text[:300]
             if status == 404 and "project" in body.lower():
-                return TraceSourceError(
+                return _NoSuchProjectError(
                     f"{self.description}: no such project",
                     hint=f"projects there: {', '.join(self._project_names_or_empty()) or 'none'}",
                 )
@@ -274,6 +285,10 @@ class PhoenixTraceSource:
             return [str(p.get("name")) for p in response.json().get("data") or []]
         except (httpx.HTTPError, ValueError):
             return []
+
+
+class _NoSuchProjectError(TraceSourceError):
+    """Phoenix has no project of that name (yet)."""
 
 
 def _attribute_param(value: str) -> str:

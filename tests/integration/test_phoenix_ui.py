@@ -1,0 +1,166 @@
+"""Open a trace in the Phoenix UI with headless Chromium and save the screenshot the docs show.
+
+Drives Debian's ``chromium`` over the DevTools protocol (no Playwright download): navigates to the
+trace, waits until the span tree has rendered every span, checks it, and writes
+``docs/img/phoenix-trace.png``. Install the browser with ``apt-get install chromium`` (see
+scripts/install.sh, optional step).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from itertools import count
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from geode.runtime.phoenix import PhoenixStatus, find_free_port
+from geode.testing.spans import SpanTreeBuilder, agent_run_tree
+from geode.traces.sources import PhoenixTraceSource
+
+pytestmark = pytest.mark.browser
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "docs" / "img" / "phoenix-trace.png"
+WAIT_S = 120.0
+
+
+def _chromium() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("no Chromium found: apt-get install chromium")
+
+
+class DevTools:
+    """A minimal Chrome DevTools Protocol session on one page."""
+
+    def __init__(self, websocket_url: str) -> None:
+        from websockets.sync.client import connect
+
+        self._socket = connect(websocket_url, max_size=None, open_timeout=30)
+        self._ids = count(1)
+
+    def call(self, method: str, timeout_s: float = 60.0, **params: Any) -> dict[str, Any]:
+        message_id = next(self._ids)
+        self._socket.send(json.dumps({"id": message_id, "method": method, "params": params}))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            reply = json.loads(self._socket.recv(timeout=max(deadline - time.monotonic(), 0.1)))
+            if reply.get("id") == message_id:  # anything else is an event we did not subscribe to use
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def text(self) -> str:
+        result = self.call("Runtime.evaluate", expression="document.body ? document.body.innerText : ''")
+        return str(result.get("result", {}).get("value", ""))
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[DevTools]:
+    pytest.importorskip("websockets", reason="the DevTools session uses the websockets package")
+    port = find_free_port()
+    process = subprocess.Popen(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",  # containers run as root without user namespaces
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--no-first-run",
+            f"--remote-debugging-port={port}",
+            f"--user-data-dir={tmp_path / 'chromium'}",
+            "--window-size=1400,900",
+            "about:blank",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        page: dict[str, Any] | None = None
+        while page is None:
+            try:
+                targets = httpx.get(f"http://127.0.0.1:{port}/json/list", timeout=2).json()
+                page = next((t for t in targets if t.get("type") == "page"), None)
+            except httpx.HTTPError:
+                pass
+            if page is None:
+                assert time.monotonic() < deadline, "Chromium did not open its DevTools port"
+                time.sleep(0.25)
+        session = DevTools(page["webSocketDebuggerUrl"])
+        try:
+            yield session
+        finally:
+            session.close()
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _project_node_id(phoenix: PhoenixStatus, project: str) -> str:
+    projects = httpx.get(f"{phoenix.url}/v1/projects", timeout=10).json()["data"]
+    return next(p["id"] for p in projects if p["name"] == project)
+
+
+def _send_agent_trace(phoenix: PhoenixStatus, project: str) -> tuple[str, list[str]]:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+    builder = SpanTreeBuilder(project=project)
+    builder.provider.add_span_processor(
+        SimpleSpanProcessor(OTLPSpanExporter(endpoint=phoenix.collector_endpoint))
+    )
+    trace_id = builder.emit(agent_run_tree(program="geode.examples:agent"))
+    builder.shutdown()
+    with PhoenixTraceSource(phoenix.url, project) as source:
+        result = source.wait_for([trace_id], timeout_s=WAIT_S)
+        assert result.complete, f"Phoenix did not ingest the trace within {WAIT_S}s"
+        names = [span.name for span, _ in result.traces[0].walk()]
+    return trace_id, names
+
+
+def test_trace_tree_renders_in_phoenix_ui(phoenix: PhoenixStatus, browser: DevTools) -> None:
+    project = f"ui-{uuid.uuid4().hex[:8]}"
+    trace_id, names = _send_agent_trace(phoenix, project)
+    url = f"{phoenix.url}/projects/{_project_node_id(phoenix, project)}/traces/{trace_id}"
+
+    browser.call(
+        "Emulation.setDeviceMetricsOverride", width=1400, height=900, deviceScaleFactor=1, mobile=False
+    )
+    browser.call("Page.navigate", url=url)
+    deadline = time.monotonic() + WAIT_S
+    text = ""
+    while time.monotonic() < deadline:
+        text = browser.text()
+        # The span tree lists every span by name; the details pane shows the selected root's kind.
+        if trace_id in text and all(text.count(name) >= names.count(name) for name in set(names)):
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail(f"the Phoenix UI never showed the whole span tree; page text:\n{text[:2000]}")
+    assert "agent" in text.lower()
+    time.sleep(1.0)  # let the last layout pass and icons settle before the picture
+
+    shot = browser.call("Page.captureScreenshot", format="png")
+    png = base64.b64decode(shot["data"])
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    SCREENSHOT.write_bytes(png)
