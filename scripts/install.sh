@@ -31,3 +31,19 @@ fi
 "${PIP[@]}" install -q -e ".[all,dev]"
 touch "$VENV/.geode-installed"
 echo "geode installed in $VENV"
+
+# --- Optional (opt in with GEODE_INSTALL_CHROMIUM=1): headless Chromium for the browser tests ----------
+# Only `pytest -m browser` (tests/integration/test_phoenix_ui.py) needs it. Debian/Ubuntu's `chromium`
+# package via apt-get; needs root or sudo. Nothing else in Geode uses a browser.
+if [ "${GEODE_INSTALL_CHROMIUM:-0}" = "1" ]; then
+  if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then
+    echo "chromium already installed"
+  elif command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends chromium
+  else
+    echo "GEODE_INSTALL_CHROMIUM=1: no apt-get here; install Chromium with your package manager" >&2
+  fi
+fi
