@@ -291,9 +291,12 @@ class VersionInfo:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data (without the path)."""
+        return {"version": self.version, **self.metadata()}
+
+    def metadata(self) -> dict[str, Any]:
+        """The metadata header as stored in the version file."""
         return {
             "program": self.program,
-            "version": self.version,
             "parent": self.parent,
             "created_at": self.created_at,
             "dataset_id": self.dataset_id,
@@ -547,7 +550,7 @@ class ProgramRegistry:
                 for s in scores:
                     if not any(_same_score(s, old) for old in merged):
                         merged.append(s)
-                meta = info.to_json()
+                meta = info.metadata()
                 meta["scores"] = [s.to_json() for s in merged]
                 if meta.get("parent") is None and parent is not None and parent != version:
                     meta["parent"] = parent
@@ -588,7 +591,7 @@ class ProgramRegistry:
         """Record another score on a stored version (its state and id do not change)."""
         with self._locked(name):
             info, state = self._load(name, version)
-            meta = info.to_json()
+            meta = info.metadata()
             if not any(_same_score(score, old) for old in info.scores):
                 meta["scores"] = [*meta["scores"], score.to_json()]
                 self._write_version(info.path, info.version, meta, state)
