@@ -3,7 +3,7 @@
 from geode.agents.agent import Agent
 from geode.agents.calculator import Calculator, ExpressionError, calculate
 from geode.agents.fallback import Fallback, FallbackChoice, fallback_choice
-from geode.agents.steps import AgentStep, Budget, Termination, TerminationReason
+from geode.agents.steps import AgentStep, Budget, StepOutcome, Termination, TerminationReason
 from geode.agents.tools import (
     GuardedTool,
     Passage,
@@ -28,6 +28,7 @@ __all__ = [
     "GuardedTool",
     "Passage",
     "PassageSource",
+    "StepOutcome",
     "Termination",
     "TerminationReason",
     "ToolArgumentError",

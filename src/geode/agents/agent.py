@@ -44,16 +44,17 @@ from pydantic.fields import FieldInfo
 from pydantic_core import core_schema
 
 from geode.agents.scrub import scrub
-from geode.agents.steps import AgentStep, Budget, Termination, TerminationReason
+from geode.agents.steps import AgentStep, Budget, StepOutcome, Termination, TerminationReason
 from geode.agents.tools import (
     DEFAULT_TOOL_TIMEOUT_S,
     GuardedTool,
+    ToolArgumentError,
     ToolLike,
     guard,
     run_deadline,
     start_worker,
 )
-from geode.errors import BudgetExceededError, ConfigError, InputError, ToolError
+from geode.errors import BudgetExceededError, ConfigError, GeodeError, InputError, ToolTimeoutError
 from geode.traces.vocab import GeodeAttributes, SpanAttributes
 
 __all__ = ["Agent"]
@@ -410,6 +411,7 @@ class _Run:
         index: int,
         plan: _Plan,
         *,
+        outcome: StepOutcome,
         observation: str | None,
         error: str | None,
         started: float,
@@ -425,6 +427,7 @@ class _Run:
             thought=plan.thought,
             tool=plan.tool,
             args=plan.args,
+            outcome=outcome,
             observation=observation,
             error=error,
             latency_ms=(time.perf_counter() - started) * 1000,
@@ -443,9 +446,9 @@ class _Run:
 
     def after_step(self) -> tuple[TerminationReason, str] | None:
         step = self.steps[-1]
-        if step.tool == FINISH and step.error is None:
+        if step.outcome is StepOutcome.FINISH:
             return TerminationReason.FINISH, "the model called finish"
-        if step.observation == _REPEATED_NOTE:
+        if step.outcome is StepOutcome.REPEATED:
             return TerminationReason.REPEATED_CALL, f"repeated call {step.tool}({_short_args(step.args)})"
         if self.parse_failures >= self.agent.max_parse_failures:
             return (
@@ -458,7 +461,7 @@ class _Run:
         return _observation_text(value, self.agent.max_observation_chars)
 
     def tool_failure(self, err: Exception) -> str:
-        if isinstance(err, ToolError):
+        if isinstance(err, GeodeError):
             return scrub(str(err))
         return scrub(f"{type(err).__name__}: {err}")
 
@@ -515,37 +518,66 @@ def _call_kwargs(inputs: Mapping[str, Any]) -> Mapping[str, Any]:
 class _StepBuilder:
     """Measures one iteration and records it as an :class:`AgentStep`, however it ends."""
 
-    def __init__(self, run: _Run, index: int) -> None:
+    def __init__(self, run: _Run, index: int, usage: UsageTracker) -> None:
         self.run = run
         self.index = index
+        self.usage = usage
         self.started = time.perf_counter()
         self.calls_before = run.counter.count
-        self.tool_latency_ms: float | None = None
+        self.tool_started: float | None = None
 
     def record(
-        self, plan: _Plan, usage: UsageTracker, observation: str | None, error: str | None
+        self, plan: _Plan, outcome: StepOutcome, observation: str | None, error: str | None
     ) -> dspy.Prediction:
+        tool_latency_ms = (
+            None if self.tool_started is None else (time.perf_counter() - self.tool_started) * 1000
+        )
         step = self.run.record(
             self.index,
             plan,
+            outcome=outcome,
             observation=observation,
             error=error,
             started=self.started,
-            tool_latency_ms=self.tool_latency_ms,
-            usage=usage,
+            tool_latency_ms=tool_latency_ms,
+            usage=self.usage,
             calls_before=self.calls_before,
         )
         return dspy.Prediction(**step.to_dict())
 
-    def outcome(self, plan: _Plan) -> tuple[str | None, str | None] | None:
-        """Observation and error for every plan that runs no tool; ``None`` for a tool call."""
+    def cut(self, err: BudgetExceededError) -> None:
+        """Record a step the time budget stopped before the model answered."""
+        self.record(_Plan("cut", "", None, {}), StepOutcome.BUDGET, None, scrub(str(err)))
+
+    def without_tool(self, plan: _Plan) -> dspy.Prediction | None:
+        """Record every plan that runs no tool; ``None`` for a tool call."""
         if plan.kind == "finish":
-            return "Completed.", None
+            return self.record(plan, StepOutcome.FINISH, "Completed.", None)
         if plan.kind == "repeat":
-            return _REPEATED_NOTE, "repeated an identical tool call"
-        if plan.kind in ("refuse", "unparsed"):
-            return plan.message, plan.message
+            return self.record(plan, StepOutcome.REPEATED, _REPEATED_NOTE, "repeated an identical tool call")
+        if plan.kind == "refuse":
+            return self.record(plan, StepOutcome.NOT_ALLOWED, plan.message, plan.message)
+        if plan.kind == "unparsed":
+            return self.record(plan, StepOutcome.UNPARSED, plan.message, plan.message)
+        self.tool_started = time.perf_counter()
         return None
+
+    def tool_returned(self, plan: _Plan, value: Any) -> dspy.Prediction:
+        return self.record(plan, StepOutcome.OK, self.run.observation_text(value), None)
+
+    def tool_failed(self, plan: _Plan, err: Exception) -> dspy.Prediction:
+        """Record a failed tool call; a run-budget failure is re-raised to end the run."""
+        message = self.run.tool_failure(err)
+        if isinstance(err, BudgetExceededError):
+            self.record(plan, StepOutcome.BUDGET, None, message)
+            raise err
+        if isinstance(err, ToolArgumentError):
+            outcome = StepOutcome.INVALID_ARGS
+        elif isinstance(err, ToolTimeoutError):
+            outcome = StepOutcome.TIMEOUT
+        else:
+            outcome = StepOutcome.TOOL_ERROR
+        return self.record(plan, outcome, f"Error: {message}", message)
 
 
 class _Iteration(dspy.Module):
@@ -565,31 +597,28 @@ class _Iteration(dspy.Module):
 
     def forward(self, index: int, **inputs: Any) -> dspy.Prediction:
         run = _Run.current()
-        builder = _StepBuilder(run, index)
         with dspy.track_usage() as usage:
-            plan = self._plan(run, inputs, usage, builder)
-            done = builder.outcome(plan)
-            if done is not None:
-                return builder.record(plan, usage, *done)
-            tool = run.agent.tools[str(plan.tool)]
-            started = time.perf_counter()
+            step = _StepBuilder(run, index, usage)
             try:
-                value = tool(**plan.args)
+                plan = run.plan(run.call_lm(lambda trajectory: self.react(**inputs, trajectory=trajectory)))
+            except AdapterParseError as err:
+                plan = run.unparsed_from(err)
             except BudgetExceededError as err:
-                builder.tool_latency_ms = (time.perf_counter() - started) * 1000
-                builder.record(plan, usage, None, scrub(str(err)))
+                step.cut(err)
                 raise
+            done = step.without_tool(plan)
+            if done is not None:
+                return done
+            try:
+                value = run.agent.tools[str(plan.tool)](**plan.args)
             except Exception as err:
-                builder.tool_latency_ms = (time.perf_counter() - started) * 1000
-                message = run.tool_failure(err)
-                return builder.record(plan, usage, f"Error: {message}", message)
-            builder.tool_latency_ms = (time.perf_counter() - started) * 1000
-            return builder.record(plan, usage, run.observation_text(value), None)
+                return step.tool_failed(plan, err)
+            return step.tool_returned(plan, value)
 
     async def aforward(self, index: int, **inputs: Any) -> dspy.Prediction:
         run = _Run.current()
-        builder = _StepBuilder(run, index)
         with dspy.track_usage() as usage:
+            step = _StepBuilder(run, index, usage)
             try:
                 pred = await run.acall_lm(
                     lambda trajectory: self.react.acall(**inputs, trajectory=trajectory)
@@ -598,41 +627,16 @@ class _Iteration(dspy.Module):
             except AdapterParseError as err:
                 plan = run.unparsed_from(err)
             except BudgetExceededError as err:
-                builder.record(_Plan("cut", "", None, {}), usage, None, scrub(str(err)))
+                step.cut(err)
                 raise
-            done = builder.outcome(plan)
+            done = step.without_tool(plan)
             if done is not None:
-                return builder.record(plan, usage, *done)
-            tool = run.agent.tools[str(plan.tool)]
-            started = time.perf_counter()
+                return done
             try:
-                value = await tool.acall(**plan.args)
-            except BudgetExceededError as err:
-                builder.tool_latency_ms = (time.perf_counter() - started) * 1000
-                builder.record(plan, usage, None, scrub(str(err)))
-                raise
+                value = await run.agent.tools[str(plan.tool)].acall(**plan.args)
             except Exception as err:
-                builder.tool_latency_ms = (time.perf_counter() - started) * 1000
-                message = run.tool_failure(err)
-                return builder.record(plan, usage, f"Error: {message}", message)
-            builder.tool_latency_ms = (time.perf_counter() - started) * 1000
-            return builder.record(plan, usage, run.observation_text(value), None)
-
-    def _plan(
-        self,
-        run: _Run,
-        inputs: Mapping[str, Any],
-        usage: UsageTracker,
-        builder: _StepBuilder,
-    ) -> _Plan:
-        try:
-            pred = run.call_lm(lambda trajectory: self.react(**inputs, trajectory=trajectory))
-            return run.plan(pred)
-        except AdapterParseError as err:
-            return run.unparsed_from(err)
-        except BudgetExceededError as err:
-            builder.record(_Plan("cut", "", None, {}), usage, None, scrub(str(err)))
-            raise
+                return step.tool_failed(plan, err)
+            return step.tool_returned(plan, value)
 
 
 # -- the agent -------------------------------------------------------------------------------------

@@ -317,9 +317,5 @@ _DEFAULT = Calculator()
 
 
 def calculate(expression: str) -> str:
-    """Evaluate an arithmetic expression and return the result.
-
-    Supports + - * / // % and ^ (power), parentheses, and the functions sqrt, abs, round, floor,
-    ceil, min, max, log, ln, exp. Example: "12 * (3 + 4)".
-    """
+    """Evaluate an arithmetic expression with numbers, + - * / ^ and parentheses; returns the result."""
     return _DEFAULT(expression)

@@ -9,7 +9,7 @@ from typing import Any
 
 from geode.errors import ConfigError
 
-__all__ = ["AgentStep", "Budget", "Termination", "TerminationReason"]
+__all__ = ["AgentStep", "Budget", "StepOutcome", "Termination", "TerminationReason"]
 
 
 class TerminationReason(StrEnum):
@@ -26,6 +26,32 @@ class TerminationReason(StrEnum):
     ERROR = "error"
     """The model's output could not be parsed repeatedly, the context window overflowed, or the final
     answer could not be extracted."""
+
+
+class StepOutcome(StrEnum):
+    """What became of one agent step."""
+
+    OK = "ok"
+    """The tool ran and returned."""
+    FINISH = "finish"
+    """The model called ``finish``."""
+    TOOL_ERROR = "tool_error"
+    """The tool raised; the model was shown the scrubbed error."""
+    TIMEOUT = "timeout"
+    """The tool did not return within its timeout."""
+    INVALID_ARGS = "invalid_args"
+    """The arguments did not match the tool's schema; the tool did not run."""
+    NOT_ALLOWED = "not_allowed"
+    """The model named a tool outside the allow-list; nothing ran."""
+    UNPARSED = "unparsed"
+    """The model's reply could not be parsed into a step."""
+    REPEATED = "repeated"
+    """An identical tool call was already made; it was not run again and the loop ended."""
+    BUDGET = "budget"
+    """The run's time budget ran out during this step."""
+
+
+_MALFORMED = frozenset({StepOutcome.UNPARSED, StepOutcome.NOT_ALLOWED, StepOutcome.INVALID_ARGS})
 
 
 @dataclass(frozen=True)
@@ -72,6 +98,7 @@ class AgentStep:
     thought: str
     tool: str | None
     args: Mapping[str, Any] = field(default_factory=dict[str, Any])
+    outcome: StepOutcome = StepOutcome.OK
     observation: str | None = None
     """The tool's result as the model saw it (possibly truncated), or the corrective message."""
     error: str | None = None
@@ -88,10 +115,20 @@ class AgentStep:
         """True when the step parsed and its tool call (if any) succeeded."""
         return self.error is None
 
+    @property
+    def well_formed(self) -> bool:
+        """True when the model produced a usable step: parsed, an allowed tool, valid arguments.
+
+        A well-formed call whose tool then failed or timed out still counts: the model did its part.
+        A step cut short by the time budget is not a model step at all and does not count either way.
+        """
+        return self.outcome not in _MALFORMED
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of this step."""
         data = asdict(self)
         data["args"] = dict(self.args)
+        data["outcome"] = str(self.outcome)
         return data
 
 

@@ -17,6 +17,7 @@ from dspy.utils.exceptions import ContextWindowExceededError
 
 from geode.agents import Agent, AgentStep, Budget, Termination, TerminationReason, tool
 from geode.agents.calculator import calculate
+from geode.agents.steps import StepOutcome
 from geode.errors import ConfigError, InputError
 from geode.runtime.runtime import Runtime
 from geode.runtime.settings import Settings, TracingSettings
@@ -174,6 +175,8 @@ def test_runs_tools_and_returns_typed_steps(adapter: dspy.Adapter | None) -> Non
         (2, "finish", {}, "Completed.", None),
     ]
     assert steps[0].thought == "Look it up."
+    assert [s.outcome for s in steps] == [StepOutcome.OK, StepOutcome.OK, StepOutcome.FINISH]
+    assert all(s.well_formed and s.ok for s in steps)
     assert all(s.lm_calls == 1 and s.prompt_tokens > 0 and s.latency_ms > 0 for s in steps)
     assert steps[0].tool_latency_ms is not None and steps[2].tool_latency_ms is None
     # DSPy ReAct-compatible trajectory.
@@ -291,6 +294,7 @@ def test_a_tool_not_on_the_allow_list_is_refused_and_nothing_runs() -> None:
     assert executed == []
     refused = pred.steps[0]
     assert refused.tool == "delete_everything" and refused.tool_latency_ms is None
+    assert refused.outcome is StepOutcome.NOT_ALLOWED and not refused.well_formed
     assert (
         refused.error
         == "Tool 'delete_everything' is not available; nothing was run. Choose one of: lookup_stock, finish."
@@ -351,6 +355,7 @@ def test_a_tool_that_raises_is_fed_back_scrubbed() -> None:
     with dspy.context(lm=lm, callbacks=[recorder]):
         pred = agent(question="How many orders?")
     failed = pred.steps[0]
+    assert failed.outcome is StepOutcome.TOOL_ERROR and failed.well_formed
     assert (
         failed.error
         == "query_db failed: RuntimeError: connect failed: postgres://[REDACTED]@db/prod (config [path])"
@@ -377,6 +382,7 @@ def test_invalid_arguments_are_fed_back_and_the_tool_does_not_run() -> None:
     lm = ScriptedLM([step("lookup", sku=1), step("lookup", item="widget"), FINISH, answer("3")])
     pred = run(agent, lm, question="Widgets?")
     assert calls == ["widget"]
+    assert pred.steps[0].outcome is StepOutcome.INVALID_ARGS and not pred.steps[0].well_formed
     assert (
         pred.steps[0].error
         == "invalid arguments for lookup: item: Field required; sku: Extra inputs are not permitted"
@@ -399,6 +405,7 @@ def test_a_tool_that_hangs_times_out_and_the_run_continues(release: threading.Ev
     pred = run(agent, lm, question="Widgets?")
     assert time.perf_counter() - started < 2
     assert pred.steps[0].error == "slow_lookup did not return within 0.1 s"
+    assert pred.steps[0].outcome is StepOutcome.TIMEOUT
     assert pred.answer == "3" and pred.termination.reason == "finish"
 
 
@@ -470,6 +477,7 @@ def test_a_repeated_identical_call_ends_the_loop_with_what_it_has() -> None:
     assert pred.termination.reason is TerminationReason.REPEATED_CALL
     assert pred.termination.detail == "repeated call lookup(item='item')"
     assert pred.steps[1].error == "repeated an identical tool call"
+    assert pred.steps[1].outcome is StepOutcome.REPEATED
     assert pred.answer == "3" and pred.termination.extracted
     assert len(lm.calls) == 3
 
@@ -503,6 +511,7 @@ def test_unparseable_output_becomes_a_corrective_observation() -> None:
     pred = run(agent, lm, dspy.JSONAdapter(), question="Widgets?")
     first, second = pred.steps[0], pred.steps[1]
     assert first.tool is None and second.tool is None
+    assert first.outcome is second.outcome is StepOutcome.UNPARSED
     assert first.error is not None and first.error.startswith("Your previous reply could not be used")
     assert "next_tool_name (one of: lookup_stock, finish)" in first.error
     assert "Your previous reply could not be used" in lm.calls[1].messages[-1]["content"]
@@ -569,6 +578,7 @@ def test_an_lm_that_never_returns_is_cut_off_by_the_time_budget(release: threadi
     assert pred.termination.detail == "the run's time budget (max_seconds=0.5) ran out"
     assert pred.answer is None and not pred.termination.extracted
     assert [s.tool for s in pred.steps] == ["lookup_stock", None]
+    assert pred.steps[1].outcome is StepOutcome.BUDGET
     assert pred.steps[1].error == pred.termination.detail
 
 
@@ -583,6 +593,7 @@ def test_a_tool_running_past_the_time_budget_ends_the_run(release: threading.Eve
     assert pred.termination.reason is TerminationReason.BUDGET
     assert pred.termination.detail == "the run's time budget ran out while slow was running"
     assert pred.steps[0].tool == "slow" and pred.steps[0].error == pred.termination.detail
+    assert pred.steps[0].outcome is StepOutcome.BUDGET
     assert pred.termination.seconds < 1.5
 
 
