@@ -24,7 +24,10 @@ from geode.runtime.settings import Settings
 from geode.traces.context import RunIdentity, run_identity
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
     from geode.retrieval import Embedder, Retriever, Store
+    from geode.runtime.tracing import RuntimeTracing
 
 __all__ = ["Runtime"]
 
@@ -65,6 +68,10 @@ class Runtime:
         registry: Use this program registry; default: one under ``settings.programs_dir``.
         store: Use this vector store (the caller closes it); default: built from ``settings.retrieval``.
         embedder: Use this embedder; default: built from ``settings.retrieval``.
+        tracer_provider: Send spans to this OpenTelemetry tracer provider (you own it: ``close()``
+            flushes it, never shuts it down); default: the export pipeline built from
+            ``settings.tracing`` (Phoenix over OTLP/HTTP and/or an OTLP-JSON file), or none if
+            tracing is disabled.
 
     Example:
         >>> import dspy, geode
@@ -83,8 +90,13 @@ class Runtime:
         registry: ProgramRegistry | None = None,
         store: Store | None = None,
         embedder: Embedder | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
+        from geode.runtime.tracing import RuntimeTracing
+
+        # Built first: a bad tracing setting fails construction before anything else is opened.
+        self._tracing: RuntimeTracing = RuntimeTracing(self.settings, tracer_provider)
         self._store = store
         self._owns_store = store is None
         self._embedder = embedder
@@ -96,6 +108,11 @@ class Runtime:
         self._programs: dict[str, ResolvedProgram] = {}
 
     # -- parts -------------------------------------------------------------------------------------
+
+    @property
+    def tracer_provider(self) -> TracerProvider | None:
+        """Where this runtime's spans go (``None`` when tracing is disabled)."""
+        return self._tracing.provider
 
     @property
     def lm(self) -> dspy.BaseLM:
@@ -210,8 +227,23 @@ class Runtime:
         values: dict[str, Any] = {"lm": self.lm, "track_usage": True}
         if self.adapter is not None:
             values["adapter"] = self.adapter
+        from geode.runtime.instrumentation import is_instrumented, with_callback
+
+        if is_instrumented():
+            # An outer dspy.context(callbacks=[...]) replaces DSPy's global callbacks; keep Geode's.
+            values["callbacks"] = with_callback(dspy.settings.get("callbacks"))
         values.update(overrides)
         return dspy.context(**values)
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Run a block of many calls (an evaluation, a recompilation) as :meth:`run` runs one call.
+
+        Inside, DSPy calls use this runtime's LM, adapter and callbacks, and their spans go to this
+        runtime's tracer provider; ``dspy.Evaluate`` and the optimizers' worker threads inherit both.
+        """
+        with self.context(), self._tracing.scope():
+            yield
 
     @staticmethod
     def _check_inputs(resolved: ResolvedProgram, inputs: Mapping[str, Any]) -> None:
@@ -253,7 +285,7 @@ class Runtime:
             tags=tags,
             version=served.version,
         )
-        with run_identity(identity), self.context(), _translate_errors(self, resolved):
+        with run_identity(identity), self.context(), self._tracing.scope(), _translate_errors(self, resolved):
             return served.module(**inputs)
 
     async def arun(
@@ -279,11 +311,12 @@ class Runtime:
             tags=tags,
             version=served.version,
         )
-        with run_identity(identity), self.context(), _translate_errors(self, resolved):
+        with run_identity(identity), self.context(), self._tracing.scope(), _translate_errors(self, resolved):
             return await served.module.acall(**inputs)
 
     def close(self) -> None:
         """Flush telemetry (bounded by a deadline) and release the store."""
+        self._tracing.close()
         store, self._store = self._store, None
         if store is not None and self._owns_store:
             store.close()
