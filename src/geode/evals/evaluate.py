@@ -626,18 +626,26 @@ def log_to_phoenix(
         experiment_name: Default: ``<program>@<version> <metric>``.
         timeout_s: Per-request timeout.
     """
-    try:
-        import httpx
-        from phoenix.client import Client
-    except ImportError:
-        logger.warning("Phoenix experiment not logged: arize-phoenix-client is not installed")
-        return None
+    import httpx
+
     if len(dataset.records) != len(result.examples):
         logger.warning("Phoenix experiment not logged: the dataset does not match the evaluation")
         return None
     try:
-        # A quick reachability check first, so a down Phoenix costs one short timeout, not one per call.
+        # A quick reachability check before importing the client, so a down Phoenix costs one short
+        # timeout and no import time.
         httpx.get(base_url.rstrip("/") + "/healthz", timeout=min(timeout_s, 3.0)).raise_for_status()
+    except Exception as err:
+        logger.warning(
+            "Phoenix experiment not logged: %s is not reachable (%s)", base_url, type(err).__name__
+        )
+        return None
+    try:
+        from phoenix.client import Client
+    except ImportError:
+        logger.warning("Phoenix experiment not logged: arize-phoenix-client is not installed")
+        return None
+    try:
         client = Client(base_url=base_url)
         timeout = max(1, int(timeout_s))
         px_dataset = client.datasets.create_dataset(

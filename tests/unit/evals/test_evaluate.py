@@ -178,7 +178,7 @@ def test_phoenix_down_never_fails_the_evaluation() -> None:
         result = evaluate(dspy.Predict("question -> answer"), _dataset(2), exact_match, phoenix_url=url)
         elapsed = time.perf_counter() - t0
     assert result.phoenix is None and result.n == 2
-    assert elapsed < 5
+    assert elapsed < 10
     assert log_to_phoenix(result, _dataset(2), url) is None
 
 
