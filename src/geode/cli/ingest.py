@@ -131,9 +131,9 @@ def ingest(
             )
             raise
     for skipped in report.skipped:
-        err.print(f"[yellow]warning:[/yellow] skipped {skipped.path}: {skipped.reason}")
+        err.print(f"[yellow]warning:[/yellow] skipped {skipped.path}: {skipped.reason}", soft_wrap=True)
     for warning in report.warnings:
-        err.print(f"[yellow]warning:[/yellow] {warning}")
+        err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
     if as_json:
         out = {
             "collection": report.collection,

@@ -29,6 +29,7 @@ __all__ = [
     "StoredPoint",
     "Vectors",
     "check_compatible",
+    "check_vector_length",
     "collection_not_found",
 ]
 
@@ -198,6 +199,19 @@ def collection_not_found(name: str, existing: Sequence[str]) -> CollectionNotFou
         f"collection {name!r} does not exist and the store has no collections yet",
         hint="create it with `geode ingest PATH --collection NAME`",
     )
+
+
+def check_vector_length(collection: str, expected: int, length: int, what: str) -> None:
+    """Refuse a vector of the wrong length with a message naming the collection.
+
+    Raises:
+        RetrievalError: ``length`` differs from ``expected``.
+    """
+    if length != expected:
+        raise RetrievalError(
+            f"collection {collection!r} holds {expected}-d vectors; {what} has {length} dimensions",
+            hint="use the embedder the collection was built with",
+        )
 
 
 def check_compatible(info: CollectionInfo, embedder: Embedder) -> None:

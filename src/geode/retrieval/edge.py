@@ -31,6 +31,7 @@ from geode.retrieval.base import (
     Record,
     StoredPoint,
     Vectors,
+    check_vector_length,
     collection_not_found,
 )
 from geode.retrieval.qdrant import check_collection_name
@@ -96,6 +97,8 @@ class EdgeStore:
     Args:
         root: The store's folder (created if missing). Only one process may open it at a time.
         search_threads: Threads each shard may use for one search; ``None`` lets the engine decide.
+        indexing_threshold_kb: Segments larger than this get an HNSW index on :meth:`optimize`; smaller
+            ones are searched exhaustively (exact and fast while small). ``None``: the engine's default.
 
     Raises:
         StoreUnavailableError: Another process has the folder open.
@@ -114,10 +117,13 @@ class EdgeStore:
         'hi'
     """
 
-    def __init__(self, root: str | Path, *, search_threads: int | None = None) -> None:
+    def __init__(
+        self, root: str | Path, *, search_threads: int | None = None, indexing_threshold_kb: int | None = None
+    ) -> None:
         self._edge = _edge()
         self.root = Path(root)
         self._search_threads = search_threads
+        self._indexing_threshold_kb = indexing_threshold_kb
         self._lock_file = StoreLock(self.root)
         try:
             check_or_write_marker(self.root, ENGINE)
@@ -142,7 +148,12 @@ class EdgeStore:
         if dimension is not None and distance is not None:
             dist = {"cosine": edge.Distance.Cosine, "dot": edge.Distance.Dot, "euclid": edge.Distance.Euclid}
             vectors = {"": edge.EdgeVectorParams(size=dimension, distance=dist[distance])}
-        return edge.EdgeConfig(vectors=vectors, max_search_threads=self._search_threads)
+        optimizers = None
+        if self._indexing_threshold_kb is not None:
+            optimizers = edge.EdgeOptimizersConfig(indexing_threshold=self._indexing_threshold_kb)
+        return edge.EdgeConfig(
+            vectors=vectors, max_search_threads=self._search_threads, optimizers=optimizers
+        )
 
     def _folder(self, name: str) -> Path:
         return self.root / check_collection_name(name)
@@ -255,22 +266,15 @@ class EdgeStore:
             (folder / _META).unlink()
             shutil.rmtree(folder)
 
-    def _check_dimension(self, name: str, points: Sequence[StoredPoint]) -> None:
-        expected = self._infos[name].dimension
-        for p in points:
-            if len(p.vector) != expected:
-                raise RetrievalError(
-                    f"collection {name!r} holds {expected}-d vectors; point {p.id} has {len(p.vector)}",
-                    hint="use the embedder the collection was built with",
-                )
-
     def upsert(self, collection: str, points: Sequence[StoredPoint]) -> None:
         """Insert or replace points by id; logged to the shard's WAL before it returns."""
         if not points:
             return
         edge = self._edge
         with self._call(collection) as shard:
-            self._check_dimension(collection, points)
+            expected = self._infos[collection].dimension
+            for p in points:
+                check_vector_length(collection, expected, len(p.vector), f"point {p.id}")
             batch = [edge.Point(_point_id(p.id), _as_list(p.vector), dict(p.payload)) for p in points]
             shard.update(edge.UpdateOperation.upsert_points(batch))
 
@@ -307,6 +311,9 @@ class EdgeStore:
             with_vector=False,
         )
         with self._call(collection) as shard:
+            check_vector_length(
+                collection, self._infos[collection].dimension, len(vector), "the query vector"
+            )
             found = shard.query(request)
         return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
 

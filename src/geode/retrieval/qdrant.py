@@ -29,6 +29,7 @@ from geode.retrieval.base import (
     Record,
     StoredPoint,
     Vectors,
+    check_vector_length,
     collection_not_found,
 )
 
@@ -105,6 +106,7 @@ class QdrantStore:
         self._remote = remote
         self._lock = lock
         self._closed = False
+        self._dimensions: dict[str, int] = {}
         # Local mode keeps Python dicts and a SQLite connection: serialise access. A server needs no lock.
         self._mutex: AbstractContextManager[Any] = nullcontext() if remote else threading.RLock()
 
@@ -190,6 +192,12 @@ class QdrantStore:
     def _names(self) -> list[str]:
         return sorted(c.name for c in self._client.get_collections().collections)
 
+    def _dimension(self, collection: str) -> int:
+        dimension = self._dimensions.get(collection)
+        if dimension is None:
+            dimension = self._dimensions[collection] = self.get_collection(collection).dimension
+        return dimension
+
     def list_collections(self) -> list[str]:
         """Names of all collections, sorted."""
         with self._call():
@@ -238,6 +246,7 @@ class QdrantStore:
 
     def delete_collection(self, name: str) -> None:
         """Delete a collection and its points."""
+        self._dimensions.pop(name, None)
         with self._call(name):
             if not self._client.delete_collection(name) and not self._remote:
                 raise collection_not_found(name, self._names())
@@ -246,6 +255,9 @@ class QdrantStore:
         """Insert or replace points by id, waiting until the write is applied."""
         if not points:
             return
+        expected = self._dimension(collection)
+        for p in points:
+            check_vector_length(collection, expected, len(p.vector), f"point {p.id}")
         batch = models.Batch(
             ids=[p.id for p in points],
             vectors=[_as_list(p.vector) for p in points],
@@ -279,6 +291,7 @@ class QdrantStore:
     ) -> list[Hit]:
         """The ``k`` points closest to ``vector`` whose payload matches ``filter``, best first."""
         query = _as_list(vector)
+        check_vector_length(collection, self._dimension(collection), len(query), "the query vector")
         with self._call(collection):
             response = self._client.query_points(
                 collection, query=query, limit=k, query_filter=to_qdrant_filter(filter), with_payload=True
