@@ -25,6 +25,8 @@ _EXPORTS: dict[str, str] = {
     "search_tool": "geode.agents.tools",
     "Calculator": "geode.agents.calculator",
     "calculate": "geode.agents.calculator",
+    "instrument": "geode.runtime.instrumentation",
+    "uninstrument": "geode.runtime.instrumentation",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
@@ -40,6 +42,8 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from geode.agents.tools import search_tool as search_tool
     from geode.agents.tools import tool as tool
     from geode.retrieval.retriever import Retriever as Retriever
+    from geode.runtime.instrumentation import instrument as instrument
+    from geode.runtime.instrumentation import uninstrument as uninstrument
     from geode.runtime.lm.local import LocalLM as LocalLM
     from geode.runtime.programs import register_program as register_program
     from geode.runtime.runtime import Runtime as Runtime

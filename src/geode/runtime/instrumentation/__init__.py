@@ -22,20 +22,24 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.trace import TracerProvider
+from opentelemetry.trace import Tracer, TracerProvider
 
 from geode.runtime.instrumentation import _propagation
-from geode.runtime.instrumentation._callback import GeodeCallback
+from geode.runtime.instrumentation._callback import SCOPED_TRACER, GeodeCallback
 
 __all__ = [
     "GeodeCallback",
     "active_callback",
     "instrument",
     "is_instrumented",
+    "release",
+    "retain",
+    "tracing_to",
     "uninstrument",
     "with_callback",
 ]
@@ -46,6 +50,9 @@ _SCOPE = "geode"
 _lock = threading.Lock()
 _callback: GeodeCallback | None = None
 _provider: TracerProvider | None = None
+_by_runtimes = False
+"""Instrumentation was started by :func:`retain` (a runtime), not by :func:`instrument`."""
+_retained: list[TracerProvider] = []
 
 
 def _dspy_config() -> Any:
@@ -82,6 +89,29 @@ def _warn_if_openinference_dspy_active() -> None:
         )
 
 
+def _instrument_locked(provider: TracerProvider) -> None:
+    global _callback, _provider
+    from geode import __version__
+
+    if _callback is None:
+        _callback = GeodeCallback(provider.get_tracer(_SCOPE, __version__))
+        _warn_if_openinference_dspy_active()
+    elif provider is not _provider:
+        _callback.tracer = provider.get_tracer(_SCOPE, __version__)
+    _provider = provider
+    _register(_callback)
+    _propagation.install()
+
+
+def _uninstrument_locked() -> None:
+    global _callback, _provider, _by_runtimes
+    _unregister()
+    _propagation.uninstall()
+    _callback = None
+    _provider = None
+    _by_runtimes = False
+
+
 def instrument(tracer_provider: TracerProvider | None = None) -> None:
     """Trace every DSPy program in this process (idempotent).
 
@@ -89,29 +119,58 @@ def instrument(tracer_provider: TracerProvider | None = None) -> None:
         tracer_provider: Where spans go; default: OpenTelemetry's global tracer provider. Calling
             again with another provider moves instrumentation to it.
     """
-    global _callback, _provider
+    global _by_runtimes
     provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
     with _lock:
-        from geode import __version__
-
-        if _callback is None:
-            _callback = GeodeCallback(provider.get_tracer(_SCOPE, __version__))
-            _warn_if_openinference_dspy_active()
-        elif provider is not _provider:
-            _callback.tracer = provider.get_tracer(_SCOPE, __version__)
-        _provider = provider
-        _register(_callback)
-        _propagation.install()
+        _instrument_locked(provider)
+        _by_runtimes = False
 
 
 def uninstrument() -> None:
     """Stop tracing DSPy programs and restore thread pools (idempotent)."""
-    global _callback, _provider
     with _lock:
-        _unregister()
-        _propagation.uninstall()
-        _callback = None
-        _provider = None
+        _uninstrument_locked()
+
+
+def retain(provider: TracerProvider) -> None:
+    """Instrument for a runtime that sends its calls' spans to ``provider``.
+
+    If nothing is instrumented yet, DSPy calls made outside any runtime go to ``provider`` too; an
+    explicit :func:`instrument` always wins. Pair with :func:`release`.
+    """
+    global _by_runtimes
+    with _lock:
+        _retained.append(provider)
+        if _callback is None:
+            _instrument_locked(provider)
+            _by_runtimes = True
+
+
+def release(provider: TracerProvider) -> None:
+    """Undo one :func:`retain`: instrumentation started by runtimes ends with the last of them."""
+    with _lock:
+        if provider in _retained:
+            _retained.remove(provider)
+        if not _by_runtimes or _provider is not provider:
+            return
+        if _retained:
+            _instrument_locked(_retained[-1])
+        else:
+            _uninstrument_locked()
+
+
+@contextmanager
+def tracing_to(tracer: Tracer) -> Iterator[None]:
+    """Send the spans of DSPy calls made in this block (and their worker threads) to ``tracer``.
+
+    The runtime wraps each call in this, so two runtimes with different tracer providers in one
+    process each get their own calls' spans.
+    """
+    token = SCOPED_TRACER.set(tracer)
+    try:
+        yield
+    finally:
+        SCOPED_TRACER.reset(token)
 
 
 def is_instrumented() -> bool:

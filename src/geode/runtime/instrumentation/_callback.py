@@ -20,7 +20,7 @@ import threading
 import weakref
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
-from contextvars import Token
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -37,7 +37,7 @@ from geode.runtime.instrumentation import _values
 from geode.traces.context import RunIdentity, current_run
 from geode.traces.vocab import GEODE_SPAN_KIND_ATTR, GeodeAttributes, SpanAttributes, SpanKind, ToolAttributes
 
-__all__ = ["GeodeCallback"]
+__all__ = ["SCOPED_TRACER", "GeodeCallback"]
 
 logger = logging.getLogger("geode.instrumentation")
 
@@ -77,6 +77,9 @@ _TOKEN_DETAIL_KEYS: Final = (
     ("completion_tokens_details", "audio_tokens", SpanAttributes.LLM_TOKEN_COUNT_COMPLETION_DETAILS_AUDIO),
 )
 _CACHE_LIMIT: Final = 2048
+
+SCOPED_TRACER: ContextVar[Tracer | None] = ContextVar("geode_scoped_tracer", default=None)
+"""The tracer of the runtime call in progress (see ``instrumentation.tracing_to``); ``None`` outside one."""
 
 
 # -- per-class and per-program facts, computed once ------------------------------------------------
@@ -203,6 +206,8 @@ class _Open:
     token: Token[Context] | None
     identity_attrs: Mapping[str, Any]
     identity: RunIdentity | None
+    tracer: Tracer | None = None
+    """The tracer this call's span came from; its children use it too (worker threads included)."""
     root: Any = None
     """The program instance whose sub-module names apply below this span."""
     names: dict[int, str] = field(default_factory=dict[int, str])
@@ -329,27 +334,46 @@ class GeodeCallback(BaseCallback):
         call_id = ACTIVE_CALL_ID.get()
         return self._open.get(call_id) if call_id is not None else None
 
+    def _tracer(self, parent: _Open | None) -> Tracer:
+        scoped = SCOPED_TRACER.get()
+        if scoped is not None:
+            return scoped
+        if parent is not None and parent.tracer is not None:
+            return parent.tracer
+        return self.tracer
+
     def _start(
         self,
         call_id: str,
         name: str,
         attributes: dict[str, Any],
         parent: _Open | None,
+        identity: tuple[RunIdentity | None, Mapping[str, Any]],
         *,
         suppress: bool = False,
-    ) -> tuple[Span, Token[Context]]:
+    ) -> _Open:
+        """Start a span under the right parent, make it current, and remember it as ``call_id``."""
         current = trace.get_current_span()
         parent_context = None
         if parent is not None and (current is parent.span or not current.get_span_context().is_valid):
             # No OpenTelemetry context came along (a DSPy worker thread), or the current span is the
             # DSPy caller itself: parent explicitly, so a ReAct iteration can adopt the child.
             parent_context = trace.set_span_in_context(parent.parent_span())
-        span = self.tracer.start_span(name, context=parent_context, attributes=attributes)
+        tracer = self._tracer(parent)
+        span = tracer.start_span(name, context=parent_context, attributes=attributes)
         ctx = trace.set_span_in_context(span, parent_context)
         if suppress:
             # No second LLM span from an LM client instrumentation (litellm, openai) under ours.
             ctx = otel_context.set_value(_SUPPRESS_KEY, True, ctx)
-        return span, otel_context.attach(ctx)
+        record = _Open(
+            span=span,
+            token=otel_context.attach(ctx),
+            identity=identity[0],
+            identity_attrs=identity[1],
+            tracer=tracer,
+        )
+        self._open[call_id] = record
+        return record
 
     @staticmethod
     def _detach(record: _Open) -> None:
@@ -411,7 +435,7 @@ class GeodeCallback(BaseCallback):
             agent.iteration = None
         if instance is agent.react:
             agent.iterations += 1
-            agent.iteration = self.tracer.start_span(
+            agent.iteration = self._tracer(parent).start_span(
                 f"iteration {agent.iterations}",
                 context=trace.set_span_in_context(parent.span),
                 attributes={
@@ -474,20 +498,14 @@ class GeodeCallback(BaseCallback):
             except Exception:
                 logger.debug("geode_span_name of %s raised", info.class_name, exc_info=True)
 
-        span, token = self._start(call_id, name, attributes, parent)
-        self._open[call_id] = _Open(
-            span=span,
-            token=token,
-            identity_attrs=identity_attrs,
-            identity=identity,
-            root=root,
-            names=names,
-            predictor=predictor,
-            agent=new_agent,
-            module=instance,
-            info=info,
-            inputs=kwargs if (info.span_attributes or info.kind == _AGENT) else None,
-        )
+        record = self._start(call_id, name, attributes, parent, (identity, identity_attrs))
+        record.root = root
+        record.names = names
+        record.predictor = predictor
+        record.agent = new_agent
+        record.module = instance
+        record.info = info
+        record.inputs = kwargs if (info.span_attributes or info.kind == _AGENT) else None
 
     def on_module_end(
         self, call_id: str, outputs: Any | None, exception: BaseException | None = None
@@ -603,11 +621,8 @@ class GeodeCallback(BaseCallback):
             attributes[_INPUT] = _values.to_json(messages)
             attributes[_INPUT_MIME] = _values.JSON_MIME
 
-        span, token = self._start(
-            call_id, str(attributes[SpanAttributes.LLM_MODEL_NAME]), attributes, parent, suppress=True
-        )
-        record = _Open(span=span, token=token, identity_attrs=identity_attrs, identity=identity)
-        self._open[call_id] = record
+        name = str(attributes[SpanAttributes.LLM_MODEL_NAME])
+        record = self._start(call_id, name, attributes, parent, (identity, identity_attrs), suppress=True)
         if parent is not None:
             record.predictor = parent.predictor
 
@@ -743,8 +758,7 @@ class GeodeCallback(BaseCallback):
         kwargs = inputs.get("kwargs", inputs)
         attributes[_INPUT] = _values.to_json(kwargs)
         attributes[_INPUT_MIME] = _values.JSON_MIME
-        span, token = self._start(call_id, static[ToolAttributes.TOOL_NAME], attributes, parent)
-        self._open[call_id] = _Open(span=span, token=token, identity_attrs=identity_attrs, identity=identity)
+        self._start(call_id, static[ToolAttributes.TOOL_NAME], attributes, parent, (identity, identity_attrs))
 
     def on_tool_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         """Close the TOOL span with the tool's result or error."""
@@ -786,10 +800,7 @@ class GeodeCallback(BaseCallback):
             attributes[_KIND] = _EVALUATOR
             attributes[_INPUT] = _values.to_json(summary)
             attributes[_INPUT_MIME] = _values.JSON_MIME
-            span, token = self._start(call_id, "Evaluate", attributes, parent)
-            self._open[call_id] = _Open(
-                span=span, token=token, identity_attrs=identity_attrs, identity=identity
-            )
+            self._start(call_id, "Evaluate", attributes, parent, (identity, identity_attrs))
         except Exception:
             self._internal_error("on_evaluate_start")
 

@@ -2,8 +2,8 @@
 
 ``ThreadPoolExecutor`` workers start from an empty context: spans opened there would start new
 traces and lose the run identity. While Geode is instrumented, ``ThreadPoolExecutor.submit`` wraps
-each task with the submitting thread's OpenTelemetry context, Geode run identity and DSPy's
-``ACTIVE_CALL_ID`` (nothing else: DSPy's own settings keep DSPy's rules). This covers user thread
+each task with the submitting thread's OpenTelemetry context, Geode run identity, the runtime's
+tracer and DSPy's ``ACTIVE_CALL_ID`` (nothing else: DSPy's own settings keep DSPy's rules). This covers user thread
 pools and ``loop.run_in_executor``; ``dspy.Parallel``, ``Module.batch`` and ``Evaluate`` are covered
 even without it, because DSPy binds ``ACTIVE_CALL_ID`` into their workers. ``asyncio``/``anyio``
 worker threads (``dspy.asyncify``) copy the whole context already.
@@ -19,7 +19,9 @@ from typing import Any, cast
 
 from dspy.utils.callback_context import ACTIVE_CALL_ID
 from opentelemetry import context as otel_context
+from opentelemetry.trace import Tracer
 
+from geode.runtime.instrumentation._callback import SCOPED_TRACER
 from geode.traces.context import RunIdentity, current_run, run_identity
 
 __all__ = ["install", "installed", "uninstall"]
@@ -32,7 +34,7 @@ _original_submit: Callable[..., Future[Any]] | None = None
 class _Carried:
     """A task bound to the trace context of the thread that submitted it."""
 
-    __slots__ = ("call_id", "context", "fn", "identity")
+    __slots__ = ("call_id", "context", "fn", "identity", "tracer")
 
     def __init__(
         self,
@@ -40,21 +42,25 @@ class _Carried:
         context: otel_context.Context,
         identity: RunIdentity | None,
         call_id: str | None,
+        tracer: Tracer | None,
     ) -> None:
         self.fn = fn
         self.context = context
         self.identity = identity
         self.call_id = call_id
+        self.tracer = tracer
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         token = otel_context.attach(self.context)
         call_token = _ACTIVE_CALL.set(self.call_id)
+        tracer_token = SCOPED_TRACER.set(self.tracer)
         try:
             if self.identity is None:
                 return self.fn(*args, **kwargs)
             with run_identity(self.identity):
                 return self.fn(*args, **kwargs)
         finally:
+            SCOPED_TRACER.reset(tracer_token)
             _ACTIVE_CALL.reset(call_token)
             otel_context.detach(token)
 
@@ -65,8 +71,9 @@ def _submit(self: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **k
     context = otel_context.get_current()
     identity = current_run()
     call_id = _ACTIVE_CALL.get()
-    if context or identity is not None or call_id is not None:
-        fn = _Carried(fn, context, identity, call_id)
+    tracer = SCOPED_TRACER.get()
+    if context or identity is not None or call_id is not None or tracer is not None:
+        fn = _Carried(fn, context, identity, call_id, tracer)
     return original(self, fn, *args, **kwargs)
 
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -26,8 +27,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
+from opentelemetry.trace import Tracer
+from opentelemetry.trace import TracerProvider as TracerProviderApi
 
 from geode.errors import ConfigError
+from geode.runtime.instrumentation import release, retain, tracing_to
 from geode.runtime.settings import PhoenixSettings, Settings, TracingSettings
 from geode.runtime.tracing.exporters import (
     OtlpHttpSpanExporter,
@@ -47,6 +51,7 @@ __all__ = [
     "OtlpJsonFileExporter",
     "ProjectRoutingExporter",
     "RedactingExporter",
+    "RuntimeTracing",
     "SpanRedactor",
     "TracingPipeline",
     "build_tracing",
@@ -214,3 +219,56 @@ def build_tracing(
         otlp_file=tracing.otlp_file,
         timeout_s=tracing.export_timeout_s,
     )
+
+
+class RuntimeTracing:
+    """The tracing one :class:`~geode.runtime.runtime.Runtime` owns.
+
+    Builds the export pipeline from settings (unless given a tracer provider, or tracing is
+    disabled), keeps Geode's DSPy instrumentation on while the runtime lives, routes the runtime's
+    calls to its own provider, and flushes within the export deadline on :meth:`close`.
+
+    Args:
+        settings: The runtime's settings.
+        tracer_provider: Use this provider (the caller owns it: it is flushed, never shut down).
+    """
+
+    def __init__(self, settings: Settings, tracer_provider: TracerProviderApi | None = None) -> None:
+        self.timeout_s = settings.tracing.export_timeout_s
+        self.pipeline: TracingPipeline | None = None
+        provider: TracerProviderApi | None = tracer_provider
+        if provider is None and settings.tracing.enabled:
+            self.pipeline = build_tracing(settings)
+            provider = self.pipeline.provider
+        self.provider = provider
+        self._tracer: Tracer | None = None
+        self._closed = False
+        if provider is not None:
+            from geode import __version__
+
+            self._tracer = provider.get_tracer("geode", __version__)
+            retain(provider)
+
+    @contextmanager
+    def scope(self) -> Iterator[None]:
+        """Route the spans of the DSPy calls made in this block to this runtime's provider."""
+        if self._tracer is None or self._closed:
+            yield
+            return
+        with tracing_to(self._tracer):
+            yield
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Flush and stop (idempotent); returns within the deadline whatever the collector does."""
+        if self._closed:
+            return
+        self._closed = True
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        if self.provider is not None:
+            release(self.provider)
+        if self.pipeline is not None:
+            self.pipeline.shutdown(timeout)
+        elif self.provider is not None:
+            flush = getattr(self.provider, "force_flush", None)
+            if callable(flush):
+                flush(int(timeout * 1000))
