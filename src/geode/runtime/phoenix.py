@@ -18,6 +18,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -45,7 +46,9 @@ __all__ = [
 ]
 
 _PROBE_TIMEOUT_S: Final = 1.0
-_LOG_TAIL_LINES: Final = 15
+_LOG_TAIL_LINES: Final = 12
+_START_MARKER: Final = "--- geode: starting Phoenix"
+_EXCEPTION_LINE: Final = re.compile(r"^[\w.]*(Error|Exception)\b.*")
 PortState = Literal["phoenix", "other", "free"]
 
 
@@ -285,9 +288,7 @@ class PhoenixServer:
         env.setdefault("PHOENIX_ALLOW_EXTERNAL_RESOURCES", "false")
         env.setdefault("PHOENIX_TELEMETRY_ENABLED", "false")
         with self.log_path.open("ab") as log:
-            log.write(
-                f"\n--- geode: starting Phoenix on {self.url_for(port)} at {time.ctime()} ---\n".encode()
-            )
+            log.write(f"\n{_START_MARKER} on {self.url_for(port)} at {time.ctime()} ---\n".encode())
             log.flush()
             self._process = subprocess.Popen(
                 [*_phoenix_command(), "serve"],
@@ -413,10 +414,15 @@ class PhoenixServer:
 
     def _log_tail(self) -> str:
         try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
+            text = self.log_path.read_text(errors="replace")
         except OSError:
             return "(no log)"
-        return "\n".join(lines[-_LOG_TAIL_LINES:])
+        # Only this start's output; the exception lines first, since Phoenix's last words are often advice.
+        lines = text.rsplit(_START_MARKER, 1)[-1].splitlines()
+        errors = [line for line in lines if _EXCEPTION_LINE.match(line)]
+        tail = lines[-_LOG_TAIL_LINES:]
+        picked = [e for e in errors[-3:] if e not in tail]
+        return "\n".join([*picked, *(["..."] if picked else []), *tail])
 
 
 # -- helpers --------------------------------------------------------------------------------------

@@ -186,3 +186,30 @@ def test_paths_live_in_the_geode_home(tmp_path: Path) -> None:
     assert server.working_dir == tmp_path / "phoenix"
     assert server.log_path == tmp_path / "phoenix" / "phoenix.log"
     assert server.pid_path.name == "phoenix.pid" and server.state_path.name == "phoenix.json"
+
+
+def test_start_failure_report_leads_with_the_exception(tmp_path: Path) -> None:
+    # The shape of a real failed start (bad PHOENIX_SQL_DATABASE_URL): the cause sits far above the
+    # advice Phoenix prints last, and an earlier start's output is in the same log.
+    server = _server(tmp_path, find_free_port())
+    server.working_dir.mkdir(parents=True)
+    advice = [f"advice line {i}" for i in range(20)]
+    server.log_path.write_text(
+        "\n".join(
+            [
+                "--- geode: starting Phoenix on http://127.0.0.1:1 at yesterday ---",
+                "OldError: from an earlier start",
+                "--- geode: starting Phoenix on http://127.0.0.1:2 at today ---",
+                "Traceback (most recent call last):",
+                "sqlean.dbapi2.OperationalError: unable to open database file",
+                "phoenix.exceptions.PhoenixMigrationError: ",
+                *advice,
+            ]
+        )
+    )
+    report = server._log_tail()  # pyright: ignore[reportPrivateUsage]
+    lines = report.splitlines()
+    assert lines[0] == "sqlean.dbapi2.OperationalError: unable to open database file"
+    assert lines[1] == "phoenix.exceptions.PhoenixMigrationError: "
+    assert lines[-1] == "advice line 19"
+    assert "OldError" not in report
