@@ -372,3 +372,26 @@ def test_geode_agent_iterations_come_from_its_own_modules(traced: Traced) -> Non
     assert _attrs(traced.one("stock-agent"))["geode.agent.termination"] == "finish"
     assert not traced.named("finish")
     assert len(traced.trace_ids()) == 1
+
+
+def test_geode_retriever_span_carries_ids_scores_and_metadata(traced: Traced) -> None:
+    from geode.retrieval import Ingestor, QdrantStore, Retriever, sample_corpus_dir
+    from geode.testing import HashingEmbedder
+
+    store = QdrantStore.memory()
+    try:
+        Ingestor(store, HashingEmbedder()).ingest([sample_corpus_dir()], "docs")
+        traced.exporter.clear()
+        passages = Retriever(store, HashingEmbedder(), "docs", k=3)(query="gift cards").passages
+    finally:
+        store.close()
+
+    (span,) = traced.of_kind("RETRIEVER")
+    a = _attrs(span)
+    assert a["input.value"] == "gift cards"
+    for i, passage in enumerate(passages):
+        assert a[f"retrieval.documents.{i}.document.id"] == passage.id
+        assert a[f"retrieval.documents.{i}.document.content"] == passage.text
+        assert a[f"retrieval.documents.{i}.document.score"] == pytest.approx(passage.score)
+        assert json.loads(a[f"retrieval.documents.{i}.document.metadata"])["source"] == passage.source
+    assert f"retrieval.documents.{len(passages)}.document.id" not in a
