@@ -207,7 +207,7 @@ def test_start_failure_report_leads_with_the_exception(tmp_path: Path) -> None:
             ]
         )
     )
-    report = server._log_tail()  # pyright: ignore[reportPrivateUsage]
+    report = server._log_tail()
     lines = report.splitlines()
     assert lines[0] == "sqlean.dbapi2.OperationalError: unable to open database file"
     assert lines[1] == "phoenix.exceptions.PhoenixMigrationError: "
