@@ -15,6 +15,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, cast
 
+import httpx
 import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
@@ -88,6 +89,7 @@ class QdrantStore:
         remote: Whether ``client`` talks to a server (errors are then translated to
             :class:`~geode.errors.StoreUnavailableError`).
         lock: An inter-process lock to release on :meth:`close`.
+        timeout_s: The client's request timeout, for messages.
 
     Example:
         >>> from geode.retrieval import QdrantStore, StoredPoint
@@ -99,9 +101,16 @@ class QdrantStore:
     """
 
     def __init__(
-        self, client: QdrantClient, *, description: str, remote: bool = False, lock: StoreLock | None = None
+        self,
+        client: QdrantClient,
+        *,
+        description: str,
+        remote: bool = False,
+        lock: StoreLock | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         self._client = client
+        self._timeout_s = timeout_s
         self._description = description
         self._remote = remote
         self._lock = lock
@@ -144,7 +153,7 @@ class QdrantStore:
         # qdrant-client types `timeout` as int but hands it to httpx, which takes seconds as a float.
         timeout: Any = float(timeout_s)
         client = QdrantClient(url=url, api_key=api_key, timeout=timeout, check_compatibility=False)
-        return cls(client, description=f"Qdrant server at {url}", remote=True)
+        return cls(client, description=f"Qdrant server at {url}", remote=True, timeout_s=timeout_s)
 
     # -- Store -------------------------------------------------------------------------------------
 
@@ -179,9 +188,14 @@ class QdrantStore:
                     f"{self._description} answered HTTP {err.status_code}: {err.content!r}"
                 ) from err
             except (ResponseHandlingException, OSError) as err:
+                source = err.source if isinstance(err, ResponseHandlingException) else err
+                if isinstance(source, httpx.TimeoutException | TimeoutError):
+                    what = f"did not answer within {self._timeout_s:g} s"
+                else:
+                    what = f"is unreachable ({source})"
                 raise StoreUnavailableError(
-                    f"{self._description} is unreachable or did not answer in time: {type(err).__name__}: {err}",
-                    hint="check that the server is up and GEODE_RETRIEVAL_QDRANT_URL / _TIMEOUT_S are right",
+                    f"{self._description} {what}",
+                    hint="check that the server is up, GEODE_RETRIEVAL_QDRANT_URL, and GEODE_RETRIEVAL_TIMEOUT_S",
                 ) from None
             except ValueError as err:
                 # Local mode signals a missing collection with ValueError("Collection ... not found").
