@@ -419,9 +419,7 @@ class _Run:
         usage: UsageTracker,
         calls_before: int,
     ) -> AgentStep:
-        prompt, completion = _token_totals(usage)
-        self.prompt_tokens += prompt
-        self.completion_tokens += completion
+        prompt, completion = self.add_tokens(usage)
         step = AgentStep(
             index=index,
             thought=plan.thought,
@@ -443,6 +441,13 @@ class _Run:
         self.trajectory[f"tool_args_{index}"] = dict(plan.args)
         self.trajectory[f"observation_{index}"] = observation
         return step
+
+    def add_tokens(self, usage: UsageTracker) -> tuple[int, int]:
+        """Add an LM call's reported usage to the run's totals; returns (prompt, completion)."""
+        prompt, completion = _token_totals(usage)
+        self.prompt_tokens += prompt
+        self.completion_tokens += completion
+        return prompt, completion
 
     def after_step(self) -> tuple[TerminationReason, str] | None:
         step = self.steps[-1]
@@ -796,23 +801,29 @@ class Agent(dspy.Module):
     def _extract(self, run: _Run) -> dict[str, Any] | None:
         if not run.can_extract():
             return None
-        try:
-            pred = run.call_lm(lambda trajectory: self.extract(**run.inputs, trajectory=trajectory))
-        except (AdapterParseError, BudgetExceededError, ContextWindowExceededError) as err:
-            self._extraction_failed(run, err)
-            return None
+        with dspy.track_usage() as usage:
+            try:
+                pred = run.call_lm(lambda trajectory: self.extract(**run.inputs, trajectory=trajectory))
+            except (AdapterParseError, BudgetExceededError, ContextWindowExceededError) as err:
+                self._extraction_failed(run, err)
+                return None
+            finally:
+                run.add_tokens(usage)
         return {k: pred.get(k) for k in self.signature.output_fields}
 
     async def _aextract(self, run: _Run) -> dict[str, Any] | None:
         if not run.can_extract():
             return None
-        try:
-            pred = await run.acall_lm(
-                lambda trajectory: self.extract.acall(**run.inputs, trajectory=trajectory)
-            )
-        except (AdapterParseError, BudgetExceededError, ContextWindowExceededError) as err:
-            self._extraction_failed(run, err)
-            return None
+        with dspy.track_usage() as usage:
+            try:
+                pred = await run.acall_lm(
+                    lambda trajectory: self.extract.acall(**run.inputs, trajectory=trajectory)
+                )
+            except (AdapterParseError, BudgetExceededError, ContextWindowExceededError) as err:
+                self._extraction_failed(run, err)
+                return None
+            finally:
+                run.add_tokens(usage)
         return {k: pred.get(k) for k in self.signature.output_fields}
 
     @staticmethod
