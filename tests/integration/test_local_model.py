@@ -181,3 +181,9 @@ def test_copies_and_new_instances_share_one_loaded_model(lm: LocalLM) -> None:
     restored = LocalLM.load_state(lm.dump_state())
     assert restored.loaded is lm.loaded
     assert restored.dump_state() == lm.dump_state()
+    tuned = LocalLM(context_size=2048, repeat_penalty=1.1, top_k=20)
+    state = tuned.dump_state()
+    assert state["repeat_penalty"] == 1.1
+    assert state["top_k"] == 20
+    assert state["model_path"] is None  # the bundled model is found again wherever it is installed
+    assert LocalLM.load_state(state).dump_state() == state

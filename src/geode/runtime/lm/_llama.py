@@ -493,13 +493,28 @@ class LlamaCppEngine:
         structured_output: Declare JSON-schema support, so ``dspy.JSONAdapter`` sends each signature's
             output schema and decoding is constrained to it. ``False`` leaves the adapter to ask for JSON in
             the prompt only (useful to measure what the constraint buys).
+        sampling: Defaults for llama.cpp's own sampling knobs (``min_p``, ``typical_p``,
+            ``repeat_penalty``); a request's ``Config.extensions`` overrides them. DSPy's call keywords
+            cannot carry these (lm15 refuses unknown keys), so they are set here.
     """
 
     supports_function_calling = False
     supports_reasoning = False
 
-    def __init__(self, model: LoadedModel, *, structured_output: bool = True) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        *,
+        structured_output: bool = True,
+        sampling: Mapping[str, float] | None = None,
+    ) -> None:
+        unknown = set(sampling or ()) - _EXTENSION_PARAMS
+        if unknown:
+            raise ValueError(
+                f"unknown llama.cpp sampling settings {sorted(unknown)}; known: {sorted(_EXTENSION_PARAMS)}"
+            )
         self.model = model
+        self.sampling = {key: float(value) for key, value in (sampling or {}).items()}
         self.supports_response_schema = structured_output
         self.supported_params = (
             SUPPORTED_PARAMS if structured_output else SUPPORTED_PARAMS - {"response_format"}
@@ -507,7 +522,7 @@ class LlamaCppEngine:
 
     def _prepare(self, request: Request) -> tuple[list[int], list[str], dict[str, Any]]:
         messages = chat_messages(request)
-        kwargs = sampling_kwargs(request.config)
+        kwargs = {**self.sampling, **sampling_kwargs(request.config)}
         if request.config.response_format is not None:
             kwargs["grammar"] = self.model.grammar(request.config.response_format)
         tokens, template_stops = self.model.prompt_tokens(messages)

@@ -97,9 +97,12 @@ class LocalLM(dspy.LM):
         structured_output: Constrain decoding to the output schema ``dspy.JSONAdapter`` sends. Turn it off
             only to measure the unconstrained model.
         flash_attn: Use llama.cpp's flash attention (faster prompt processing on CPU).
+        min_p: llama.cpp min-p sampling cut-off (default 0.05).
+        typical_p: llama.cpp locally typical sampling (default 1.0, off).
+        repeat_penalty: llama.cpp repetition penalty (default 1.0, off).
         callbacks: DSPy callbacks for this LM.
-        **kwargs: Further default request settings (``top_p``, ``top_k``, ``seed``, ``stop``, and the llama.cpp
-            knobs ``min_p``, ``typical_p``, ``repeat_penalty``).
+        **kwargs: Further default request settings DSPy carries (``top_p``, ``top_k``, ``seed``, ``stop``,
+            ``presence_penalty``, ``frequency_penalty``).
 
     Raises:
         ModelFileError: The model file is missing, not GGUF, or cannot be loaded.
@@ -127,6 +130,9 @@ class LocalLM(dspy.LM):
         cache: bool = True,
         structured_output: bool = True,
         flash_attn: bool = True,
+        min_p: float | None = None,
+        typical_p: float | None = None,
+        repeat_penalty: float | None = None,
         callbacks: list[Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -145,7 +151,12 @@ class LocalLM(dspy.LM):
                 flash_attn=flash_attn,
             )
         )
-        engine = LlamaCppEngine(self.loaded, structured_output=structured_output)
+        self.sampling = {
+            key: value
+            for key, value in (("min_p", min_p), ("typical_p", typical_p), ("repeat_penalty", repeat_penalty))
+            if value is not None
+        }
+        engine = LlamaCppEngine(self.loaded, structured_output=structured_output, sampling=self.sampling)
         self.llama_engine = engine
         """The engine DSPy calls (also usable directly with ``dspy.lm15.Request`` objects)."""
         super().__init__(
@@ -177,6 +188,7 @@ class LocalLM(dspy.LM):
             "cache": self.cache,
             "structured_output": self.structured_output,
             "flash_attn": self.flash_attn,
+            **self.sampling,
             **request_defaults,
         }
 
