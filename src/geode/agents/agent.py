@@ -66,6 +66,9 @@ _FINISH_DESC = (
     "Marks the task as complete. That is, signals that all information for producing the outputs, "
     "i.e. {outputs}, are now available to be extracted."
 )
+_INDEX_ARG = "iteration_index"
+RESERVED_INPUTS = frozenset({"trajectory", _INDEX_ARG, "max_iters"})
+"""Input names the agent uses itself; a signature may not declare them."""
 _REPEATED_NOTE = "Not executed: identical to an earlier call, so the run stops here."
 
 
@@ -593,17 +596,17 @@ class _Iteration(dspy.Module):
         self.react = react
 
     def geode_span_name(self, inputs: Mapping[str, Any]) -> str:
-        index = _call_kwargs(inputs).get("index")
+        index = _call_kwargs(inputs).get(_INDEX_ARG)
         return f"iteration {index + 1}" if isinstance(index, int) else "iteration"
 
     def geode_span_attributes(self, inputs: Mapping[str, Any], outputs: Any) -> dict[str, Any]:
-        index = _call_kwargs(inputs).get("index")
+        index = _call_kwargs(inputs).get(_INDEX_ARG)
         return {GeodeAttributes.AGENT_ITERATION: index} if isinstance(index, int) else {}
 
-    def forward(self, index: int, **inputs: Any) -> dspy.Prediction:
+    def forward(self, iteration_index: int, **inputs: Any) -> dspy.Prediction:
         run = _Run.current()
         with dspy.track_usage() as usage:
-            step = _StepBuilder(run, index, usage)
+            step = _StepBuilder(run, iteration_index, usage)
             try:
                 plan = run.plan(run.call_lm(lambda trajectory: self.react(**inputs, trajectory=trajectory)))
             except AdapterParseError as err:
@@ -620,10 +623,10 @@ class _Iteration(dspy.Module):
                 return step.tool_failed(plan, err)
             return step.tool_returned(plan, value)
 
-    async def aforward(self, index: int, **inputs: Any) -> dspy.Prediction:
+    async def aforward(self, iteration_index: int, **inputs: Any) -> dspy.Prediction:
         run = _Run.current()
         with dspy.track_usage() as usage:
-            step = _StepBuilder(run, index, usage)
+            step = _StepBuilder(run, iteration_index, usage)
             try:
                 pred = await run.acall_lm(
                     lambda trajectory: self.react.acall(**inputs, trajectory=trajectory)
@@ -706,6 +709,11 @@ class Agent(dspy.Module):
         resolved = ensure_signature(signature)
         if resolved is None:
             raise ConfigError("Agent needs a signature, e.g. 'question -> answer'")
+        clashes = sorted(RESERVED_INPUTS & resolved.input_fields.keys())
+        if clashes:
+            raise ConfigError(
+                f"Agent signature inputs may not be named {', '.join(clashes)}", hint="rename them"
+            )
         self.signature: type[dspy.Signature] = resolved
         self.name = name
         self.budget = budget if budget is not None else Budget()
@@ -764,7 +772,7 @@ class Agent(dspy.Module):
         with run.scope():
             while (end := run.before_step()) is None:
                 try:
-                    self.iteration(index=run.index, **run.inputs)
+                    self.iteration(iteration_index=run.index, **run.inputs)
                 except BudgetExceededError as err:
                     run.skip_extraction = True
                     end = (TerminationReason.BUDGET, scrub(str(err)))
@@ -784,7 +792,7 @@ class Agent(dspy.Module):
         with run.scope():
             while (end := run.before_step()) is None:
                 try:
-                    await self.iteration.acall(index=run.index, **run.inputs)
+                    await self.iteration.acall(iteration_index=run.index, **run.inputs)
                 except BudgetExceededError as err:
                     run.skip_extraction = True
                     end = (TerminationReason.BUDGET, scrub(str(err)))

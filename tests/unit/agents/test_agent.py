@@ -659,6 +659,8 @@ def test_configuration_errors() -> None:
         Agent("q -> a", tools=[lookup_stock, lookup_stock])
     with pytest.raises(ConfigError, match="reserved"):
         Agent("q -> a", tools=[tool(name="finish")(lookup_stock)])
+    with pytest.raises(ConfigError, match="may not be named trajectory"):
+        Agent("question, trajectory -> a", tools=[])
     with pytest.raises(ConfigError, match="max_parse_failures"):
         Agent("q -> a", tools=[], max_parse_failures=0)
 
@@ -716,7 +718,7 @@ def test_each_iteration_is_a_child_module_call_holding_its_lm_and_tool_calls() -
 
 def test_span_hooks_accept_flat_inputs_too() -> None:
     agent = Agent("q -> a", tools=[])
-    assert agent.iteration.geode_span_name({"index": 4}) == "iteration 5"
+    assert agent.iteration.geode_span_name({"iteration_index": 4}) == "iteration 5"
     assert agent.iteration.geode_span_name({}) == "iteration"
     assert agent.geode_span_attributes({}, None) == {SpanAttributes.AGENT_NAME: "agent"}
 
