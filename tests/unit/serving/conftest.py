@@ -10,7 +10,6 @@ from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from geode.runtime.instrumentation import instrument, uninstrument
 from geode.runtime.runtime import Runtime
 from geode.runtime.serving import FeedbackLog, HostedProgram, create_app
 from geode.runtime.settings import ServeSettings, Settings, TracingSettings
@@ -18,11 +17,8 @@ from geode.testing import ScriptedLM, in_memory_tracing
 
 
 @pytest.fixture
-def tracing() -> Iterator[tuple[TracerProvider, InMemorySpanExporter]]:
-    provider, exporter = in_memory_tracing()
-    instrument(tracer_provider=provider)
-    yield provider, exporter
-    uninstrument()
+def tracing() -> tuple[TracerProvider, InMemorySpanExporter]:
+    return in_memory_tracing()
 
 
 def echo_lm() -> ScriptedLM:
@@ -53,6 +49,7 @@ def make_client(tracing: tuple[TracerProvider, InMemorySpanExporter], tmp_path: 
         rt = Runtime(
             lm=lm or echo_lm(),
             settings=Settings(home=tmp_path / "home", tracing=TracingSettings(enabled=False)),
+            tracer_provider=tracing[0],
         )
         settings = ServeSettings(**(serve or {}))
         kwargs.setdefault("feedback_sinks", [FeedbackLog(tmp_path / "feedback.jsonl")])
@@ -60,7 +57,6 @@ def make_client(tracing: tuple[TracerProvider, InMemorySpanExporter], tmp_path: 
             rt,
             programs or [HostedProgram(dspy.Predict("question -> answer"), name="qa")],
             settings,
-            tracer_provider=tracing[0],
             **kwargs,
         )
         client = TestClient(app)

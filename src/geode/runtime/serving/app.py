@@ -230,7 +230,7 @@ class _Server:
             ttl_s=settings.session_ttl_s,
             max_turns=settings.max_session_turns,
         )
-        self.tracing: TracingPipeline | None = tracing or getattr(runtime, "tracing", None)
+        self.tracing: TracingPipeline | None = tracing or _pipeline_of(runtime)
         provider = (
             tracer_provider
             or (self.tracing.provider if self.tracing is not None else None)
@@ -410,7 +410,10 @@ class _Server:
         try:
             with (
                 run_identity(identity),
-                self.runtime.context(disable_history=True, **call.lm_overrides),
+                # The runtime's LM, adapter and callbacks, with its spans routed to its provider; then
+                # this request's own overrides. LM history stays off so memory stays flat.
+                self.runtime.batch(),
+                dspy.context(disable_history=True, **call.lm_overrides),
                 run_deadline(time.monotonic() + timeout),
                 translate_program_errors(call.hosted.name),
             ):
@@ -652,6 +655,12 @@ class _Server:
             if callable(close):
                 with contextlib.suppress(Exception):
                     close()
+
+
+def _pipeline_of(runtime: Runtime) -> TracingPipeline | None:
+    # The runtime's export pipeline (for span-loss metrics), when it built one from settings.
+    pipeline = getattr(getattr(runtime, "_tracing", None), "pipeline", None)
+    return pipeline if isinstance(pipeline, TracingPipeline) else None
 
 
 def _visible(call: _Call) -> dict[str, Any]:

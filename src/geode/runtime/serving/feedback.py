@@ -112,15 +112,26 @@ class PhoenixFeedback:
 
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout_s: float = 2.0) -> None:
         import httpx
-        from phoenix.client import Client
 
         self.base_url = base_url
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s, headers=headers)
-        self._client = Client(base_url=base_url, http_client=self._http)
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _phoenix(self) -> Any:
+        # Importing phoenix.client takes seconds (it pulls in part of the Phoenix server package when
+        # that is installed): pay it on the first feedback, in a worker thread, not at start-up.
+        with self._lock:
+            if self._client is None:
+                from phoenix.client import Client
+
+                self._client = Client(base_url=self.base_url, http_client=self._http)
+            return self._client
 
     def send(self, record: FeedbackRecord) -> None:
         """Annotate the run's root span (or its trace) in Phoenix."""
+        client = self._phoenix()
         metadata = {**record.metadata, "program": record.program, "version": record.version}
         common: dict[str, Any] = {
             "annotation_name": record.name,
@@ -132,9 +143,9 @@ class PhoenixFeedback:
         }
         if record.span_id:
             # sync=False: Phoenix queues it, so a span still on its way to Phoenix is not refused.
-            self._client.spans.add_span_annotation(span_id=record.span_id, sync=False, **common)
+            client.spans.add_span_annotation(span_id=record.span_id, sync=False, **common)
         else:
-            self._client.traces.add_trace_annotation(trace_id=record.trace_id, sync=False, **common)
+            client.traces.add_trace_annotation(trace_id=record.trace_id, sync=False, **common)
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

@@ -1,0 +1,63 @@
+"""Phoenix down, refusing or hanging: requests are unaffected, spans are dropped and counted, shutdown is bounded.
+
+Injects: the collector endpoint of a real `geode serve` process points at a refused port, at a
+server answering 503 to everything, or at a black hole that accepts connections and never replies.
+Must hold: every request answers 200 in well under a second; /ready stays 200; /metrics counts lost
+spans; SIGTERM ends the process within 20 s (export deadline 1 s).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.integration.serve_helpers import PROGRAMS, serve
+
+from .conftest import BlackHole, Reply, ScriptedHTTP, refused_port
+
+pytestmark = pytest.mark.reliability
+
+
+def _dropped(metrics: str) -> float:
+    return sum(float(v) for v in re.findall(r"^geode_spans_dropped_total\{[^}]*\} ([0-9.e+]+)$", metrics, re.M))
+
+
+@pytest.mark.parametrize("fault", ["refused", "503", "hanging"])
+def test_phoenix_faults_do_not_touch_requests(
+    fault: str,
+    tmp_path: Path,
+    black_hole: BlackHole,
+    http_server: Callable[[Callable[[str, bytes], Reply]], ScriptedHTTP],
+) -> None:
+    if fault == "refused":
+        endpoint = f"http://127.0.0.1:{refused_port()}"
+    elif fault == "503":
+        endpoint = http_server(lambda path, body: Reply(503, {"error": "overloaded"})).url
+    else:
+        endpoint = f"http://127.0.0.1:{black_hole.port}"
+    env = {
+        "PHOENIX_COLLECTOR_ENDPOINT": endpoint,
+        "GEODE_TRACING_QUEUE_SIZE": "64",
+        "GEODE_TRACING_EXPORT_TIMEOUT_S": "1",
+    }
+    with serve([f"qa={PROGRAMS}:qa"], tmp_path / "home", env=env) as served, httpx.Client(base_url=served.url) as client:
+        slowest = 0.0
+        for n in range(150):
+            started = time.perf_counter()
+            response = client.post("/programs/qa", json={"question": f"q{n}"})
+            slowest = max(slowest, time.perf_counter() - started)
+            assert response.status_code == 200, response.text
+            assert response.json()["outputs"]["answer"] == f"echo: q{n}"
+        assert slowest < 1.0, f"a request took {slowest:.2f} s with Phoenix {fault}"
+        assert client.get("/ready").status_code == 200
+        deadline = time.monotonic() + 10
+        while _dropped(client.get("/metrics").text) == 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _dropped(client.get("/metrics").text) > 0, client.get("/metrics").text[-2000:]
+        seconds = served.stop(timeout_s=40)
+    assert seconds < 20, f"shutdown took {seconds:.1f} s with Phoenix {fault}"
