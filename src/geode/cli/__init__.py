@@ -37,6 +37,10 @@ _COMMAND_MODULES = (
     "geode.cli.trace",
     "geode.cli.serve",
     "geode.cli.compare_versions",
+    "geode.cli.eval",
+    "geode.cli.compile",
+    "geode.cli.versions",
+    "geode.cli.compare_models",
 )
 
 _state = {"debug": False}

@@ -378,10 +378,20 @@ def _build_info(version: str, meta: Mapping[str, Any], path: Path, where: str) -
     )
 
 
+def _is_flat(state: Mapping[str, Any]) -> bool:
+    # A program that is itself a predictor (a bare dspy.Predict) dumps its own state, not a mapping
+    # of predictor names to states.
+    return isinstance(state.get("signature"), dict) and isinstance(state.get("demos"), list)
+
+
+def _by_predictor(state: Mapping[str, Any]) -> dict[str, Any]:
+    return {"self": state} if _is_flat(state) else dict(state)
+
+
 def _check_state_shape(state: Any, where: str) -> dict[str, Any]:
     if not isinstance(state, dict) or not state:
         raise ProgramLoadError(f"{where}: 'state' must be a non-empty JSON object of predictor states")
-    for name, pstate in state.items():
+    for name, pstate in _by_predictor(state).items():
         if not isinstance(pstate, dict):
             raise ProgramLoadError(f"{where}: the state of predictor {name!r} must be a JSON object")
         demos = pstate.get("demos", [])
@@ -399,9 +409,10 @@ def _check_state_shape(state: Any, where: str) -> dict[str, Any]:
 
 def _check_against(module: dspy.Module, state: Mapping[str, Any], where: str) -> None:
     """Refuse a state that does not fit the program: other predictors, other fields, unknown keys."""
-    expected = module.dump_state()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
+    expected = _by_predictor(module.dump_state())
+    saved_states = _by_predictor(state)
+    missing = sorted(set(expected) - set(saved_states))
+    extra = sorted(set(saved_states) - set(expected))
     if missing or extra:
         raise ProgramLoadError(
             f"{where}: the saved state does not fit {type(module).__name__}: "
@@ -416,7 +427,7 @@ def _check_against(module: dspy.Module, state: Mapping[str, Any], where: str) ->
             hint="the program's structure changed since this version was compiled; recompile it",
         )
     for name, fresh in expected.items():
-        saved = state[name]
+        saved = saved_states[name]
         allowed = set(fresh) | (
             {"fields", "lm"} if isinstance(fresh, dict) and "signature" in fresh else set()
         )

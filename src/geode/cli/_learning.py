@@ -1,0 +1,161 @@
+"""Helpers shared by the learning-loop commands (eval, compile, versions, compare-models)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from geode.errors import ConfigError
+from geode.evals.dataset import Dataset, HealthReport, load_dataset
+from geode.evals.evaluate import EvalResult, Pricing
+from geode.evals.metrics import resolve_metric
+from geode.evals.report import fmt_cost
+from geode.runtime.lm import is_local
+from geode.runtime.runtime import Runtime
+from geode.runtime.settings import Settings
+
+__all__ = [
+    "METRIC_HELP",
+    "default_threads",
+    "err_console",
+    "eval_summary_table",
+    "examples_table",
+    "load_data",
+    "load_metric",
+    "phoenix_url",
+    "pricing_for",
+    "print_health",
+    "report_dir",
+    "say",
+]
+
+METRIC_HELP = (
+    "Metric: a shipped one (exact_match, contains, f1, numeric_match; 'exact_match:answer' for one field) "
+    "or 'package.module:function' / 'file.py:function' with the signature metric(example, pred, trace=None)."
+)
+
+err_console = Console(stderr=True)
+
+
+def say(message: str) -> None:
+    """A progress line on stderr (stdout stays clean for --json)."""
+    err_console.print(f"[dim]·[/dim] {message}", highlight=False)
+
+
+def load_data(path: Path) -> Dataset:
+    """Load a dataset file (errors are DatasetError with file and line)."""
+    return load_dataset(path)
+
+
+def load_metric(ref: str) -> Callable[..., Any]:
+    """Resolve ``--metric``."""
+    return resolve_metric(ref)
+
+
+def pricing_for(rt: Runtime) -> Pricing:
+    """Prices for this runtime's LM: the embedded model is free; others come from litellm's list."""
+    lm = rt.lm
+    free = {str(lm.model)} if is_local(lm) and getattr(lm, "model", None) else set()
+    return Pricing(free=free)
+
+
+def default_threads(rt: Runtime, threads: int | None) -> int:
+    """``--threads`` or a default: 1 for the embedded model (it answers one call at a time), else 4."""
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {threads}")
+        return threads
+    return 1 if is_local(rt.lm) else 4
+
+
+def phoenix_url(settings: Settings, enabled: bool) -> str | None:
+    """Where to log experiments: the configured collector, else a local Phoenix that is up now."""
+    if not enabled:
+        return None
+    from geode.runtime.tracing import resolve_endpoint
+
+    try:
+        return resolve_endpoint(settings)
+    except ConfigError:
+        return None
+
+
+def report_dir(settings: Settings, kind: str, name: str, explicit: Path | None) -> Path:
+    """``--report-dir`` or ``<home>/reports/<kind>-<program>-<UTC timestamp>``."""
+    if explicit is not None:
+        return explicit
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._-")[:60] or "program"
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return settings.reports_dir / f"{kind}-{slug}-{stamp}"
+
+
+def print_health(report: HealthReport, console: Console) -> None:
+    """The dataset's size and any health warnings, in a few lines."""
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(report.splits.items()))
+    console.print(
+        f"dataset {report.dataset_id}: {report.size} examples ({splits}), {report.unique_inputs} distinct inputs, "
+        f"outputs {', '.join(report.output_fields) or 'none'}",
+        highlight=False,
+    )
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+
+
+def eval_summary_table(results: Sequence[tuple[str, EvalResult]], title: str) -> Table:
+    """One row per evaluation: score, errors, latency, LM calls, tokens and cost."""
+    table = Table(title=title, title_justify="left")
+    for column in ("", "version", "score", "errors", "p50", "p95", "LM calls", "tokens", "cost"):
+        table.add_column(column, justify="left" if column in ("", "version") else "right")
+    for label, r in results:
+        table.add_row(
+            label,
+            r.version or "base",
+            f"{100 * r.score:.1f}%",
+            f"{r.errors}" + (f" (+{r.skipped} skipped)" if r.skipped else ""),
+            f"{1000 * r.latency_p50_s:,.0f} ms",
+            f"{1000 * r.latency_p95_s:,.0f} ms",
+            str(r.lm_calls),
+            f"{r.total_tokens:,}",
+            fmt_cost(r.cost_usd),
+        )
+    return table
+
+
+def _cell(value: Any, limit: int = 60) -> str:
+    text = value if isinstance(value, str) else str(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def examples_table(result: EvalResult, limit: int) -> Table | None:
+    """The lowest-scoring examples (up to ``limit``), with what was expected and what came back."""
+    worst = sorted(result.examples, key=lambda e: (e.score, e.index))[:limit]
+    worst = [e for e in worst if e.score < 1.0]
+    if not worst:
+        return None
+    table = Table(title=f"lowest-scoring examples ({len(worst)} of {result.n})", title_justify="left")
+    for column in ("#", "inputs", "expected", "got", "score"):
+        table.add_column(column, justify="right" if column in ("#", "score") else "left")
+    for e in worst:
+        got = e.error or ", ".join(f"{k}={v}" for k, v in e.outputs.items())
+        table.add_row(
+            str(e.index),
+            _cell(", ".join(f"{k}={v}" for k, v in e.inputs.items())),
+            _cell(", ".join(f"{k}={v}" for k, v in e.expected.items())),
+            _cell(got),
+            f"{e.score:.2f}",
+        )
+    return table
+
+
+def abort(message: str) -> None:
+    """Print a one-line error and exit 2 (for refusals that follow a finished computation)."""
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(2)

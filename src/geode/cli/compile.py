@@ -1,0 +1,243 @@
+"""``geode compile``: recompile a program with a DSPy optimizer and compare it with the baseline."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import get_args
+
+import typer
+from rich.console import Console
+
+from geode.cli._common import LM_OPTION, make_runtime, make_settings
+from geode.cli._learning import (
+    METRIC_HELP,
+    abort,
+    default_threads,
+    eval_summary_table,
+    load_data,
+    load_metric,
+    pricing_for,
+    print_health,
+    report_dir,
+    say,
+)
+from geode.errors import ConfigError, VersionError
+from geode.evals.compile import AutoBudget, CompileResult, OptimizerName, compile_program
+from geode.evals.dataset import MIN_HELDOUT, MIN_TRAIN
+from geode.evals.evaluate import EvalResult
+from geode.evals.report import write_compile_report
+from geode.runtime.registry import ProgramRegistry, Score, program_version
+
+__all__ = ["register", "save_versions"]
+
+_TRAINSET = typer.Option(
+    ..., "--trainset", "-d", help="Labelled dataset (JSON Lines); split into train and held-out examples."
+)
+_REPORT_DIR = typer.Option(
+    None, "--report-dir", help="Where to write the report (default: under the Geode home)."
+)
+
+
+def save_versions(
+    registry: ProgramRegistry, name: str, result: CompileResult, *, baseline_is_base: bool = False
+) -> tuple[str, str]:
+    """Store baseline and candidate with their held-out scores; returns their version ids."""
+
+    def score(r: EvalResult) -> Score:
+        return Score(
+            dataset_id=r.dataset_id,
+            metric=r.metric,
+            score=r.score,
+            n=r.n,
+            split="heldout",
+            source_dataset_id=result.dataset_id,
+            model=r.model,
+        )
+
+    baseline = registry.save(
+        name,
+        result.baseline_program,
+        scores=[score(result.baseline)],
+        note="the base program, as defined in code" if baseline_is_base else None,
+    )
+    candidate = registry.save(
+        name,
+        result.candidate_program,
+        parent=baseline.version,
+        dataset_id=result.dataset_id,
+        metric=result.metric,
+        scores=[score(result.candidate)],
+        optimizer=result.optimizer.name,
+        optimizer_settings={**result.optimizer.to_dict(), "model": result.candidate.model},
+    )
+    return baseline.version, candidate.version
+
+
+def compile_command(
+    program: str = typer.Argument(
+        ..., help="'package.module:attribute', 'file.py:attribute' or a registered name."
+    ),
+    trainset: Path = _TRAINSET,
+    metric: str = typer.Option(..., "--metric", "-m", help=METRIC_HELP),
+    optimizer: str = typer.Option(
+        "bootstrap", "--optimizer", "-o", help="bootstrap (BootstrapFewShot), mipro (MIPROv2) or gepa (GEPA)."
+    ),
+    auto: str = typer.Option("light", "--auto", help="MIPROv2 / GEPA budget: light, medium or heavy."),
+    heldout: float = typer.Option(0.3, "--heldout", help="Share of the dataset held out for the comparison."),
+    seed: int = typer.Option(0, "--seed", help="Split and optimizer seed."),
+    max_demos: int = typer.Option(4, "--max-demos", help="Bootstrapped demos per predictor."),
+    max_labeled: int = typer.Option(4, "--max-labeled", help="Labelled demos per predictor."),
+    min_train: int = typer.Option(MIN_TRAIN, "--min-train", help="Refuse with fewer training examples."),
+    min_heldout: int = typer.Option(
+        MIN_HELDOUT, "--min-heldout", help="Refuse with fewer held-out examples."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Parallel examples (default: 1 for the local model)."
+    ),
+    reflection_lm: str | None = typer.Option(
+        None, "--reflection-lm", help="GEPA's reflection model (litellm string or 'local'); default: --lm."
+    ),
+    margin: float = typer.Option(
+        0.05, "--margin", help="Promotion gate: points the candidate must gain (0.05 = 5)."
+    ),
+    promote: bool = typer.Option(False, "--promote", help="Promote the candidate if it passes the gate."),
+    report: Path | None = _REPORT_DIR,
+    as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
+    lm: str | None = LM_OPTION,
+) -> None:
+    """Recompile a program with a DSPy optimizer, score baseline and candidate on held-out data, save both.
+
+    The baseline is the program's active version (or the base program). Both are stored as versions
+    with their scores; --promote makes the candidate active if it beats the active version by --margin.
+    Example: geode compile geode.examples.qa:program --trainset qa.jsonl --metric exact_match
+    """
+    if optimizer not in get_args(OptimizerName):
+        raise ConfigError(f"unknown optimizer {optimizer!r}", hint="choose bootstrap, mipro or gepa")
+    if auto not in get_args(AutoBudget):
+        raise ConfigError(f"unknown --auto budget {auto!r}", hint="choose light, medium or heavy")
+    data = load_data(trainset)
+    scorer = load_metric(metric)
+    console = Console(stderr=as_json)
+    print_health(data.health(), console)
+    # Refuse small data before building anything (an LM can take a while to load).
+    data.require(1, purpose="compile")
+    data.split(heldout_fraction=heldout, seed=seed).require(min_train=min_train, min_heldout=min_heldout)
+    with make_runtime(lm=lm) as rt:
+        served = rt.serve(program)
+        name = served.name
+        if served.problem:
+            console.print(f"[yellow]warning:[/yellow] {served.problem}", highlight=False)
+        reflection = None
+        if reflection_lm:
+            from geode.runtime.lm import build_lm
+
+            reflection = build_lm(make_settings(lm=reflection_lm).lm)
+        # Optimizers print progress to stdout; keep stdout for results (--json).
+        with rt.batch(), contextlib.redirect_stdout(sys.stderr):
+            result = compile_program(
+                served.module,
+                data,
+                scorer,
+                optimizer=optimizer,  # type: ignore[arg-type]  (checked above)
+                auto=auto,  # type: ignore[arg-type]
+                heldout_fraction=heldout,
+                seed=seed,
+                num_threads=default_threads(rt, threads),
+                max_bootstrapped_demos=max_demos,
+                max_labeled_demos=max_labeled,
+                reflection_lm=reflection,
+                program_name=name,
+                version_of=program_version,
+                min_train=min_train,
+                min_heldout=min_heldout,
+                pricing=pricing_for(rt),
+                show_progress=not as_json,
+                log=say,
+            )
+        registry = rt.registry
+        base_version, cand_version = save_versions(
+            registry, name, result, baseline_is_base=served.version is None
+        )
+        active = registry.active(name)
+        files = write_compile_report(
+            result,
+            report_dir(rt.settings, "compile", name, report),
+            margin=margin,
+            baseline_version=base_version,
+            candidate_version=cand_version,
+            active_version=active,
+        )
+        promoted = False
+        refusal: str | None = None
+        if promote:
+            if cand_version == (active or base_version):
+                refusal = f"the optimizer produced no change: {cand_version} is already serving"
+            else:
+                pair = registry.gate_scores(name, cand_version, active or base_version)
+                cand_score, active_score = (pair[0].score, pair[1].score) if pair else (None, None)
+                try:
+                    registry.promote(
+                        name,
+                        cand_version,
+                        candidate_score=cand_score,
+                        active_score=active_score,
+                        margin=margin,
+                        module=served.module,
+                        reason=f"geode compile --optimizer {optimizer}",
+                    )
+                    promoted = True
+                except VersionError as err:
+                    refusal = str(err)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    **result.to_dict(),
+                    "baseline_version": base_version,
+                    "candidate_version": cand_version,
+                    "margin": margin,
+                    "passes_gate": result.passes_gate(margin),
+                    "promoted": promoted,
+                    "report": str(files.html),
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
+    else:
+        console.print(
+            eval_summary_table(
+                [("baseline", result.baseline), ("candidate", result.candidate)],
+                f"{name}: {optimizer} on {result.candidate.model}, held-out {result.metric} "
+                f"({result.baseline.n} examples)",
+            )
+        )
+        console.print(
+            f"{result.delta * 100:+.1f} points; {result.candidate_demos} demos; compiled in "
+            f"{result.compile_seconds:.1f} s ({result.compile_lm_calls} LM calls)",
+            highlight=False,
+        )
+        if cand_version == base_version:
+            console.print("the optimizer produced no change to the program's state", highlight=False)
+        elif promoted:
+            console.print(
+                f"[green]promoted[/green] {cand_version} (rollback: geode rollback {name})", highlight=False
+            )
+        elif not promote:
+            verdict = "passes" if result.passes_gate(margin) else "does not pass"
+            console.print(
+                f"candidate {cand_version} {verdict} the {margin * 100:.0f}-point gate; "
+                f"promote with: geode promote {name} {cand_version}",
+                highlight=False,
+            )
+        console.print(f"report: {files.html}", highlight=False)
+    if refusal is not None:
+        abort(refusal)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``geode compile`` to the CLI."""
+    app.command("compile")(compile_command)
