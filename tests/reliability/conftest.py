@@ -77,7 +77,9 @@ class ScriptedHTTP:
                 answer = reply(self.path, body)
                 if answer.delay_s:
                     time.sleep(answer.delay_s)
-                payload = answer.body if isinstance(answer.body, bytes) else json.dumps(answer.body or {}).encode()
+                payload = (
+                    answer.body if isinstance(answer.body, bytes) else json.dumps(answer.body or {}).encode()
+                )
                 self.send_response(answer.status)
                 for key, value in {"Content-Type": "application/json", **answer.headers}.items():
                     self.send_header(key, value)
@@ -85,8 +87,8 @@ class ScriptedHTTP:
                 self.end_headers()
                 self.wfile.write(payload)
 
-            do_POST = _answer  # noqa: N815
-            do_GET = _answer  # noqa: N815
+            do_POST = _answer
+            do_GET = _answer
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
@@ -106,7 +108,9 @@ def chat_completion(content: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": "fake",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
+        ],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
     }
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from tests.integration.serve_helpers import PROGRAMS, serve
 
 from .conftest import BlackHole, Reply, ScriptedHTTP, refused_port
@@ -24,7 +23,9 @@ pytestmark = pytest.mark.reliability
 
 
 def _dropped(metrics: str) -> float:
-    return sum(float(v) for v in re.findall(r"^geode_spans_dropped_total\{[^}]*\} ([0-9.e+]+)$", metrics, re.M))
+    return sum(
+        float(v) for v in re.findall(r"^geode_spans_dropped_total\{[^}]*\} ([0-9.e+]+)$", metrics, re.M)
+    )
 
 
 @pytest.mark.parametrize("fault", ["refused", "503", "hanging"])
@@ -45,7 +46,10 @@ def test_phoenix_faults_do_not_touch_requests(
         "GEODE_TRACING_QUEUE_SIZE": "64",
         "GEODE_TRACING_EXPORT_TIMEOUT_S": "1",
     }
-    with serve([f"qa={PROGRAMS}:qa"], tmp_path / "home", env=env) as served, httpx.Client(base_url=served.url) as client:
+    with (
+        serve([f"qa={PROGRAMS}:qa"], tmp_path / "home", env=env) as served,
+        httpx.Client(base_url=served.url) as client,
+    ):
         slowest = 0.0
         for n in range(150):
             started = time.perf_counter()

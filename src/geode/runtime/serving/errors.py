@@ -13,7 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
-from dspy.utils.exceptions import AdapterParseError, LMRateLimitError, LMTimeoutError
+from dspy.utils.exceptions import AdapterParseError, LMRateLimitError, LMTimeoutError, LMTransportError
 from dspy.utils.exceptions import LMError as DSPyLMError
 
 from geode.errors import GeodeError, LMError, OutputParseError
@@ -166,7 +166,12 @@ def translate_program_errors(program: str) -> Iterator[None]:
             retry_after_s=err.retry_after,
             hint="retry later, or raise the provider quota",
         ) from err
-    except LMTimeoutError as err:
+    except (LMTimeoutError, LMTransportError) as err:
+        if not _is_timeout(err):
+            raise LMError(
+                f"the LM could not be reached while running {program!r} ({type(err).__name__})",
+                hint="check GEODE_LM_API_BASE and that the LM server is up",
+            ) from err
         raise LMTimeoutGeodeError(
             f"the LM did not answer in time while running {program!r}",
             hint="raise GEODE_LM_TIMEOUT_S or use a faster model",
@@ -180,6 +185,14 @@ def translate_program_errors(program: str) -> Iterator[None]:
         raise
 
 
+def _is_timeout(err: BaseException) -> bool:
+    # litellm reports a read timeout as a connection error; DSPy then calls it a transport error.
+    if isinstance(err, LMTimeoutError):
+        return True
+    text = f"{err} {err.__cause__ or ''}".lower()
+    return "timed out" in text or "timeout" in text
+
+
 def describe(err: BaseException) -> tuple[str, str]:
     """The code and the client-safe message of an exception raised while answering a request."""
     if isinstance(err, GeodeError):
@@ -187,7 +200,11 @@ def describe(err: BaseException) -> tuple[str, str]:
         # The runtime folds every DSPy LM error into `lm_error`; rate limits and timeouts keep theirs.
         if type(err) is LMError and isinstance(cause, LMRateLimitError):
             return LMRateLimitedError.code, str(err)
-        if type(err) is LMError and isinstance(cause, LMTimeoutError):
+        if (
+            type(err) is LMError
+            and isinstance(cause, LMTimeoutError | LMTransportError)
+            and _is_timeout(cause)
+        ):
             return LMTimeoutGeodeError.code, str(err)
         return err.code, str(err)
     return "internal_error", "the server failed to answer this request; the trace has the details"
