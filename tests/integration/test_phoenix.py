@@ -11,16 +11,20 @@ import json
 import uuid
 from pathlib import Path
 
+import dspy
 import pytest
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 
+import geode
+from geode.agents import DecomposeSolveCombine
 from geode.cli import main
 from geode.runtime.phoenix import PhoenixServer, PhoenixStatus
-from geode.runtime.settings import PhoenixSettings
+from geode.runtime.settings import PhoenixSettings, Settings, TracingSettings
+from geode.testing import ScriptedCall, ScriptedLM
 from geode.testing.spans import SpanTreeBuilder, agent_run_tree, workflow_run_tree
 from geode.traces.records import SpanRecord, TraceRecord
-from geode.traces.sources import InMemoryTraceSource, PhoenixTraceSource, TraceFilter
+from geode.traces.sources import InMemoryTraceSource, OtlpFileTraceSource, PhoenixTraceSource, TraceFilter
 
 pytestmark = pytest.mark.phoenix
 
@@ -41,9 +45,6 @@ def _builder_to(phoenix: PhoenixStatus, project: str) -> SpanTreeBuilder:
 
 
 def _comparable(span: SpanRecord) -> tuple[object, ...]:
-    attributes = {
-        k: v for k, v in span.attributes.items() if k != "metadata" and not k.startswith("metadata.")
-    }
     return (
         span.trace_id,
         span.span_id,
@@ -54,8 +55,7 @@ def _comparable(span: SpanRecord) -> tuple[object, ...]:
         span.end_time,
         span.status,
         span.status_message,
-        attributes,
-        span.metadata,
+        span.canonical_attributes(),
         span.exception,
     )
 
@@ -89,7 +89,7 @@ def test_spans_come_back_exactly_as_written(phoenix: PhoenixStatus) -> None:
         root = trace.root
         assert root is not None and root.kind == "AGENT"
         assert root.tags == ("demo", "unit")
-        assert root.metadata == {"team": "geo", "nested.a": 1}
+        assert root.metadata == {"team": "geo", "nested": {"a": 1}}
         failed = [s for s in trace.spans if s.status == "ERROR"]
         assert [s.tool_name for s in failed] == ["search"]
         assert failed[0].exception is not None and failed[0].exception.message == "index offline"
@@ -180,3 +180,134 @@ def test_trace_show_reads_phoenix(
         run(["trace", "show", "--last", "--program", "app:agent", "--project", project, "--json"])
     )
     assert {s["trace_id"] for s in spans} == {first}
+
+
+# -- through the runtime --------------------------------------------------------------------------
+
+
+class QA(dspy.Signature):
+    """Answer the question."""
+
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+def lookup_stock(item: str) -> int:
+    """Units of an item in stock."""
+    return {"widget": 7, "gadget": 14}[item]
+
+
+def search(query: str) -> str:
+    """Search the catalogue."""
+    return f"3 results for {query}"
+
+
+def _step(tool: str, **args: object) -> dict[str, object]:
+    return {"next_thought": f"use {tool}", "next_tool_name": tool, "next_tool_args": args}
+
+
+def _answer(text: str) -> dict[str, object]:
+    return {"reasoning": "from the trajectory", "answer": text}
+
+
+def _identity_on_every_span(trace: TraceRecord, program: str) -> None:
+    for span in trace.spans:
+        assert span.get("geode.program.name") == program, span
+        assert span.session_id == "sess-42", span
+        assert span.get("user.id") == "user-7", span
+        assert span.metadata == {"ticket": "T-1"}, span
+        assert span.tags == ("integration",), span
+
+
+def _llm_usage(trace: TraceRecord) -> list[tuple[int | None, int | None, int | None]]:
+    return [(s.prompt_tokens, s.completion_tokens, s.total_tokens) for s in trace.find(kind="LLM")]
+
+
+def _check_agent(trace: TraceRecord, calls: list[ScriptedCall], tool: str, program: str) -> None:
+    assert trace.complete and len(trace.roots) == 1
+    root = trace.root
+    assert root is not None and root.kind == "AGENT"
+    assert root.get("geode.agent.iterations") == 2
+    assert root.get("geode.agent.termination") == "finish"
+    # One LLM span per LM call, in order, each with the tokens the LM reported.
+    assert _llm_usage(trace) == [
+        (c.prompt_tokens, c.completion_tokens, c.prompt_tokens + c.completion_tokens) for c in calls
+    ]
+    llm_parents = [trace.parent(s) for s in trace.find(kind="LLM")]
+    assert all(p is not None and p.kind == "CHAIN" for p in llm_parents)  # under their predictor step
+    tools = trace.find(kind="TOOL")
+    assert [s.tool_name for s in tools] == [tool]
+    assert all(s.tool_name != "finish" and s.name != "finish" for s in trace.spans)  # no span for `finish`
+    assert tools[0].output_value is not None
+    iterations = [s for s in trace.children(root) if s.get("geode.agent.iteration") is not None]
+    assert [(s.kind, s.name) for s in iterations] == [("CHAIN", "iteration 1"), ("CHAIN", "iteration 2")]
+    numbers = [s.get_int("geode.agent.iteration") for s in iterations]
+    # Consecutive; the base differs today (dspy.ReAct spans count from 1, geode.Agent's from 0).
+    assert numbers[0] is not None and numbers == [numbers[0], numbers[0] + 1]
+    assert trace.parent(tools[0]) in iterations
+    _identity_on_every_span(trace, program)
+
+
+def test_runtime_runs_arrive_in_phoenix_with_tree_and_attributes(
+    phoenix: PhoenixStatus, tmp_path: Path
+) -> None:
+    project = _project()
+    spans_file = tmp_path / "spans.jsonl"
+    settings = Settings(
+        home=tmp_path / "home",
+        tracing=TracingSettings(endpoint=phoenix.url, project=project, otlp_file=spans_file),
+    )
+    geode_agent = geode.Agent("question -> answer", tools=[lookup_stock])
+    react = dspy.ReAct(QA, tools=[search])
+    workflow = DecomposeSolveCombine()
+    lm = ScriptedLM(
+        [
+            _step("lookup_stock", item="widget"),
+            _step("finish"),
+            _answer("7"),
+            _step("search", query="red widgets"),
+            _step("finish"),
+            _answer("3"),
+            {"subquestions": ["How many widgets?", "How many gadgets?"]},
+            {"answer": "7"},
+            {"answer": "14"},
+            {"answer": "21 in all"},
+        ]
+    )
+    who = {
+        "session_id": "sess-42",
+        "user_id": "user-7",
+        "metadata": {"ticket": "T-1"},
+        "tags": ["integration"],
+    }
+    with geode.Runtime(settings=settings, lm=lm) as rt:
+        assert rt.run(geode_agent, question="Widgets in stock?", **who).answer == "7"
+        assert rt.run(react, question="How many red widgets?", **who).answer == "3"
+        assert rt.run(workflow, question="Widgets and gadgets?", **who).answer == "21 in all"
+        names = [rt.resolve(p).name for p in (geode_agent, react, workflow)]
+    # Closing the runtime flushed its spans: the OTLP file names the traces to wait for in Phoenix.
+    from_file = list(OtlpFileTraceSource(spans_file).traces())
+    assert len(from_file) == 3
+    by_program = {t.attribute("geode.program.name"): t for t in from_file}
+    ids = [by_program[name].trace_id for name in names]
+
+    with PhoenixTraceSource(phoenix.url, project) as source:
+        result = source.wait_for(ids, timeout_s=WAIT_S)
+        assert result.complete, f"Phoenix did not ingest {result.missing} within {WAIT_S}s"
+        agent_trace, react_trace, workflow_trace = result.traces
+        # Phoenix returns what the runtime wrote, span for span.
+        _same_traces(list(result.traces), [by_program[name] for name in names])
+
+    _check_agent(agent_trace, lm.calls[0:3], "lookup_stock", names[0])
+    _check_agent(react_trace, lm.calls[3:6], "search", names[1])
+
+    assert workflow_trace.complete
+    root = workflow_trace.root
+    assert root is not None and root.kind == "CHAIN"
+    assert not workflow_trace.find(kind="TOOL") and not workflow_trace.find(kind="AGENT")
+    predictors = [s.get("geode.predictor.name") for s in workflow_trace.find(kind="LLM")]
+    assert predictors == ["decompose", "solve", "solve", "combine"]
+    assert _llm_usage(workflow_trace) == [
+        (c.prompt_tokens, c.completion_tokens, c.prompt_tokens + c.completion_tokens) for c in lm.calls[6:10]
+    ]
+    _identity_on_every_span(workflow_trace, names[2])

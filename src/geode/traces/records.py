@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,11 @@ SpanStatus = Literal["UNSET", "OK", "ERROR"]
 
 _KIND_KEY: Final = SpanAttributes.OPENINFERENCE_SPAN_KIND
 _STATUSES: Final[frozenset[str]] = frozenset({"UNSET", "OK", "ERROR"})
+# Attributes whose values are JSON strings, which Phoenix expands into dotted keys on ingest
+# (phoenix.trace.attributes.JSON_STRING_ATTRIBUTES), matched with or without the expansion.
+_JSON_KEY: Final = re.compile(
+    r"^(metadata|tool\.parameters|llm\.prompt_template\.variables|.+\.document\.metadata)(?:\.|$)"
+)
 # OTLP's numeric status codes (opentelemetry-proto `Status.StatusCode`).
 _OTLP_STATUS: Final[dict[int, SpanStatus]] = {0: "UNSET", 1: "OK", 2: "ERROR"}
 
@@ -183,28 +189,49 @@ class SpanRecord:
             return None
         return (prompt or 0) + (completion or 0)
 
-    @property
-    def metadata(self) -> dict[str, Any]:
-        """The ``metadata`` attribute as a dict.
+    def json_attribute(self, key: str) -> Any:
+        """A JSON-valued attribute (``metadata``, ``tool.parameters``...) decoded, whichever shape it has.
 
-        OTLP carries it as a JSON string; Phoenix stores it parsed and returns it expanded into
-        ``metadata.<key>`` attributes. Both shapes give the same dict here (nested keys flattened with
-        dots, as Phoenix does).
+        Writers store these as JSON strings; Phoenix parses them on ingest and returns them expanded into
+        ``<key>.<field>`` attributes. Both give the same value here: the decoded JSON (a string that is
+        not JSON comes back as is), or ``None`` when the span has neither shape.
         """
-        raw = self.attributes.get(SpanAttributes.METADATA)
-        result: dict[str, Any] = {}
+        raw = self.attributes.get(key)
         if isinstance(raw, str):
             try:
-                parsed = json.loads(raw)
+                return json.loads(raw)
             except ValueError:
-                parsed = None
-            if isinstance(parsed, dict):
-                result.update(_flatten(cast(dict[str, Any], parsed)))
-        prefix = SpanAttributes.METADATA + "."
+                return raw
+        if raw is not None:
+            return list(raw) if isinstance(raw, tuple) else raw
+        prefix = key + "."
+        expanded = {k[len(prefix) :]: v for k, v in self.attributes.items() if k.startswith(prefix)}
+        return _unflatten(expanded) if expanded else None
+
+    def canonical_attributes(self) -> dict[str, Any]:
+        """The attributes with JSON-valued ones decoded: the same dict whichever source the span came from.
+
+        OTLP files and memory keep ``metadata``, ``tool.parameters``, ``llm.prompt_template.variables``
+        and documents' ``document.metadata`` as JSON strings; Phoenix returns them expanded. Here each is
+        one key holding its decoded value (see :meth:`json_attribute`).
+        """
+        result: dict[str, Any] = {}
+        roots: set[str] = set()
         for key, value in self.attributes.items():
-            if key.startswith(prefix):
-                result[key[len(prefix) :]] = value
+            match = _JSON_KEY.match(key)
+            if match is None:
+                result[key] = value
+            else:
+                roots.add(match.group(1))
+        for root in roots:
+            result[root] = self.json_attribute(root)
         return result
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """The ``metadata`` attribute as a dict (empty when absent or not a JSON object)."""
+        value = self.json_attribute(SpanAttributes.METADATA)
+        return cast(dict[str, Any], value) if isinstance(value, dict) else {}
 
     @property
     def tags(self) -> tuple[str, ...]:
@@ -566,6 +593,30 @@ def _missing(value: Any) -> bool:
         return False
 
 
+def _unflatten(flat: Mapping[str, Any]) -> Any:
+    """Rebuild nested JSON from dotted keys, as Phoenix expands it (all-digit levels become lists)."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):  # a key both a leaf and a parent: keep the leaf
+                break
+        else:
+            node[leaf] = list(value) if isinstance(value, tuple) else value
+    return _listify(nested)
+
+
+def _listify(value: Any) -> Any:
+    if not isinstance(value, dict):
+        return value
+    items = {k: _listify(v) for k, v in cast(dict[str, Any], value).items()}
+    if items and all(k.isdigit() for k in items):
+        return [items[k] for k in sorted(items, key=int)]
+    return items
+
+
 def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
     for key, value in mapping.items():
         if isinstance(value, Mapping):
@@ -624,8 +675,9 @@ def _to_datetime(value: Any) -> datetime:
 
 
 def _from_ns(ns: int) -> datetime:
-    seconds, remainder = divmod(ns, 1_000_000_000)
-    return datetime.fromtimestamp(seconds, UTC).replace(microsecond=remainder // 1000)
+    # Exactly Phoenix's conversion (phoenix.trace.otel), so a span read from an OTLP file or from memory
+    # has the same microsecond timestamps as the same span read back from Phoenix.
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC)
 
 
 def _hex_id(value: Any, digits: int) -> str:

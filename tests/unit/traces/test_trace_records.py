@@ -28,7 +28,7 @@ def test_readable_span_becomes_a_record(builder: SpanTreeBuilder) -> None:
     assert root.input_value == "What is 2+2?" and root.output_value == "4"
     assert root.session_id == "s-1"
     assert root.tags == ("demo", "unit")
-    assert root.metadata == {"team": "geo", "nested.a": 1}
+    assert root.metadata == {"team": "geo", "nested": {"a": 1}}
     assert root.start_time.tzinfo is UTC
     assert root.duration_ms is not None and root.duration_ms > 0
     failed = trace.find(kind="TOOL")[-1]
@@ -235,3 +235,44 @@ def test_records_are_frozen_and_hash_by_identity() -> None:
     assert span == same and hash(span) == hash(same) and len({span, same}) == 1
     assert span.duration_ms == pytest.approx(2.0)
     assert span.get_int("k") == 1 and span.get_str("k") is None and span.total_tokens is None
+
+
+def _span(**attributes: Any) -> SpanRecord:
+    now = datetime.now(UTC)
+    return SpanRecord("a" * 32, "b" * 16, None, "x", "TOOL", now, now, attributes=attributes)
+
+
+def test_json_attributes_read_the_same_from_either_shape() -> None:
+    # What a writer stores (JSON strings) and what Phoenix returns for it (expanded dotted keys).
+    written = _span(
+        **{
+            "tool.name": "lookup",
+            "tool.parameters": '{"type": "object", "properties": {"item": {"type": "string"}}, "required": ["item"]}',
+            "metadata": '{"ticket": "T-1"}',
+            "retrieval.documents.0.document.id": "d1",
+            "retrieval.documents.0.document.metadata": '{"source": "a.pdf", "pages": [{"n": 1}, {"n": 2}]}',
+        }
+    )
+    from_phoenix = _span(
+        **{
+            "tool.name": "lookup",
+            "tool.parameters.type": "object",
+            "tool.parameters.properties.item.type": "string",
+            "tool.parameters.required": ("item",),
+            "metadata.ticket": "T-1",
+            "retrieval.documents.0.document.id": "d1",
+            "retrieval.documents.0.document.metadata.source": "a.pdf",
+            "retrieval.documents.0.document.metadata.pages.0.n": 1,
+            "retrieval.documents.0.document.metadata.pages.1.n": 2,
+        }
+    )
+    assert written.canonical_attributes() == from_phoenix.canonical_attributes()
+    assert from_phoenix.json_attribute("tool.parameters") == {
+        "type": "object",
+        "properties": {"item": {"type": "string"}},
+        "required": ["item"],
+    }
+    assert from_phoenix.metadata == written.metadata == {"ticket": "T-1"}
+    assert written.json_attribute("tool.name") == "lookup"  # a plain string that is not JSON
+    assert written.json_attribute("missing") is None
+    assert _span(metadata="[1, 2]").metadata == {}  # JSON, but not an object
