@@ -51,6 +51,9 @@ class SentenceTransformerEmbedder:
         device: Torch device; ``"cpu"`` unless you know better.
         batch_size: Texts per forward pass when embedding documents.
         local_files_only: Never contact the Hugging Face hub (the default; Geode runs offline).
+        threads: Torch CPU threads (process-wide) to set when the model loads; ``None`` keeps torch's
+            default (all cores). On a busy shared machine ``1`` can be many times faster for queries,
+            because torch's worker threads spin while waiting for a core.
 
     Example:
         >>> embedder = SentenceTransformerEmbedder()  # doctest: +SKIP
@@ -66,8 +69,10 @@ class SentenceTransformerEmbedder:
         device: str = "cpu",
         batch_size: int = 64,
         local_files_only: bool = True,
+        threads: int | None = None,
     ) -> None:
         self._source = model
+        self.threads = threads
         self._name = name if name is not None else (LOCAL_MODEL_NAME if model is None else str(model))
         self.device = device
         self.batch_size = batch_size
@@ -100,6 +105,10 @@ class SentenceTransformerEmbedder:
         except ImportError as err:
             raise MissingExtraError("the local embedder (sentence-transformers)", "embeddings") from err
         source = str(self._source) if self._source is not None else str(default_local_model_path())
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
         try:
             return SentenceTransformer(source, device=self.device, local_files_only=self.local_files_only)
         except Exception as err:  # OSError, ValueError, torch errors: all mean "these weights will not load"
