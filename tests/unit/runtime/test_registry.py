@@ -383,3 +383,14 @@ def test_modules_passed_directly_are_served_as_given(tmp_path: Path) -> None:
     rt.registry.promote("QA", program_version(_with_demo("x")), force=True)
     served = rt.serve(program)
     assert served.module is program and served.version is None
+
+
+def test_a_bare_predict_program_round_trips(reg: ProgramRegistry) -> None:
+    predict = dspy.Predict("question -> answer")
+    predict.demos = [dspy.Example(question="q", answer="a")]
+    info = reg.save("bare", predict)
+    assert info.predictors == {"self": "question -> answer"}
+    loaded = reg.load_into("bare", info.version, dspy.Predict("question -> answer"))
+    assert isinstance(loaded, dspy.Predict) and loaded.demos[0]["answer"] == "a"
+    with pytest.raises(ProgramLoadError, match="does not fit"):
+        reg.load_into("bare", info.version, QA())
