@@ -22,9 +22,11 @@ from typing import Any
 import httpx
 import pytest
 
+import geode
 from geode.runtime.phoenix import PhoenixStatus, find_free_port
-from geode.testing.spans import SpanTreeBuilder, agent_run_tree
-from geode.traces.sources import PhoenixTraceSource
+from geode.runtime.settings import Settings, TracingSettings
+from geode.testing import ScriptedLM
+from geode.traces.sources import OtlpFileTraceSource, PhoenixTraceSource
 
 pytestmark = pytest.mark.browser
 
@@ -83,7 +85,7 @@ def browser(tmp_path: Path) -> Iterator[DevTools]:
             "--no-first-run",
             f"--remote-debugging-port={port}",
             f"--user-data-dir={tmp_path / 'chromium'}",
-            "--window-size=1400,900",
+            "--window-size=1400,1100",
             "about:blank",
         ],
         stdout=subprocess.DEVNULL,
@@ -120,30 +122,52 @@ def _project_node_id(phoenix: PhoenixStatus, project: str) -> str:
     return next(p["id"] for p in projects if p["name"] == project)
 
 
-def _send_agent_trace(phoenix: PhoenixStatus, project: str) -> tuple[str, list[str]]:
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+def lookup_stock(item: str) -> int:
+    """Units of an item in stock."""
+    return {"widget": 7, "gadget": 14}[item]
 
-    builder = SpanTreeBuilder(project=project)
-    builder.provider.add_span_processor(
-        SimpleSpanProcessor(OTLPSpanExporter(endpoint=phoenix.collector_endpoint))
+
+def price(item: str) -> float:
+    """Unit price of an item, in euros."""
+    return {"widget": 2.5, "gadget": 4.0}[item]
+
+
+def _step(tool: str, thought: str, **args: object) -> dict[str, object]:
+    return {"next_thought": thought, "next_tool_name": tool, "next_tool_args": args}
+
+
+def _run_agent(phoenix: PhoenixStatus, project: str, tmp_path: Path) -> tuple[str, list[str]]:
+    """Run a geode.Agent with two tools through a Runtime exporting to Phoenix; its trace id and span names."""
+    spans_file = tmp_path / "spans.jsonl"
+    settings = Settings(
+        home=tmp_path / "home",
+        tracing=TracingSettings(endpoint=phoenix.url, project=project, otlp_file=spans_file),
     )
-    trace_id = builder.emit(agent_run_tree(program="geode.examples:agent"))
-    builder.shutdown()
+    agent = geode.Agent("question -> answer", tools=[lookup_stock, price])
+    lm = ScriptedLM(
+        [
+            _step("lookup_stock", "First, how many widgets are in stock.", item="widget"),
+            _step("price", "Then their unit price.", item="widget"),
+            _step("finish", "7 widgets at 2.50 EUR each."),
+            {"reasoning": "7 x 2.50 = 17.50", "answer": "17.50 EUR"},
+        ]
+    )
+    with geode.Runtime(settings=settings, lm=lm) as rt:
+        rt.run(agent, question="What are the widgets in stock worth?", session_id="demo-session")
+    (trace,) = OtlpFileTraceSource(spans_file).traces()
     with PhoenixTraceSource(phoenix.url, project) as source:
-        result = source.wait_for([trace_id], timeout_s=WAIT_S)
+        result = source.wait_for([trace.trace_id], timeout_s=WAIT_S)
         assert result.complete, f"Phoenix did not ingest the trace within {WAIT_S}s"
-        names = [span.name for span, _ in result.traces[0].walk()]
-    return trace_id, names
+    return trace.trace_id, [span.name for span, _ in result.traces[0].walk()]
 
 
-def test_trace_tree_renders_in_phoenix_ui(phoenix: PhoenixStatus, browser: DevTools) -> None:
-    project = f"ui-{uuid.uuid4().hex[:8]}"
-    trace_id, names = _send_agent_trace(phoenix, project)
+def test_trace_tree_renders_in_phoenix_ui(phoenix: PhoenixStatus, browser: DevTools, tmp_path: Path) -> None:
+    project = f"geode-demo-{uuid.uuid4().hex[:6]}"
+    trace_id, names = _run_agent(phoenix, project, tmp_path)
     url = f"{phoenix.url}/projects/{_project_node_id(phoenix, project)}/traces/{trace_id}"
 
     browser.call(
-        "Emulation.setDeviceMetricsOverride", width=1400, height=900, deviceScaleFactor=1, mobile=False
+        "Emulation.setDeviceMetricsOverride", width=1400, height=1100, deviceScaleFactor=1, mobile=False
     )
     browser.call("Page.navigate", url=url)
     deadline = time.monotonic() + WAIT_S

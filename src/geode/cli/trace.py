@@ -118,6 +118,8 @@ def _label(span: SpanRecord, *, width: int) -> Text:
             details.append(f"{_SHORT_NAMES.get(key, key)}={_short(value, 40)}")
     if span.kind == "TOOL" and span.input_value:
         details.append(f"args={_short(span.input_value, width)}")
+    if span.kind == "TOOL" and span.output_value and span.status != "ERROR":
+        details.append(f"→ {_short(span.output_value, width)}")
     if span.kind == "RETRIEVER":
         documents = span.indexed(SpanAttributes.RETRIEVAL_DOCUMENTS)
         details.append(f"documents={len(documents)}")
