@@ -119,6 +119,27 @@ def _tool_args_type(schemas: Sequence[dict[str, Any]]) -> type[dict[str, Any]]:
     return ToolArgs
 
 
+def _bounded_str_type(max_chars: int) -> type[str]:
+    """A ``str`` whose JSON schema caps its length (parsing stays lenient).
+
+    Under a decoding grammar a small model can repeat itself inside a free-text field until it hits
+    ``max_tokens``; the reply is then cut mid-JSON and the step is lost. A ``maxLength`` makes the
+    grammar close the string, so the remaining fields still get generated.
+    """
+
+    class BoundedStr(str):
+        @classmethod
+        def __get_pydantic_core_schema__(cls, source: Any, handler: pydantic.GetCoreSchemaHandler) -> Any:
+            return core_schema.no_info_after_validator_function(str, core_schema.str_schema())
+
+        @classmethod
+        def __get_pydantic_json_schema__(cls, schema: Any, handler: pydantic.GetJsonSchemaHandler) -> Any:
+            return {"type": "string", "maxLength": max_chars}
+
+    BoundedStr.__name__ = BoundedStr.__qualname__ = "str"
+    return BoundedStr
+
+
 def _strict(schema: dict[str, Any]) -> dict[str, Any]:
     """Every object lists all its properties as required and allows no others.
 
@@ -608,7 +629,8 @@ class _Iteration(dspy.Module):
         with dspy.track_usage() as usage:
             step = _StepBuilder(run, iteration_index, usage)
             try:
-                plan = run.plan(run.call_lm(lambda trajectory: self.react(**inputs, trajectory=trajectory)))
+                bounded = run.agent.signature_override(self.react, "next_thought")
+                plan = run.plan(run.call_lm(lambda t: self.react(**inputs, trajectory=t, **bounded)))
             except AdapterParseError as err:
                 plan = run.unparsed_from(err)
             except BudgetExceededError as err:
@@ -628,9 +650,8 @@ class _Iteration(dspy.Module):
         with dspy.track_usage() as usage:
             step = _StepBuilder(run, iteration_index, usage)
             try:
-                pred = await run.acall_lm(
-                    lambda trajectory: self.react.acall(**inputs, trajectory=trajectory)
-                )
+                bounded = run.agent.signature_override(self.react, "next_thought")
+                pred = await run.acall_lm(lambda t: self.react.acall(**inputs, trajectory=t, **bounded))
                 plan = run.plan(pred)
             except AdapterParseError as err:
                 plan = run.unparsed_from(err)
@@ -666,6 +687,12 @@ class Agent(dspy.Module):
         max_parse_failures: End the run after this many consecutive unparseable model replies.
         stop_on_repeated_call: End the loop when the model repeats an identical tool call (the
             repeated call is not executed; the answer is extracted from what the run has).
+        bound_free_text: Cap the model's free-text ``next_thought`` (and the extraction's
+            ``reasoning``) at ``max_thought_chars`` in the JSON schema, so a grammar-constrained model
+            that starts repeating itself still completes the step. Default (``None``): on for LMs that
+            declare ``prefers_json_adapter`` (``geode.LocalLM``), off otherwise (hosted structured-output
+            APIs may reject ``maxLength``).
+        max_thought_chars: The cap used when free text is bounded.
 
     The prediction has the signature's outputs plus ``trajectory`` (DSPy ReAct's dict), ``steps``
     (a tuple of :class:`~geode.agents.steps.AgentStep`) and ``termination`` (a
@@ -704,6 +731,8 @@ class Agent(dspy.Module):
         max_observation_chars: int = 2000,
         max_parse_failures: int = 3,
         stop_on_repeated_call: bool = True,
+        bound_free_text: bool | None = None,
+        max_thought_chars: int = 400,
     ) -> None:
         super().__init__()
         resolved = ensure_signature(signature)
@@ -724,6 +753,11 @@ class Agent(dspy.Module):
         self.max_parse_failures = max_parse_failures
         self.max_observation_chars = max_observation_chars
         self.stop_on_repeated_call = stop_on_repeated_call
+        if max_thought_chars < 20:
+            raise ConfigError(f"max_thought_chars must be at least 20, got {max_thought_chars}")
+        self.bound_free_text = bound_free_text
+        self.max_thought_chars = max_thought_chars
+        self._bounded_signatures: dict[tuple[int, str], type[dspy.Signature]] = {}
         self.tools = _allowed_tools([guard(t, timeout_s=tool_timeout_s) for t in tools], allow)
         self.tool_names: tuple[str, ...] = (*self.tools, FINISH)
 
@@ -750,6 +784,29 @@ class Agent(dspy.Module):
         return attributes
 
     # -- running --
+
+    def _bounds_free_text(self) -> bool:
+        if self.bound_free_text is not None:
+            return self.bound_free_text
+        return bool(getattr(dspy.settings.lm, "prefers_json_adapter", False))
+
+    def signature_override(self, predictor: dspy.Predict, field: str) -> dict[str, Any]:
+        """Internal: ``{"signature": ...}`` overriding ``predictor``'s for this call when free text is bounded.
+
+        Derived from the predictor's current signature (cached per signature object), so
+        instructions an optimizer rewrote are kept.
+        """
+        if not self._bounds_free_text():
+            return {}
+        signature = predictor.signature
+        if signature is None:
+            return {}
+        key = (id(signature), field)
+        bounded = self._bounded_signatures.get(key)
+        if bounded is None:
+            bounded = signature.with_updated_fields(field, type_=_bounded_str_type(self.max_thought_chars))
+            self._bounded_signatures[key] = bounded
+        return {"signature": bounded}
 
     def _start(self, inputs: dict[str, Any]) -> _Run:
         max_iters = inputs.pop("max_iters", None)
@@ -811,7 +868,8 @@ class Agent(dspy.Module):
             return None
         with dspy.track_usage() as usage:
             try:
-                pred = run.call_lm(lambda trajectory: self.extract(**run.inputs, trajectory=trajectory))
+                bounded = self.signature_override(self.extract.predict, "reasoning")
+                pred = run.call_lm(lambda t: self.extract(**run.inputs, trajectory=t, **bounded))
             except (AdapterParseError, BudgetExceededError, ContextWindowExceededError) as err:
                 self._extraction_failed(run, err)
                 return None
@@ -824,9 +882,8 @@ class Agent(dspy.Module):
             return None
         with dspy.track_usage() as usage:
             try:
-                pred = await run.acall_lm(
-                    lambda trajectory: self.extract.acall(**run.inputs, trajectory=trajectory)
-                )
+                bounded = self.signature_override(self.extract.predict, "reasoning")
+                pred = await run.acall_lm(lambda t: self.extract.acall(**run.inputs, trajectory=t, **bounded))
             except (AdapterParseError, BudgetExceededError, ContextWindowExceededError) as err:
                 self._extraction_failed(run, err)
                 return None

@@ -255,6 +255,34 @@ def test_json_mode_constrains_the_tool_name_and_each_tools_arguments() -> None:
     assert set(extract_schema["properties"]) == {"reasoning", "answer"}
 
 
+class LocalSchemaLM(SchemaLM):
+    """Declares what geode.LocalLM declares: the runtime pairs it with JSONAdapter."""
+
+    prefers_json_adapter = True
+
+
+@pytest.mark.parametrize(
+    ("lm_class", "bound", "expected"),
+    [(LocalSchemaLM, None, 400), (SchemaLM, None, None), (LocalSchemaLM, False, None), (SchemaLM, True, 400)],
+    ids=["local-default", "hosted-default", "local-off", "hosted-on"],
+)
+def test_free_text_is_bounded_for_grammar_constrained_models(
+    lm_class: type[ScriptedLM], bound: bool | None, expected: int | None
+) -> None:
+    agent = Agent("question -> answer", tools=[lookup_stock], bound_free_text=bound)
+    lm = lm_class([FINISH, answer("3")], adapter=dspy.JSONAdapter())
+    recorder = Recorder()
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), callbacks=[recorder]):
+        assert agent(question="?").answer == "3"
+    step_schema = recorder.response_formats[0].model_json_schema()["properties"]
+    extract_schema = recorder.response_formats[1].model_json_schema()["properties"]
+    assert step_schema["next_thought"].get("maxLength") == expected
+    assert extract_schema["reasoning"].get("maxLength") == expected
+    assert step_schema["next_tool_name"]["enum"] == ["lookup_stock", "finish"]
+    # The override keeps the predictor's own instructions (an optimizer may have rewritten them).
+    assert "You are an Agent" in lm.calls[0].messages[0]["content"]
+
+
 def test_saved_state_is_json_and_matches_dspy_react(tmp_path: Path) -> None:
     agent = Agent("question -> answer", tools=[lookup_stock])
     assert [name for name, _ in agent.named_predictors()] == ["react", "extract.predict"]
