@@ -27,6 +27,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import json
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
@@ -58,6 +59,8 @@ from geode.errors import BudgetExceededError, ConfigError, GeodeError, InputErro
 from geode.traces.vocab import GeodeAttributes, SpanAttributes
 
 __all__ = ["Agent"]
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -413,6 +416,12 @@ class _Run:
             return _Plan("repeat", thought, name, args)
         if name not in self.agent.tools:
             shown = scrub(name, max_chars=60) or "(empty)"
+            # An audit trail: a refused call may be a confused model or injected instructions.
+            logger.warning(
+                "agent %r refused a call to %r: not on its allow-list; nothing was run",
+                self.agent.name,
+                shown,
+            )
             message = f"Tool {shown!r} is not available; nothing was run. Choose one of: {', '.join(self.agent.tool_names)}."
             return _Plan("refuse", thought, name, args, message)
         return _Plan("call", thought, name, args)

@@ -313,7 +313,7 @@ def delete_everything(confirm: str) -> str:
     return "deleted"
 
 
-def test_a_tool_not_on_the_allow_list_is_refused_and_nothing_runs() -> None:
+def test_a_tool_not_on_the_allow_list_is_refused_and_nothing_runs(caplog: pytest.LogCaptureFixture) -> None:
     executed.clear()
     agent = Agent("question -> answer", tools=[lookup_stock])
     lm = ScriptedLM(
@@ -331,6 +331,7 @@ def test_a_tool_not_on_the_allow_list_is_refused_and_nothing_runs() -> None:
     )
     assert "Tool 'delete_everything' is not available" in lm.calls[1].messages[-1]["content"]
     assert pred.answer == "3" and pred.termination.reason == "finish"
+    assert "agent 'agent' refused a call to 'delete_everything'" in caplog.text
 
 
 def test_allow_narrows_a_shared_toolbox() -> None:
