@@ -29,7 +29,7 @@ from typing import Any
 from opentelemetry import trace
 from opentelemetry.trace import Tracer, TracerProvider
 
-from geode.runtime.instrumentation import _propagation
+from geode.runtime.instrumentation import _dispatch, _propagation
 from geode.runtime.instrumentation._callback import SCOPED_TRACER, GeodeCallback
 
 __all__ = [
@@ -48,7 +48,7 @@ logger = logging.getLogger("geode.instrumentation")
 
 _SCOPE = "geode"
 _lock = threading.Lock()
-_callback: GeodeCallback | None = None
+_active: GeodeCallback | None = None
 _provider: TracerProvider | None = None
 _by_runtimes = False
 """Instrumentation was started by :func:`retain` (a runtime), not by :func:`instrument`."""
@@ -90,24 +90,26 @@ def _warn_if_openinference_dspy_active() -> None:
 
 
 def _instrument_locked(provider: TracerProvider) -> None:
-    global _callback, _provider
+    global _active, _provider
     from geode import __version__
 
-    if _callback is None:
-        _callback = GeodeCallback(provider.get_tracer(_SCOPE, __version__))
+    if _active is None:
+        _active = GeodeCallback(provider.get_tracer(_SCOPE, __version__))
         _warn_if_openinference_dspy_active()
     elif provider is not _provider:
-        _callback.tracer = provider.get_tracer(_SCOPE, __version__)
+        _active.tracer = provider.get_tracer(_SCOPE, __version__)
     _provider = provider
-    _register(_callback)
+    _register(_active)
     _propagation.install()
+    _dispatch.install()
 
 
 def _uninstrument_locked() -> None:
-    global _callback, _provider, _by_runtimes
+    global _active, _provider, _by_runtimes
     _unregister()
     _propagation.uninstall()
-    _callback = None
+    _dispatch.uninstall()
+    _active = None
     _provider = None
     _by_runtimes = False
 
@@ -141,7 +143,7 @@ def retain(provider: TracerProvider) -> None:
     global _by_runtimes
     with _lock:
         _retained.append(provider)
-        if _callback is None:
+        if _active is None:
             _instrument_locked(provider)
             _by_runtimes = True
 
@@ -175,12 +177,12 @@ def tracing_to(tracer: Tracer) -> Iterator[None]:
 
 def is_instrumented() -> bool:
     """Whether :func:`instrument` is in effect."""
-    return _callback is not None
+    return _active is not None
 
 
 def active_callback() -> GeodeCallback | None:
     """The registered callback, if instrumented."""
-    return _callback
+    return _active
 
 
 def with_callback(callbacks: Sequence[Any] | None) -> list[Any]:
@@ -190,7 +192,7 @@ def with_callback(callbacks: Sequence[Any] | None) -> list[Any]:
     passes its per-call callbacks through this so Geode's spans survive such overrides.
     """
     result = list(callbacks or [])
-    callback = _callback
+    callback = _active
     if callback is not None and not any(cb is callback for cb in result):
         result.append(callback)
     return result

@@ -19,12 +19,13 @@ import logging
 import threading
 import weakref
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import dspy
+from dspy.dsp.utils.settings import thread_local_overrides as _dspy_overrides
+from dspy.dsp.utils.utils import dotdict as _DotDict
 from dspy.utils.callback import BaseCallback
 from dspy.utils.callback_context import ACTIVE_CALL_ID
 from opentelemetry import context as otel_context
@@ -121,10 +122,23 @@ def _is_react_v2(cls: type) -> bool:
     return isinstance(react_v2, type) and issubclass(cls, react_v2)
 
 
+_signatures: dict[int, tuple[Any, str | None]] = {}
+
+
 def _signature_text(instance: Any) -> str | None:
+    """``"question -> answer"`` for a predictor's signature (cached per signature class)."""
     signature = getattr(instance, "signature", None)
+    if signature is None:
+        return None
+    cached = _signatures.get(id(signature))
+    if cached is not None and cached[0] is signature:
+        return cached[1]
     text = getattr(signature, "signature", None)
-    return text if isinstance(text, str) else None
+    text = text if isinstance(text, str) else None
+    if len(_signatures) >= _CACHE_LIMIT:
+        _signatures.clear()
+    _signatures[id(signature)] = (signature, text)
+    return text
 
 
 def _module_names(module: Any) -> dict[int, str]:
@@ -217,7 +231,7 @@ class _Open:
     info: _ModuleClass | None = None
     inputs: Mapping[str, Any] | None = None
     lm: _LMCapture | None = None
-    lm_context: AbstractContextManager[Any] | None = None
+    lm_token: Token[Any] | None = None
 
     def parent_span(self) -> Span:
         """Where a child opened directly under this call belongs (the open ReAct iteration, if any)."""
@@ -301,6 +315,7 @@ class GeodeCallback(BaseCallback):
         self._identities: dict[int, tuple[RunIdentity, dict[str, Any]]] = {}
         self._tools: dict[int, tuple[Any, dict[str, Any]]] = {}
         self._lms: dict[int, tuple[Any, dict[str, Any]]] = {}
+        self._parameters: dict[Any, str] = {}
         self._failed_once = False
 
     # -- shared plumbing ---------------------------------------------------------------------------
@@ -591,6 +606,25 @@ class GeodeCallback(BaseCallback):
         self._lms[id(lm)] = (lm, static)
         return static
 
+    def _invocation_parameters(self, lm: Any, call_kwargs: Mapping[str, Any] | None) -> str:
+        """The LM's parameters for this call as JSON (memoized: they rarely change between calls)."""
+        merged = {**(getattr(lm, "kwargs", None) or {}), **(call_kwargs or {})}
+        try:
+            key: Any = tuple(merged.items())
+            cached = self._parameters.get(key)
+        except TypeError:  # an unhashable value, e.g. a response_format schema dict
+            key, cached = None, None
+        if cached is not None:
+            return cached
+        text = _values.to_json(
+            {k: v for k, v in merged.items() if v is not None and not k.startswith("api_")}
+        )
+        if key is not None:
+            if len(self._parameters) >= _CACHE_LIMIT:
+                self._parameters.clear()
+            self._parameters[key] = text
+        return text
+
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         """Open an LLM span with model, parameters and input messages; capture this call's usage."""
         try:
@@ -606,33 +640,33 @@ class GeodeCallback(BaseCallback):
         if parent is not None and parent.predictor:
             attributes[_PREDICTOR] = parent.predictor
 
-        call_kwargs = inputs.get("kwargs")
-        params = {
-            k: v
-            for k, v in {**(getattr(instance, "kwargs", None) or {}), **(call_kwargs or {})}.items()
-            if v is not None and not k.startswith("api_")
-        }
-        attributes[SpanAttributes.LLM_INVOCATION_PARAMETERS] = _values.to_json(params)
+        attributes[SpanAttributes.LLM_INVOCATION_PARAMETERS] = self._invocation_parameters(
+            instance, inputs.get("kwargs")
+        )
         messages = inputs.get("messages")
         if not messages and inputs.get("prompt") is not None:
             messages = [{"role": "user", "content": inputs["prompt"]}]
         if messages:
+            # The messages are the LLM span's input; an input.value repeating them as JSON would double
+            # the span's size and the time to build it.
             _values.input_message_attributes(messages, attributes)
-            attributes[_INPUT] = _values.to_json(messages)
-            attributes[_INPUT_MIME] = _values.JSON_MIME
 
         name = str(attributes[SpanAttributes.LLM_MODEL_NAME])
         record = self._start(call_id, name, attributes, parent, (identity, identity_attrs), suppress=True)
         if parent is not None:
             record.predictor = parent.predictor
 
+        # Equivalent to entering dspy.context(usage_tracker=..., caller_modules=...) for the call, without
+        # merging every global setting into the overrides as dspy.context does.
+        overrides = _dspy_overrides.get()
         capture = _LMCapture(dspy.settings.get("usage_tracker"))
         callers = dspy.settings.get("caller_modules") or []
+        scoped = _DotDict(overrides)
+        scoped["usage_tracker"] = capture
         # First in the list: DSPy's decision adapter reads the *last* caller as the calling module.
-        lm_context = dspy.context(usage_tracker=capture, caller_modules=[capture, *callers])
-        lm_context.__enter__()
+        scoped["caller_modules"] = [capture, *callers]
         record.lm = capture
-        record.lm_context = lm_context
+        record.lm_token = _dspy_overrides.set(scoped)
 
     def on_lm_end(self, call_id: str, outputs: Any | None, exception: BaseException | None = None) -> None:
         """Close the LLM span with output messages, token counts, cost and the cache-hit flag."""
@@ -640,8 +674,8 @@ class GeodeCallback(BaseCallback):
         if record is None:
             return
         try:
-            if record.lm_context is not None:
-                record.lm_context.__exit__(None, None, None)
+            if record.lm_token is not None:
+                _dspy_overrides.reset(record.lm_token)
             self._lm_end(record, outputs, exception)
         except Exception:
             self._internal_error("on_lm_end")

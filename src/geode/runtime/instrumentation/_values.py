@@ -51,10 +51,14 @@ def _default(value: Any) -> Any:
     return repr(value)[:_REPR_LIMIT]
 
 
+# One encoder for every call: json.dumps(default=...) would build a new JSONEncoder each time.
+_ENCODER: Final = json.JSONEncoder(default=_default, ensure_ascii=False)
+
+
 def to_json(value: Any) -> str:
     """JSON text for any value; objects JSON cannot encode become their dict form or ``repr``."""
     try:
-        return json.dumps(value, default=_default, ensure_ascii=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError):
         # Circular or otherwise unencodable structures still get a readable, bounded trace value.
         try:
@@ -153,18 +157,25 @@ def _tool_calls(prefix: str, index: int, calls: Any, out: dict[str, Any]) -> Non
 
 def input_message_attributes(messages: Sequence[Any], out: dict[str, Any]) -> None:
     """Flatten chat messages into ``llm.input_messages.N.message.*`` attributes."""
-    prefix = SpanAttributes.LLM_INPUT_MESSAGES
     for i, message in enumerate(messages):
-        if not isinstance(message, Mapping):
+        # Plain dicts first: DSPy's adapters build them, and an ABC isinstance check costs more.
+        if type(message) is not dict and not isinstance(message, Mapping):
             continue
-        out[_message_key(prefix, i, _ROLE)] = str(message.get("role") or "user")
+        role_key, content_key = _input_keys(i)
+        out[role_key] = str(message.get("role") or "user")
         content = message.get("content")
-        if isinstance(content, str):
-            out[_message_key(prefix, i, _CONTENT)] = content
-        elif isinstance(content, Sequence):
-            _content_parts(prefix, i, content, out)
+        if type(content) is str:
+            out[content_key] = content
+        elif isinstance(content, Sequence) and not isinstance(content, str):
+            _content_parts(SpanAttributes.LLM_INPUT_MESSAGES, i, content, out)
         if message.get("tool_calls"):
-            _tool_calls(prefix, i, message.get("tool_calls"), out)
+            _tool_calls(SpanAttributes.LLM_INPUT_MESSAGES, i, message.get("tool_calls"), out)
+
+
+@lru_cache(maxsize=256)
+def _input_keys(index: int) -> tuple[str, str]:
+    prefix = SpanAttributes.LLM_INPUT_MESSAGES
+    return f"{prefix}.{index}.{_ROLE}", f"{prefix}.{index}.{_CONTENT}"
 
 
 def output_message_attributes(outputs: Sequence[Any], out: dict[str, Any]) -> str | None:

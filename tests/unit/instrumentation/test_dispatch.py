@@ -1,0 +1,119 @@
+"""The memoized DSPy dispatch helpers answer exactly as DSPy's own do."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dspy
+import pytest
+from dspy.utils.callback import BaseCallback
+
+from geode.runtime.instrumentation import _dispatch
+from geode.testing import ScriptedLM
+
+callback_module = importlib.import_module("dspy.utils.callback")
+
+
+def _wrapped(method: Any) -> Callable[..., Any]:
+    return method.__wrapped__
+
+
+CASES: list[tuple[str, Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = [
+    ("module call", dspy.Predict("q -> a"), _wrapped(dspy.Module.__call__), (), {"q": "x"}),
+    ("module call, positional", dspy.Predict("q -> a"), _wrapped(dspy.Module.__call__), ("pos",), {}),
+    ("module acall", dspy.Predict("q -> a"), _wrapped(dspy.Module.acall), (), {"q": "x"}),
+    ("lm call", ScriptedLM([]), _wrapped(dspy.BaseLM.__call__), ("prompt",), {"temperature": 0.1}),
+    ("lm messages", ScriptedLM([]), _wrapped(dspy.BaseLM.__call__), (), {"messages": [{"role": "user"}]}),
+    ("lm acall", ScriptedLM([]), _wrapped(dspy.BaseLM.acall), (), {"messages": []}),
+    (
+        "adapter format",
+        dspy.ChatAdapter(),
+        _wrapped(dspy.ChatAdapter.format),
+        (dspy.Signature("q -> a"), [], {"q": "x"}),  # pyright: ignore[reportCallIssue]
+        {},
+    ),
+    ("tool call", dspy.Tool(lambda city: city, name="t"), _wrapped(dspy.Tool.__call__), (), {"city": "x"}),
+    (
+        "evaluate",
+        dspy.Evaluate(devset=[], metric=None),
+        _wrapped(dspy.Evaluate.__call__),
+        (dspy.Predict("q -> a"),),
+        {},
+    ),
+]
+
+
+@pytest.fixture
+def originals() -> Iterator[dict[str, Any]]:
+    saved = {
+        "getcallargs": inspect.getcallargs,
+        "start": callback_module._get_on_start_handler,
+        "end": callback_module._get_on_end_handler,
+    }
+    _dispatch.install()
+    try:
+        yield saved
+    finally:
+        _dispatch.uninstall()
+
+
+@pytest.mark.parametrize(("case", "instance", "fn", "args", "kwargs"), CASES, ids=[c[0] for c in CASES])
+def test_memoized_helpers_match_dspy(
+    originals: dict[str, Any],
+    case: str,
+    instance: Any,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    callback = BaseCallback()
+    for _ in range(2):  # cold, then memoized
+        expected = originals["getcallargs"](fn, instance, *args, **kwargs)
+        assert callback_module.inspect.getcallargs(fn, instance, *args, **kwargs) == expected
+        assert callback_module._get_on_start_handler(callback, instance, fn) == originals["start"](
+            callback, instance, fn
+        )
+        assert callback_module._get_on_end_handler(callback, instance, fn) == originals["end"](
+            callback, instance, fn
+        )
+
+
+def test_bad_arguments_still_raise_type_error(originals: dict[str, Any]) -> None:
+    lm = ScriptedLM([])
+    fn = _wrapped(dspy.BaseLM.__call__)
+    with pytest.raises(TypeError):
+        originals["getcallargs"](fn, lm, "a", "b")
+    with pytest.raises(TypeError):
+        callback_module.inspect.getcallargs(fn, lm, "a", "b")
+
+
+def test_unsupported_adapter_method_raises_dspy_error(originals: dict[str, Any]) -> None:
+    def other(self: Any) -> None:
+        pass
+
+    with pytest.raises(ValueError, match="Unsupported adapter method"):
+        callback_module._get_on_start_handler(BaseCallback(), dspy.ChatAdapter(), other)
+
+
+def test_uninstall_restores_dspy() -> None:
+    before = (
+        callback_module.inspect,
+        callback_module._get_on_start_handler,
+        callback_module._get_on_end_handler,
+    )
+    _dispatch.install()
+    _dispatch.install()
+    assert _dispatch.installed()
+    assert callback_module.inspect is not inspect
+    _dispatch.uninstall()
+    _dispatch.uninstall()
+    after = (
+        callback_module.inspect,
+        callback_module._get_on_start_handler,
+        callback_module._get_on_end_handler,
+    )
+    assert after == before
+    assert not _dispatch.installed()
