@@ -141,7 +141,7 @@ def main() -> None:
     if args.quick:
         args.max_demos = 2
     logging.getLogger("dspy").setLevel(logging.WARNING)
-    console = Console()
+    console = Console(width=150)
     settings = Settings(lm=LMSettings(model="local", cache=False), tracing=TracingSettings(enabled=False))
     with Runtime(settings) as rt:
         t0 = time.perf_counter()
