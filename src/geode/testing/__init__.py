@@ -7,4 +7,11 @@ from geode.testing.lm import ScriptedCall, ScriptedLM, ScriptExhaustedError
 from geode.testing.retrieval import HashingEmbedder
 from geode.testing.tracing import in_memory_tracing, span_tree
 
-__all__ = ["HashingEmbedder", "ScriptExhaustedError", "ScriptedCall", "ScriptedLM", "in_memory_tracing", "span_tree"]
+__all__ = [
+    "HashingEmbedder",
+    "ScriptExhaustedError",
+    "ScriptedCall",
+    "ScriptedLM",
+    "in_memory_tracing",
+    "span_tree",
+]
