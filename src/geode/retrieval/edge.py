@@ -328,6 +328,14 @@ class EdgeStore:
             shard.optimize()
             shard.flush()
 
+    def shard(self, collection: str) -> Any:
+        """The collection's underlying ``qdrant_edge.EdgeShard`` (for benchmarks and advanced use).
+
+        Calls on it bypass this store's lock; do not use it from several threads while the store writes.
+        """
+        with self._call(collection) as shard:
+            return shard
+
     def flush(self) -> None:
         """Flush every open shard to disk."""
         with self._call():
