@@ -7,7 +7,6 @@ page and contains the labelled answer phrase. Rows:
 - ``Geode, local embedder``: ``geode.Retriever`` with all-MiniLM-L6-v2 over the default embedded store
   (qdrant-edge), default chunking (900/150) — what ``geode ingest`` + ``geode search`` do;
 - the same on qdrant-client's local mode (must match: both are exact at this size);
-- the same with 500- and 1400-character chunks (why 900 is the default);
 - ``HashingEmbedder``: the deterministic test embedder, a lexical floor;
 - experiment, not shipped: BM25 alone and hybrid (dense + BM25 sparse vectors fused with RRF) in one
   qdrant-edge shard, to decide whether hybrid search earns its cost. Per-query latency (embedding
@@ -185,18 +184,6 @@ def main() -> None:
                 lambda: QdrantStore.local(root / "b"),
                 local,
                 Chunker(),
-            ),
-            (
-                "Geode, local embedder, 500-char chunks",
-                lambda: EdgeStore(root / "c"),
-                local,
-                Chunker(500, 100),
-            ),
-            (
-                "Geode, local embedder, 1400-char chunks",
-                lambda: EdgeStore(root / "d"),
-                local,
-                Chunker(1400, 200),
             ),
             ("HashingEmbedder (test fake, lexical)", QdrantStore.memory, HashingEmbedder(), Chunker()),
         ]
