@@ -1,0 +1,318 @@
+"""Load test of `geode serve`'s app against a bare FastAPI endpoint running the same DSPy program.
+
+Each server runs in its own process on loopback; this process is the load generator (httpx, asyncio).
+The program is a ``dspy.Predict("question -> answer")`` on ScriptedLM (no model time, so the figures
+are the serving overhead). Three servers, measured in the same run:
+
+- ``bare``: FastAPI + uvicorn, one endpoint awaiting ``program.acall`` under ``dspy.context``;
+- ``geode``: :func:`geode.runtime.serving.create_app`, tracing on (spans exported over OTLP/HTTP to a
+  collector stub in a third process that answers 200);
+- ``geode, Phoenix down``: the same, exporting to a refused port.
+
+For each: throughput and p50/p99 latency at 1, 8 and 64 concurrent clients, then server RSS over
+20,000 requests. Run: ``.venv/bin/python benchmarks/bench_serve.py`` (``--quick`` for a smoke run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from pydantic import BaseModel
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+HERE = Path(__file__).resolve()
+REPO = HERE.parents[1]
+
+
+# -- the servers (run with --serve) ----------------------------------------------------------------
+
+
+class Question(BaseModel):
+    """The bare endpoint's request body."""
+
+    question: str
+
+
+def _bench_lm() -> Any:
+    from geode.testing import ScriptedLM
+
+    class BenchLM(ScriptedLM):
+        """ScriptedLM that keeps no call log (it would grow with every request)."""
+
+        def record(self, call: Any) -> None:
+            pass
+
+    def answer(messages: list[dict[str, str]]) -> dict[str, Any]:
+        question = messages[-1]["content"].split("[[ ## question ## ]]")[-1].split("\n\n")[0].strip()
+        return {"answer": f"echo: {question}"}
+
+    return BenchLM(answer)
+
+
+def serve_bare(port: int) -> None:
+    import dspy
+    import uvicorn
+    from fastapi import FastAPI
+
+    lm = _bench_lm()
+    program = dspy.Predict("question -> answer")
+    app = FastAPI()
+
+    @app.post("/programs/qa")
+    async def qa(body: Question) -> dict[str, Any]:
+        with dspy.context(lm=lm, disable_history=True):
+            prediction = await program.acall(question=body.question)
+        return {"outputs": {"answer": prediction.answer}}
+
+    @app.get("/ready")
+    async def ready() -> dict[str, str]:
+        return {"status": "ready"}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def serve_geode(port: int, endpoint: str, home: str) -> None:
+    import dspy
+    import uvicorn
+
+    from geode.runtime.runtime import Runtime
+    from geode.runtime.serving import HostedProgram, create_app
+    from geode.runtime.settings import Settings, TracingSettings
+
+    settings = Settings(
+        home=Path(home), tracing=TracingSettings(enabled=True, endpoint=endpoint, export_timeout_s=2.0)
+    )
+    rt = Runtime(settings, lm=_bench_lm())
+    app = create_app(rt, [HostedProgram(dspy.Predict("question -> answer"), name="qa")])
+    try:
+        uvicorn.run(
+            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, reset_contextvars=True
+        )
+    finally:
+        rt.close()
+
+
+def serve_sink(port: int) -> None:
+    import uvicorn
+    from fastapi import FastAPI, Request, Response
+
+    app = FastAPI()
+    received = {"spans_requests": 0}
+
+    @app.post("/v1/traces")
+    async def traces(request: Request) -> Response:
+        await request.body()
+        received["spans_requests"] += 1
+        return Response(b"", media_type="application/x-protobuf")
+
+    @app.get("/ready")
+    async def ready() -> dict[str, str]:
+        return {"status": "ready"}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+# -- the load generator ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    url: str
+    process: subprocess.Popen[bytes]
+
+    @property
+    def rss_mb(self) -> float:
+        return psutil.Process(self.process.pid).memory_info().rss / 2**20
+
+
+def start(name: str, *args: str) -> Server:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "NO_PROXY": "127.0.0.1,localhost"}
+    process = subprocess.Popen(
+        [sys.executable, str(HERE), "--serve", *args, "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    server = Server(name, f"http://127.0.0.1:{port}", process)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{name} exited with {process.returncode}")
+        try:
+            if httpx.get(f"{server.url}/ready", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{name} did not start")
+
+
+@dataclass
+class Run:
+    latencies_ms: list[float] = field(default_factory=list[float])
+    errors: int = 0
+    seconds: float = 0.0
+
+    @property
+    def throughput(self) -> float:
+        return len(self.latencies_ms) / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+async def load(url: str, concurrency: int, total: int, *, offset: int = 0) -> Run:
+    run = Run()
+    counter = iter(range(total))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+        async def worker() -> None:
+            for n in counter:
+                started = time.perf_counter()
+                try:
+                    response = await client.post("/programs/qa", json={"question": f"q{offset + n}"})
+                except httpx.TransportError:
+                    run.errors += 1
+                    continue
+                elapsed = (time.perf_counter() - started) * 1000
+                if (
+                    response.status_code == 200
+                    and response.json()["outputs"]["answer"] == f"echo: q{offset + n}"
+                ):
+                    run.latencies_ms.append(elapsed)
+                else:
+                    run.errors += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        run.seconds = time.perf_counter() - started
+    return run
+
+
+def measure(console: Console, *, quick: bool) -> tuple[dict[str, dict[str, Any]], int]:
+    per_level = {1: 100, 8: 400, 64: 1280} if quick else {1: 300, 8: 1200, 64: 3200}
+    soak = 2_000 if quick else 20_000
+    home = tempfile.mkdtemp(prefix="geode-bench-")
+    sink = start("sink", "sink")
+    down = f"http://127.0.0.1:{free_port()}"
+    servers = [
+        start("bare FastAPI", "bare"),
+        start("geode (tracing on)", "geode", "--endpoint", sink.url, "--home", home + "/on"),
+        start("geode (Phoenix down)", "geode", "--endpoint", down, "--home", home + "/down"),
+    ]
+    results: dict[str, dict[str, Any]] = {s.name: {"levels": {}} for s in servers}
+    try:
+        for server in servers:  # warm up: imports, first LM call, connection pools
+            asyncio.run(load(server.url, 8, 200, offset=10_000_000))
+        with Progress(console=console) as progress:
+            task = progress.add_task("latency and throughput", total=len(per_level) * len(servers))
+            for level, total in per_level.items():
+                for server in servers:  # interleaved, so machine load hits every server alike
+                    run = asyncio.run(load(server.url, level, total))
+                    results[server.name]["levels"][level] = {
+                        "p50_ms": run.pct(0.50),
+                        "p99_ms": run.pct(0.99),
+                        "rps": run.throughput,
+                        "errors": run.errors,
+                    }
+                    progress.advance(task)
+            task = progress.add_task(f"memory over {soak:,} requests", total=len(servers) * 4)
+            for server in servers:
+                samples = [server.rss_mb]
+                for quarter in range(4):
+                    run = asyncio.run(load(server.url, 32, soak // 4, offset=20_000_000 + quarter * soak))
+                    results[server.name].setdefault("soak_errors", 0)
+                    results[server.name]["soak_errors"] += run.errors
+                    samples.append(server.rss_mb)
+                    progress.advance(task)
+                results[server.name]["rss_mb"] = samples
+    finally:
+        for server in [*servers, sink]:
+            server.process.terminate()
+        for server in [*servers, sink]:
+            try:
+                server.process.wait(30)
+            except subprocess.TimeoutExpired:
+                server.process.kill()
+
+    return results, soak
+
+
+def report(console: Console, results: dict[str, dict[str, Any]], soak: int) -> None:
+    bare = results["bare FastAPI"]["levels"]
+    table = Table(title="Serving a Predict program on ScriptedLM (loopback, client in a separate process)")
+    for column in ("server", "clients", "req/s", "p50 ms", "p99 ms", "p50 vs bare", "errors"):
+        table.add_column(column, justify="left" if column == "server" else "right")
+    for name, data in results.items():
+        for level, row in data["levels"].items():
+            ratio = row["p50_ms"] / bare[level]["p50_ms"]
+            table.add_row(
+                name,
+                str(level),
+                f"{row['rps']:.0f}",
+                f"{row['p50_ms']:.1f}",
+                f"{row['p99_ms']:.1f}",
+                f"{ratio:.2f}x",
+                str(row["errors"]),
+            )
+    console.print(table)
+    memory = Table(title=f"Server RSS (MB) over {soak:,} requests, 32 clients")
+    for column in ("server", "start", "25%", "50%", "75%", "100%", "growth", "errors"):
+        memory.add_column(column, justify="left" if column == "server" else "right")
+    for name, data in results.items():
+        rss = data["rss_mb"]
+        memory.add_row(name, *(f"{v:.0f}" for v in rss), f"{rss[-1] - rss[1]:+.0f}", str(data["soak_errors"]))
+    console.print(memory)
+    console.print("growth = RSS at the end minus after the first quarter (allocator warm-up excluded)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Load test of the served app against bare FastAPI.")
+    parser.add_argument("--serve", choices=["bare", "geode", "sink"])
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--endpoint", default="")
+    parser.add_argument("--home", default="")
+    parser.add_argument("--quick", action="store_true", help="Fewer requests: a smoke run.")
+    parser.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")
+    args = parser.parse_args()
+    if args.serve == "bare":
+        return serve_bare(args.port)
+    if args.serve == "geode":
+        return serve_geode(args.port, args.endpoint, args.home)
+    if args.serve == "sink":
+        return serve_sink(args.port)
+
+    console = Console()
+    results, soak = measure(console, quick=args.quick)
+    report(console, results, soak)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
