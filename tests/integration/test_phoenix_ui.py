@@ -9,8 +9,11 @@ scripts/install.sh, optional step).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 import uuid
@@ -49,7 +52,8 @@ class DevTools:
     def __init__(self, websocket_url: str) -> None:
         from websockets.sync.client import connect
 
-        self._socket = connect(websocket_url, max_size=None, open_timeout=30)
+        self._stack = contextlib.ExitStack()
+        self._socket = self._stack.enter_context(connect(websocket_url, max_size=None, open_timeout=30))
         self._ids = count(1)
 
     def call(self, method: str, timeout_s: float = 60.0, **params: Any) -> dict[str, Any]:
@@ -68,7 +72,7 @@ class DevTools:
         return str(result.get("result", {}).get("value", ""))
 
     def close(self) -> None:
-        self._socket.close()
+        self._stack.close()
 
 
 @pytest.fixture
@@ -90,6 +94,7 @@ def browser(tmp_path: Path) -> Iterator[DevTools]:
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: renderer and zygote children go down with it
     )
     try:
         deadline = time.monotonic() + 60
@@ -109,11 +114,11 @@ def browser(tmp_path: Path) -> Iterator[DevTools]:
         finally:
             session.close()
     finally:
-        process.terminate()
+        os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait()
 
 

@@ -15,7 +15,7 @@ separate process.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import importlib.metadata
 import json
 import os
 import re
@@ -274,7 +274,7 @@ class PhoenixServer:
         return self._status_for(state, reused=False)
 
     def _spawn(self, port: int, grpc_port: int) -> _State:
-        if importlib.util.find_spec("phoenix.server") is None:
+        if not _server_installed():
             raise MissingExtraError("the local Phoenix server (`geode phoenix`)", "phoenix")
         self.working_dir.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ)
@@ -439,6 +439,16 @@ def _local_get(url: str, timeout_s: float) -> httpx.Response:
             _LOCAL_HTTP = httpx.Client(trust_env=False)
         client = _LOCAL_HTTP
     return client.get(url, timeout=timeout_s)
+
+
+def _server_installed() -> bool:
+    # Package metadata only: importing anything under `phoenix` runs the server package's __init__,
+    # which loads the whole server (tens of seconds on a busy machine) in this process.
+    try:
+        importlib.metadata.distribution("arize-phoenix")
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
 
 
 def _phoenix_command() -> list[str]:

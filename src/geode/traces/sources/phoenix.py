@@ -1,8 +1,9 @@
 """Traces read back from a Phoenix server with ``arize-phoenix-client``.
 
-Runs are found by their root spans, paged through newest first with Phoenix's cursor, so a large
-project streams in pages instead of loading at once; each page's traces are then fetched whole by trace
-id. ``where`` filters go through the client's ``SpanQuery`` DSL. Phoenix ingests asynchronously (about
+Runs are found by their root spans, paged through newest first with Phoenix's cursor (its REST API,
+``GET /v1/projects/{project}/spans``), so a large project streams in pages instead of loading at once;
+each page's traces are then fetched whole by trace id. ``where`` filters go through the client's
+``SpanQuery`` DSL (``Client.spans.get_spans_dataframe``). Phoenix ingests asynchronously (about
 125 spans/s on a small machine), so code that reads right after a run uses :meth:`wait_for`.
 """
 
@@ -85,7 +86,12 @@ class PhoenixTraceSource:
 
     @property
     def client(self) -> Client:
-        """The ``phoenix.client.Client`` this source reads with (sharing its HTTP connection pool)."""
+        """A ``phoenix.client.Client`` sharing this source's HTTP connections (for ``where`` queries).
+
+        Importing it is slow when the Phoenix server package is installed in the same environment: any
+        ``phoenix.*`` import runs the server package's ``__init__`` (20 s of CPU measured here). Only
+        ``where`` filters need it; everything else reads Phoenix's REST API directly.
+        """
         if self._client is None:
             from phoenix.client import Client
 
@@ -171,10 +177,14 @@ class PhoenixTraceSource:
 
     def projects(self) -> list[str]:
         """Names of the projects on the server."""
-        try:
-            return [p["name"] for p in self.client.projects.list()]
-        except httpx.HTTPError as err:
-            raise self._error(err) from err
+        names: list[str] = []
+        cursor: str | None = None
+        while True:
+            payload = self._get("v1/projects", {"limit": 100, **({"cursor": cursor} if cursor else {})})
+            names += [str(p.get("name")) for p in payload.get("data") or []]
+            cursor = payload.get("next_cursor")
+            if not cursor:
+                return names
 
     # -- internals ---------------------------------------------------------------------------------
 
@@ -280,10 +290,8 @@ class PhoenixTraceSource:
 
     def _project_names_or_empty(self) -> list[str]:
         try:
-            response = self._http.get("v1/projects", headers={"accept": "application/json"})
-            response.raise_for_status()
-            return [str(p.get("name")) for p in response.json().get("data") or []]
-        except (httpx.HTTPError, ValueError):
+            return self.projects()
+        except TraceSourceError:
             return []
 
 
