@@ -5,8 +5,9 @@ dimension of all-MiniLM-L6-v2, with a 300-character text payload like a chunk's)
 are timed through:
 
 - ``Store.search``: Geode's store (payload filter translation, hits as Geode values);
-- ``raw``: the engine's own call on the same data (``EdgeShard.query`` / ``QdrantClient.query_points``),
-  with the request built outside the timed region;
+- ``raw``: the engine's own call on the same data, doing the least a caller must: build the request from
+  the numpy query vector, call ``EdgeShard.query`` / ``QdrantClient.query_points``, read id, score and
+  payload of each hit;
 - ``Retriever``: ``geode.Retriever`` end to end with the local embedder (embedding the query + search +
   passages), on real questions — "with embedding time".
 
@@ -31,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -86,28 +88,28 @@ def open_store(engine: str, root: Path) -> Store:
     return EdgeStore(root / "edge") if engine == "edge" else QdrantStore.local(root / "local")
 
 
-def raw_search(engine: str, store: Store, collection: str) -> Callable[[np.ndarray], Callable[[], Any]]:
-    """A factory: query vector -> a zero-argument raw engine call (request prepared outside the timing)."""
+def raw_search(store: Store, collection: str) -> Callable[[np.ndarray], Any]:
+    """The engine's own search on ``store``'s data: query vector -> [(id, score, payload)]."""
     if isinstance(store, EdgeStore):
         import qdrant_edge as qe
 
         shard = store.shard(collection)
 
-        def prepare_edge(vector: np.ndarray) -> Callable[[], Any]:
+        def edge_search(vector: np.ndarray) -> Any:
             request = qe.QueryRequest(
                 limit=K, query=qe.Query.Nearest(vector.tolist()), with_payload=True, with_vector=False
             )
-            return lambda: shard.query(request)
+            return [(p.id, p.score, p.payload) for p in shard.query(request)]
 
-        return prepare_edge
+        return edge_search
     assert isinstance(store, QdrantStore)
     client = store.client
 
-    def prepare_local(vector: np.ndarray) -> Callable[[], Any]:
-        query = vector.tolist()
-        return lambda: client.query_points(collection, query=query, limit=K, with_payload=True)
+    def local_search(vector: np.ndarray) -> Any:
+        points = client.query_points(collection, query=vector.tolist(), limit=K, with_payload=True).points
+        return [(p.id, p.score, p.payload) for p in points]
 
-    return prepare_local
+    return local_search
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -160,16 +162,16 @@ def run_engine_size(
             index_seconds = time.perf_counter() - started
             progress.update(task, completed=1)
 
-            prepare = raw_search(engine, store, "bench")
+            raw_call = raw_search(store, "bench")
             for v in qvecs[:10]:  # warm caches and lazy paths of both sides
                 store.search("bench", v, k=K)
-                prepare(v)()
+                raw_call(v)
             ours: list[float] = []
             raw: list[float] = []
             hits_found = 0
             task = progress.add_task(f"{engine} {size:,}: searching", total=queries)
             for i, v in enumerate(qvecs):
-                call = prepare(v)
+                call = partial(raw_call, v)
                 # Alternate which side goes first so drift in machine load hits both alike.
                 if i % 2:
                     raw.append(timed(call)[0])

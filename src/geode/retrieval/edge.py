@@ -315,7 +315,8 @@ class EdgeStore:
                 collection, self._infos[collection].dimension, len(vector), "the query vector"
             )
             found = shard.query(request)
-        return [Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in found]
+        # The binding hands out a fresh dict per payload access: no copy needed.
+        return [Hit(str(p.id), p.score, p.payload or {}) for p in found]
 
     def count(self, collection: str) -> int:
         """Number of points in a collection."""
