@@ -29,7 +29,25 @@ _EXPORTS: dict[str, str] = {
     "uninstrument": "geode.runtime.instrumentation",
 }
 
-__all__ = ["__version__", *sorted(_EXPORTS)]
+__all__ = [  # kept equal to _EXPORTS by tests/unit/test_public_api.py
+    "Agent",
+    "AgentStep",
+    "Budget",
+    "Calculator",
+    "Fallback",
+    "LocalLM",
+    "Retriever",
+    "Runtime",
+    "Settings",
+    "__version__",
+    "calculate",
+    "fallback_choice",
+    "instrument",
+    "register_program",
+    "search_tool",
+    "tool",
+    "uninstrument",
+]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first use
     from geode.agents.agent import Agent as Agent

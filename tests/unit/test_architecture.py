@@ -35,16 +35,17 @@ def _imported_areas(path: Path) -> set[tuple[str, int]]:
     found: set[tuple[str, int]] = set()
     for node in ast.walk(tree):
         names: list[str] = []
+        line = getattr(node, "lineno", 0)
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names = [node.module]
         elif isinstance(node, ast.ImportFrom) and node.level > 0:
-            raise AssertionError(f"{path}:{node.lineno}: use absolute imports")
+            raise AssertionError(f"{path}:{line}: use absolute imports")
         for name in names:
             parts = name.split(".")
             if parts[0] == "geode" and len(parts) > 1:
-                found.add((parts[1], node.lineno))
+                found.add((parts[1], line))
     return found
 
 

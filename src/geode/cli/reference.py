@@ -59,6 +59,6 @@ def register(app: typer.Typer) -> None:
     """Add the hidden ``geode cli-reference`` command."""
 
     @app.command("cli-reference", hidden=True)
-    def cli_reference() -> None:  # pyright: ignore[reportUnusedFunction]
+    def cli_reference() -> None:
         """Print the CLI reference as Markdown."""
         typer.echo(cli_reference_markdown(app), nl=False)

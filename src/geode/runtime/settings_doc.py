@@ -111,8 +111,9 @@ def env_example() -> str:
             lines += ["", f"# --- {doc.group or 'general'} ---"]
         if doc.doc:
             lines.append(f"# {doc.doc}")
-        also = f"  (also: {', '.join(doc.env[1:])})" if len(doc.env) > 1 else ""
-        lines.append(f"# {doc.env[0]}={doc.default}{also}")
+        primary, *others = doc.env
+        also = f"  (also: {', '.join(others)})" if others else ""
+        lines.append(f"# {primary}={doc.default}{also}")
     return "\n".join(lines) + "\n"
 
 
