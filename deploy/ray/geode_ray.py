@@ -1,0 +1,79 @@
+"""Geode on Ray Serve: the same FastAPI app as `geode serve`, as a Ray Serve deployment with replicas.
+
+Each replica builds its own :class:`geode.Runtime` from ``GEODE_*`` environment variables (pass them in
+the Ray Serve config's ``runtime_env.env_vars``) and serves :func:`geode.runtime.serving.create_app`
+through Ray's HTTP proxy: same endpoints, same auth and limits, same spans (exported by each replica).
+
+Run it with the config next to this file::
+
+    serve run deploy/ray/serve_config.yaml
+
+or from Python (``app = build({"programs": ["geode.examples.qa:program"]})``; ``serve.run(app)``).
+Sessions live in each replica's memory: with more than one replica, route a session to one replica
+(Ray Serve's request router does not do it) or give ``create_app`` a shared
+:class:`~geode.runtime.serving.SessionStore`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+__all__ = ["GeodeDeployment", "build"]
+
+
+@serve.deployment(
+    # Defaults for `build`; the YAML config overrides them (num_replicas or autoscaling_config).
+    ray_actor_options={"num_cpus": 1},
+    max_ongoing_requests=64,
+    graceful_shutdown_timeout_s=20,
+    health_check_period_s=10,
+)
+@serve.ingress()
+class GeodeDeployment:
+    """One replica: a Runtime and the Geode app over it."""
+
+    def __init__(self, programs: Sequence[str], settings: dict[str, Any] | None = None) -> None:
+        from geode.runtime.runtime import Runtime
+        from geode.runtime.settings import Settings
+
+        # Settings come from the replica's environment (runtime_env.env_vars), plus explicit overrides.
+        self.runtime = Runtime(Settings(**(settings or {})))
+        self.programs = list(programs)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from geode.runtime.serving import create_app
+
+        # Ray's proxy is the public face; replicas listen on Ray's internal network only, so the
+        # loopback rule for keyless serving does not apply here: keys are checked when configured.
+        serve_settings = self.runtime.settings.serve
+        host = serve_settings.host if serve_settings.api_keys else "127.0.0.1"
+        return create_app(self.runtime, self.programs, serve_settings, host=host)
+
+    def check_health(self) -> None:
+        """Ray calls this periodically; raising marks the replica unhealthy and replaces it."""
+        self.runtime.resolve(self.programs[0])
+
+    def __del__(self) -> None:
+        runtime = getattr(self, "runtime", None)
+        if runtime is not None:
+            runtime.close()
+
+
+def build(args: dict[str, Any]) -> Application:
+    """The Ray Serve application (``import_path: geode_ray:build`` in a Serve config).
+
+    Args:
+        args: ``programs``: program references to host (required); ``settings``: Geode settings
+            overrides as a dict (the rest comes from ``GEODE_*`` variables); ``num_replicas`` or
+            ``autoscaling_config``: replica settings when not given in the Serve config.
+    """
+    programs = args.get("programs")
+    if not programs:
+        raise ValueError("build() needs args.programs: a list of program references")
+    options = {k: args[k] for k in ("num_replicas", "autoscaling_config") if k in args}
+    deployment = GeodeDeployment.options(**options) if options else GeodeDeployment
+    return deployment.bind(list(programs), args.get("settings"))
