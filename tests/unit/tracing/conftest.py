@@ -18,6 +18,9 @@ class Sink:
     """An OTLP/HTTP collector on loopback that decodes and keeps every span it receives."""
 
     url: str
+    status: int = 200
+    """What the collector answers; set to 500 to make it fail."""
+    posts: int = 0
     requests: list[ExportTraceServiceRequest] = field(default_factory=list[ExportTraceServiceRequest])
     headers: list[dict[str, str]] = field(default_factory=list[dict[str, str]])
 
@@ -45,11 +48,13 @@ def sink() -> Iterator[Sink]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", "0")))
-            request = ExportTraceServiceRequest()
-            request.ParseFromString(body)
-            state.requests.append(request)
-            state.headers.append(dict(self.headers.items()))
-            self.send_response(200)
+            state.posts += 1
+            if state.status == 200:
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                state.requests.append(request)
+                state.headers.append(dict(self.headers.items()))
+            self.send_response(state.status)
             self.send_header("content-type", "application/x-protobuf")
             self.send_header("content-length", "0")
             self.end_headers()

@@ -212,3 +212,22 @@ def _finished_span(provider: TracerProvider) -> Any:
     with other.get_tracer("t").start_as_current_span("late"):
         pass
     return exporter.get_finished_spans()[0]
+
+
+def test_after_a_failure_the_exporter_rests_then_recovers(tmp_path: Path, sink: Sink) -> None:
+    pipeline = _pipeline(tmp_path, endpoint=sink.url)
+    sink.status = 500
+    _emit(pipeline.provider, 3)
+    assert pipeline.force_flush(timeout_s=5)
+    assert sink.posts == 1
+    sink.status = 200
+    _emit(pipeline.provider, 3)
+    assert pipeline.force_flush(timeout_s=5)
+    assert sink.posts == 1, "a batch right after a failure is dropped without being sent"
+    time.sleep(1.1)
+    _emit(pipeline.provider, 4)
+    assert pipeline.force_flush(timeout_s=5)
+    assert sink.posts == 2
+    assert len(sink.spans()) == 4
+    assert pipeline.stats.failed == {pipeline.endpoint: 6}
+    pipeline.shutdown(timeout_s=2)

@@ -62,6 +62,14 @@ class ExportStats:
         return self.dropped_queue_full + self.dropped_after_shutdown + sum(self.failed.values())
 
 
+def _ready(exporter: SpanExporter) -> bool:
+    ready = getattr(exporter, "ready", None)
+    try:
+        return bool(ready()) if callable(ready) else True
+    except Exception:
+        return True
+
+
 class BatchExportProcessor(SpanProcessor):
     """Batches sampled spans to one or more destinations from a worker thread.
 
@@ -189,6 +197,13 @@ class BatchExportProcessor(SpanProcessor):
 
     def _export(self, batch: list[ReadableSpan]) -> None:
         spans: Sequence[ReadableSpan] = batch
+        ready = [d for d in self.destinations if _ready(d.exporter)]
+        for destination in self.destinations:
+            if destination not in ready:
+                # Resting after a failure: count the loss without redacting or encoding anything.
+                self._count(destination, len(batch), ok=False, reason="collector unavailable")
+        if not ready:
+            return
         if self.redactor is not None:
             try:
                 spans = [self.redactor.redact(span) for span in batch]
@@ -196,10 +211,10 @@ class BatchExportProcessor(SpanProcessor):
                 logger.debug(
                     "redaction failed; dropping the batch rather than exporting it raw", exc_info=True
                 )
-                for destination in self.destinations:
+                for destination in ready:
                     self._count(destination, len(batch), ok=False, reason="redaction failed")
                 return
-        for destination in self.destinations:
+        for destination in ready:
             try:
                 result = destination.exporter.export(spans)
             except Exception as err:
