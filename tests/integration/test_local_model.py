@@ -17,6 +17,7 @@ from dspy.lm15 import Config, Message, Request, Response
 import geode
 from geode.errors import OutputParseError
 from geode.runtime.lm import build_lm, is_local
+from geode.runtime.lm._llama import AsyncLlamaCppEngine
 from geode.runtime.lm.local import LocalLM
 from geode.runtime.settings import LMSettings, TracingSettings
 
@@ -134,6 +135,37 @@ def test_max_tokens_and_greedy_decoding_are_honoured(lm: LocalLM) -> None:
     assert second.usage.cache_read_tokens == second.usage.input_tokens - 1
 
 
+def test_a_truncated_schema_answer_is_retried_once_and_both_attempts_are_billed(lm: LocalLM) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"colours": {"type": "array", "items": {"type": "string"}}},
+        "required": ["colours"],
+        "additionalProperties": False,
+    }
+    request = _request(
+        lm,
+        "List one hundred colours as JSON.",
+        max_tokens=10,
+        temperature=0.0,
+        response_format={"type": "json_schema", "schema": schema},
+    )
+    prompt_tokens = len(
+        lm.loaded.prompt_tokens([{"role": "user", "content": "List one hundred colours as JSON."}])[0]
+    )
+    response = lm.llama_engine.complete(request)
+    # The first attempt used all 10 tokens without closing the JSON; the retry is billed on top.
+    assert response.provider_data == {"repetition_retry": True}
+    assert 10 < (response.usage.output_tokens or 0) <= 20
+    assert response.usage.input_tokens == 2 * prompt_tokens
+    assert _text(response).lstrip().startswith("{")
+
+    free_text = lm.llama_engine.complete(
+        _request(lm, "List one hundred colours.", max_tokens=10, temperature=0.0)
+    )
+    assert free_text.provider_data is None  # only schema-constrained answers are retried
+    assert free_text.usage.output_tokens == 10
+
+
 def test_streaming_yields_the_same_text_and_usage_as_complete(lm: LocalLM) -> None:
     request = _request(lm, "Say hello to Ada in five words.", max_tokens=16, temperature=0.0)
     complete = lm.llama_engine.complete(request)
@@ -144,6 +176,25 @@ def test_streaming_yields_the_same_text_and_usage_as_complete(lm: LocalLM) -> No
     assert streamed == complete.text
     assert events[-1].usage.input_tokens == complete.usage.input_tokens
     assert events[-1].usage.output_tokens == complete.usage.output_tokens
+
+
+def test_async_stream_releases_the_model_when_abandoned(lm: LocalLM) -> None:
+    engine = AsyncLlamaCppEngine(lm.llama_engine)
+    request = _request(lm, "Say hello.", max_tokens=8, temperature=0.0)
+
+    async def first_delta() -> str:
+        events = engine.stream(request)
+        try:
+            async for event in events:
+                if event.type == "delta":
+                    return event.delta.text
+        finally:
+            await events.aclose()
+        return ""
+
+    assert asyncio.run(first_delta())
+    assert not lm.loaded.lock.locked()
+    assert asyncio.run(engine.complete(request)).usage.output_tokens
 
 
 def test_stop_strings_cut_the_output(lm: LocalLM) -> None:

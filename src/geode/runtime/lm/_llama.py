@@ -20,7 +20,7 @@ import os
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, cast
@@ -496,6 +496,8 @@ class LlamaCppEngine:
         sampling: Defaults for llama.cpp's own sampling knobs (``min_p``, ``typical_p``,
             ``repeat_penalty``); a request's ``Config.extensions`` overrides them. DSPy's call keywords
             cannot carry these (lm15 refuses unknown keys), so they are set here.
+        repetition_retry: Repetition penalty for the one retry of a schema-constrained answer cut off by
+            ``max_tokens`` before its JSON closed; ``None`` never retries.
     """
 
     supports_function_calling = False
@@ -507,6 +509,7 @@ class LlamaCppEngine:
         *,
         structured_output: bool = True,
         sampling: Mapping[str, float] | None = None,
+        repetition_retry: float | None = 1.1,
     ) -> None:
         unknown = set(sampling or ()) - _EXTENSION_PARAMS
         if unknown:
@@ -515,6 +518,7 @@ class LlamaCppEngine:
             )
         self.model = model
         self.sampling = {key: float(value) for key, value in (sampling or {}).items()}
+        self.repetition_retry = repetition_retry
         self.supports_response_schema = structured_output
         self.supported_params = (
             SUPPORTED_PARAMS if structured_output else SUPPORTED_PARAMS - {"response_format"}
@@ -544,6 +548,10 @@ class LlamaCppEngine:
     def complete(self, request: Request) -> Response:
         """Generate one completion for ``request``.
 
+        A schema-constrained answer that runs out of tokens before its JSON closes is, on a small model,
+        almost always a repetition loop (the same list item again and again) and can never parse. It is
+        generated once more with :attr:`repetition_retry` as the repetition penalty; usage counts both.
+
         Raises:
             UnsupportedFeatureError: The request asks for something the local model cannot do.
             ContextLengthError: The prompt does not fit the context window.
@@ -552,15 +560,15 @@ class LlamaCppEngine:
         stop = [*request.config.stop, *template_stops]
         with self.model.lock:
             reused = self._reused_prefix(tokens)
-            try:
-                result = cast(
-                    dict[str, Any],
-                    self.model.llama.create_completion(
-                        tokens, stop=stop, stream=False, stopping_criteria=self._template_criteria(), **kwargs
-                    ),
-                )
-            except ValueError as exc:
-                raise InvalidRequestError(str(exc), provider=PROVIDER) from exc
+            result = self._create(tokens, stop, kwargs)
+            retried = self._needs_retry(request, kwargs, result)
+            if retried:
+                first_usage = result["usage"]
+                result = self._create(tokens, stop, {**kwargs, "repeat_penalty": self.repetition_retry})
+                for key in ("prompt_tokens", "completion_tokens"):
+                    result["usage"][key] += first_usage[key]
+                # The retry's prompt is the same, so all of it but the last token came from the KV cache.
+                reused += len(tokens) - 1
         choice = result["choices"][0]
         usage = result["usage"]
         return Response(
@@ -573,7 +581,38 @@ class LlamaCppEngine:
                 output_tokens=usage["completion_tokens"],
                 cache_read_tokens=reused,
             ),
+            provider_data={"repetition_retry": True} if retried else None,
         )
+
+    def _create(self, tokens: list[int], stop: list[str], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        try:
+            return cast(
+                dict[str, Any],
+                self.model.llama.create_completion(
+                    tokens, stop=stop, stream=False, stopping_criteria=self._template_criteria(), **kwargs
+                ),
+            )
+        except ValueError as exc:
+            raise InvalidRequestError(str(exc), provider=PROVIDER) from exc
+
+    def _needs_retry(self, request: Request, kwargs: Mapping[str, Any], result: Mapping[str, Any]) -> bool:
+        response_format = request.config.response_format
+        if (
+            self.repetition_retry is None
+            or response_format is None
+            or response_format.get("type") != "json_schema"
+        ):
+            return False
+        if float(kwargs.get("repeat_penalty", 1.0)) >= self.repetition_retry:
+            return False  # already sampling with at least this penalty: a retry would repeat itself
+        choice = result["choices"][0]
+        if choice.get("finish_reason") != "length":
+            return False
+        try:
+            json.loads(choice["text"] or "")
+        except ValueError:
+            return True
+        return False
 
     def _template_criteria(self) -> Any:
         from llama_cpp import StoppingCriteriaList
@@ -669,7 +708,7 @@ class AsyncLlamaCppEngine:
         """Generate one completion without blocking the event loop."""
         return await asyncio.to_thread(self.sync.complete, request)
 
-    async def stream(self, request: Request) -> AsyncIterator[Any]:
+    async def stream(self, request: Request) -> AsyncGenerator[Any, None]:
         """Stream events produced in a worker thread; leaving early stops generation at the next token."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue()
