@@ -394,3 +394,26 @@ def test_a_bare_predict_program_round_trips(reg: ProgramRegistry) -> None:
     assert isinstance(loaded, dspy.Predict) and loaded.demos[0]["answer"] == "a"
     with pytest.raises(ProgramLoadError, match="does not fit"):
         reg.load_into("bare", info.version, QA())
+
+
+def test_every_span_of_a_run_names_the_version_that_answered(tmp_path: Path) -> None:
+    from geode.testing import in_memory_tracing
+    from geode.traces.vocab import GeodeAttributes
+
+    name = f"qa-{uuid.uuid4().hex[:8]}"
+    register_program(name, QA)
+    provider, exporter = in_memory_tracing()
+    settings = Settings(home=tmp_path / "home", tracing=TracingSettings(enabled=False))
+    with Runtime(settings, lm=ScriptedLM(lambda m: {"answer": "ok"}), tracer_provider=provider) as rt:
+        v1 = rt.registry.save(name, _with_demo("one")).version
+        rt.registry.promote(name, v1, force=True)
+        rt.run(name, question="q")
+        spans = exporter.get_finished_spans()
+        assert spans, "the run produced no spans"
+        assert {(s.attributes or {}).get(GeodeAttributes.PROGRAM_VERSION) for s in spans} == {v1}
+        exporter.clear()
+        rt.registry.rollback(name)
+        rt.run(name, question="q")
+        assert all(
+            GeodeAttributes.PROGRAM_VERSION not in (s.attributes or {}) for s in exporter.get_finished_spans()
+        )
