@@ -31,7 +31,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
@@ -209,6 +209,60 @@ def _step_signature(
         .append("next_tool_name", dspy.OutputField(), type_=_tool_name_type(names))
         .append("next_tool_args", dspy.OutputField(), type_=_tool_args_type(schemas))
     )
+
+
+class _StepAdapter(dspy.JSONAdapter):
+    """``dspy.JSONAdapter`` whose step schema is a union of whole steps, one per tool.
+
+    DSPy builds the response schema field by field, so ``next_tool_name`` and ``next_tool_args`` are
+    constrained separately and a model may pair a tool with another tool's arguments. Here each
+    alternative fixes the name to one tool and the arguments to that tool's schema. Only for
+    grammar-constrained local models: hosted structured-output APIs reject a top-level ``anyOf``.
+    """
+
+    def _prepare_response_format(self, lm: Any, lm_kwargs: dict[str, Any], signature: Any) -> None:
+        super()._prepare_response_format(lm, lm_kwargs, signature)
+        current = lm_kwargs.get("response_format")
+        if not (isinstance(current, type) and issubclass(current, pydantic.BaseModel)):
+            return
+        joint = _joint_step_schema(current.model_json_schema())
+        if joint is not None:
+            lm_kwargs["response_format"] = _schema_model("AgentStep", joint)
+
+
+def _joint_step_schema(schema: Mapping[str, Any]) -> dict[str, Any] | None:
+    properties = schema.get("properties")
+    if not isinstance(properties, Mapping) or not {"next_tool_name", "next_tool_args"} <= properties.keys():
+        return None
+    names = properties["next_tool_name"].get("enum")
+    args = properties["next_tool_args"]
+    options = args.get("anyOf", [args])
+    if not isinstance(names, list) or len(names) != len(options):
+        return None
+    alternatives = [
+        {
+            "type": "object",
+            "properties": {
+                **properties,
+                "next_tool_name": {"type": "string", "enum": [name]},
+                "next_tool_args": option,
+            },
+            "required": list(properties),
+            "additionalProperties": False,
+        }
+        for name, option in zip(names, options, strict=True)
+    ]
+    joint: dict[str, Any] = {"anyOf": alternatives}
+    if "$defs" in schema:
+        joint["$defs"] = schema["$defs"]
+    return joint
+
+
+def _schema_model(name: str, schema: dict[str, Any]) -> type[pydantic.BaseModel]:
+    """A pydantic model that reports ``schema`` as its JSON schema (how DSPy hands LMs a schema)."""
+    model = pydantic.create_model(name, __config__=pydantic.ConfigDict(extra="allow"))
+    setattr(model, "model_json_schema", lambda *args, **kwargs: schema)  # noqa: B010
+    return model
 
 
 # -- one run ---------------------------------------------------------------------------------------
@@ -639,7 +693,8 @@ class _Iteration(dspy.Module):
             step = _StepBuilder(run, iteration_index, usage)
             try:
                 bounded = run.agent.signature_override(self.react, "next_thought")
-                plan = run.plan(run.call_lm(lambda t: self.react(**inputs, trajectory=t, **bounded)))
+                with run.agent.step_adapter():
+                    plan = run.plan(run.call_lm(lambda t: self.react(**inputs, trajectory=t, **bounded)))
             except AdapterParseError as err:
                 plan = run.unparsed_from(err)
             except BudgetExceededError as err:
@@ -660,7 +715,8 @@ class _Iteration(dspy.Module):
             step = _StepBuilder(run, iteration_index, usage)
             try:
                 bounded = run.agent.signature_override(self.react, "next_thought")
-                pred = await run.acall_lm(lambda t: self.react.acall(**inputs, trajectory=t, **bounded))
+                with run.agent.step_adapter():
+                    pred = await run.acall_lm(lambda t: self.react.acall(**inputs, trajectory=t, **bounded))
                 plan = run.plan(pred)
             except AdapterParseError as err:
                 plan = run.unparsed_from(err)
@@ -696,12 +752,14 @@ class Agent(dspy.Module):
         max_parse_failures: End the run after this many consecutive unparseable model replies.
         stop_on_repeated_call: End the loop when the model repeats an identical tool call (the
             repeated call is not executed; the answer is extracted from what the run has).
-        bound_free_text: Cap the model's free-text ``next_thought`` (and the extraction's
-            ``reasoning``) at ``max_thought_chars`` in the JSON schema, so a grammar-constrained model
-            that starts repeating itself still completes the step. Default (``None``): on for LMs that
-            declare ``prefers_json_adapter`` (``geode.LocalLM``), off otherwise (hosted structured-output
-            APIs may reject ``maxLength``).
-        max_thought_chars: The cap used when free text is bounded.
+        grammar_schema: Tighten the JSON schema for grammar-constrained decoding: each tool name is
+            paired with its own argument schema (a top-level ``anyOf`` of whole steps, so a small model
+            cannot give one tool another's arguments), and the free-text ``next_thought`` (and the
+            extraction's ``reasoning``) is capped at ``max_thought_chars``, so a model that starts
+            repeating itself still completes the step. Applies with ``dspy.JSONAdapter``. Default
+            (``None``): on for LMs that declare ``prefers_json_adapter`` (``geode.LocalLM``), off
+            otherwise, since hosted structured-output APIs reject a top-level ``anyOf`` and ``maxLength``.
+        max_thought_chars: The cap on free text when ``grammar_schema`` is on.
 
     The prediction has the signature's outputs plus ``trajectory`` (DSPy ReAct's dict), ``steps``
     (a tuple of :class:`~geode.agents.steps.AgentStep`) and ``termination`` (a
@@ -740,7 +798,7 @@ class Agent(dspy.Module):
         max_observation_chars: int = 2000,
         max_parse_failures: int = 3,
         stop_on_repeated_call: bool = True,
-        bound_free_text: bool | None = None,
+        grammar_schema: bool | None = None,
         max_thought_chars: int = 400,
     ) -> None:
         super().__init__()
@@ -764,7 +822,7 @@ class Agent(dspy.Module):
         self.stop_on_repeated_call = stop_on_repeated_call
         if max_thought_chars < 20:
             raise ConfigError(f"max_thought_chars must be at least 20, got {max_thought_chars}")
-        self.bound_free_text = bound_free_text
+        self.grammar_schema = grammar_schema
         self.max_thought_chars = max_thought_chars
         self._bounded_signatures: dict[tuple[int, str], type[dspy.Signature]] = {}
         self.tools = _allowed_tools([guard(t, timeout_s=tool_timeout_s) for t in tools], allow)
@@ -794,10 +852,26 @@ class Agent(dspy.Module):
 
     # -- running --
 
-    def _bounds_free_text(self) -> bool:
-        if self.bound_free_text is not None:
-            return self.bound_free_text
+    def _grammar_schema_on(self) -> bool:
+        if self.grammar_schema is not None:
+            return self.grammar_schema
         return bool(getattr(dspy.settings.lm, "prefers_json_adapter", False))
+
+    def step_adapter(self) -> AbstractContextManager[Any]:
+        """Internal: the context a step's LM call runs in (the joint step schema, when it applies)."""
+        adapter = dspy.settings.adapter
+        if (
+            self._grammar_schema_on()
+            and isinstance(adapter, dspy.JSONAdapter)
+            and not isinstance(adapter, _StepAdapter)
+        ):
+            return dspy.context(
+                adapter=_StepAdapter(
+                    callbacks=adapter.callbacks,
+                    use_native_function_calling=adapter.use_native_function_calling,
+                )
+            )
+        return nullcontext()
 
     def signature_override(self, predictor: dspy.Predict, field: str) -> dict[str, Any]:
         """Internal: ``{"signature": ...}`` overriding ``predictor``'s for this call when free text is bounded.
@@ -805,7 +879,7 @@ class Agent(dspy.Module):
         Derived from the predictor's current signature (cached per signature object), so
         instructions an optimizer rewrote are kept.
         """
-        if not self._bounds_free_text():
+        if not self._grammar_schema_on():
             return {}
         signature = predictor.signature
         if signature is None:

@@ -262,25 +262,63 @@ class LocalSchemaLM(SchemaLM):
 
 
 @pytest.mark.parametrize(
-    ("lm_class", "bound", "expected"),
-    [(LocalSchemaLM, None, 400), (SchemaLM, None, None), (LocalSchemaLM, False, None), (SchemaLM, True, 400)],
+    ("lm_class", "grammar_schema", "tightened"),
+    [
+        (LocalSchemaLM, None, True),
+        (SchemaLM, None, False),
+        (LocalSchemaLM, False, False),
+        (SchemaLM, True, True),
+    ],
     ids=["local-default", "hosted-default", "local-off", "hosted-on"],
 )
-def test_free_text_is_bounded_for_grammar_constrained_models(
-    lm_class: type[ScriptedLM], bound: bool | None, expected: int | None
+def test_grammar_schema_pairs_each_tool_with_its_arguments_and_caps_free_text(
+    lm_class: type[ScriptedLM], grammar_schema: bool | None, tightened: bool
 ) -> None:
-    agent = Agent("question -> answer", tools=[lookup_stock], bound_free_text=bound)
-    lm = lm_class([FINISH, answer("3")], adapter=dspy.JSONAdapter())
+    def restock(item: str, units: int) -> str:
+        """Order more units."""
+        return "ordered"
+
+    agent = Agent("question -> answer", tools=[lookup_stock, restock], grammar_schema=grammar_schema)
+    lm = lm_class([step("lookup_stock", item="widget"), FINISH, answer("3")], adapter=dspy.JSONAdapter())
     recorder = Recorder()
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), callbacks=[recorder]):
         assert agent(question="?").answer == "3"
-    step_schema = recorder.response_formats[0].model_json_schema()["properties"]
-    extract_schema = recorder.response_formats[1].model_json_schema()["properties"]
-    assert step_schema["next_thought"].get("maxLength") == expected
-    assert extract_schema["reasoning"].get("maxLength") == expected
-    assert step_schema["next_tool_name"]["enum"] == ["lookup_stock", "finish"]
+    step_schema = recorder.response_formats[0].model_json_schema()
+    extract_schema = recorder.response_formats[-1].model_json_schema()["properties"]
+    if not tightened:
+        assert step_schema["properties"]["next_tool_name"]["enum"] == ["lookup_stock", "restock", "finish"]
+        assert "maxLength" not in step_schema["properties"]["next_thought"]
+        assert "maxLength" not in extract_schema["reasoning"]
+        return
+    alternatives = step_schema["anyOf"]
+    assert [
+        (a["properties"]["next_tool_name"]["enum"], a["properties"]["next_tool_args"]["required"])
+        for a in alternatives
+    ] == [
+        (["lookup_stock"], ["item"]),
+        (["restock"], ["item", "units"]),
+        (["finish"], []),
+    ]
+    for alternative in alternatives:
+        assert alternative["properties"]["next_thought"]["maxLength"] == 400
+        assert alternative["required"] == ["next_thought", "next_tool_name", "next_tool_args"]
+        assert alternative["additionalProperties"] is False
+    assert extract_schema["reasoning"]["maxLength"] == 400
     # The override keeps the predictor's own instructions (an optimizer may have rewritten them).
     assert "You are an Agent" in lm.calls[0].messages[0]["content"]
+
+
+def test_the_joint_step_schema_compiles_to_a_llama_cpp_grammar() -> None:
+    pytest.importorskip("llama_cpp")
+    from geode.runtime.lm._llama import json_schema_grammar
+
+    agent = Agent("question -> answer", tools=[lookup_stock, calculate], grammar_schema=True)
+    lm = LocalSchemaLM([FINISH, answer("?")], adapter=dspy.JSONAdapter())
+    recorder = Recorder()
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), callbacks=[recorder]):
+        agent(question="?")
+    grammar = json_schema_grammar(recorder.response_formats[0].model_json_schema())
+    assert '\\"lookup_stock\\"' in grammar and '\\"calculate\\"' in grammar
 
 
 def test_saved_state_is_json_and_matches_dspy_react(tmp_path: Path) -> None:
