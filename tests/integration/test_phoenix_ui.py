@@ -29,6 +29,7 @@ import geode
 from geode.runtime.phoenix import PhoenixStatus, find_free_port
 from geode.runtime.settings import Settings, TracingSettings
 from geode.testing import ScriptedLM
+from geode.traces.records import TraceRecord
 from geode.traces.sources import OtlpFileTraceSource, PhoenixTraceSource
 
 pytestmark = pytest.mark.browser
@@ -36,6 +37,7 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOT = ROOT / "docs" / "img" / "phoenix-trace.png"
 WAIT_S = 120.0
+QUESTION = "What are the widgets in stock worth?"
 
 
 def _chromium() -> str:
@@ -141,8 +143,8 @@ def _step(tool: str, thought: str, **args: object) -> dict[str, object]:
     return {"next_thought": thought, "next_tool_name": tool, "next_tool_args": args}
 
 
-def _run_agent(phoenix: PhoenixStatus, project: str, tmp_path: Path) -> tuple[str, list[str]]:
-    """Run a geode.Agent with two tools through a Runtime exporting to Phoenix; its trace id and span names."""
+def _run_agent(phoenix: PhoenixStatus, project: str, tmp_path: Path) -> TraceRecord:
+    """Run a geode.Agent with two tools through a Runtime exporting to Phoenix; its trace as Phoenix has it."""
     spans_file = tmp_path / "spans.jsonl"
     settings = Settings(
         home=tmp_path / "home",
@@ -158,17 +160,20 @@ def _run_agent(phoenix: PhoenixStatus, project: str, tmp_path: Path) -> tuple[st
         ]
     )
     with geode.Runtime(settings=settings, lm=lm) as rt:
-        rt.run(agent, question="What are the widgets in stock worth?", session_id="demo-session")
+        rt.run(agent, question=QUESTION, session_id="demo-session")
     (trace,) = OtlpFileTraceSource(spans_file).traces()
     with PhoenixTraceSource(phoenix.url, project) as source:
         result = source.wait_for([trace.trace_id], timeout_s=WAIT_S)
         assert result.complete, f"Phoenix did not ingest the trace within {WAIT_S}s"
-    return trace.trace_id, [span.name for span, _ in result.traces[0].walk()]
+    return result.traces[0]
 
 
 def test_trace_tree_renders_in_phoenix_ui(phoenix: PhoenixStatus, browser: DevTools, tmp_path: Path) -> None:
     project = f"geode-demo-{uuid.uuid4().hex[:6]}"
-    trace_id, names = _run_agent(phoenix, project, tmp_path)
+    trace = _run_agent(phoenix, project, tmp_path)
+    trace_id, names = trace.trace_id, [span.name for span, _ in trace.walk()]
+    assert trace.root is not None and trace.root.kind == "AGENT"
+    root_span_id = trace.root.span_id
     url = f"{phoenix.url}/projects/{_project_node_id(phoenix, project)}/traces/{trace_id}"
 
     browser.call(
@@ -179,8 +184,10 @@ def test_trace_tree_renders_in_phoenix_ui(phoenix: PhoenixStatus, browser: DevTo
     text = ""
     while time.monotonic() < deadline:
         text = browser.text()
-        # The span tree lists every span by name; the details pane shows the selected root's kind.
-        if trace_id in text and all(text.count(name) >= names.count(name) for name in set(names)):
+        # The span tree lists every span by name; the details pane, once loaded, heads with the selected
+        # root span's id (nothing else on the page shows it).
+        tree_done = all(text.count(name) >= names.count(name) for name in set(names))
+        if trace_id in text and tree_done and root_span_id in text:
             break
         time.sleep(0.5)
     else:
