@@ -16,11 +16,11 @@ demo: $(STAMP) ## Install, then run the main job offline on embedded defaults
 	$(GEODE) run geode.examples.qa:program --input question="What is the capital of France?"
 
 .PHONY: test
-test: $(STAMP) ## Lint, type-check and run the default test suite (what CI runs)
+test: $(STAMP) ## Lint, type-check and run every test but the slow ones, real Phoenix included (what CI runs)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 	$(PY) -m pyright
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not slow"
 
 .PHONY: test-fast
 test-fast: $(STAMP) ## Unit tests only

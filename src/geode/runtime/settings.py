@@ -115,7 +115,8 @@ class PhoenixSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=6006, ge=1, le=65_535)
     grpc_port: int = Field(default=4317, ge=1, le=65_535)
-    start_timeout_s: float = Field(default=180.0, gt=0)
+    start_timeout_s: float = Field(default=300.0, gt=0)
+    """How long `geode phoenix` waits for a new server to answer (start-up imports are slow on small machines)."""
 
 
 class ServeSettings(BaseSettings):
