@@ -370,10 +370,15 @@ class GeodeCallback(BaseCallback):
         """Start a span under the right parent, make it current, and remember it as ``call_id``."""
         current = trace.get_current_span()
         parent_context = None
-        if parent is not None and (current is parent.span or not current.get_span_context().is_valid):
-            # No OpenTelemetry context came along (a DSPy worker thread), or the current span is the
-            # DSPy caller itself: parent explicitly, so a ReAct iteration can adopt the child.
-            parent_context = trace.set_span_in_context(parent.parent_span())
+        if parent is not None:
+            target = parent.parent_span()
+            if current is parent.span:
+                # The caller's span is current; only an open ReAct iteration changes the parent.
+                if target is not current:
+                    parent_context = trace.set_span_in_context(target)
+            elif not current.get_span_context().is_valid:
+                # No OpenTelemetry context came along (a DSPy worker thread): parent explicitly.
+                parent_context = trace.set_span_in_context(target)
         tracer = self._tracer(parent)
         span = tracer.start_span(name, context=parent_context, attributes=attributes)
         ctx = trace.set_span_in_context(span, parent_context)
