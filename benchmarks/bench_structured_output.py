@@ -8,6 +8,10 @@ model) x five inputs each, run with ``dspy.Predict`` and ``dspy.JSONAdapter`` on
 * unconstrained (anchor): the same model and prompts, ``structured_output=False``, so the adapter can only
   ask for JSON in the prompt.
 
+Greedy decoding (LocalLM's default temperature 0). A constrained answer cut off by ``max_tokens`` before its
+JSON closes is retried once with a repetition penalty (LocalLM's ``repetition_retry``; ``--no-repetition-retry``
+turns it off); the seconds per call include such retries.
+
 A call "parses" when DSPy returns every output field with its declared type. "Correct" compares the
 fields that have one right answer (a 135M model gets many wrong; parse rate is the target, >= 0.95).
 
@@ -332,7 +336,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=192, help="cap on generated tokens per call")
     parser.add_argument("--show-failures", action="store_true", help="print the raw output of failed calls")
     parser.add_argument(
-        "--repeat-penalty", type=float, default=None, help="llama.cpp repetition penalty (default: LocalLM's)"
+        "--repeat-penalty", type=float, default=None, help="llama.cpp repetition penalty on every call"
+    )
+    parser.add_argument(
+        "--no-repetition-retry",
+        action="store_true",
+        help="do not retry schema-constrained answers cut off mid-JSON (LocalLM retries once by default)",
     )
     args = parser.parse_args()
     # DSPy logs every truncated answer; the table counts them.
@@ -342,6 +351,8 @@ def main() -> None:
     common: dict[str, Any] = {"cache": False, "max_tokens": args.max_tokens}
     if args.repeat_penalty is not None:
         common["repeat_penalty"] = args.repeat_penalty
+    if args.no_repetition_retry:
+        common["repetition_retry"] = None
     modes = {
         "constrained": LocalLM(structured_output=True, **common),
         "unconstrained": LocalLM(structured_output=False, **common),
