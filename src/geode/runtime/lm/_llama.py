@@ -529,6 +529,7 @@ class LlamaCppEngine:
         kwargs = {**self.sampling, **sampling_kwargs(request.config)}
         if request.config.response_format is not None:
             kwargs["grammar"] = self.model.grammar(request.config.response_format)
+        # Tokenizing reads only the vocabulary, which llama.cpp never mutates, so it runs outside the lock.
         tokens, template_stops = self.model.prompt_tokens(messages)
         n_ctx = self.model.spec.context_size
         if len(tokens) >= n_ctx:

@@ -97,7 +97,8 @@ class LocalLM(dspy.LM):
         structured_output: Constrain decoding to the output schema ``dspy.JSONAdapter`` sends. Turn it off
             only to measure the unconstrained model.
         flash_attn: Use llama.cpp's flash attention (faster prompt processing on CPU).
-        min_p: llama.cpp min-p sampling cut-off (default 0.05).
+        min_p: llama.cpp min-p sampling cut-off (default 0.05). This and the next two are engine settings,
+            not part of DSPy's response-cache key: use ``cache=False`` when comparing values of them.
         typical_p: llama.cpp locally typical sampling (default 1.0, off).
         repeat_penalty: llama.cpp repetition penalty (default 1.0, off).
         repetition_retry: When a schema-constrained answer hits ``max_tokens`` before its JSON closes
