@@ -10,8 +10,9 @@ Part 1 — overhead, every traced mode exporting through the same tracer provide
 batch processor into a discarding exporter):
 
 - ``untraced``: no instrumentation;
-- ``DSPy dispatch``: a no-op ``BaseCallback`` registered: DSPy's own cost of calling any callback
-  (part of Geode's cost, listed to show where the time goes);
+- ``no-op callback``: a ``BaseCallback`` that does nothing, registered: DSPy's own cost of calling
+  any callback; then the same with Geode's memoized dispatch (the part of Geode's cost that is DSPy's
+  callback machinery, listed to show where the time goes);
 - ``Geode``: ``geode.instrument``;
 - ``OpenInference``: ``openinference-instrumentation-dspy``'s ``DSPyInstrumentor``;
 - the bare-span floor: the spans Geode records for one call (same names, same attributes, same
@@ -259,6 +260,15 @@ def mode(name: str, provider: TracerProvider) -> Iterator[None]:
     elif name == "DSPy dispatch":
         with dspy.context(callbacks=[NoOp()]):
             yield
+    elif name == "DSPy dispatch, memoized":
+        from geode.runtime.instrumentation import _dispatch
+
+        _dispatch.install()
+        try:
+            with dspy.context(callbacks=[NoOp()]):
+                yield
+        finally:
+            _dispatch.uninstall()
     else:
         yield
 
@@ -286,7 +296,15 @@ class Sample:
 
 # -- part 1 ------------------------------------------------------------------------------------------
 
-MODES = ("untraced", "DSPy dispatch", "Geode", "OpenInference", "untraced + bare spans", "bare-span floor")
+MODES = (
+    "untraced",
+    "DSPy dispatch",
+    "DSPy dispatch, memoized",
+    "Geode",
+    "OpenInference",
+    "untraced + bare spans",
+    "bare-span floor",
+)
 FLOORS = ("untraced + bare spans", "bare-span floor")
 
 
@@ -482,7 +500,8 @@ def progress() -> Iterator[Progress]:
 
 def print_overhead(result: dict[str, dict[str, Any]]) -> None:
     labels = {
-        "DSPy dispatch": "DSPy dispatch (no-op callback)",
+        "DSPy dispatch": "no-op callback (DSPy's dispatch)",
+        "DSPy dispatch, memoized": "no-op callback, Geode's memo",
         "untraced + bare spans": "bare spans between calls",
         "bare-span floor": "bare spans, tight loop",
     }

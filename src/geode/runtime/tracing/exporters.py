@@ -12,6 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 import httpx
 from openinference.semconv.resource import ResourceAttributes
@@ -34,6 +35,7 @@ __all__ = [
 
 _TRACES_PATH: Final = "/v1/traces"
 _RETRYABLE: Final = frozenset({429, 502, 503, 504})
+_LOOPBACK: Final = frozenset({"127.0.0.1", "localhost", "::1"})
 _FIRST_REST_S: Final = 1.0
 _MAX_REST_S: Final = 30.0
 
@@ -70,10 +72,12 @@ class OtlpHttpSpanExporter(SpanExporter):
         self.url = traces_url(endpoint)
         self.timeout_s = timeout_s
         self.last_error: str | None = None
+        host = (urlsplit(self.url).hostname or "").lower()
         self._client = httpx.Client(
             headers={"content-type": "application/x-protobuf", **(headers or {})},
             timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 2.0)),
-            trust_env=False,
+            # A local Phoenix must not be reached through an HTTP(S)_PROXY from the environment.
+            trust_env=host not in _LOOPBACK,
         )
         self._closed = threading.Event()
         self._rest_s = 0.0
