@@ -22,6 +22,8 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
+from geode.runtime.serving import HostedProgram
+
 __all__ = ["GeodeDeployment", "build"]
 
 
@@ -45,17 +47,18 @@ class GeodeDeployment:
         self.programs = list(programs)
 
     def __serve_build_asgi_app__(self) -> Any:
-        from geode.runtime.serving import create_app
+        from geode.runtime.serving import HostedProgram, create_app
 
+        programs = [HostedProgram.parse(text) for text in self.programs]
         # Ray's proxy is the public face; replicas listen on Ray's internal network only, so the
         # loopback rule for keyless serving does not apply here: keys are checked when configured.
         serve_settings = self.runtime.settings.serve
         host = serve_settings.host if serve_settings.api_keys else "127.0.0.1"
-        return create_app(self.runtime, self.programs, serve_settings, host=host)
+        return create_app(self.runtime, programs, serve_settings, host=host)
 
     def check_health(self) -> None:
         """Ray calls this periodically; raising marks the replica unhealthy and replaces it."""
-        self.runtime.resolve(self.programs[0])
+        self.runtime.resolve(HostedProgram.parse(self.programs[0]).program)
 
     def __del__(self) -> None:
         runtime = getattr(self, "runtime", None)
@@ -67,7 +70,7 @@ def build(args: dict[str, Any]) -> Application:
     """The Ray Serve application (``import_path: geode_ray:build`` in a Serve config).
 
     Args:
-        args: ``programs``: program references to host (required); ``settings``: Geode settings
+        args: ``programs``: programs to host, ``REF`` or ``NAME=REF`` as for ``geode serve`` (required); ``settings``: Geode settings
             overrides as a dict (the rest comes from ``GEODE_*`` variables); ``num_replicas`` or
             ``autoscaling_config``: replica settings when not given in the Serve config.
     """

@@ -26,6 +26,14 @@ serve = pytest.importorskip("ray.serve")
 def ray_head(tmp_path: Path) -> Iterator[int]:
     sys.path.insert(0, str(REPO / "deploy" / "ray"))
     os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "deploy" / "ray"), str(REPO / "src")])
+    # Ray Serve's proxy checks assume an idle machine (5 s to become ready); shared CI machines are not.
+    os.environ.update(
+        {
+            "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "120",
+            "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
+            "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "30",
+        }
+    )
     env = {
         "GEODE_HOME": str(tmp_path / "home"),
         "GEODE_LM_MODEL": "openai/unused",

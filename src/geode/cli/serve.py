@@ -53,14 +53,6 @@ def parse_split(text: str, *, default_share: float) -> SplitSpec:
     return SplitSpec(name, version, share)
 
 
-def _parse_ref(text: str) -> tuple[str | None, str]:
-    # NAME=REF names the route; a bare REF is served under its own name.
-    name, sep, ref = text.partition("=")
-    if sep and name and ref and ":" not in name and "/" not in name:
-        return name, ref
-    return None, text
-
-
 def _hosted(
     rt: Runtime,
     refs: list[str],
@@ -70,12 +62,11 @@ def _hosted(
 ) -> list[HostedProgram]:
     specs: dict[str, HostedProgram] = {}
     for text in refs:
-        name, ref = _parse_ref(text)
-        resolved = rt.resolve(ref)
-        key = name or resolved.name
+        spec = HostedProgram.parse(text)
+        key = spec.name or rt.resolve(spec.program).name
         if key in specs:
             raise ConfigError(f"program {key!r} is given twice")
-        specs[key] = HostedProgram(ref, name=name or None)
+        specs[key] = spec
     splits = [("canary", parse_split(t, default_share=0.1)) for t in canary]
     splits += [("shadow", parse_split(t, default_share=1.0)) for t in shadow]
     for mode, split in splits:

@@ -95,6 +95,19 @@ class HostedProgram:
     candidate: Candidate | None = None
     sample_ratio: float | None = None
 
+    @classmethod
+    def parse(cls, text: str) -> HostedProgram:
+        """``NAME=REF`` (served as ``NAME``) or a bare ``REF``, as ``geode serve`` takes them.
+
+        Example:
+            >>> HostedProgram.parse("qa=geode.examples.qa:program").name
+            'qa'
+        """
+        name, sep, ref = text.partition("=")
+        if sep and name and ref and ":" not in name and "/" not in name:
+            return cls(ref, name=name)
+        return cls(text)
+
 
 @dataclass
 class _Hosted:
