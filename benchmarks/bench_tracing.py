@@ -30,8 +30,10 @@ Run: ``.venv/bin/python benchmarks/bench_tracing.py [--rounds 15] [--phoenix] [-
 from __future__ import annotations
 
 import argparse
+import cProfile
 import gc
 import json
+import pstats
 import socket
 import statistics
 import sys
@@ -66,7 +68,7 @@ from geode.runtime.tracing import (
 )
 from geode.testing import ScriptedLM
 
-console = Console()
+console = Console(width=150)
 
 # -- the programs ------------------------------------------------------------------------------------
 
@@ -308,44 +310,60 @@ MODES = (
 FLOORS = ("untraced + bare spans", "bare-span floor")
 
 
+def runner(
+    m: str, w: Workload, provider: TracerProvider, tracer: Tracer, tree: list[SpanShape]
+) -> Callable[[], None]:
+    """One timed unit of mode ``m``: ``w.calls`` calls of the program (or of the spans alone)."""
+    if m == "bare-span floor":
+        # The spans alone, in a tight loop: caches hot, nothing else running.
+        def replay() -> None:
+            for _ in range(w.calls):
+                _replay(tracer, tree)
+
+        return replay
+    if m == "untraced + bare spans":
+        # The same spans created between the program's calls, where caches are as cold as they are
+        # for Geode's callback: the floor under the same conditions.
+        def interleaved() -> None:
+            program, inputs = w.program, w.inputs
+            with dspy.context(lm=w.lm):
+                for i in range(w.calls):
+                    program(**inputs(i))
+                    _replay(tracer, tree)
+
+        return interleaved
+
+    def traced() -> None:
+        with mode(m, provider):
+            w.run()
+
+    return traced
+
+
+def python_calls(fn: Callable[[], None], calls: int) -> float:
+    """Python function calls per program call: a work measure that machine load does not move."""
+    fn()
+    profile = cProfile.Profile()
+    profile.enable()
+    fn()
+    profile.disable()
+    return pstats.Stats(profile).total_calls / calls  # pyright: ignore[reportAttributeAccessIssue]
+
+
 def overhead(rounds: int, predict_calls: int, react_calls: int) -> dict[str, dict[str, Any]]:
     provider = discarding_provider()
     tracer = provider.get_tracer("floor")
     loads = workloads(predict_calls, react_calls)
     shapes = {w.name: record_shapes(w) for w in loads}
+    runners = {w.name: {m: runner(m, w, provider, tracer, shapes[w.name]) for m in MODES} for w in loads}
     samples: dict[str, dict[str, Sample]] = {w.name: {m: Sample() for m in MODES} for w in loads}
-    for w in loads:  # warm every path once
-        for m in MODES:
-            if m not in FLOORS:
-                with mode(m, provider):
-                    w.run()
+    calls = {w.name: {m: python_calls(runners[w.name][m], w.calls) for m in MODES} for w in loads}
     with progress() as bar:
         task = bar.add_task("overhead rounds", total=rounds)
         for _ in range(rounds):
             for w in loads:
-                tree = shapes[w.name]
                 for m in MODES:
-                    if m == "bare-span floor":
-                        # The spans alone, in a tight loop: caches hot, nothing else running.
-                        def replay(tree: list[SpanShape] = tree, calls: int = w.calls) -> None:
-                            for _ in range(calls):
-                                _replay(tracer, tree)
-
-                        samples[w.name][m].add(replay, w.calls)
-                    elif m == "untraced + bare spans":
-                        # The same spans created between the program's calls, where caches are as
-                        # cold as they are for Geode's callback: the floor under the same conditions.
-                        def interleaved(w: Workload = w, tree: list[SpanShape] = tree) -> None:
-                            program, inputs = w.program, w.inputs
-                            with dspy.context(lm=w.lm):
-                                for i in range(w.calls):
-                                    program(**inputs(i))
-                                    _replay(tracer, tree)
-
-                        samples[w.name][m].add(interleaved, w.calls)
-                    else:
-                        with mode(m, provider):
-                            samples[w.name][m].add(w.run, w.calls)
+                    samples[w.name][m].add(runners[w.name][m], w.calls)
             bar.advance(task)
     provider.shutdown()
     result: dict[str, dict[str, Any]] = {}
@@ -354,6 +372,7 @@ def overhead(rounds: int, predict_calls: int, react_calls: int) -> dict[str, dic
             "spans_per_call": count_spans(shapes[w.name]),
             "cpu_ms": {m: v.cpu_ms for m, v in samples[w.name].items()},
             "wall_ms": {m: v.wall_ms for m, v in samples[w.name].items()},
+            "python_calls": calls[w.name],
         }
     return result
 
@@ -506,16 +525,16 @@ def print_overhead(result: dict[str, dict[str, Any]]) -> None:
         "bare-span floor": "bare spans, tight loop",
     }
     for name, figures in result.items():
-        table = Table(title=f"{name}: ms per call ({figures['spans_per_call']} spans per call)")
+        table = Table(title=f"{name}: per call ({figures['spans_per_call']} spans per call)")
         table.add_column("mode")
-        for column in ("CPU ms/call", "added CPU", "wall ms/call", "added wall"):
+        for column in ("CPU ms", "added CPU", "wall ms", "added wall", "Python calls", "added calls"):
             table.add_column(column, justify="right")
-        cpu, wall = figures["cpu_ms"], figures["wall_ms"]
+        cpu, wall, calls = figures["cpu_ms"], figures["wall_ms"], figures["python_calls"]
         for m in MODES:
             if m == "bare-span floor":
-                table.add_row(labels[m], "", f"{cpu[m]:.3f}", "", f"{wall[m]:.3f}")
+                table.add_row(labels[m], "", f"{cpu[m]:.3f}", "", f"{wall[m]:.3f}", "", f"{calls[m]:.0f}")
             elif m == "untraced":
-                table.add_row(m, f"{cpu[m]:.3f}", "", f"{wall[m]:.3f}", "")
+                table.add_row(m, f"{cpu[m]:.3f}", "", f"{wall[m]:.3f}", "", f"{calls[m]:.0f}", "")
             else:
                 table.add_row(
                     labels.get(m, m),
@@ -523,16 +542,18 @@ def print_overhead(result: dict[str, dict[str, Any]]) -> None:
                     f"{cpu[m] - cpu['untraced']:.3f}",
                     f"{wall[m]:.3f}",
                     f"{wall[m] - wall['untraced']:.3f}",
+                    f"{calls[m]:.0f}",
+                    f"{calls[m] - calls['untraced']:.0f}",
                 )
         console.print(table)
-        for unit, values in (("CPU", cpu), ("wall", wall)):
+        for unit, values in (("CPU ms", cpu), ("wall ms", wall), ("Python calls", calls)):
             base = values["untraced"]
             geode = values["Geode"] - base
             oi = values["OpenInference"] - base
             floor = values["untraced + bare spans"] - base
             tight = values["bare-span floor"]
             console.print(
-                f"  {unit}: Geode adds {geode:.3f} ms/call; OpenInference adds {oi:.3f} = {oi / geode:.1f}x Geode; "
+                f"  {unit}: Geode adds {geode:.3f}; OpenInference adds {oi:.3f} = {oi / geode:.1f}x Geode; "
                 f"bare spans add {floor:.3f} between calls ({tight:.3f} in a tight loop): "
                 f"Geode = {geode / floor:.2f}x ({geode / tight:.2f}x)"
             )

@@ -117,3 +117,48 @@ def test_uninstall_restores_dspy() -> None:
     )
     assert after == before
     assert not _dispatch.installed()
+
+
+def _plain(self: Any, a: Any, b: Any = 2, *rest: Any, c: Any, d: Any = 4, **more: Any) -> None: ...
+
+
+def _strict(self: Any, a: Any, *, c: Any = 3) -> None: ...
+
+
+def _positional_only(self: Any, a: Any, /, b: Any = 1) -> None: ...
+
+
+SHAPES: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = [
+    (_plain, ("s", 1), {"c": 3}),
+    (_plain, ("s", 1, 2, 3, 4), {"c": 3, "x": 9}),
+    (_plain, ("s",), {"a": 1, "c": 3, "d": 5}),
+    (_strict, ("s", 1), {}),
+    (_strict, ("s",), {"a": 1, "c": 9}),
+    (_positional_only, ("s", 1), {"b": 2}),
+]
+BAD: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = [
+    (_plain, ("s", 1), {}),  # c missing
+    (_plain, ("s", 1), {"a": 2, "c": 3}),  # a twice
+    (_strict, ("s", 1, 2), {}),  # too many positional
+    (_strict, ("s", 1), {"unknown": 1}),
+]
+
+
+@pytest.mark.parametrize(("fn", "args", "kwargs"), SHAPES)
+def test_binder_matches_getcallargs(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    fast = _dispatch._memo_getcallargs()
+    for _ in range(2):
+        assert fast(fn, *args, **kwargs) == inspect.getcallargs(fn, *args, **kwargs)
+
+
+@pytest.mark.parametrize(("fn", "args", "kwargs"), BAD)
+def test_binder_raises_like_getcallargs(
+    fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    fast = _dispatch._memo_getcallargs()
+    with pytest.raises(TypeError):
+        inspect.getcallargs(fn, *args, **kwargs)
+    with pytest.raises(TypeError):
+        fast(fn, *args, **kwargs)

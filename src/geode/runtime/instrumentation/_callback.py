@@ -728,7 +728,7 @@ class GeodeCallback(BaseCallback):
             cost = entry.get("cost")
             if not cache_hit and isinstance(cost, int | float) and not isinstance(cost, bool):
                 attributes[SpanAttributes.LLM_COST_TOTAL] = float(cost)
-        if not isinstance(usage, Mapping) or not usage:
+        if not usage or (type(usage) is not dict and not isinstance(usage, Mapping)):
             return
         for source, key in _TOKEN_KEYS:
             count = usage.get(source)
@@ -741,7 +741,9 @@ class GeodeCallback(BaseCallback):
                 attributes[SpanAttributes.LLM_TOKEN_COUNT_TOTAL] = prompt + completion
         for group, source, key in _TOKEN_DETAIL_KEYS:
             details = usage.get(group)
-            count = details.get(source) if isinstance(details, Mapping) else None
+            if not details:
+                continue
+            count = details.get(source) if type(details) is dict or isinstance(details, Mapping) else None
             if isinstance(count, int) and not isinstance(count, bool) and count:
                 attributes[key] = count
 

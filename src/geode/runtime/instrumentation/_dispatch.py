@@ -9,9 +9,9 @@ adapter, LM and tool call (``dspy/utils/callback.py``, dspy 3.4):
   members on every call (Python 3.11).
 
 Together they cost more per ``Predict`` call than the spans Geode records. :func:`install` replaces
-both with memoized equivalents: the signature is computed once per function (with a direct path for
-the ``(self, *args, **kwargs)`` signature of ``Module.__call__``), and the handler *name* once per
-(instance class, function). Results are identical to DSPy's (the unit tests compare them), and
+both with memoized equivalents: each function's parameters are read once and calls are bound by a
+small precomputed binder (falling back to ``getcallargs`` for anything unusual), and the handler
+*name* is picked once per (instance class, function). Results are identical to DSPy's (the unit tests compare them), and
 anything unexpected falls back to DSPy's own function. :func:`uninstall` restores DSPy's originals;
 if a DSPy release renames these internals, :func:`install` does nothing.
 """
@@ -30,11 +30,6 @@ __all__ = ["install", "installed", "uninstall"]
 _lock = threading.Lock()
 _saved: dict[str, Any] | None = None
 
-_FAST_PARAMS: Final = (
-    ("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
-    ("args", inspect.Parameter.VAR_POSITIONAL),
-    ("kwargs", inspect.Parameter.VAR_KEYWORD),
-)
 _MISSING: Final = object()
 
 
@@ -55,31 +50,78 @@ class _Probe:
 _PROBE: Final = _Probe()
 
 
+class _Binder:
+    """Binds call arguments to one function's parameters as ``inspect.getcallargs`` does.
+
+    Handles the plain shapes DSPy's wrapped methods have (positional-or-keyword, ``*args``,
+    keyword-only, ``**kwargs``, defaults); returns ``None`` for anything else (positional-only
+    parameters, a missing or duplicate argument), and the caller falls back to ``getcallargs``, which
+    also produces DSPy's ``TypeError`` for bad calls.
+    """
+
+    __slots__ = ("defaults", "keyword", "names", "var_keyword", "var_positional")
+
+    def __init__(self, signature: inspect.Signature) -> None:
+        params = list(signature.parameters.values())
+        kind = inspect.Parameter
+        if any(p.kind is kind.POSITIONAL_ONLY for p in params):
+            raise ValueError("positional-only parameters")
+        self.names = tuple(p.name for p in params if p.kind is kind.POSITIONAL_OR_KEYWORD)
+        self.keyword = frozenset(
+            p.name for p in params if p.kind in (kind.POSITIONAL_OR_KEYWORD, kind.KEYWORD_ONLY)
+        )
+        self.defaults = {p.name: p.default for p in params if p.default is not kind.empty}
+        self.var_positional = next((p.name for p in params if p.kind is kind.VAR_POSITIONAL), None)
+        self.var_keyword = next((p.name for p in params if p.kind is kind.VAR_KEYWORD), None)
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+        names = self.names
+        if len(args) > len(names) and self.var_positional is None:
+            return None
+        bound: dict[str, Any] = dict(zip(names, args, strict=False))
+        if self.var_positional is not None:
+            bound[self.var_positional] = args[len(names) :]
+        extra: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            if key in bound:
+                return None
+            if key in self.keyword:
+                bound[key] = value
+            elif self.var_keyword is not None:
+                extra[key] = value
+            else:
+                return None
+        if len(bound) < len(self.keyword) + (self.var_positional is not None):
+            for name in self.keyword:
+                if name not in bound:
+                    if name not in self.defaults:
+                        return None
+                    bound[name] = self.defaults[name]
+        if self.var_keyword is not None:
+            bound[self.var_keyword] = extra
+        return bound
+
+
 def _memo_getcallargs() -> Callable[..., dict[str, Any]]:
-    signatures: dict[Any, inspect.Signature | None] = {}
+    binders: dict[Any, _Binder | None] = {}
 
     def getcallargs(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        signature = signatures.get(func, _MISSING)
-        if signature is _MISSING:
-            if not isinstance(func, types.FunctionType):
-                return inspect.getcallargs(func, *args, **kwargs)
-            try:
-                # As getcallargs does: the function's own signature, not what it wraps.
-                sig = inspect.signature(func, follow_wrapped=False)
-                shape = tuple((p.name, p.kind) for p in sig.parameters.values())
-                signature = None if shape == _FAST_PARAMS else sig
-            except (TypeError, ValueError):
-                return inspect.getcallargs(func, *args, **kwargs)
-            signatures[func] = signature
-        if signature is None:
-            # Module.__call__(self, *args, **kwargs), Predict.__call__: no binding to do.
-            if not args:
-                return inspect.getcallargs(func, *args, **kwargs)
-            return {"self": args[0], "args": args[1:], "kwargs": kwargs}
-        assert isinstance(signature, inspect.Signature)
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        return dict(bound.arguments)
+        binder = binders.get(func, _MISSING)
+        if binder is _MISSING:
+            binder = None
+            if isinstance(func, types.FunctionType):
+                try:
+                    # As getcallargs does: the function's own signature, not what it wraps.
+                    binder = _Binder(inspect.signature(func, follow_wrapped=False))
+                except (TypeError, ValueError):
+                    binder = None
+            binders[func] = binder
+        if binder is not None:
+            assert isinstance(binder, _Binder)
+            bound = binder.bind(args, kwargs)
+            if bound is not None:
+                return bound
+        return inspect.getcallargs(func, *args, **kwargs)
 
     return getcallargs
 

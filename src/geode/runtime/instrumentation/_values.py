@@ -77,7 +77,7 @@ def value_and_mime(value: Any) -> tuple[str, str]:
 def call_inputs(inputs: Mapping[str, Any]) -> dict[str, Any]:
     """The inputs of a ``Module.__call__``/``acall``, which DSPy reports as ``{args, kwargs}``."""
     kwargs = inputs.get("kwargs")
-    if isinstance(kwargs, Mapping) and inputs.keys() <= {"args", "kwargs"}:
+    if (type(kwargs) is dict or isinstance(kwargs, Mapping)) and inputs.keys() <= {"args", "kwargs"}:
         result: dict[str, Any] = dict(kwargs)
         args = inputs.get("args")
         if args:
