@@ -23,3 +23,13 @@ def geode_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     monkeypatch.delenv("PHOENIX_COLLECTOR_ENDPOINT", raising=False)
     monkeypatch.delenv("GEODE_TRACING_ENDPOINT", raising=False)
     yield home
+
+
+@pytest.fixture(autouse=True)
+def _reset_instrumentation() -> Iterator[None]:
+    """Leave DSPy uninstrumented after each test, whatever the test (or a runtime it forgot to close) did."""
+    yield
+    from geode.runtime import instrumentation
+
+    instrumentation.uninstrument()
+    instrumentation._retained.clear()
