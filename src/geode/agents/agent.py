@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import copy
 import json
 import logging
 import threading
@@ -90,7 +91,7 @@ def _tool_name_type(names: Sequence[str]) -> type[str]:
     class ToolName(str):
         @classmethod
         def __get_pydantic_core_schema__(cls, source: Any, handler: pydantic.GetCoreSchemaHandler) -> Any:
-            return core_schema.no_info_after_validator_function(str, core_schema.str_schema())
+            return core_schema.no_info_plain_validator_function(_as_name)
 
         @classmethod
         def __get_pydantic_json_schema__(cls, schema: Any, handler: pydantic.GetJsonSchemaHandler) -> Any:
@@ -99,6 +100,13 @@ def _tool_name_type(names: Sequence[str]) -> type[str]:
     # Adapters print the type's name in the prompt; show the model what dspy.ReAct would.
     ToolName.__name__ = ToolName.__qualname__ = f"Literal[{', '.join(repr(n) for n in allowed)}]"
     return ToolName
+
+
+def _as_name(value: Any) -> str:
+    # DSPy runs non-`str` field text through json_repair first, which reads `[calculate]` as a list.
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
 
 def _tool_args_type(schemas: Sequence[dict[str, Any]]) -> type[dict[str, Any]]:
@@ -120,27 +128,6 @@ def _tool_args_type(schemas: Sequence[dict[str, Any]]) -> type[dict[str, Any]]:
 
     ToolArgs.__name__ = ToolArgs.__qualname__ = "dict[str, Any]"
     return ToolArgs
-
-
-def _bounded_str_type(max_chars: int) -> type[str]:
-    """A ``str`` whose JSON schema caps its length (parsing stays lenient).
-
-    Under a decoding grammar a small model can repeat itself inside a free-text field until it hits
-    ``max_tokens``; the reply is then cut mid-JSON and the step is lost. A ``maxLength`` makes the
-    grammar close the string, so the remaining fields still get generated.
-    """
-
-    class BoundedStr(str):
-        @classmethod
-        def __get_pydantic_core_schema__(cls, source: Any, handler: pydantic.GetCoreSchemaHandler) -> Any:
-            return core_schema.no_info_after_validator_function(str, core_schema.str_schema())
-
-        @classmethod
-        def __get_pydantic_json_schema__(cls, schema: Any, handler: pydantic.GetJsonSchemaHandler) -> Any:
-            return {"type": "string", "maxLength": max_chars}
-
-    BoundedStr.__name__ = BoundedStr.__qualname__ = "str"
-    return BoundedStr
 
 
 def _strict(schema: dict[str, Any]) -> dict[str, Any]:
@@ -211,23 +198,39 @@ def _step_signature(
     )
 
 
-class _StepAdapter(dspy.JSONAdapter):
-    """``dspy.JSONAdapter`` whose step schema is a union of whole steps, one per tool.
+class _GrammarAdapter(dspy.JSONAdapter):
+    """``dspy.JSONAdapter`` tightening response schemas for grammar-constrained decoding.
 
-    DSPy builds the response schema field by field, so ``next_tool_name`` and ``next_tool_args`` are
-    constrained separately and a model may pair a tool with another tool's arguments. Here each
-    alternative fixes the name to one tool and the arguments to that tool's schema. Only for
-    grammar-constrained local models: hosted structured-output APIs reject a top-level ``anyOf``.
+    - A step schema becomes a union of whole steps, one per tool. DSPy builds the schema field by
+      field, so ``next_tool_name`` and ``next_tool_args`` are constrained separately and a small model
+      may pair a tool with another tool's arguments; each alternative here fixes the name to one tool
+      and the arguments to that tool's schema.
+    - Free-text ``next_thought`` and ``reasoning`` get a ``maxLength``, so a model that starts
+      repeating itself still closes the string and completes the reply instead of running into
+      ``max_tokens`` mid-JSON. (In the schema only: the fields stay ``str``, which DSPy parses verbatim.)
+
+    Only for local models: hosted structured-output APIs reject a top-level ``anyOf`` and ``maxLength``.
     """
+
+    def __init__(self, base: dspy.JSONAdapter, max_free_text_chars: int) -> None:
+        super().__init__(
+            callbacks=base.callbacks, use_native_function_calling=base.use_native_function_calling
+        )
+        self.max_free_text_chars = max_free_text_chars
 
     def _prepare_response_format(self, lm: Any, lm_kwargs: dict[str, Any], signature: Any) -> None:
         super()._prepare_response_format(lm, lm_kwargs, signature)
         current = lm_kwargs.get("response_format")
         if not (isinstance(current, type) and issubclass(current, pydantic.BaseModel)):
             return
-        joint = _joint_step_schema(current.model_json_schema())
-        if joint is not None:
-            lm_kwargs["response_format"] = _schema_model("AgentStep", joint)
+        schema = copy.deepcopy(current.model_json_schema())
+        for name, prop in (schema.get("properties") or {}).items():
+            if name in _FREE_TEXT and isinstance(prop, dict) and prop.get("type") == "string":
+                prop["maxLength"] = self.max_free_text_chars
+        lm_kwargs["response_format"] = _schema_model(current.__name__, _joint_step_schema(schema) or schema)
+
+
+_FREE_TEXT = frozenset({"next_thought", "reasoning"})
 
 
 def _joint_step_schema(schema: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -523,6 +526,10 @@ class _Run:
         )
         self.steps.append(step)
         self.parse_failures = self.parse_failures + 1 if plan.kind == "unparsed" else 0
+        if outcome is StepOutcome.REPEATED:
+            # Kept out of the trajectory the model reads next: the run ends here, and a small model
+            # extracting the answer copies the last observation, which should be the real result.
+            return step
         self.trajectory[f"thought_{index}"] = plan.thought
         self.trajectory[f"tool_name_{index}"] = plan.tool
         self.trajectory[f"tool_args_{index}"] = dict(plan.args)
@@ -692,9 +699,8 @@ class _Iteration(dspy.Module):
         with dspy.track_usage() as usage:
             step = _StepBuilder(run, iteration_index, usage)
             try:
-                bounded = run.agent.signature_override(self.react, "next_thought")
-                with run.agent.step_adapter():
-                    plan = run.plan(run.call_lm(lambda t: self.react(**inputs, trajectory=t, **bounded)))
+                with run.agent.grammar_adapter():
+                    plan = run.plan(run.call_lm(lambda t: self.react(**inputs, trajectory=t)))
             except AdapterParseError as err:
                 plan = run.unparsed_from(err)
             except BudgetExceededError as err:
@@ -714,9 +720,8 @@ class _Iteration(dspy.Module):
         with dspy.track_usage() as usage:
             step = _StepBuilder(run, iteration_index, usage)
             try:
-                bounded = run.agent.signature_override(self.react, "next_thought")
-                with run.agent.step_adapter():
-                    pred = await run.acall_lm(lambda t: self.react.acall(**inputs, trajectory=t, **bounded))
+                with run.agent.grammar_adapter():
+                    pred = await run.acall_lm(lambda t: self.react.acall(**inputs, trajectory=t))
                 plan = run.plan(pred)
             except AdapterParseError as err:
                 plan = run.unparsed_from(err)
@@ -824,7 +829,6 @@ class Agent(dspy.Module):
             raise ConfigError(f"max_thought_chars must be at least 20, got {max_thought_chars}")
         self.grammar_schema = grammar_schema
         self.max_thought_chars = max_thought_chars
-        self._bounded_signatures: dict[tuple[int, str], type[dspy.Signature]] = {}
         self.tools = _allowed_tools([guard(t, timeout_s=tool_timeout_s) for t in tools], allow)
         self.tool_names: tuple[str, ...] = (*self.tools, FINISH)
 
@@ -857,39 +861,16 @@ class Agent(dspy.Module):
             return self.grammar_schema
         return bool(getattr(dspy.settings.lm, "prefers_json_adapter", False))
 
-    def step_adapter(self) -> AbstractContextManager[Any]:
-        """Internal: the context a step's LM call runs in (the joint step schema, when it applies)."""
+    def grammar_adapter(self) -> AbstractContextManager[Any]:
+        """Internal: the context an LM call of this agent runs in (see ``grammar_schema``)."""
         adapter = dspy.settings.adapter
         if (
             self._grammar_schema_on()
             and isinstance(adapter, dspy.JSONAdapter)
-            and not isinstance(adapter, _StepAdapter)
+            and not isinstance(adapter, _GrammarAdapter)
         ):
-            return dspy.context(
-                adapter=_StepAdapter(
-                    callbacks=adapter.callbacks,
-                    use_native_function_calling=adapter.use_native_function_calling,
-                )
-            )
+            return dspy.context(adapter=_GrammarAdapter(adapter, self.max_thought_chars))
         return nullcontext()
-
-    def signature_override(self, predictor: dspy.Predict, field: str) -> dict[str, Any]:
-        """Internal: ``{"signature": ...}`` overriding ``predictor``'s for this call when free text is bounded.
-
-        Derived from the predictor's current signature (cached per signature object), so
-        instructions an optimizer rewrote are kept.
-        """
-        if not self._grammar_schema_on():
-            return {}
-        signature = predictor.signature
-        if signature is None:
-            return {}
-        key = (id(signature), field)
-        bounded = self._bounded_signatures.get(key)
-        if bounded is None:
-            bounded = signature.with_updated_fields(field, type_=_bounded_str_type(self.max_thought_chars))
-            self._bounded_signatures[key] = bounded
-        return {"signature": bounded}
 
     def _start(self, inputs: dict[str, Any]) -> _Run:
         max_iters = inputs.pop("max_iters", None)
@@ -951,8 +932,8 @@ class Agent(dspy.Module):
             return None
         with dspy.track_usage() as usage:
             try:
-                bounded = self.signature_override(self.extract.predict, "reasoning")
-                pred = run.call_lm(lambda t: self.extract(**run.inputs, trajectory=t, **bounded))
+                with self.grammar_adapter():
+                    pred = run.call_lm(lambda t: self.extract(**run.inputs, trajectory=t))
             except (AdapterParseError, BudgetExceededError, ContextWindowExceededError) as err:
                 self._extraction_failed(run, err)
                 return None
@@ -965,8 +946,8 @@ class Agent(dspy.Module):
             return None
         with dspy.track_usage() as usage:
             try:
-                bounded = self.signature_override(self.extract.predict, "reasoning")
-                pred = await run.acall_lm(lambda t: self.extract.acall(**run.inputs, trajectory=t, **bounded))
+                with self.grammar_adapter():
+                    pred = await run.acall_lm(lambda t: self.extract.acall(**run.inputs, trajectory=t))
             except (AdapterParseError, BudgetExceededError, ContextWindowExceededError) as err:
                 self._extraction_failed(run, err)
                 return None

@@ -308,6 +308,31 @@ def test_grammar_schema_pairs_each_tool_with_its_arguments_and_caps_free_text(
     assert "You are an Agent" in lm.calls[0].messages[0]["content"]
 
 
+def test_free_text_is_parsed_verbatim_in_grammar_mode() -> None:
+    # DSPy runs non-str field text through json_repair, which reads "a [b]." as ["b"]; the thought
+    # must stay a plain str field however its schema is tightened.
+    agent = Agent("question -> answer", tools=[lookup_stock, calculate], grammar_schema=True)
+    lm = LocalSchemaLM(
+        [
+            step("lookup_stock", "The next gadget is a [type of gadget].", item="widget"),
+            {
+                "next_thought": "1 validation error for x[str(), str]",
+                "next_tool_name": "[calculate]",
+                "next_tool_args": {"expression": "3 * 2"},
+            },
+            FINISH,
+            answer("6"),
+        ],
+        adapter=dspy.JSONAdapter(),
+    )
+    pred = run(agent, lm, dspy.JSONAdapter(), question="?")
+    assert [s.thought for s in pred.steps[:2]] == [
+        "The next gadget is a [type of gadget].",
+        "1 validation error for x[str(), str]",
+    ]
+    assert [s.outcome for s in pred.steps] == [StepOutcome.OK, StepOutcome.OK, StepOutcome.FINISH]
+
+
 def test_the_joint_step_schema_compiles_to_a_llama_cpp_grammar() -> None:
     pytest.importorskip("llama_cpp")
     from geode.runtime.lm._llama import json_schema_grammar
@@ -549,6 +574,9 @@ def test_a_repeated_identical_call_ends_the_loop_with_what_it_has() -> None:
     assert pred.steps[1].outcome is StepOutcome.REPEATED
     assert pred.answer == "3" and pred.termination.extracted
     assert len(lm.calls) == 3
+    # The repeat is a step record, not part of the trajectory the model reads for its final answer.
+    assert set(pred.trajectory) == {"thought_0", "tool_name_0", "tool_args_0", "observation_0"}
+    assert lm.calls[2].messages[-1]["content"].rstrip().count("[[ ## observation_") == 1
 
 
 def test_repeat_detection_can_be_turned_off() -> None:
