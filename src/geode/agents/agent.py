@@ -29,12 +29,13 @@ import contextvars
 import copy
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import dspy
 import pydantic
@@ -97,8 +98,12 @@ def _tool_name_type(names: Sequence[str]) -> type[str]:
         def __get_pydantic_json_schema__(cls, schema: Any, handler: pydantic.GetJsonSchemaHandler) -> Any:
             return {"type": "string", "enum": allowed}
 
-    # Adapters print the type's name in the prompt; show the model what dspy.ReAct would.
+    # Adapters describe a field by its type's name and `__origin__`/`__args__` in the prompt; these make
+    # the prompt say what dspy.ReAct's says ("must exactly match one of: ..."). Parsing is unaffected:
+    # typing.get_origin() does not read `__origin__` off a plain class.
     ToolName.__name__ = ToolName.__qualname__ = f"Literal[{', '.join(repr(n) for n in allowed)}]"
+    ToolName.__origin__ = Literal  # type: ignore[attr-defined]
+    ToolName.__args__ = tuple(allowed)  # type: ignore[attr-defined]
     return ToolName
 
 
@@ -218,6 +223,13 @@ class _GrammarAdapter(dspy.JSONAdapter):
         )
         self.max_free_text_chars = max_free_text_chars
 
+    def format_field_structure(self, signature: type[dspy.Signature]) -> str:
+        """The field layout without the type notes.
+
+        The grammar enforces the types, and small models copy the notes' JSON schemas into their text.
+        """
+        return _TYPE_NOTE.sub("", super().format_field_structure(signature))
+
     def _prepare_response_format(self, lm: Any, lm_kwargs: dict[str, Any], signature: Any) -> None:
         super()._prepare_response_format(lm, lm_kwargs, signature)
         current = lm_kwargs.get("response_format")
@@ -231,6 +243,7 @@ class _GrammarAdapter(dspy.JSONAdapter):
 
 
 _FREE_TEXT = frozenset({"next_thought", "reasoning"})
+_TYPE_NOTE = re.compile(r" +# note: the value you produce [^\n]*?(?=\",?$)", re.MULTILINE)
 
 
 def _joint_step_schema(schema: Mapping[str, Any]) -> dict[str, Any] | None:

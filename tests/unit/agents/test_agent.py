@@ -285,11 +285,16 @@ def test_grammar_schema_pairs_each_tool_with_its_arguments_and_caps_free_text(
         assert agent(question="?").answer == "3"
     step_schema = recorder.response_formats[0].model_json_schema()
     extract_schema = recorder.response_formats[-1].model_json_schema()["properties"]
+    system = lm.calls[0].messages[0]["content"]
     if not tightened:
+        # The same note dspy.ReAct's Literal field gets.
+        assert "must exactly match (no extra characters) one of: lookup_stock; restock; finish" in system
         assert step_schema["properties"]["next_tool_name"]["enum"] == ["lookup_stock", "restock", "finish"]
         assert "maxLength" not in step_schema["properties"]["next_thought"]
         assert "maxLength" not in extract_schema["reasoning"]
         return
+    # The grammar enforces types; the notes (which small models copy into their text) are left out.
+    assert "# note:" not in system
     alternatives = step_schema["anyOf"]
     assert [
         (a["properties"]["next_tool_name"]["enum"], a["properties"]["next_tool_args"]["required"])
