@@ -6,6 +6,9 @@ greedy decoding, no response cache and at most 5 iterations:
 
 * ours: ``geode.Agent``. Each step is schema-constrained (tool-name enum, union of the tools' argument
   schemas), a repeated identical call ends the loop, unparseable replies become corrective observations;
+* ablation (``--sides ours,ours-per-field,react``): ``geode.Agent(grammar_schema=False)``, which constrains
+  the tool name and the arguments as separate fields (so a tool can get another tool's arguments) and
+  leaves free text unbounded;
 * anchor: ``dspy.ReAct``, whose ``next_tool_args`` is an open dict, so JSON mode cannot constrain it and an
   unparseable reply raises out of the run.
 
@@ -45,7 +48,7 @@ from geode.agents.inventory import TASKS, InventoryTask, build_agent, is_correct
 from geode.agents.steps import Budget
 from geode.runtime.lm.local import LocalLM
 
-Side = Literal["ours", "react"]
+Side = Literal["ours", "ours-per-field", "react"]
 MAX_ITERS = 5
 QUICK = (0, 4, 6)  # a lookup, an arithmetic question, and one needing both tools
 
@@ -73,15 +76,15 @@ class _LMCalls(dspy.utils.callback.BaseCallback):
         self.count += 1
 
 
-def run_ours(task: InventoryTask, lm: LocalLM) -> RunResult:
-    agent = build_agent(Budget(max_iters=MAX_ITERS))
+def run_ours(task: InventoryTask, lm: LocalLM, *, grammar_schema: bool | None = None) -> RunResult:
+    agent = build_agent(Budget(max_iters=MAX_ITERS), grammar_schema=grammar_schema)
     started = time.perf_counter()
     with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
         pred = agent(question=task.question)
     seconds = time.perf_counter() - started
     model_steps = [s for s in pred.steps if s.outcome != "budget"]
     return RunResult(
-        side="ours",
+        side="ours" if grammar_schema is None else "ours-per-field",
         question=task.question,
         expected=task.expected,
         answer=None if pred.answer is None else str(pred.answer),
@@ -149,8 +152,16 @@ def run_react(task: InventoryTask, lm: LocalLM) -> RunResult:
     )
 
 
-RUNNERS = {"ours": run_ours, "react": run_react}
-LABELS = {"ours": "geode.Agent (ours)", "react": "dspy.ReAct (anchor)"}
+def run_ours_per_field(task: InventoryTask, lm: LocalLM) -> RunResult:
+    return run_ours(task, lm, grammar_schema=False)
+
+
+RUNNERS = {"ours": run_ours, "ours-per-field": run_ours_per_field, "react": run_react}
+LABELS = {
+    "ours": "geode.Agent (ours)",
+    "ours-per-field": "geode.Agent, per-field schema only (ablation)",
+    "react": "dspy.ReAct (anchor)",
+}
 
 
 def summarize(results: list[RunResult], sides: list[str], console: Console) -> dict[str, dict[str, Any]]:
@@ -222,7 +233,7 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help=f"{len(QUICK)} questions instead of {len(TASKS)}"
     )
-    parser.add_argument("--sides", default="ours,react", help="comma-separated: ours, react")
+    parser.add_argument("--sides", default="ours,react", help="comma-separated: ours, ours-per-field, react")
     parser.add_argument(
         "--model-path", type=Path, default=None, help="a GGUF instruct model (default SmolLM2-135M)"
     )

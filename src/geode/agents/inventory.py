@@ -75,7 +75,9 @@ def is_correct(answer: object, expected: float) -> bool:
     return bool(words) and _WORDS[words[0]] == expected
 
 
-def build_agent(budget: Budget | None = None, *, stop_on_repeated_call: bool = True) -> Agent:
+def build_agent(
+    budget: Budget | None = None, *, stop_on_repeated_call: bool = True, grammar_schema: bool | None = None
+) -> Agent:
     """The inventory agent: ``question -> answer`` with ``lookup_stock`` and ``calculate``."""
     signature = make_signature(
         "question -> answer", "Answer questions about the shop's stock. Answer with a number."
@@ -86,6 +88,7 @@ def build_agent(budget: Budget | None = None, *, stop_on_repeated_call: bool = T
         name="inventory",
         budget=budget or Budget(max_iters=5, max_seconds=300),
         stop_on_repeated_call=stop_on_repeated_call,
+        grammar_schema=grammar_schema,
     )
 
 
