@@ -279,13 +279,21 @@ def mode(name: str, provider: TracerProvider) -> Iterator[None]:
 class Sample:
     cpu: list[float] = field(default_factory=list[float])
     wall: list[float] = field(default_factory=list[float])
+    others: list[float] = field(default_factory=list[float])
+    """CPU of the process's other threads (the export worker) per call."""
 
     def add(self, fn: Callable[[], None], calls: int) -> None:
         gc.collect()
-        cpu, wall = time.thread_time(), time.perf_counter()
+        cpu, wall, process = time.thread_time(), time.perf_counter(), time.process_time()
         fn()
-        self.cpu.append((time.thread_time() - cpu) * 1000 / calls)
+        thread = time.thread_time() - cpu
+        self.cpu.append(thread * 1000 / calls)
         self.wall.append((time.perf_counter() - wall) * 1000 / calls)
+        self.others.append(max(0.0, time.process_time() - process - thread) * 1000 / calls)
+
+    @property
+    def others_ms(self) -> float:
+        return statistics.median(self.others)
 
     @property
     def cpu_ms(self) -> float:
@@ -365,6 +373,7 @@ def overhead(rounds: int, predict_calls: int, react_calls: int) -> dict[str, dic
                 for m in MODES:
                     samples[w.name][m].add(runners[w.name][m], w.calls)
             bar.advance(task)
+            bar.refresh()
     provider.shutdown()
     result: dict[str, dict[str, Any]] = {}
     for w in loads:
@@ -461,6 +470,10 @@ def export_faults(rounds: int, calls: int, use_phoenix: bool) -> list[dict[str, 
         samples: dict[str, Sample] = {k: Sample() for k in ("untraced", *pipelines)}
         with mode("Geode", pipelines["up"][1].provider):
             workload.run()
+        counts: dict[str, float] = {"untraced": python_calls(workload.run, workload.calls)}
+        for kind, (_, pipeline) in pipelines.items():
+            with mode("Geode", pipeline.provider):
+                counts[kind] = python_calls(workload.run, workload.calls)
         with progress() as bar:
             task = bar.add_task("export rounds", total=rounds)
             for _ in range(rounds):
@@ -469,6 +482,7 @@ def export_faults(rounds: int, calls: int, use_phoenix: bool) -> list[dict[str, 
                     with mode("Geode", pipeline.provider):
                         samples[kind].add(workload.run, calls)
                 bar.advance(task)
+                bar.refresh()
         base = samples["untraced"]
         rows: list[dict[str, Any]] = [
             {
@@ -477,6 +491,8 @@ def export_faults(rounds: int, calls: int, use_phoenix: bool) -> list[dict[str, 
                 "wall_ms": base.wall_ms,
                 "cpu_added": 0.0,
                 "wall_added": 0.0,
+                "worker_cpu_ms": base.others_ms,
+                "python_calls": counts["untraced"],
             }
         ]
         for kind, (label, pipeline) in pipelines.items():
@@ -491,6 +507,8 @@ def export_faults(rounds: int, calls: int, use_phoenix: bool) -> list[dict[str, 
                     "wall_ms": sample.wall_ms,
                     "cpu_added": sample.cpu_ms - base.cpu_ms,
                     "wall_added": sample.wall_ms - base.wall_ms,
+                    "worker_cpu_ms": sample.others_ms,
+                    "python_calls": counts[kind],
                     "exported": sum(stats.exported.values()),
                     "dropped": stats.dropped,
                     "shutdown_s": time.monotonic() - started,
@@ -507,12 +525,14 @@ def export_faults(rounds: int, calls: int, use_phoenix: bool) -> list[dict[str, 
 
 @contextmanager
 def progress() -> Iterator[Progress]:
+    # Refreshed by hand after each round: an auto-refresh thread would burn CPU inside the timings.
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=console,
+        auto_refresh=False,
     ) as bar:
         yield bar
 
@@ -567,6 +587,8 @@ def print_faults(rows: list[dict[str, Any]]) -> None:
         "added CPU",
         "wall ms/call",
         "added wall",
+        "Python calls",
+        "other threads CPU ms/call",
         "exported",
         "dropped",
         "shutdown s",
@@ -579,6 +601,8 @@ def print_faults(rows: list[dict[str, Any]]) -> None:
             f"{row['cpu_added']:.3f}" if "exported" in row else "",
             f"{row['wall_ms']:.3f}",
             f"{row['wall_added']:.3f}" if "exported" in row else "",
+            f"{row['python_calls']:.0f}",
+            f"{row['worker_cpu_ms']:.3f}",
             str(row.get("exported", "")),
             str(row.get("dropped", "")),
             f"{row['shutdown_s']:.2f}" if "shutdown_s" in row else "",
