@@ -5,7 +5,9 @@ The loop is DSPy's ReAct (same prompt shape, same ``react``/``extract.predict`` 
 
 - **Constrained steps.** ``next_tool_name`` is an enum of the allowed tools and ``next_tool_args`` a
   union of the tools' argument schemas, so ``dspy.JSONAdapter`` hands the LM a complete JSON schema
-  and a local model's constrained decoding can only produce well-formed steps.
+  and a local model's constrained decoding can only produce well-formed steps. For grammar-constrained
+  local models the schema is tightened further (each tool paired with its own arguments, free text
+  capped): see ``grammar_schema``.
 - **An allow-list enforced in code.** A step naming any other tool (a confused model, or text injected
   through a tool's output) runs nothing; the model is told which tools exist.
 - **Guarded tools.** Arguments are validated before a tool runs, every call has a timeout, and tool
