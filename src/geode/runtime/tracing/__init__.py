@@ -96,11 +96,9 @@ def make_provider(tracing: TracingSettings) -> TracerProvider:
     sampler: Sampler = (
         ALWAYS_ON if tracing.sample_ratio >= 1.0 else ParentBased(TraceIdRatioBased(tracing.sample_ratio))
     )
-    limits = SpanLimits(
-        max_span_attributes=_MAX_SPAN_ATTRIBUTES,
-        # A memory bound only; the exporter truncates to the configured length, and says so.
-        max_span_attribute_length=tracing.max_attribute_length * 4 + 1024,
-    )
+    # No length limit here: the SDK would cut silently and log a warning per long value; the export
+    # path truncates to the configured length and marks the span (geode.truncated).
+    limits = SpanLimits(max_span_attributes=_MAX_SPAN_ATTRIBUTES)
     return TracerProvider(resource=resource, sampler=sampler, span_limits=limits)
 
 
