@@ -15,7 +15,7 @@ from geode.cli import main
 from geode.retrieval import Ingestor, SentenceTransformerEmbedder, sample_corpus_dir
 from geode.retrieval.data import load_queries
 from geode.runtime.runtime import Runtime
-from geode.runtime.settings import Settings
+from geode.runtime.settings import Settings, TracingSettings
 from geode.testing import ScriptedLM, in_memory_tracing
 from geode.traces.vocab import DocumentAttributes, SpanAttributes
 
@@ -35,7 +35,20 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def runtime(home: Path) -> Iterator[tuple[Runtime, Any]]:
+def ingested(home: Path) -> Path:
+    """Ingest the sample corpus once per module; each test opens its own runtime on the same home."""
+    rt = Runtime(Settings(home=home, tracing=TracingSettings(enabled=False)), lm=ScriptedLM([]))
+    try:
+        report = Ingestor(rt.store, rt.embedder).ingest([sample_corpus_dir()], "help")
+        assert report.files == 16 and report.chunks > 40
+    finally:
+        rt.close()
+    return home
+
+
+@pytest.fixture
+def runtime(ingested: Path) -> Iterator[tuple[Runtime, Any]]:
+    # Function-scoped: the autouse fixture in conftest uninstruments DSPy after every test.
     provider, exporter = in_memory_tracing()
     script = [
         {
@@ -47,10 +60,8 @@ def runtime(home: Path) -> Iterator[tuple[Runtime, Any]]:
         {"reasoning": "The stove page says so.", "answer": "No, buy fuel at your destination."},
     ]
     rt = Runtime(
-        Settings(home=home), lm=ScriptedLM(script), adapter=dspy.ChatAdapter(), tracer_provider=provider
+        Settings(home=ingested), lm=ScriptedLM(script), adapter=dspy.ChatAdapter(), tracer_provider=provider
     )
-    report = Ingestor(rt.store, rt.embedder).ingest([sample_corpus_dir()], "help")
-    assert report.files == 16 and report.chunks > 40
     yield rt, exporter
     rt.close()
     provider.shutdown()
