@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, str] = {
     "Runtime": "geode.runtime.runtime",
+    "trace_id_of": "geode.runtime.runtime",
     "Settings": "geode.runtime.settings",
     "register_program": "geode.runtime.programs",
     "LocalLM": "geode.runtime.lm.local",
@@ -46,6 +47,7 @@ __all__ = [  # kept equal to _EXPORTS by tests/unit/test_public_api.py
     "register_program",
     "search_tool",
     "tool",
+    "trace_id_of",
     "uninstrument",
 ]
 
@@ -65,6 +67,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from geode.runtime.lm.local import LocalLM as LocalLM
     from geode.runtime.programs import register_program as register_program
     from geode.runtime.runtime import Runtime as Runtime
+    from geode.runtime.runtime import trace_id_of as trace_id_of
     from geode.runtime.settings import Settings as Settings
 
 

@@ -707,7 +707,8 @@ class _Iteration(dspy.Module):
 
     def geode_span_attributes(self, inputs: Mapping[str, Any], outputs: Any) -> dict[str, Any]:
         index = _call_kwargs(inputs).get(_INDEX_ARG)
-        return {GeodeAttributes.AGENT_ITERATION: index} if isinstance(index, int) else {}
+        # Numbered from 1, like the span name and dspy.ReAct's iterations.
+        return {GeodeAttributes.AGENT_ITERATION: index + 1} if isinstance(index, int) else {}
 
     def forward(self, iteration_index: int, **inputs: Any) -> dspy.Prediction:
         run = _Run.current()

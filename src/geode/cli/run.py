@@ -12,6 +12,7 @@ from rich.table import Table
 
 from geode.cli._common import LM_OPTION, make_runtime, parse_inputs
 from geode.errors import InputError
+from geode.runtime.runtime import trace_id_of
 
 __all__ = ["register"]
 
@@ -51,13 +52,32 @@ def run(
     with make_runtime(lm=lm) as rt:
         prediction = rt.run(program, session_id=session_id, **parsed)
         outputs = _outputs(prediction)
+        trace_id = trace_id_of(prediction)
+        pipeline = rt.export_pipeline
+        destination = None
+        if pipeline is not None:
+            destination = _phoenix_ui(pipeline.endpoint) or (
+                str(pipeline.otlp_file) if pipeline.otlp_file else None
+            )
     if as_json:
-        typer.echo(json.dumps({"program": program, "outputs": outputs}, ensure_ascii=False, indent=2))
+        document = {"program": program, "outputs": outputs, "trace_id": trace_id}
+        typer.echo(json.dumps(document, ensure_ascii=False, indent=2))
         return
     table = Table(show_header=False, box=None, pad_edge=False)
     for key, value in outputs.items():
         table.add_row(f"[bold]{key}[/bold]", value if isinstance(value, str) else json.dumps(value))
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    if trace_id is not None:
+        where = f" → {destination}" if destination else ""
+        console.print(f"[dim]trace {trace_id}{where}  (geode trace show {trace_id})[/dim]")
+
+
+def _phoenix_ui(endpoint: str | None) -> str | None:
+    """The collector's base URL (Phoenix's UI) from its OTLP traces URL."""
+    if not endpoint:
+        return None
+    return endpoint.removesuffix("/v1/traces")
 
 
 def register(app: typer.Typer) -> None:

@@ -43,6 +43,7 @@ __all__ = [
     "find_free_port",
     "local_phoenix_url",
     "probe_port",
+    "started_phoenix_url",
 ]
 
 _PROBE_TIMEOUT_S: Final = 1.0
@@ -123,6 +124,24 @@ def find_free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def started_phoenix_url(settings: Settings, *, timeout_s: float = 0.05) -> str | None:
+    """The URL of the Phoenix that ``geode phoenix`` started for this home, if it still listens.
+
+    ``geode phoenix`` picks another port when the configured one is taken, and records it in its state
+    file; this reads that file and probes the port (TCP only, no HTTP), so it is cheap enough for every
+    runtime start.
+    """
+    state = PhoenixServer.from_settings(settings)._read_state()
+    if state is None:
+        return None
+    host = "127.0.0.1" if state.host in ("0.0.0.0", "") else state.host
+    try:
+        with socket.create_connection((host, state.port), timeout=timeout_s):
+            return f"http://{_url_host(host)}:{state.port}"
+    except OSError:
+        return None
 
 
 def local_phoenix_url(settings: Settings, *, timeout_s: float = 0.3) -> str | None:

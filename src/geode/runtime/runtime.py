@@ -21,15 +21,38 @@ from geode.errors import InputError, LMError, OutputParseError
 from geode.runtime.programs import ProgramRef, ResolvedProgram, resolve
 from geode.runtime.registry import ActivePrograms, ProgramRegistry, ServedProgram
 from geode.runtime.settings import Settings
-from geode.traces.context import RunIdentity, run_identity
+from geode.traces.context import RunIdentity, capture_trace_ids, run_identity
 
 if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
     from geode.retrieval import Embedder, Retriever, Store
-    from geode.runtime.tracing import RuntimeTracing
+    from geode.runtime.tracing import RuntimeTracing, TracingPipeline
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "trace_id_of"]
+
+# A private attribute, as DSPy keeps `_lm_usage`: a public one would become an output field.
+_TRACE_ATTR = "_geode_trace_id"
+
+
+def trace_id_of(prediction: Any) -> str | None:
+    """The trace id (32 hex digits) of the run that produced a prediction, if it was traced.
+
+    Set by :meth:`Runtime.run` and :meth:`Runtime.arun`; pass it to :meth:`Runtime.feedback`, to
+    ``geode trace show`` or search for it in Phoenix.
+
+    Example:
+        >>> trace_id_of(dspy.Prediction(answer="x")) is None
+        True
+    """
+    value = getattr(prediction, _TRACE_ATTR, None)
+    return value if isinstance(value, str) else None
+
+
+def _stamp(prediction: Any, trace_ids: Sequence[str]) -> Any:
+    if trace_ids and isinstance(prediction, dspy.Prediction):
+        setattr(prediction, _TRACE_ATTR, trace_ids[0])
+    return prediction
 
 
 @contextmanager
@@ -113,6 +136,16 @@ class Runtime:
     def tracer_provider(self) -> TracerProvider | None:
         """Where this runtime's spans go (``None`` when tracing is disabled)."""
         return self._tracing.provider
+
+    @property
+    def export_pipeline(self) -> TracingPipeline | None:
+        """The span export this runtime built from settings: destinations and span counts.
+
+        ``export_pipeline.stats`` says how many spans were queued, exported and dropped;
+        ``endpoint`` and ``otlp_file`` say where they go. ``None`` when tracing is disabled or the
+        caller passed its own ``tracer_provider`` (the caller then owns export).
+        """
+        return self._tracing.pipeline
 
     @property
     def lm(self) -> dspy.BaseLM:
@@ -272,7 +305,7 @@ class Runtime:
             **inputs: The program's input fields.
 
         Returns:
-            The program's ``dspy.Prediction``.
+            The program's ``dspy.Prediction``; :func:`trace_id_of` gives its trace id when traced.
         """
         resolved = self.resolve(program)
         self._check_inputs(resolved, inputs)
@@ -285,8 +318,14 @@ class Runtime:
             tags=tags,
             version=served.version,
         )
-        with run_identity(identity), self.context(), self._tracing.scope(), _translate_errors(self, resolved):
-            return served.module(**inputs)
+        with (
+            run_identity(identity),
+            self.context(),
+            self._tracing.scope(),
+            capture_trace_ids() as trace_ids,
+            _translate_errors(self, resolved),
+        ):
+            return _stamp(served.module(**inputs), trace_ids)
 
     async def arun(
         self,
@@ -311,8 +350,14 @@ class Runtime:
             tags=tags,
             version=served.version,
         )
-        with run_identity(identity), self.context(), self._tracing.scope(), _translate_errors(self, resolved):
-            return await served.module.acall(**inputs)
+        with (
+            run_identity(identity),
+            self.context(),
+            self._tracing.scope(),
+            capture_trace_ids() as trace_ids,
+            _translate_errors(self, resolved),
+        ):
+            return _stamp(await served.module.acall(**inputs), trace_ids)
 
     def close(self) -> None:
         """Flush telemetry (bounded by a deadline) and release the store."""

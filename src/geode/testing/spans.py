@@ -150,7 +150,7 @@ def agent_run_tree(
         step = SpanNode(
             "Predict.forward",
             "CHAIN",
-            {**identity, GeodeAttributes.PREDICTOR_NAME: "react", GeodeAttributes.AGENT_ITERATION: i},
+            {**identity, GeodeAttributes.PREDICTOR_NAME: "react", GeodeAttributes.AGENT_ITERATION: i + 1},
             [_llm(identity, f"step {i}", 100 + i)],
         )
         tool = SpanNode(

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["RunIdentity", "current_run", "run_identity"]
+__all__ = ["RunIdentity", "capture_trace_ids", "current_run", "note_trace_id", "run_identity"]
 
 
 @dataclass(frozen=True)
@@ -48,3 +48,28 @@ def run_identity(identity: RunIdentity) -> Iterator[RunIdentity]:
         yield identity
     finally:
         _CURRENT.reset(token)
+
+
+_TRACE_IDS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("geode_trace_ids", default=None)
+
+
+@contextmanager
+def capture_trace_ids() -> Iterator[list[str]]:
+    """Collect the trace ids of the top-level spans a block starts (hex, 32 digits), in order.
+
+    The runtime wraps each run in this so it can hand the caller the run's trace id; span writers call
+    :func:`note_trace_id` when they open a span with no parent of their own.
+    """
+    ids: list[str] = []
+    token = _TRACE_IDS.set(ids)
+    try:
+        yield ids
+    finally:
+        _TRACE_IDS.reset(token)
+
+
+def note_trace_id(trace_id: str) -> None:
+    """Record a top-level span's trace id for the enclosing :func:`capture_trace_ids`, if any."""
+    ids = _TRACE_IDS.get()
+    if ids is not None and trace_id not in ids:
+        ids.append(trace_id)

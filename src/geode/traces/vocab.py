@@ -55,6 +55,7 @@ class GeodeAttributes:
     LLM_CACHE_HIT: Final = "geode.llm.cache_hit"
     """True when DSPy answered the LM call from its cache (no tokens were spent)."""
     AGENT_ITERATION: Final = "geode.agent.iteration"
+    """The iteration's number within its agent run, from 1 (as in the span name ``iteration N``)."""
     AGENT_TERMINATION: Final = "geode.agent.termination"
     """Why an agent run ended: ``finish``, ``max_iters``, ``budget``, ``repeated_call``, ``error``."""
     AGENT_ITERATIONS: Final = "geode.agent.iterations"

@@ -812,7 +812,7 @@ def test_each_iteration_is_a_child_module_call_holding_its_lm_and_tool_calls() -
     assert type(agent).geode_span_kind == "AGENT"
     first_iteration = recorder.module_io[iterations[0].call_id]
     instance, (inputs, outputs) = first_iteration
-    assert instance.geode_span_attributes(inputs, outputs) == {GeodeAttributes.AGENT_ITERATION: 0}
+    assert instance.geode_span_attributes(inputs, outputs) == {GeodeAttributes.AGENT_ITERATION: 1}
     assert outputs["tool"] == "lookup_stock" and outputs["observation"] == "3"
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -64,3 +65,31 @@ def test_run_prints_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
     main(["run", "cli-test-qa", "-i", "question=Capital of France?", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert out["outputs"] == {"answer": "Paris"}
+
+
+def test_run_prints_the_trace_id_and_where_the_spans_went(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: object
+) -> None:
+    import dspy
+
+    from geode.cli import _common
+    from geode.traces.otlp_json import iter_spans, read_requests
+
+    register_program("cli-test-traced", dspy.Predict("question -> answer"))
+    real = _common.Runtime
+
+    def runtime_with_fake_lm(settings: object) -> object:
+        return real(settings, lm=ScriptedLM([{"answer": "Paris"}] * 2))  # type: ignore[arg-type]
+
+    spans_file = f"{tmp_path}/spans.jsonl"
+    monkeypatch.setattr(_common, "Runtime", runtime_with_fake_lm)
+    monkeypatch.setenv("GEODE_TRACING_OTLP_FILE", spans_file)
+    main(["run", "cli-test-traced", "-i", "question=Capital of France?", "--json"])
+    trace_id = json.loads(capsys.readouterr().out)["trace_id"]
+    recorded = {s.span["traceId"] for request in read_requests(spans_file) for s in iter_spans(request)}
+    assert recorded == {trace_id}
+
+    main(["run", "cli-test-traced", "-i", "question=Capital of France?"])
+    out = capsys.readouterr().out
+    assert "Paris" in out
+    assert re.search(r"trace [0-9a-f]{32}", out) and "geode trace show" in out

@@ -47,7 +47,7 @@ def test_predict_is_a_chain_span_with_an_llm_child(traced: Traced) -> None:
     assert chain["geode.module.class"] == "Predict"
     assert chain["geode.predictor.name"] == "self"
     assert chain["geode.program.name"] == "Predict"
-    assert traced.one("Predict").status.status_code is StatusCode.UNSET
+    assert traced.one("Predict").status.status_code is StatusCode.OK
 
 
 def test_llm_span_carries_model_messages_parameters_and_token_counts(traced: Traced) -> None:
@@ -207,7 +207,7 @@ def test_failing_tool_span_records_the_error(traced: Traced) -> None:
     assert (event.attributes or {})["exception.type"] == "RuntimeError"
     assert _attrs(span)["geode.tool.error"] is True
     # The agent handled the error: its own span is fine.
-    assert traced.one("ReAct").status.status_code is StatusCode.UNSET
+    assert traced.one("ReAct").status.status_code is StatusCode.OK
 
 
 def test_lm_error_marks_llm_and_module_spans_and_still_raises(traced: Traced) -> None:

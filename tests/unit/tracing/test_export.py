@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tests.unit.tracing.conftest import Sink
 
 from geode.errors import ConfigError
+from geode.runtime.phoenix import PhoenixServer
 from geode.runtime.settings import PhoenixSettings, Settings, TracingSettings
 from geode.runtime.tracing import TracingPipeline, build_tracing, resolve_endpoint
 from geode.traces.otlp_json import decode_attributes, iter_spans, read_requests
@@ -187,6 +189,36 @@ def test_default_endpoint_is_the_local_phoenix_only_when_something_listens(tmp_p
     down = Settings(home=tmp_path, tracing=TracingSettings(), phoenix=PhoenixSettings(port=port))
     assert resolve_endpoint(down) is None
     assert time.monotonic() - started < 0.5
+
+
+def test_default_endpoint_follows_a_geode_phoenix_that_moved_to_another_port(tmp_path: Path) -> None:
+    """`geode phoenix` picks a free port when the configured one is taken and records it in its state."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port = listener.getsockname()[1]
+    configured = socket.socket()
+    configured.bind(("127.0.0.1", 0))
+    unused_port = configured.getsockname()[1]
+    configured.close()  # nothing listens on the configured port
+    settings = Settings(home=tmp_path, tracing=TracingSettings(), phoenix=PhoenixSettings(port=unused_port))
+    server = PhoenixServer.from_settings(settings)
+    server.state_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "pid": os.getpid(),
+        "host": "127.0.0.1",
+        "port": port,
+        "grpc_port": 0,
+        "url": f"http://127.0.0.1:{port}",
+        "working_dir": str(tmp_path),
+        "started_at": time.time(),
+    }
+    server.state_path.write_text(json.dumps(state))
+    try:
+        assert resolve_endpoint(settings) == f"http://127.0.0.1:{port}"
+    finally:
+        listener.close()
+    assert resolve_endpoint(settings) is None  # recorded, but no longer listening
 
 
 def test_invalid_endpoint_and_patterns_fail_at_start_up(tmp_path: Path) -> None:

@@ -112,3 +112,42 @@ def test_close_returns_within_the_deadline_when_the_collector_hangs(tmp_path: Pa
         assert time.monotonic() - started < 1.5
     finally:
         listener.close()
+
+
+def test_each_run_hands_back_its_own_trace_id(tmp_path: Path) -> None:
+    import asyncio
+
+    from opentelemetry import trace
+
+    from geode.runtime.runtime import trace_id_of
+
+    provider, exporter = in_memory_tracing()
+    program = dspy.Predict("question -> answer")
+    lm = ScriptedLM([{"answer": str(i)} for i in range(4)])
+    with Runtime(Settings(home=tmp_path), lm=lm, tracer_provider=provider) as rt:
+        first = rt.run(program, question="a")
+        second = asyncio.run(rt.arun(program, question="b"))
+        # Inside the application's own span the run joins that trace, and says so.
+        with provider.get_tracer("app").start_as_current_span("request") as outer:
+            third = rt.run(program, question="c")
+        outer_trace = format(outer.get_span_context().trace_id, "032x")
+
+    roots = {
+        format(s.context.trace_id, "032x")
+        for s in exporter.get_finished_spans()
+        if s.parent is None and s.name != "request" and s.context is not None
+    }
+    ids = [trace_id_of(first), trace_id_of(second)]
+    assert all(i is not None and len(i) == 32 for i in ids)
+    assert set(ids) == roots and ids[0] != ids[1]
+    assert trace_id_of(third) == outer_trace
+    assert "_geode_trace_id" not in first.keys()  # not an output field
+    assert trace.get_current_span() is trace.INVALID_SPAN
+
+
+def test_untraced_runs_have_no_trace_id(tmp_path: Path) -> None:
+    from geode.runtime.runtime import trace_id_of
+
+    settings = Settings(home=tmp_path, tracing=TracingSettings(enabled=False))
+    with Runtime(settings, lm=ScriptedLM([{"answer": "x"}])) as rt:
+        assert trace_id_of(rt.run(dspy.Predict("question -> answer"), question="q")) is None

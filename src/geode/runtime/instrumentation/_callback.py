@@ -35,7 +35,7 @@ from opentelemetry.trace import Span, StatusCode, Tracer
 
 from geode.errors import ToolTimeoutError
 from geode.runtime.instrumentation import _values
-from geode.traces.context import RunIdentity, current_run
+from geode.traces.context import RunIdentity, current_run, note_trace_id
 from geode.traces.vocab import GEODE_SPAN_KIND_ATTR, GeodeAttributes, SpanAttributes, SpanKind, ToolAttributes
 
 __all__ = ["SCOPED_TRACER", "GeodeCallback"]
@@ -381,6 +381,10 @@ class GeodeCallback(BaseCallback):
                 parent_context = trace.set_span_in_context(target)
         tracer = self._tracer(parent)
         span = tracer.start_span(name, context=parent_context, attributes=attributes)
+        if parent is None:
+            span_context = span.get_span_context()
+            if span_context.is_valid:
+                note_trace_id(format(span_context.trace_id, "032x"))
         ctx = trace.set_span_in_context(span, parent_context)
         if suppress:
             # No second LLM span from an LM client instrumentation (litellm, openai) under ours.
@@ -548,14 +552,17 @@ class GeodeCallback(BaseCallback):
         attributes: dict[str, Any] = {}
         if exception is not None:
             _record_error(span, exception)
-        elif info is not None and info.kind == _RETRIEVER:
-            passages = _values.iter_passages(outputs)
-            if passages is not None:
-                _values.document_attributes(list(passages), attributes)
-        elif outputs is not None:
-            value, mime = _values.value_and_mime(_values.prediction_fields(outputs))
-            attributes[_OUTPUT] = value
-            attributes[_OUTPUT_MIME] = mime
+        else:
+            # OK rather than UNSET, so Phoenix shows a finished run as succeeded.
+            span.set_status(StatusCode.OK)
+            if info is not None and info.kind == _RETRIEVER:
+                passages = _values.iter_passages(outputs)
+                if passages is not None:
+                    _values.document_attributes(list(passages), attributes)
+            elif outputs is not None:
+                value, mime = _values.value_and_mime(_values.prediction_fields(outputs))
+                attributes[_OUTPUT] = value
+                attributes[_OUTPUT_MIME] = mime
         agent = record.agent
         if agent is not None and agent.react is not None:
             if agent.iteration is not None:
@@ -692,6 +699,8 @@ class GeodeCallback(BaseCallback):
         span = record.span
         if exception is not None:
             _record_error(span, exception)
+        else:
+            span.set_status(StatusCode.OK)
         attributes: dict[str, Any] = {}
         if isinstance(outputs, list):
             first = _values.output_message_attributes(outputs, attributes)
@@ -813,9 +822,11 @@ class GeodeCallback(BaseCallback):
                 span.set_attribute(GeodeAttributes.TOOL_ERROR, True)
                 if isinstance(exception, ToolTimeoutError | TimeoutError):
                     span.set_attribute(GeodeAttributes.TOOL_TIMEOUT, True)
-            elif outputs is not None:
-                value, mime = _values.value_and_mime(outputs)
-                span.set_attributes({_OUTPUT: value, _OUTPUT_MIME: mime})
+            else:
+                span.set_status(StatusCode.OK)
+                if outputs is not None:
+                    value, mime = _values.value_and_mime(outputs)
+                    span.set_attributes({_OUTPUT: value, _OUTPUT_MIME: mime})
         except Exception:
             self._internal_error("on_tool_end")
         finally:
@@ -856,6 +867,7 @@ class GeodeCallback(BaseCallback):
             if exception is not None:
                 _record_error(record.span, exception)
             else:
+                record.span.set_status(StatusCode.OK)
                 score = getattr(outputs, "score", None)
                 record.span.set_attributes(
                     {_OUTPUT: _values.to_json({"score": score}), _OUTPUT_MIME: _values.JSON_MIME}

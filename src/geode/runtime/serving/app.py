@@ -674,8 +674,7 @@ class _Server:
 
 def _pipeline_of(runtime: Runtime) -> TracingPipeline | None:
     # The runtime's export pipeline (for span-loss metrics), when it built one from settings.
-    pipeline = getattr(getattr(runtime, "_tracing", None), "pipeline", None)
-    return pipeline if isinstance(pipeline, TracingPipeline) else None
+    return runtime.export_pipeline
 
 
 def _visible(call: _Call) -> dict[str, Any]:

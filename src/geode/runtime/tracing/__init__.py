@@ -32,6 +32,7 @@ from opentelemetry.trace import TracerProvider as TracerProviderApi
 
 from geode.errors import ConfigError
 from geode.runtime.instrumentation import release, retain, tracing_to
+from geode.runtime.phoenix import started_phoenix_url
 from geode.runtime.settings import PhoenixSettings, Settings, TracingSettings
 from geode.runtime.tracing.exporters import (
     OtlpHttpSpanExporter,
@@ -130,7 +131,8 @@ def resolve_endpoint(settings: Settings) -> str | None:
     if phoenix_reachable(settings.phoenix):
         host = "127.0.0.1" if settings.phoenix.host in ("0.0.0.0", "") else settings.phoenix.host
         return f"http://{host}:{settings.phoenix.port}"
-    return None
+    # `geode phoenix` moves to a free port when the configured one is taken; it records where.
+    return started_phoenix_url(settings)
 
 
 @dataclass
