@@ -236,24 +236,38 @@ class Runtime:
                     self._active = ActivePrograms(self.registry)
         return self._active.get(resolved)
 
-    def _identity(
+    @contextmanager
+    def _call(
         self,
-        resolved: ResolvedProgram,
+        program: ProgramRef,
+        inputs: Mapping[str, Any],
         *,
         session_id: str | None,
         user_id: str | None,
         metadata: Mapping[str, Any] | None,
         tags: Sequence[str] | None,
-        version: str | None = None,
-    ) -> RunIdentity:
-        return RunIdentity(
+    ) -> Iterator[tuple[ServedProgram, list[str]]]:
+        """Everything one :meth:`run`/:meth:`arun` call runs under; yields the program and trace ids."""
+        resolved = self.resolve(program)
+        if not inputs:
+            raise InputError(f"no inputs given for program {resolved.name!r}")
+        served = self.serve(program)
+        identity = RunIdentity(
             program=resolved.name,
-            version=version,
+            version=served.version,
             session_id=session_id,
             user_id=user_id,
             metadata=dict(metadata or {}),
             tags=tuple(tags or ()),
         )
+        with (
+            run_identity(identity),
+            self.context(),
+            self._tracing.scope(),
+            capture_trace_ids() as trace_ids,
+            _translate_errors(self, resolved),
+        ):
+            yield served, trace_ids
 
     def context(self, **overrides: Any) -> Any:
         """A ``dspy.context`` with this runtime's LM and adapter (plus ``overrides``) for one call."""
@@ -277,11 +291,6 @@ class Runtime:
         """
         with self.context(), self._tracing.scope():
             yield
-
-    @staticmethod
-    def _check_inputs(resolved: ResolvedProgram, inputs: Mapping[str, Any]) -> None:
-        if not inputs:
-            raise InputError(f"no inputs given for program {resolved.name!r}")
 
     def run(
         self,
@@ -307,24 +316,10 @@ class Runtime:
         Returns:
             The program's ``dspy.Prediction``; :func:`trace_id_of` gives its trace id when traced.
         """
-        resolved = self.resolve(program)
-        self._check_inputs(resolved, inputs)
-        served = self.serve(program)
-        identity = self._identity(
-            resolved,
-            session_id=session_id,
-            user_id=user_id,
-            metadata=metadata,
-            tags=tags,
-            version=served.version,
+        call = self._call(
+            program, inputs, session_id=session_id, user_id=user_id, metadata=metadata, tags=tags
         )
-        with (
-            run_identity(identity),
-            self.context(),
-            self._tracing.scope(),
-            capture_trace_ids() as trace_ids,
-            _translate_errors(self, resolved),
-        ):
+        with call as (served, trace_ids):
             return _stamp(served.module(**inputs), trace_ids)
 
     async def arun(
@@ -339,24 +334,10 @@ class Runtime:
         **inputs: Any,
     ) -> dspy.Prediction:
         """Async :meth:`run`: awaits the program's ``acall`` under its own ``dspy.context``."""
-        resolved = self.resolve(program)
-        self._check_inputs(resolved, inputs)
-        served = self.serve(program)
-        identity = self._identity(
-            resolved,
-            session_id=session_id,
-            user_id=user_id,
-            metadata=metadata,
-            tags=tags,
-            version=served.version,
+        call = self._call(
+            program, inputs, session_id=session_id, user_id=user_id, metadata=metadata, tags=tags
         )
-        with (
-            run_identity(identity),
-            self.context(),
-            self._tracing.scope(),
-            capture_trace_ids() as trace_ids,
-            _translate_errors(self, resolved),
-        ):
+        with call as (served, trace_ids):
             return _stamp(await served.module.acall(**inputs), trace_ids)
 
     def close(self) -> None:
