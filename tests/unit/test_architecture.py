@@ -9,18 +9,19 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "geode"
 
-# Which of Geode's own top-level areas each area may import. `errors` is a leaf everyone may use.
+# Which of Geode's own top-level areas each area may import. `errors` and `refs` are leaves everyone may use.
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
-    "retrieval": {"errors"},
-    "traces": {"errors"},
-    "evals": {"errors", "traces"},
-    "agents": {"errors", "retrieval", "traces", "evals"},
-    "runtime": {"errors", "retrieval", "traces", "evals", "agents"},
-    "examples": {"errors", "retrieval", "traces", "evals", "agents"},
-    "testing": {"errors", "retrieval", "traces", "evals", "agents", "runtime"},
-    "cli": {"errors", "retrieval", "traces", "evals", "agents", "runtime", "examples", "testing"},
-    "__init__": {"errors", "retrieval", "traces", "evals", "agents", "runtime"},
+    "refs": {"errors"},
+    "retrieval": {"errors", "refs"},
+    "traces": {"errors", "refs"},
+    "evals": {"errors", "refs", "traces"},
+    "agents": {"errors", "refs", "retrieval", "traces", "evals"},
+    "runtime": {"errors", "refs", "retrieval", "traces", "evals", "agents"},
+    "examples": {"errors", "refs", "retrieval", "traces", "evals", "agents"},
+    "testing": {"errors", "refs", "retrieval", "traces", "evals", "agents", "runtime"},
+    "cli": {"errors", "refs", "retrieval", "traces", "evals", "agents", "runtime", "examples", "testing"},
+    "__init__": {"errors", "refs", "retrieval", "traces", "evals", "agents", "runtime"},
     "__main__": {"cli"},
 }
 

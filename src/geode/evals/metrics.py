@@ -23,22 +23,18 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import inspect
 import math
 import re
 import string
-import sys
-import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import dspy
 
 from geode.errors import ConfigError
+from geode.refs import import_ref
 
 __all__ = [
     "FEEDBACK_FIELD",
@@ -449,36 +445,6 @@ def shipped_metrics() -> dict[str, Callable[..., Any]]:
     }
 
 
-_IMPORT_LOCK = threading.Lock()
-
-
-def _import_module(module_part: str, ref: str) -> Any:
-    if module_part.endswith(".py") or "/" in module_part:
-        path = Path(module_part)
-        if not path.is_file():
-            raise ConfigError(f"no such file {str(path)!r} in metric reference {ref!r}")
-        mod_name = f"_geode_metric_{abs(hash(path.resolve()))}"
-        with _IMPORT_LOCK:
-            if mod_name in sys.modules:
-                return sys.modules[mod_name]
-            spec = importlib.util.spec_from_file_location(mod_name, path)
-            if spec is None or spec.loader is None:
-                raise ConfigError(f"cannot import {str(path)!r} for metric {ref!r}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[mod_name] = module
-            spec.loader.exec_module(module)
-            return module
-    try:
-        return importlib.import_module(module_part)
-    except ModuleNotFoundError as err:
-        if err.name and module_part.startswith(err.name):
-            raise ConfigError(
-                f"module {module_part!r} not found for metric {ref!r}",
-                hint="is it installed, or is the working directory on PYTHONPATH?",
-            ) from err
-        raise
-
-
 def resolve_metric(ref: str | Callable[..., Any]) -> Callable[..., Any]:
     """Turn ``--metric`` into a metric callable.
 
@@ -509,13 +475,7 @@ def resolve_metric(ref: str | Callable[..., Any]) -> Callable[..., Any]:
             f"unknown metric {ref!r} (shipped: {', '.join(sorted(shipped))})",
             hint="use a shipped name or 'package.module:function' with the signature metric(example, pred, trace=None)",
         )
-    module_part, _, attr_path = ref.rpartition(":")
-    obj: Any = _import_module(module_part, ref)
-    for attr in attr_path.split("."):
-        try:
-            obj = getattr(obj, attr)
-        except AttributeError as err:
-            raise ConfigError(f"{module_part!r} has no attribute {attr_path!r} (metric {ref!r})") from err
+    obj = import_ref(ref, what="metric", error=ConfigError)
     if not callable(obj):
         raise ConfigError(f"metric {ref!r} is a {type(obj).__name__}, not a callable")
     return obj

@@ -7,18 +7,15 @@ zero-argument factory. ``path/to/file.py:attribute`` works too, for programs tha
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeAlias
 
 import dspy
 
 from geode.errors import ProgramNotFoundError
+from geode.refs import import_ref
 
 __all__ = ["Program", "ProgramRef", "ResolvedProgram", "register_program", "registered_programs", "resolve"]
 
@@ -79,30 +76,6 @@ def _instantiate(obj: object, ref: str) -> dspy.Module:
     )
 
 
-def _import_target(module_part: str, ref: str) -> object:
-    if module_part.endswith(".py") or "/" in module_part:
-        path = Path(module_part)
-        if not path.is_file():
-            raise ProgramNotFoundError(f"no such file {str(path)!r} in program reference {ref!r}")
-        mod_name = f"_geode_program_{abs(hash(path.resolve()))}"
-        spec = importlib.util.spec_from_file_location(mod_name, path)
-        if spec is None or spec.loader is None:
-            raise ProgramNotFoundError(f"cannot import {str(path)!r}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[mod_name] = module
-        spec.loader.exec_module(module)
-        return module
-    try:
-        return importlib.import_module(module_part)
-    except ModuleNotFoundError as err:
-        if err.name and module_part.startswith(err.name):
-            raise ProgramNotFoundError(
-                f"module {module_part!r} not found for program reference {ref!r}",
-                hint="is it installed, or is the working directory on PYTHONPATH?",
-            ) from err
-        raise
-
-
 def resolve(ref: ProgramRef, *, name: str | None = None) -> ResolvedProgram:
     """Turn a reference into a module and its name.
 
@@ -131,13 +104,5 @@ def resolve(ref: ProgramRef, *, name: str | None = None) -> ResolvedProgram:
             f"unknown program {ref!r} (registered: {known})",
             hint="use 'package.module:attribute' or register it with geode.register_program",
         )
-    module_part, _, attr_path = ref.rpartition(":")
-    if not module_part or not attr_path:
-        raise ProgramNotFoundError(f"malformed program reference {ref!r}", hint="expected 'module:attribute'")
-    obj: object = _import_target(module_part, ref)
-    for attr in attr_path.split("."):
-        try:
-            obj = getattr(obj, attr)
-        except AttributeError as err:
-            raise ProgramNotFoundError(f"{module_part!r} has no attribute {attr_path!r}") from err
+    obj = import_ref(ref, what="program", error=ProgramNotFoundError)
     return ResolvedProgram(name or ref, _instantiate(obj, ref))
