@@ -43,6 +43,12 @@ bench: $(STAMP) ## Run every benchmark and print our figure beside the anchor's
 docs: $(STAMP) ## Build the docs with strict link checking
 	$(PY) -m mkdocs build --strict
 
+.PHONY: reference
+reference: $(STAMP) ## Regenerate the CLI and settings reference pages and deploy/env.example
+	$(GEODE) cli-reference > docs/reference/cli.md
+	$(GEODE) settings --markdown > docs/reference/settings.md
+	$(GEODE) settings --env-example > deploy/env.example
+
 .PHONY: phoenix
 phoenix: $(STAMP) ## Start a local Phoenix on 127.0.0.1:6006
 	$(GEODE) phoenix
