@@ -69,6 +69,8 @@ class GeodeAttributes:
     WORKFLOW_STEP: Final = "geode.workflow.step"
     WORKFLOW_SOURCE_SPANS: Final = "geode.workflow.source_spans"
     """Lineage: span ids of the agent runs a crystallized step was derived from."""
+    WORKFLOW_ROUTE: Final = "geode.workflow.route"
+    """The route (tool pattern) a crystallized workflow took for this input."""
     REDACTED: Final = "geode.redacted"
     """True when redaction changed any attribute of this span."""
     TRUNCATED: Final = "geode.truncated"
