@@ -1,0 +1,468 @@
+"""The declarative workflow spec: what a crystallized workflow does, as versioned, hashed JSON.
+
+A :class:`WorkflowSpec` names the agent it replaces (``agent_ref``, which also answers whatever the
+workflow cannot), the tools (``module:attr`` references, or the agent's own tools by name), an
+optional router and one route per tool pattern. A route is a fixed list of steps:
+
+- ``predict``: one LM call (a ``dspy.Predict`` with a typed signature and demos taken from the
+  recorded runs) producing the arguments the rules cannot;
+- ``tool``: one tool call (or one per value, for a repeated step), each argument bound to an input,
+  a constant, an earlier observation (whole, or a regex extraction) or a predict step's output;
+- ``output``: the agent's outputs, each bound the same way.
+
+Loading is strict: unknown fields, dangling references, unknown type names, a regex without exactly one
+group, or a content hash that does not match the content are refused with a
+:class:`WorkflowSpecError`. Nothing in a spec is executed: tools are imported by reference, types come
+from a fixed list, regular expressions are data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+from geode.errors import ProgramLoadError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TYPE_NAMES",
+    "Binding",
+    "FieldSpec",
+    "GuardSpec",
+    "Lineage",
+    "OutputStep",
+    "PatternSummary",
+    "PredictStep",
+    "RouteSpec",
+    "SignatureSpec",
+    "SourceSpec",
+    "Step",
+    "ToolRef",
+    "ToolStep",
+    "WorkflowSpec",
+    "WorkflowSpecError",
+    "python_type",
+]
+
+SCHEMA_VERSION: Final = 1
+KIND: Final = "geode.workflow"
+OTHER_ROUTE: Final = "other"
+"""The router's answer for inputs no route fits; the guard sends them to the agent."""
+
+TypeName = Literal[
+    "str", "int", "float", "bool", "list[str]", "list[int]", "list[float]", "dict", "list[dict]"
+]
+TYPE_NAMES: Final[dict[str, Any]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "list[str]": list[str],
+    "list[int]": list[int],
+    "list[float]": list[float],
+    "dict": dict[str, Any],
+    "list[dict]": list[dict[str, Any]],
+}
+"""The field types a spec may use, by name (a spec never names arbitrary Python types)."""
+
+_IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_REF = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
+_MAX_PATTERN = 500
+
+
+class WorkflowSpecError(ProgramLoadError):
+    """A workflow spec is malformed, refers to something that does not exist, or was tampered with."""
+
+    code = "workflow_spec_invalid"
+
+
+def python_type(name: str) -> Any:
+    """The Python type of a spec type name (``"list[str]"`` → ``list[str]``)."""
+    return TYPE_NAMES[name]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Lineage(_Model):
+    """Where a step came from: the recorded runs (traces) and spans it was derived from."""
+
+    trace_ids: tuple[str, ...] = ()
+    span_ids: tuple[str, ...] = ()
+
+
+class FieldSpec(_Model):
+    """A typed field of a signature."""
+
+    name: str = Field(pattern=_IDENT)
+    type: TypeName = "str"
+    description: str = ""
+    choices: tuple[str, ...] | None = None
+    """For a ``str`` field: the only values allowed (an enum for the LM)."""
+
+
+class Binding(_Model):
+    """Where a value comes from.
+
+    - ``input``: the workflow input ``field`` (``transform``: ``strip`` or ``lower``);
+    - ``constant``: ``value``;
+    - ``step``: output ``field`` of an earlier step (a tool step's outputs are ``observation``, the text,
+      and ``observations``, one text per call); with
+      ``pattern``, the regex's group instead of the whole text (``all_matches`` for every match).
+    """
+
+    source: Literal["input", "constant", "step"]
+    field: str | None = None
+    step: str | None = None
+    value: Any = None
+    transform: Literal["strip", "lower"] | None = None
+    pattern: str | None = Field(default=None, max_length=_MAX_PATTERN)
+    all_matches: bool = False
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> Binding:
+        if self.source == "input" and not self.field:
+            raise ValueError("an input binding needs 'field'")
+        if self.source == "step" and not (self.step and self.field):
+            raise ValueError("a step binding needs 'step' and 'field'")
+        if self.pattern is not None:
+            try:
+                groups = re.compile(self.pattern).groups
+            except re.error as err:
+                raise ValueError(f"invalid regular expression {self.pattern!r}: {err}") from None
+            if groups != 1:
+                raise ValueError(f"the regular expression {self.pattern!r} must have exactly one group")
+        return self
+
+
+class PredictStep(_Model):
+    """One LM call: a typed signature whose inputs are bound, with demos from the recorded runs."""
+
+    kind: Literal["predict"] = "predict"
+    id: str = Field(pattern=_IDENT)
+    instructions: str
+    inputs: tuple[FieldSpec, ...]
+    bindings: dict[str, Binding]
+    """Per input field, where its value comes from."""
+    outputs: tuple[FieldSpec, ...] = Field(min_length=1)
+    demos: tuple[dict[str, Any], ...] = ()
+    lineage: Lineage = Lineage()
+
+
+class ToolStep(_Model):
+    """One tool call (or one per value of its list-valued arguments, when ``repeat``)."""
+
+    kind: Literal["tool"] = "tool"
+    id: str = Field(pattern=_IDENT)
+    tool: str = Field(pattern=_IDENT)
+    args: dict[str, Binding]
+    repeat: bool = False
+    """Call the tool once per element of the list-valued arguments (zipped; others are shared)."""
+    max_calls: int = Field(default=1, ge=1, le=20)
+    lineage: Lineage = Lineage()
+
+
+class OutputStep(_Model):
+    """The workflow's outputs, each bound to an input, a constant or a step's output."""
+
+    kind: Literal["output"] = "output"
+    id: str = Field(default="output", pattern=_IDENT)
+    outputs: dict[str, Binding]
+    lineage: Lineage = Lineage()
+
+
+Step = Annotated[PredictStep | ToolStep | OutputStep, Field(discriminator="kind")]
+
+
+class RouteSpec(_Model):
+    """One tool pattern, as a fixed sequence of steps ending in an output step."""
+
+    label: str = Field(pattern=_IDENT)
+    tools: tuple[str, ...]
+    steps: tuple[Step, ...] = Field(min_length=1)
+
+
+class ToolRef(_Model):
+    """A tool the workflow calls: imported from ``ref``, or (``ref`` null) the agent's tool of that name."""
+
+    name: str = Field(pattern=_IDENT)
+    ref: str | None = Field(default=None, pattern=_REF)
+    timeout_s: float | None = Field(default=30.0, gt=0)
+    args: tuple[str, ...] = ()
+    """The argument names the tool took when the spec was made (checked when it is loaded)."""
+
+
+class SignatureSpec(_Model):
+    """The agent's signature: what the workflow takes and returns."""
+
+    instructions: str = ""
+    inputs: tuple[FieldSpec, ...] = Field(min_length=1)
+    outputs: tuple[FieldSpec, ...] = Field(min_length=1)
+
+
+class GuardSpec(_Model):
+    """When the workflow hands an input to the agent instead of answering itself."""
+
+    on_error: bool = True
+    """A step raised (a tool failed or timed out, an LM reply did not parse, a regex found nothing)."""
+    on_other: bool = True
+    """The router said no route fits."""
+    require_outputs: bool = True
+    """An output came out empty."""
+
+
+class PatternSummary(_Model):
+    """A pattern found in the runs, for the report (chosen or not)."""
+
+    label: str
+    tools: tuple[str, ...]
+    runs: int
+    attempts: int
+    share: float
+    success_rate: float
+    retried: int
+    lm_calls: float = 0.0
+    """The agent's mean LM calls per run on this pattern."""
+    chosen: bool
+    derivations: dict[str, str]
+    """``"step 1 lookup_stock.item"`` or ``"output answer"`` → how it is derived."""
+
+
+class SourceSpec(_Model):
+    """What the spec was derived from, and the settings used."""
+
+    description: str
+    program: str | None = None
+    runs: int
+    successful: int
+    failures: dict[str, int] = {}
+    min_share: float
+    success_threshold: float
+    agreement: float
+    decision: str
+    """Why these routes: the dominant pattern's share against ``min_share``."""
+    patterns: tuple[PatternSummary, ...] = ()
+    created_at: str
+
+
+class WorkflowSpec(_Model):
+    """A crystallized workflow: routes of fixed steps, a router, the agent as guard, and provenance."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    kind: Literal["geode.workflow"] = KIND
+    name: str
+    agent_ref: str | None = None
+    """The agent this workflow replaces and falls back to (a program reference)."""
+    signature: SignatureSpec
+    tools: tuple[ToolRef, ...] = ()
+    router: PredictStep | None = None
+    """Chooses the route (its ``route`` output); may also produce the first arguments of every route."""
+    routes: tuple[RouteSpec, ...] = Field(min_length=1)
+    guard: GuardSpec = GuardSpec()
+    source: SourceSpec
+    content_hash: str = ""
+    """``sha256:`` of the canonical JSON of everything else; checked when the spec is loaded."""
+
+    @pydantic.model_validator(mode="after")
+    def _check_references(self) -> WorkflowSpec:
+        problems = list(_reference_problems(self))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # -- hashing and files -------------------------------------------------------------------------
+
+    def compute_hash(self) -> str:
+        """The content hash of this spec (everything but ``content_hash`` itself)."""
+        data = self.model_dump(mode="json", exclude={"content_hash"})
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def sealed(self) -> WorkflowSpec:
+        """This spec with its content hash filled in."""
+        return self.model_copy(update={"content_hash": self.compute_hash()})
+
+    def to_json(self) -> str:
+        """The sealed spec as indented JSON."""
+        return json.dumps(self.sealed().model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the sealed spec to ``path`` atomically; returns the path."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(self.to_json())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+    @classmethod
+    def from_json(cls, text: str, *, where: str = "workflow spec") -> WorkflowSpec:
+        """Parse and check a spec.
+
+        Raises:
+            WorkflowSpecError: Not JSON, not a workflow spec, an unsupported schema version, a field
+                that is unknown, missing or invalid, a dangling reference, or a hash mismatch.
+        """
+        try:
+            data = json.loads(text)
+        except ValueError as err:
+            raise WorkflowSpecError(f"{where} is not JSON: {err}") from None
+        if not isinstance(data, dict) or data.get("kind") != KIND:
+            raise WorkflowSpecError(
+                f'{where} is not a Geode workflow spec (expected "kind": "{KIND}")',
+                hint="create one with `geode crystallize`",
+            )
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise WorkflowSpecError(
+                f"{where} has schema_version {version!r}; this Geode reads version {SCHEMA_VERSION}",
+                hint="re-create it with `geode crystallize` from this Geode version",
+            )
+        try:
+            spec = cls.model_validate(data)
+        except pydantic.ValidationError as err:
+            raise WorkflowSpecError(f"{where} is invalid: {_problems(err)}") from None
+        if not spec.content_hash:
+            raise WorkflowSpecError(
+                f"{where} has no content_hash", hint="save specs with WorkflowSpec.save (it seals them)"
+            )
+        actual = spec.compute_hash()
+        if actual != spec.content_hash:
+            raise WorkflowSpecError(
+                f"{where} was modified after it was sealed (content hash {actual[:19]}… does not match "
+                f"{spec.content_hash[:19]}…)",
+                hint="re-create it with `geode crystallize`, or edit the generated Python module instead",
+            )
+        return spec
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> WorkflowSpec:
+        """Read and check a spec file (see :meth:`from_json`)."""
+        source = Path(path)
+        try:
+            text = source.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise WorkflowSpecError(f"workflow spec {str(source)!r} does not exist") from None
+        except (OSError, UnicodeDecodeError) as err:
+            raise WorkflowSpecError(f"cannot read workflow spec {str(source)!r}: {err}") from None
+        return cls.from_json(text, where=f"workflow spec {str(source)!r}")
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def route(self, label: str) -> RouteSpec:
+        """The route with this label."""
+        for route in self.routes:
+            if route.label == label:
+                return route
+        raise KeyError(label)
+
+    def predict_steps(self) -> Iterator[PredictStep]:
+        """Every LM step: the router first, then each route's in order."""
+        if self.router is not None:
+            yield self.router
+        for route in self.routes:
+            yield from (s for s in route.steps if isinstance(s, PredictStep))
+
+
+def _problems(err: pydantic.ValidationError) -> str:
+    found = []
+    for e in err.errors()[:8]:
+        where = ".".join(str(p) for p in e["loc"]) or "spec"
+        message = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
+        found.append(f"{where}: {message}")
+    more = len(err.errors()) - len(found)
+    return "; ".join(found) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _fields_of(step: PredictStep | ToolStep | OutputStep) -> set[str]:
+    if isinstance(step, PredictStep):
+        return {f.name for f in step.outputs}
+    if isinstance(step, ToolStep):
+        return {"observation", "observations"}
+    return set(step.outputs)
+
+
+def _binding_problems(
+    binding: Binding, where: str, inputs: set[str], earlier: dict[str, set[str]]
+) -> Iterator[str]:
+    if binding.source == "input" and binding.field not in inputs:
+        yield f"{where} reads unknown input {binding.field!r}"
+    if binding.source == "step":
+        fields = earlier.get(binding.step or "")
+        if fields is None:
+            yield f"{where} reads step {binding.step!r}, which does not come before it"
+        elif binding.field not in fields:
+            yield f"{where} reads {binding.step}.{binding.field}, which that step does not produce"
+
+
+def _reference_problems(spec: WorkflowSpec) -> Iterator[str]:
+    inputs = {f.name for f in spec.signature.inputs}
+    outputs = {f.name for f in spec.signature.outputs}
+    tools = {t.name for t in spec.tools}
+    if len(tools) != len(spec.tools):
+        yield "two tools share a name"
+    labels = [r.label for r in spec.routes]
+    if len(set(labels)) != len(labels):
+        yield "two routes share a label"
+    if OTHER_ROUTE in labels:
+        yield f"a route may not be labelled {OTHER_ROUTE!r}"
+    start: dict[str, set[str]] = {}
+    if spec.router is None:
+        if len(spec.routes) != 1:
+            yield "several routes need a router"
+    else:
+        router = spec.router
+        route_field = next((f for f in router.outputs if f.name == "route"), None)
+        if route_field is None or set(route_field.choices or ()) != {*labels, OTHER_ROUTE}:
+            yield f"the router needs a 'route' output whose choices are the route labels and {OTHER_ROUTE!r}"
+        yield from _step_problems(router, "router", inputs, {})
+        start[router.id] = _fields_of(router)
+    for route in spec.routes:
+        earlier = dict(start)
+        steps = route.steps
+        for index, step in enumerate(steps):
+            where = f"route {route.label!r} step {step.id!r}"
+            if step.id in earlier:
+                yield f"{where}: the id is used twice"
+            yield from _step_problems(step, where, inputs, earlier)
+            if isinstance(step, ToolStep) and step.tool not in tools:
+                yield f"{where} calls tool {step.tool!r}, which the spec does not list"
+            if isinstance(step, OutputStep):
+                if index != len(steps) - 1:
+                    yield f"{where}: the output step must be last"
+                if set(step.outputs) != outputs:
+                    yield f"{where} must bind exactly the outputs {sorted(outputs)}"
+            earlier[step.id] = _fields_of(step)
+        if not isinstance(steps[-1], OutputStep):
+            yield f"route {route.label!r} does not end with an output step"
+
+
+def _step_problems(
+    step: PredictStep | ToolStep | OutputStep, where: str, inputs: set[str], earlier: dict[str, set[str]]
+) -> Iterator[str]:
+    if isinstance(step, PredictStep):
+        names = [f.name for f in step.inputs]
+        if set(step.bindings) != set(names):
+            yield f"{where} must bind exactly its input fields {names}"
+        bindings = step.bindings.items()
+    elif isinstance(step, ToolStep):
+        bindings = step.args.items()
+    else:
+        bindings = step.outputs.items()
+    for name, binding in bindings:
+        yield from _binding_problems(binding, f"{where} {name!r}", inputs, earlier)

@@ -1,0 +1,438 @@
+"""``CrystallizedWorkflow``: runs a :class:`~geode.agents.crystallize.spec.WorkflowSpec`, the agent as guard.
+
+The spec's steps run in their fixed order: the router (if any) picks a route, ``predict`` steps are
+``dspy.Predict`` calls with the spec's typed signatures and demos, ``tool`` steps call the tools
+through :class:`~geode.agents.tools.GuardedTool` (argument validation, timeouts, scrubbed errors, a TOOL
+span per call), and the output step binds the outputs. Each step is a child module, so each gets its
+own span carrying ``geode.workflow.step`` and its lineage (``geode.workflow.source_spans``).
+
+Whatever the workflow cannot handle goes to the original agent: a step that fails (a tool error or
+timeout, an unparseable LM reply, a regex that finds nothing), a router that answers ``other``, or an
+empty output. The workflow is a :class:`~geode.agents.fallback.Fallback`, so the choice and its reason
+are on its span (``geode.fallback.choice``/``geode.fallback.reason``) and in
+:func:`~geode.agents.fallback.fallback_choice`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import dspy
+import pydantic
+from dspy.signatures.signature import make_signature
+
+from geode.agents.agent import _observation_text
+from geode.agents.crystallize.refs import agent_parts, import_ref
+from geode.agents.crystallize.spec import (
+    Binding,
+    FieldSpec,
+    OutputStep,
+    PredictStep,
+    RouteSpec,
+    ToolStep,
+    WorkflowSpec,
+    WorkflowSpecError,
+    python_type,
+)
+from geode.agents.fallback import Fallback, Validator
+from geode.agents.scrub import scrub
+from geode.agents.tools import GuardedTool, guard
+from geode.errors import ConfigError, GeodeError
+from geode.traces.vocab import GeodeAttributes
+
+__all__ = ["CrystallizedWorkflow", "WorkflowGuardError", "workflow_route"]
+
+_ROUTE_ATTR = "_geode_workflow_route"
+_MAX_OBSERVATION_CHARS = 2000
+
+
+class WorkflowGuardError(GeodeError):
+    """The crystallized workflow cannot answer this input itself; the guard hands it to the agent."""
+
+    code = "workflow_guard"
+
+
+def workflow_route(prediction: dspy.Prediction) -> str | None:
+    """The route a crystallized workflow took for this prediction (``None`` if the agent answered)."""
+    route = getattr(prediction, _ROUTE_ATTR, None)
+    return route if isinstance(route, str) else None
+
+
+# -- values ----------------------------------------------------------------------------------------
+
+
+def _field_type(spec: FieldSpec) -> Any:
+    if spec.choices:
+        return cast(Any, Literal)[tuple(spec.choices)]
+    return python_type(spec.type)
+
+
+def coerce(value: Any, spec: FieldSpec) -> Any:
+    """``value`` as the field's declared type (``"3"`` → ``3`` for an ``int``).
+
+    Raises:
+        WorkflowGuardError: It cannot be.
+    """
+    target = _field_type(spec)
+    adapter: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(target)
+    try:
+        return adapter.validate_python(value)
+    except pydantic.ValidationError:
+        pass
+    if isinstance(value, str):
+        try:
+            return adapter.validate_json(value)
+        except pydantic.ValidationError:
+            pass
+    raise WorkflowGuardError(f"{spec.name}: {scrub(repr(value), max_chars=80)} is not a valid {spec.type}")
+
+
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, str | list | dict) and not value)
+
+
+class _Values:
+    """The inputs and every finished step's outputs of one run, and binding resolution over them."""
+
+    def __init__(self, inputs: Mapping[str, Any]) -> None:
+        self.inputs = dict(inputs)
+        self.steps: dict[str, dict[str, Any]] = {}
+
+    def resolve(self, binding: Binding, where: str) -> Any:
+        if binding.source == "constant":
+            return binding.value
+        if binding.source == "input":
+            value = self.inputs[str(binding.field)]
+            if isinstance(value, str) and binding.transform is not None:
+                value = " ".join(value.split())
+                if binding.transform == "lower":
+                    value = value.casefold()
+            return value
+        value = self.steps[str(binding.step)][str(binding.field)]
+        if binding.pattern is None:
+            return value
+        text = value if isinstance(value, str) else "\n\n".join(str(v) for v in value or ())
+        pattern = re.compile(binding.pattern)
+        if binding.all_matches:
+            found = pattern.findall(text)
+            if not found:
+                raise WorkflowGuardError(f"{where}: /{binding.pattern}/ found nothing in {binding.step}")
+            return found
+        match = pattern.search(text)
+        if match is None:
+            raise WorkflowGuardError(f"{where}: /{binding.pattern}/ found nothing in {binding.step}")
+        return match.group(1)
+
+
+# -- step modules ----------------------------------------------------------------------------------
+
+
+class _Step(dspy.Module):
+    """Common span hooks: the step id as span name, lineage as attributes."""
+
+    step_id: str
+    source_spans: tuple[str, ...]
+
+    def geode_span_name(self, inputs: Mapping[str, Any]) -> str:
+        """The span is named after the step."""
+        return self.step_id
+
+    def geode_span_attributes(self, inputs: Mapping[str, Any], outputs: Any) -> dict[str, Any]:
+        """The step id and the spans it was derived from."""
+        attributes: dict[str, Any] = {GeodeAttributes.WORKFLOW_STEP: self.step_id}
+        if self.source_spans:
+            attributes[GeodeAttributes.WORKFLOW_SOURCE_SPANS] = self.source_spans
+        return attributes
+
+
+def _signature(spec: PredictStep) -> type[dspy.Signature]:
+    fields: dict[str, tuple[Any, Any]] = {}
+    for f in spec.inputs:
+        fields[f.name] = (
+            _field_type(f),
+            dspy.InputField(desc=f.description) if f.description else dspy.InputField(),
+        )
+    for f in spec.outputs:
+        fields[f.name] = (
+            _field_type(f),
+            dspy.OutputField(desc=f.description) if f.description else dspy.OutputField(),
+        )
+    return make_signature(fields, spec.instructions)
+
+
+class PredictStepModule(_Step):
+    """A ``predict`` step: one ``dspy.Predict`` call with the spec's signature and demos."""
+
+    def __init__(self, spec: PredictStep) -> None:
+        super().__init__()
+        self.spec = spec
+        self.step_id = spec.id
+        self.source_spans = spec.lineage.span_ids
+        self.predict = dspy.Predict(_signature(spec))
+        self.predict.demos = [dspy.Example(**demo) for demo in spec.demos]
+
+    def forward(self, **inputs: Any) -> dspy.Prediction:
+        """Ask the LM for the step's outputs."""
+        return self.predict(**inputs)
+
+
+class ToolStepModule(_Step):
+    """A ``tool`` step: one guarded tool call, or one per value of its list-valued arguments."""
+
+    def __init__(self, spec: ToolStep, tool: GuardedTool, iterated: frozenset[str]) -> None:
+        super().__init__()
+        self.spec = spec
+        self.step_id = spec.id
+        self.source_spans = spec.lineage.span_ids
+        self.tool = tool
+        self.iterated = iterated
+
+    def _calls(self, args: Mapping[str, Any]) -> list[dict[str, Any]]:
+        if not self.spec.repeat or not self.iterated:
+            return [dict(args)]
+        lists = {k: v for k, v in args.items() if k in self.iterated}
+        for name, value in lists.items():
+            if not isinstance(value, list):
+                raise WorkflowGuardError(f"step {self.step_id}: {name} should be a list of values")
+        sizes = {len(v) for v in lists.values()}
+        if len(sizes) != 1 or 0 in sizes:
+            raise WorkflowGuardError(
+                f"step {self.step_id}: no values (or lists of different lengths) to call with"
+            )
+        count = min(sizes.pop(), self.spec.max_calls)
+        shared = {k: v for k, v in args.items() if k not in self.iterated}
+        return [{**shared, **{k: v[i] for k, v in lists.items()}} for i in range(count)]
+
+    def forward(self, **args: Any) -> dspy.Prediction:
+        """Call the tool; its errors propagate (the workflow's guard hands the input to the agent)."""
+        observations = [
+            _observation_text(self.tool(**call), _MAX_OBSERVATION_CHARS) for call in self._calls(args)
+        ]
+        return dspy.Prediction(observation="\n\n".join(observations), observations=observations)
+
+
+class RouteModule(dspy.Module):
+    """The steps of one route, in order."""
+
+    def __init__(self, spec: RouteSpec, steps: Sequence[_Step]) -> None:
+        super().__init__()
+        self.spec = spec
+        self.steps = list(steps)
+
+
+def _iterated(step: ToolStep, lists: set[tuple[str, str]]) -> frozenset[str]:
+    names = set()
+    for arg, binding in step.args.items():
+        if binding.all_matches or (step.repeat and (str(binding.step), str(binding.field)) in lists):
+            names.add(arg)
+    return frozenset(names)
+
+
+class SpecProgram(dspy.Module):
+    """The workflow itself, without the guard: router, then the chosen route's steps."""
+
+    def __init__(self, spec: WorkflowSpec, tools: Mapping[str, GuardedTool]) -> None:
+        super().__init__()
+        self.spec = spec
+        self.router = PredictStepModule(spec.router) if spec.router is not None else None
+        lists = {
+            (s.id, f.name) for s in spec.predict_steps() for f in s.outputs if f.type.startswith("list[")
+        }
+        self.routes = [
+            RouteModule(
+                route,
+                [
+                    PredictStepModule(s)
+                    if isinstance(s, PredictStep)
+                    else ToolStepModule(s, tools[s.tool], _iterated(s, lists))
+                    for s in route.steps
+                    if not isinstance(s, OutputStep)
+                ],
+            )
+            for route in spec.routes
+        ]
+
+    def geode_span_attributes(self, inputs: Mapping[str, Any], outputs: Any) -> dict[str, Any]:
+        """The route taken."""
+        route = workflow_route(outputs) if isinstance(outputs, dspy.Prediction) else None
+        return {GeodeAttributes.WORKFLOW_ROUTE: route} if route else {}
+
+    def _route(self, values: _Values) -> RouteModule:
+        if self.router is None:
+            return self.routes[0]
+        pred = self.router(**self._bound(self.router.spec.bindings, values, "router"))
+        values.steps[self.router.spec.id] = dict(pred.items())
+        label = str(pred.get("route") or "").strip()
+        for route in self.routes:
+            if route.spec.label == label:
+                return route
+        if self.spec.guard.on_other:
+            raise WorkflowGuardError(
+                f"the router chose {scrub(label, max_chars=60)!r}: no route fits these inputs"
+            )
+        return self.routes[0]
+
+    @staticmethod
+    def _bound(bindings: Mapping[str, Binding], values: _Values, where: str) -> dict[str, Any]:
+        return {name: values.resolve(b, f"{where} {name}") for name, b in bindings.items()}
+
+    def _run(self, values: _Values) -> dspy.Prediction:
+        route = self._route(values)
+        for step in route.steps:
+            if isinstance(step, PredictStepModule):
+                pred = step(**self._bound(step.spec.bindings, values, step.step_id))
+                values.steps[step.step_id] = dict(pred.items())
+            elif isinstance(step, ToolStepModule):
+                pred = step(**self._bound(step.spec.args, values, step.step_id))
+                values.steps[step.step_id] = dict(pred.items())
+        final = route.spec.steps[-1]
+        assert isinstance(final, OutputStep)
+        outputs: dict[str, Any] = {}
+        for field in self.spec.signature.outputs:
+            value = coerce(values.resolve(final.outputs[field.name], f"output {field.name}"), field)
+            if self.spec.guard.require_outputs and _empty(value):
+                raise WorkflowGuardError(f"output {field.name} came out empty")
+            outputs[field.name] = value
+        prediction = dspy.Prediction(**outputs)
+        setattr(prediction, _ROUTE_ATTR, route.spec.label)
+        return prediction
+
+    def forward(self, **inputs: Any) -> dspy.Prediction:
+        """Run the workflow; anything it cannot handle raises :class:`WorkflowGuardError`."""
+        missing = [f.name for f in self.spec.signature.inputs if f.name not in inputs]
+        if missing:
+            raise WorkflowGuardError(f"missing inputs: {', '.join(missing)}")
+        try:
+            return self._run(_Values(inputs))
+        except WorkflowGuardError:
+            raise
+        except Exception as err:
+            if not self.spec.guard.on_error:
+                raise
+            first = (str(err).strip().splitlines() or [""])[0]
+            text = scrub(f"{type(err).__name__}: {first}", max_chars=200)
+            raise WorkflowGuardError(f"a workflow step failed: {text}") from err
+
+    async def aforward(self, **inputs: Any) -> dspy.Prediction:
+        """Async :meth:`forward` (the steps run in a worker thread with the caller's context)."""
+        return await asyncio.to_thread(self.forward, **inputs)
+
+
+# -- the guarded workflow --------------------------------------------------------------------------
+
+
+def _resolve_tools(
+    spec: WorkflowSpec, agent: dspy.Module, given: Mapping[str, Any] | None
+) -> dict[str, GuardedTool]:
+    _, agent_tools = agent_parts(agent)
+    resolved: dict[str, GuardedTool] = {}
+    for ref in spec.tools:
+        if given is not None and ref.name in given:
+            source: Any = given[ref.name]
+            where = f"tools[{ref.name!r}]"
+        elif ref.ref is not None:
+            source = import_ref(ref.ref, what=f"tool {ref.name!r}")
+            where = ref.ref
+        elif ref.name in agent_tools:
+            source = agent_tools[ref.name]
+            where = f"the agent's tool {ref.name!r}"
+        else:
+            raise WorkflowSpecError(
+                f"tool {ref.name!r} has no reference and the agent has no tool of that name",
+                hint="pass tools={...} to CrystallizedWorkflow",
+            )
+        try:
+            tool = guard(source, timeout_s=ref.timeout_s)
+        except ConfigError as err:
+            raise WorkflowSpecError(f"tool {ref.name!r} ({where}) is not usable: {err}") from None
+        missing = sorted(set(ref.args) - set(tool.args or {}))
+        if missing and not tool.has_kwargs:
+            raise WorkflowSpecError(
+                f"tool {ref.name!r} ({where}) no longer takes argument(s) {', '.join(missing)}",
+                hint="re-create the workflow from fresh runs of the agent",
+            )
+        resolved[ref.name] = tool
+    return resolved
+
+
+def _load_agent(spec: WorkflowSpec) -> dspy.Module:
+    if spec.agent_ref is None:
+        raise ConfigError(
+            f"workflow {spec.name!r} names no agent_ref; pass agent=... (the agent it falls back to)"
+        )
+    found = import_ref(spec.agent_ref, what="agent_ref")
+    if isinstance(found, dspy.Module):
+        return found
+    if callable(found):
+        built = found()
+        if isinstance(built, dspy.Module):
+            return built
+    raise WorkflowSpecError(f"agent_ref {spec.agent_ref!r} is not a dspy.Module (or a factory of one)")
+
+
+class CrystallizedWorkflow(Fallback):
+    """A workflow crystallized from an agent's runs, with the agent as its guard.
+
+    Args:
+        spec: The spec, or the path of a spec file (checked strictly; see
+            :meth:`WorkflowSpec.load <geode.agents.crystallize.spec.WorkflowSpec.load>`).
+        agent: The agent to fall back to; default: imported from the spec's ``agent_ref``
+            (``package.module:attribute``).
+        tools: Tools by name, overriding the spec's references (e.g. tools built at run time).
+        validate: An extra check of the workflow's prediction; failing it sends the input to the agent.
+
+    Raises:
+        WorkflowSpecError: The spec file is invalid, or a tool it references cannot be imported or
+            has lost an argument.
+        ConfigError: No agent is given and the spec names none.
+
+    Example:
+        >>> from geode.agents.crystallize import CrystallizedWorkflow
+        >>> CrystallizedWorkflow("missing.json")
+        Traceback (most recent call last):
+        ...
+        geode.agents.crystallize.spec.WorkflowSpecError: workflow spec 'missing.json' does not exist
+    """
+
+    def __init__(
+        self,
+        spec: WorkflowSpec | str | os.PathLike[str],
+        *,
+        agent: dspy.Module | None = None,
+        tools: Mapping[str, Callable[..., Any] | dspy.Tool] | None = None,
+        validate: Validator | None = None,
+    ) -> None:
+        loaded = spec if isinstance(spec, WorkflowSpec) else WorkflowSpec.load(Path(spec))
+        guard_agent = agent if agent is not None else _load_agent(loaded)
+        resolved = _resolve_tools(loaded, guard_agent, tools)
+        super().__init__(
+            SpecProgram(loaded, resolved), guard_agent, validate=validate, catch=(WorkflowGuardError,)
+        )
+        self.spec = loaded
+
+    @property
+    def workflow(self) -> SpecProgram:
+        """The workflow without its guard."""
+        return cast(SpecProgram, self.primary)
+
+    @property
+    def agent(self) -> dspy.Module:
+        """The agent the workflow falls back to."""
+        return self.fallback
+
+    def geode_span_name(self, inputs: Mapping[str, Any]) -> str:
+        """The workflow's span is named after the spec."""
+        return self.spec.name
+
+    def geode_span_attributes(self, inputs: Mapping[str, Any], outputs: Any) -> dict[str, Any]:
+        """The fallback choice (see :class:`Fallback`) and the route taken."""
+        attributes = super().geode_span_attributes(inputs, outputs)
+        route = workflow_route(outputs) if isinstance(outputs, dspy.Prediction) else None
+        if route:
+            attributes[GeodeAttributes.WORKFLOW_ROUTE] = route
+        return attributes
