@@ -26,6 +26,9 @@ _EXPORTS: dict[str, str] = {
     "search_tool": "geode.agents.tools",
     "Calculator": "geode.agents.calculator",
     "calculate": "geode.agents.calculator",
+    "crystallize": "geode.agents.crystallize.crystallization",
+    "CrystallizedWorkflow": "geode.agents.crystallize.workflow",
+    "WorkflowSpec": "geode.agents.crystallize.spec",
     "instrument": "geode.runtime.instrumentation",
     "uninstrument": "geode.runtime.instrumentation",
 }
@@ -35,13 +38,16 @@ __all__ = [  # kept equal to _EXPORTS by tests/unit/test_public_api.py
     "AgentStep",
     "Budget",
     "Calculator",
+    "CrystallizedWorkflow",
     "Fallback",
     "LocalLM",
     "Retriever",
     "Runtime",
     "Settings",
+    "WorkflowSpec",
     "__version__",
     "calculate",
+    "crystallize",
     "fallback_choice",
     "instrument",
     "register_program",
@@ -55,6 +61,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from geode.agents.agent import Agent as Agent
     from geode.agents.calculator import Calculator as Calculator
     from geode.agents.calculator import calculate as calculate
+    from geode.agents.crystallize.crystallization import crystallize as crystallize
+    from geode.agents.crystallize.spec import WorkflowSpec as WorkflowSpec
+    from geode.agents.crystallize.workflow import CrystallizedWorkflow as CrystallizedWorkflow
     from geode.agents.fallback import Fallback as Fallback
     from geode.agents.fallback import fallback_choice as fallback_choice
     from geode.agents.steps import AgentStep as AgentStep

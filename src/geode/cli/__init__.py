@@ -41,6 +41,8 @@ _COMMAND_MODULES = (
     "geode.cli.compile",
     "geode.cli.versions",
     "geode.cli.compare_models",
+    "geode.cli.crystallize",
+    "geode.cli.compare",
 )
 
 _state = {"debug": False}

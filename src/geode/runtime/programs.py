@@ -2,7 +2,8 @@
 
 A reference is either a name registered in code (:func:`register_program`) or ``module.path:attribute``
 like uvicorn apps, where the attribute is a ``dspy.Module`` instance, a ``dspy.Module`` subclass or a
-zero-argument factory. ``path/to/file.py:attribute`` works too, for programs that are not installed.
+zero-argument factory. ``path/to/file.py:attribute`` works too, for programs that are not installed, and
+``path/to/workflow.json`` loads a crystallized workflow spec (``geode crystallize``).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeAlias
 
 import dspy
@@ -76,6 +78,27 @@ def _instantiate(obj: object, ref: str) -> dspy.Module:
     )
 
 
+def _workflow_spec(ref: str) -> dspy.Module:
+    """A crystallized workflow from its spec file; the guard agent is resolved like any reference.
+
+    Nothing runs but imports: the spec is JSON checked against its schema and content hash, its tools
+    and agent are ``module:attr`` references.
+    """
+    from geode.agents.crystallize import CrystallizedWorkflow, WorkflowSpec
+
+    path = Path(ref)
+    if not path.is_file():
+        raise ProgramNotFoundError(f"no such workflow spec file {ref!r}")
+    spec = WorkflowSpec.load(path)
+    if spec.agent_ref is None:
+        raise ProgramNotFoundError(
+            f"workflow spec {ref!r} names no agent_ref, so it has no agent to fall back to",
+            hint="re-create it with `geode crystallize REF`, which records the agent's reference",
+        )
+    agent = resolve(spec.agent_ref).module
+    return CrystallizedWorkflow(spec, agent=agent)
+
+
 def resolve(ref: ProgramRef, *, name: str | None = None) -> ResolvedProgram:
     """Turn a reference into a module and its name.
 
@@ -98,6 +121,8 @@ def resolve(ref: ProgramRef, *, name: str | None = None) -> ResolvedProgram:
         registered = _REGISTRY.get(ref)
     if registered is not None:
         return ResolvedProgram(name or ref, _instantiate(registered, ref))
+    if ref.endswith(".json"):
+        return ResolvedProgram(name or ref, _workflow_spec(ref))
     if ":" not in ref:
         known = ", ".join(registered_programs()) or "none"
         raise ProgramNotFoundError(

@@ -84,6 +84,9 @@ class _Writer:
     def predictor(self, route: str | None, step: PredictStep) -> str:
         return step.id if route is None else f"{route}_{step.id}"
 
+    def demos_name(self, route: str | None, step: PredictStep) -> str:
+        return re.sub(r"\W+", "_", f"{route or ''} {step.id}".strip()).upper() + "_DEMOS"
+
     def signature_class(self, route: str | None, step: PredictStep) -> str:
         return self.signatures[(route or "", step.id)]
 
@@ -110,11 +113,12 @@ class _Writer:
             "import dspy",
             "import pydantic",
             "",
+        )
+        imports: list[str] = [
             "from geode.agents.crystallize import WorkflowGuardError",
             "from geode.agents.fallback import Fallback",
             "from geode.agents.tools import guard",
-        )
-        imports: list[str] = []
+        ]
         agent_ref = spec.agent_ref
         if agent_ref is None:
             raise CrystallizeError(
@@ -138,7 +142,16 @@ class _Writer:
                 tool_lines.append(
                     f"    {tool.name!r}: guard(AGENT.tools[{tool.name!r}], timeout_s={timeout}),"
                 )
-        self.emit(*sorted(set(imports)), "", agent_line, "", "TOOLS = {", *tool_lines, "}", "")
+        self.emit(
+            *sorted(set(imports), key=lambda line: line.split()[1]),
+            "",
+            agent_line,
+            "",
+            "TOOLS = {",
+            *tool_lines,
+            "}",
+            "",
+        )
 
     def helpers(self) -> None:
         self.emit(
@@ -189,6 +202,10 @@ class _Writer:
             self.emit("", f"class {name}(dspy.Signature):", *_docstring(step.instructions, "    "), "")
             self.emit(*(_field_line(f, "InputField") for f in step.inputs))
             self.emit(*(_field_line(f, "OutputField") for f in step.outputs), "")
+            if step.demos:
+                constant = self.demos_name(route_label, step)
+                demos = pprint.pformat([dict(d) for d in step.demos], width=100, sort_dicts=False)
+                self.emit("", f"{constant} = {demos}", "")
 
     def workflow(self) -> None:
         spec = self.spec
@@ -211,11 +228,8 @@ class _Writer:
             attr = self.predictor(route_label, step)
             self.emit(f"        self.{attr} = dspy.Predict({self.signature_class(route_label, step)})")
             if step.demos:
-                demos = pprint.pformat([dict(d) for d in step.demos], width=100, sort_dicts=False)
-                demo_lines = demos.splitlines()
-                self.emit(f"        self.{attr}.demos = [dspy.Example(**demo) for demo in {demo_lines[0]}")
-                self.emit(*(f"        {line}" for line in demo_lines[1:]))
-                self.lines[-1] += "]"
+                constant = self.demos_name(route_label, step)
+                self.emit(f"        self.{attr}.demos = [dspy.Example(**demo) for demo in {constant}]")
         self.emit("", f"    def forward(self, {params}) -> dspy.Prediction:")
         if spec.router is None:
             self.emit(f"        return self._{spec.routes[0].label}({args}, routed=None)")
@@ -257,6 +271,17 @@ class _Writer:
             return f"{fn}({binding.pattern!r}, {source})"
         return source
 
+    def used(self, route: RouteSpec) -> set[tuple[str, str]]:
+        bindings: list[Binding] = []
+        for step in route.steps:
+            if isinstance(step, PredictStep):
+                bindings += step.bindings.values()
+            elif isinstance(step, ToolStep):
+                bindings += step.args.values()
+            else:
+                bindings += step.outputs.values()
+        return {(str(b.step), str(b.field)) for b in bindings if b.source == "step"}
+
     def route_method(self, route: RouteSpec, params: str) -> None:
         self.emit(
             "",
@@ -271,7 +296,7 @@ class _Writer:
             call = ", ".join(f"{name}={self.value(b)}" for name, b in step.bindings.items())
             yield f"        {step.id} = self.{self.predictor(route.label, step)}({call})"
         elif isinstance(step, ToolStep):
-            yield from self.tool_lines(step)
+            yield from self.tool_lines(step, self.used(route))
         else:
             outputs = {f.name: f for f in self.spec.signature.outputs}
             values = ", ".join(
@@ -280,13 +305,19 @@ class _Writer:
             )
             yield f"        return dspy.Prediction({values})"
 
-    def tool_lines(self, step: ToolStep) -> Iterator[str]:
+    def tool_lines(self, step: ToolStep, used: set[tuple[str, str]]) -> Iterator[str]:
         tool = f"TOOLS[{step.tool!r}]"
         iterated = self.iterated(step)
+        text = (step.id, "observation") in used
+        each = (step.id, "observations") in used
         if not step.repeat or not iterated:
             call = ", ".join(f"{k}={self.value(b)}" for k, b in step.args.items())
-            yield f"        {step.id} = _observe({tool}({call}))"
-            yield f"        {step.id}_all = [{step.id}]"
+            if text or each:
+                yield f"        {step.id} = _observe({tool}({call}))"
+            else:
+                yield f"        {tool}({call})"
+            if each:
+                yield f"        {step.id}_all = [{step.id}]"
             return
         names = sorted(iterated)
         zipped = ", ".join(f"{self.value(step.args[n])}[: {step.max_calls}]" for n in names)
@@ -297,7 +328,8 @@ class _Writer:
         yield f"        {step.id}_all = [_observe({tool}({call})) for {loop} in {zip_expr}]"
         yield f"        if not {step.id}_all:"
         yield f'            raise WorkflowGuardError("no values to call {step.tool} with")'
-        yield f'        {step.id} = "\\n\\n".join({step.id}_all)'
+        if text:
+            yield f'        {step.id} = "\\n\\n".join({step.id}_all)'
 
     def iterated(self, step: ToolStep) -> set[str]:
         lists = {

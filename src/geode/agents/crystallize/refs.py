@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import re
 import sys
 from collections.abc import Mapping
 from typing import Any, Final, get_args, get_origin
@@ -14,36 +12,18 @@ import dspy
 from geode.agents.crystallize.spec import TYPE_NAMES, WorkflowSpecError
 from geode.agents.tools import GuardedTool
 from geode.errors import ConfigError
+from geode.refs import import_ref as import_any
 
 __all__ = ["agent_parts", "import_ref", "list_of", "ref_of", "tool_timeout", "type_name"]
 
-_REF: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$")
-
 
 def import_ref(ref: str, *, what: str = "reference") -> Any:
-    """Import ``package.module:attribute`` (dotted attributes allowed); nothing but an import runs.
+    """The object ``package.module:attribute`` (or ``file.py:attribute``) names; nothing but an import runs.
 
     Raises:
-        WorkflowSpecError: The reference is malformed, the module is missing, or has no such attribute.
+        WorkflowSpecError: The reference is malformed, or its module or attribute does not exist.
     """
-    if not _REF.match(ref):
-        raise WorkflowSpecError(f"{what} {ref!r} is not 'package.module:attribute'")
-    module_name, _, attr_path = ref.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as err:
-        raise WorkflowSpecError(
-            f"{what} {ref!r}: module {module_name!r} cannot be imported ({err})",
-            hint="is the package installed, or the working directory on PYTHONPATH?",
-        ) from None
-    for attr in attr_path.split("."):
-        try:
-            obj = getattr(obj, attr)
-        except AttributeError:
-            raise WorkflowSpecError(
-                f"{what} {ref!r}: {module_name!r} has no attribute {attr_path!r}"
-            ) from None
-    return obj
+    return import_any(ref, what=what, error=WorkflowSpecError)
 
 
 def ref_of(func: Any) -> str | None:
@@ -52,7 +32,7 @@ def ref_of(func: Any) -> str | None:
     qualname = getattr(func, "__qualname__", None)
     if not isinstance(module_name, str) or not isinstance(qualname, str):
         return None
-    if "<locals>" in qualname or module_name == "__main__" or module_name.startswith("_geode_program_"):
+    if "<locals>" in qualname or module_name == "__main__" or module_name.startswith("_geode_"):
         return None
     module = sys.modules.get(module_name)
     target: Any = module

@@ -1,0 +1,109 @@
+"""``geode compare``: two programs (an agent and its crystallized workflow) on the same eval set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from geode.cli._common import LM_OPTION, make_runtime
+from geode.cli._learning import (
+    METRIC_HELP,
+    default_threads,
+    load_data,
+    load_metric,
+    pricing_for,
+    print_health,
+    report_dir,
+    say,
+)
+from geode.errors import ConfigError
+from geode.evals.evaluate import evaluate
+from geode.evals.report import ProgramComparison, comparison_table, write_comparison_report
+
+__all__ = ["register"]
+
+_DATASET = typer.Option(..., "--dataset", "-d", help="Labelled dataset (JSON Lines).")
+_REPORT_DIR = typer.Option(
+    None, "--report-dir", help="Where to write the report (default: under the Geode home)."
+)
+_REF_HELP = "'package.module:attribute', 'file.py:attribute', a registered name, or a workflow spec (.json)."
+
+
+def compare_command(
+    baseline: str = typer.Argument(..., help=f"The baseline (usually the agent): {_REF_HELP}"),
+    candidate: str = typer.Argument(..., help=f"The candidate (usually the workflow): {_REF_HELP}"),
+    dataset: Path = _DATASET,
+    metric: str = typer.Option(..., "--metric", "-m", help=METRIC_HELP),
+    tolerance: float = typer.Option(
+        2.0, "--tolerance", min=0.0, help="Points (of 100) the candidate may lose and still be ready."
+    ),
+    threads: int | None = typer.Option(
+        None, "--threads", help="Parallel examples. Default: 1 for the embedded model, else 4."
+    ),
+    report: Path | None = _REPORT_DIR,
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Exit with status 1 when the candidate is not ready."
+    ),
+    lm: str | None = LM_OPTION,
+) -> None:
+    """Run two programs on the same examples: quality, LM calls, tokens, latency p50/p95, cost, and a verdict.
+
+    The candidate is ready only if its score is within --tolerance points of the baseline's. Example:
+    geode compare geode.agents.inventory:agent workflow.json --dataset tasks.jsonl --metric numeric_match
+    """
+    if baseline == candidate:
+        raise ConfigError("compare needs two different programs")
+    data = load_data(dataset)
+    data.require(1, purpose="compare programs")
+    scorer = load_metric(metric)
+    console = Console(stderr=as_json)
+    if not as_json:
+        print_health(data.health(), console)
+    with make_runtime(lm=lm) as rt:
+        served = [rt.serve(baseline), rt.serve(candidate)]
+        results = []
+        with rt.batch():
+            for program in served:
+                say(f"scoring {program.name} on {len(data)} examples")
+                results.append(
+                    evaluate(
+                        program.module,
+                        data,
+                        scorer,
+                        program_name=program.name,
+                        version=program.version,
+                        num_threads=default_threads(rt, threads),
+                        pricing=pricing_for(rt),
+                        show_progress=not as_json,
+                        tags=("compare",),
+                    )
+                )
+        comparison = ProgramComparison(results[0], results[1], tolerance=tolerance)
+        files = write_comparison_report(
+            comparison, report_dir(rt.settings, "compare", served[1].name, report)
+        )
+    if as_json:
+        typer.echo(files.json.read_text(encoding="utf-8") if files.json.exists() else json.dumps({}))
+    else:
+        headers, rows = comparison_table(comparison)
+        table = Table(title=f"{results[0].metric} on {data.id} ({len(data)} examples)", title_justify="left")
+        for header in headers:
+            table.add_column(header, justify="left" if header in ("", "program") else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+        style = "bold green" if comparison.ready else "bold red"
+        console.print(comparison.verdict, style=style, highlight=False)
+        console.print(f"report: {files.html}", highlight=False)
+    if strict and not comparison.ready:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``geode compare`` to the CLI."""
+    app.command("compare")(compare_command)

@@ -1,0 +1,158 @@
+"""``geode crystallize``: turn an agent's recorded runs into a fixed-order workflow spec (and Python)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from geode.agents.crystallize import Crystallization, CrystallizeOptions, RunScore, crystallize, emit_python
+from geode.agents.crystallize.report import pattern_rows, render_report, route_lm_calls
+from geode.cli._common import make_settings
+from geode.cli.compare_versions import _phoenix_feedback, parse_since
+from geode.cli.trace import _source
+from geode.runtime.programs import resolve
+from geode.runtime.serving.feedback import FeedbackRecord, read_feedback
+from geode.traces.records import TraceRecord
+from geode.traces.sources import PhoenixTraceSource, TraceFilter
+
+__all__ = ["register"]
+
+_OUT = typer.Option(Path("workflow.json"), "--out", "-o", help="Where to write the workflow spec.")
+_EMIT_PYTHON = typer.Option(
+    None, "--emit-python", help="Also write an equivalent Python module here (yours to edit)."
+)
+_REPORT = typer.Option(
+    None, "--report", help="Where to write the Markdown report (default: next to --out, .md)."
+)
+
+
+def _scores(feedback: list[FeedbackRecord]) -> dict[str, RunScore]:
+    """One judgement per trace: the mean score of its feedback, the labels joined."""
+    grouped: dict[str, list[FeedbackRecord]] = defaultdict(list)
+    for record in feedback:
+        grouped[record.trace_id].append(record)
+    scores: dict[str, RunScore] = {}
+    for trace_id, records in grouped.items():
+        values = [r.score for r in records if r.score is not None]
+        labels = [text for r in records if (text := r.explanation or r.label)]
+        scores[trace_id] = RunScore(
+            score=sum(values) / len(values) if values else None, feedback="; ".join(labels) or None
+        )
+    return scores
+
+
+def _summary(result: Crystallization) -> Table:
+    spec = result.spec
+    headers, rows = pattern_rows(spec)
+    table = Table(title=f"{spec.name}: patterns in {spec.source.runs} runs", title_justify="left")
+    for header in headers:
+        table.add_column(header, justify="left" if header == "pattern" else "right")
+    for row in rows:
+        table.add_row(*row, style="bold" if row[-1] else "dim")
+    return table
+
+
+def crystallize_command(
+    program: str = typer.Argument(
+        ..., help="The agent: 'package.module:attribute', 'file.py:attribute' or a registered name."
+    ),
+    source: str = typer.Option(
+        "phoenix", "--source", "-s", help="'phoenix' (configured or local) or an OTLP-JSON file or folder."
+    ),
+    out: Path = _OUT,
+    emit_py: Path | None = _EMIT_PYTHON,
+    report: Path | None = _REPORT,
+    min_share: float = typer.Option(
+        0.6, "--min-share", help="One route when the top pattern covers this share of successful runs."
+    ),
+    max_routes: int = typer.Option(3, "--max-routes", min=1, help="At most this many routes."),
+    min_route_runs: int = typer.Option(
+        2, "--min-route-runs", min=1, help="Successful runs a pattern needs to become a route."
+    ),
+    success_threshold: float = typer.Option(
+        0.5, "--success-threshold", help="A scored run succeeds at this score or above."
+    ),
+    project: str | None = typer.Option(
+        None, "--project", help="Phoenix project (default: the tracing project)."
+    ),
+    name: str | None = typer.Option(
+        None, "--program-name", help="Runs with this geode.program.name (default: REF as given)."
+    ),
+    any_program: bool = typer.Option(
+        False, "--any-program", help="Read every agent run, whatever its program name."
+    ),
+    since: str | None = typer.Option(None, "--since", help="Only runs from the last 30m, 1h, 7d..."),
+    limit: int = typer.Option(5000, "--limit", min=1, help="At most this many traces (newest first)."),
+) -> None:
+    """Derive a fixed-order workflow from an agent's recorded runs (patterns, argument rules, demos).
+
+    Example: geode crystallize geode.agents.inventory:agent --source phoenix --out workflow.json
+    --emit-python workflow.py. Serve or evaluate the result as `workflow.json`; compare it with the agent
+    with `geode compare REF workflow.json --dataset ... --metric ...`.
+    """
+    console = Console(stderr=True)
+    settings = make_settings()
+    agent = resolve(program).module
+    program_name = None if any_program else (name or program)
+    start = datetime.now(UTC) - parse_since(since) if since else None
+    reader = _source(settings, source, project)
+    try:
+        with console.status(f"reading runs from {reader.description}"):
+            traces: list[TraceRecord] = list(
+                reader.traces(TraceFilter(program=program_name, start=start, limit=limit))
+            )
+            feedback = list(read_feedback(settings.home / "feedback" / "feedback.jsonl"))
+            if isinstance(reader, PhoenixTraceSource) and traces:
+                feedback.extend(_phoenix_feedback(reader, traces))
+        console.print(f"[dim]·[/dim] {len(traces)} traces from {reader.description}", highlight=False)
+        with console.status("finding patterns"):
+            result = crystallize(
+                agent,
+                traces,
+                agent_ref=program,
+                program=program_name,
+                scores=_scores(feedback),
+                options=CrystallizeOptions(
+                    min_share=min_share,
+                    max_routes=max_routes,
+                    min_route_runs=min_route_runs,
+                    success_threshold=success_threshold,
+                ),
+            )
+    finally:
+        close = getattr(reader, "close", None)
+        if callable(close):
+            close()
+    spec = result.spec
+    spec.save(out)
+    report_path = report or out.with_suffix(".md")
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(render_report(spec), encoding="utf-8")
+    if emit_py is not None:
+        emit_py.parent.mkdir(parents=True, exist_ok=True)
+        emit_py.write_text(emit_python(spec), encoding="utf-8")
+    stdout = Console()
+    stdout.print(_summary(result))
+    stdout.print(f"[bold]decision:[/bold] {spec.source.decision}", highlight=False)
+    for route in spec.routes:
+        stdout.print(
+            f"route [bold]{route.label}[/bold]: {len(route.steps) - 1} steps, "
+            f"{route_lm_calls(spec, route)} LM call(s) per input",
+            highlight=False,
+        )
+    stdout.print(f"wrote {out} ({spec.content_hash[:19]}…), report {report_path}", highlight=False)
+    if emit_py is not None:
+        stdout.print(f"wrote {emit_py}", highlight=False)
+    stdout.print(
+        f"next: geode compare {program} {out} --dataset DATA --metric METRIC", highlight=False, style="dim"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``geode crystallize`` to the CLI."""
+    app.command("crystallize")(crystallize_command)
