@@ -31,6 +31,7 @@ _EXPORTS: dict[str, str] = {
     "WorkflowSpec": "geode.agents.crystallize.spec",
     "instrument": "geode.runtime.instrumentation",
     "uninstrument": "geode.runtime.instrumentation",
+    "mine": "geode.evals.mining",
 }
 
 __all__ = [  # kept equal to _EXPORTS by tests/unit/test_public_api.py
@@ -50,6 +51,7 @@ __all__ = [  # kept equal to _EXPORTS by tests/unit/test_public_api.py
     "crystallize",
     "fallback_choice",
     "instrument",
+    "mine",
     "register_program",
     "search_tool",
     "tool",
@@ -70,6 +72,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from geode.agents.steps import Budget as Budget
     from geode.agents.tools import search_tool as search_tool
     from geode.agents.tools import tool as tool
+    from geode.evals.mining import mine as mine
     from geode.retrieval.retriever import Retriever as Retriever
     from geode.runtime.instrumentation import instrument as instrument
     from geode.runtime.instrumentation import uninstrument as uninstrument

@@ -43,6 +43,7 @@ _COMMAND_MODULES = (
     "geode.cli.compare_models",
     "geode.cli.crystallize",
     "geode.cli.compare",
+    "geode.cli.mine",
 )
 
 _state = {"debug": False}

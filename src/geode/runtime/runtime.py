@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import dspy
 from dspy.utils.exceptions import AdapterParseError
@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from opentelemetry.trace import TracerProvider
 
     from geode.retrieval import Embedder, Retriever, Store
+    from geode.runtime.feedback import FeedbackOutbox, FeedbackReceipt
     from geode.runtime.tracing import RuntimeTracing, TracingPipeline
 
 __all__ = ["Runtime", "trace_id_of"]
@@ -129,6 +130,7 @@ class Runtime:
         self._adapter = adapter
         self._lock = threading.RLock()  # re-entrant: lazy parts build other lazy parts
         self._programs: dict[str, ResolvedProgram] = {}
+        self._feedback: FeedbackOutbox | None = None
 
     # -- parts -------------------------------------------------------------------------------------
 
@@ -340,9 +342,65 @@ class Runtime:
         with call as (served, trace_ids):
             return _stamp(await served.module.acall(**inputs), trace_ids)
 
+    def feedback(
+        self,
+        run: str | dspy.Prediction,
+        /,
+        *,
+        score: float | None = None,
+        label: str | None = None,
+        comment: str | None = None,
+        name: str = "user_feedback",
+        annotator_kind: Literal["HUMAN", "LLM", "CODE"] = "HUMAN",
+        program: str | None = None,
+        wait_s: float = 0.0,
+    ) -> FeedbackReceipt:
+        """Record feedback on a run: a Phoenix annotation on its root span, kept locally until then.
+
+        The feedback is appended to ``<home>/feedback/feedback.jsonl`` at once (``geode mine`` reads it
+        as labels) and sent to Phoenix in the background; while Phoenix is down it waits in an outbox
+        and is re-sent when Phoenix is back. Never raises because Phoenix is down.
+
+        Args:
+            run: The run's trace id, or the prediction :meth:`run` returned.
+            score: A score (``1``/``0`` for thumbs up/down, or any number).
+            label: A label (``correct``, ``thumbs_down``...).
+            comment: Free text; mining hands it to GEPA as textual feedback.
+            name: The annotation's name in Phoenix.
+            annotator_kind: ``HUMAN``, ``LLM`` (a judge) or ``CODE`` (a check).
+            program: The run's program, needed only with per-program Phoenix projects.
+            wait_s: Wait up to this long for Phoenix to store it (default: return at once).
+
+        Raises:
+            InputError: No score, label or comment, or ``run`` is not a traced run.
+        """
+        from geode.runtime.feedback import FeedbackOutbox, make_feedback_record
+
+        trace_id = run if isinstance(run, str) else trace_id_of(run)
+        if trace_id is None:
+            raise InputError(
+                "this prediction carries no trace id (was it run with tracing off?)",
+                hint="pass the trace id, or run the program with tracing enabled",
+            )
+        record = make_feedback_record(
+            trace_id,
+            score=score,
+            label=label,
+            comment=comment,
+            name=name,
+            annotator_kind=annotator_kind,
+            program=program,
+        )
+        with self._lock:
+            if self._feedback is None:
+                self._feedback = FeedbackOutbox.for_settings(self.settings)
+        return self._feedback.submit(record, timeout_s=wait_s)
+
     def close(self) -> None:
         """Flush telemetry (bounded by a deadline) and release the store."""
         self._tracing.close()
+        if self._feedback is not None:
+            self._feedback.close(timeout_s=self.settings.tracing.export_timeout_s)
         store, self._store = self._store, None
         if store is not None and self._owns_store:
             store.close()

@@ -1,0 +1,267 @@
+"""``geode mine``: turn a program's traced runs into an eval dataset (and per-predictor examples)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import cast
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from geode.cli._common import make_settings
+from geode.cli.compare_versions import parse_since
+from geode.cli.trace import _source
+from geode.errors import InputError
+from geode.evals.dataset import HealthReport
+from geode.evals.mining import MiningProgress, MiningResult, OutputPolicy, mine, upload_to_phoenix
+from geode.runtime.feedback import feedback_annotations
+from geode.runtime.settings import Settings
+from geode.traces.sources import PhoenixTraceSource, TraceSource, normalize_trace_id, phoenix_base_url
+
+__all__ = ["health_table", "parse_where", "register"]
+
+_OUTPUTS = ("auto", "traced", "none")
+_OUT = typer.Option(..., "--out", "-o", help="Write the dataset here (JSON Lines).")
+_PER_PREDICTOR = typer.Option(
+    None, "--per-predictor", help="Also write one dataset per named predictor into this folder."
+)
+
+
+def parse_where(pairs: list[str]) -> dict[str, str]:
+    """``key=value`` filters on the run's root span.
+
+    Example:
+        >>> parse_where(["geode.program.version=3f9c", "metadata.tier=gold"])
+        {'geode.program.version': '3f9c', 'metadata.tier': 'gold'}
+    """
+    where: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise InputError(
+                f"bad --where {pair!r}", hint="use --where key=value, e.g. --where geode.program.version=3f9c"
+            )
+        where[key.strip()] = value
+    return where
+
+
+def health_table(report: HealthReport) -> Table:
+    """The dataset health report as a two-column table."""
+    table = Table(title=f"dataset health ({report.dataset_id})", title_justify="left", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    splits = ", ".join(f"{k} {v}" for k, v in sorted(report.splits.items()))
+    table.add_row("examples", f"{report.size} ({splits})" if report.size else "0")
+    table.add_row("input fields", ", ".join(report.input_fields) or "-")
+    table.add_row("output fields", ", ".join(report.output_fields) or "-")
+    table.add_row("distinct inputs", str(report.unique_inputs))
+    table.add_row("input diversity", f"{report.distinct_bigrams:.0%} distinct word pairs")
+    table.add_row("duplicates left", f"{report.exact_duplicates} exact, {len(report.near_duplicates)} near")
+    table.add_row("unlabelled", str(report.unlabelled))
+    for balance in report.label_balance:
+        if balance.categorical:
+            top = ", ".join(f"{v!r} {n}" for v, n in balance.top[:3])
+            table.add_row(f"labels: {balance.field}", f"{balance.distinct} distinct; {top}")
+        else:
+            table.add_row(f"labels: {balance.field}", f"{balance.distinct} distinct (free text)")
+    spread = report.score_spread
+    if spread is not None:
+        table.add_row(
+            "scores (difficulty)",
+            f"{spread.count} scored; mean {spread.mean:.2f}, min {spread.minimum:g}, "
+            f"median {spread.median:g}, max {spread.maximum:g}; histogram {list(spread.histogram)}",
+        )
+    else:
+        table.add_row("scores (difficulty)", "no annotations")
+    return table
+
+
+def _accounting_table(result: MiningResult) -> Table:
+    table = Table(title=f"mined {result.program}", title_justify="left")
+    table.add_column("")
+    table.add_column("traces", justify="right")
+    table.add_row("read", str(result.traces_read))
+    for reason, count in sorted(result.skipped.items(), key=lambda kv: -kv[1]):
+        table.add_row(f"skipped: {reason}", str(count))
+    for reason, count in sorted(result.filtered.items(), key=lambda kv: -kv[1]):
+        table.add_row(f"filtered out: {reason}", str(count))
+    table.add_row("dropped: same inputs as a kept run", str(result.exact_duplicates))
+    table.add_row("dropped: near-duplicate inputs", str(result.near_duplicates))
+    table.add_row("[bold]examples written[/bold]", f"[bold]{len(result.dataset)}[/bold]")
+    for name, data in sorted(result.predictors.items()):
+        table.add_row(f"predictor {name}", f"{len(data)} examples")
+    for reason, count in sorted(result.predictor_skipped.items()):
+        table.add_row(f"predictor calls left out: {reason}", str(count))
+    return table
+
+
+def mine_command(
+    program: str = typer.Argument(
+        ...,
+        help="The program as traced (geode.program.name): 'package.module:attribute' or a registered name.",
+    ),
+    out: Path = _OUT,
+    source: str = typer.Option(
+        "phoenix", "--source", "-s", help="'phoenix' (configured or local) or an OTLP-JSON file or folder."
+    ),
+    project: str | None = typer.Option(
+        None, "--project", help="Phoenix project (default: the tracing project)."
+    ),
+    since: str | None = typer.Option(None, "--since", help="Only runs of the last 30m, 1h, 7d..."),
+    where: list[str] = typer.Option(  # noqa: B008 - typer declares options in defaults
+        [],
+        "--where",
+        help="Root-span attribute filter key=value (repeatable); metadata.KEY looks in metadata.",
+    ),
+    failures: bool = typer.Option(
+        False, "--failures", help="Only failed runs (with --max-score: or low-scored)."
+    ),
+    max_score: float | None = typer.Option(
+        None, "--max-score", help="Only runs whose annotation score is at most this."
+    ),
+    session: str | None = typer.Option(None, "--session", help="Only runs of this session id."),
+    annotation: list[str] = typer.Option(  # noqa: B008
+        [], "--annotation", help="Annotation name(s) that give the score and label (default: all)."
+    ),
+    per_predictor: Path | None = _PER_PREDICTOR,
+    phoenix_dataset: str | None = typer.Option(
+        None,
+        "--phoenix-dataset",
+        help="Also create this Phoenix dataset, its examples linked to their spans.",
+    ),
+    wait_for: list[str] = typer.Option(  # noqa: B008
+        [], "--wait-for", help="Trace id of a run that just happened (repeatable): wait for exactly these."
+    ),
+    wait_timeout: float = typer.Option(
+        60.0, "--wait-timeout", min=0.0, help="Deadline for --wait-for, seconds."
+    ),
+    outputs: str = typer.Option(
+        "auto",
+        "--outputs",
+        help="Expected outputs: 'auto' (traced outputs of runs not known bad), 'traced' (all), 'none'.",
+    ),
+    keep_near: bool = typer.Option(False, "--keep-near-duplicates", help="Keep near-duplicate inputs."),
+    local_feedback: bool = typer.Option(
+        True, "--local-feedback/--no-local-feedback", help="Also read labels from the local feedback log."
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="At most this many examples (newest runs)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary and health as JSON."),
+) -> None:
+    """Mine a program's traced runs into an eval dataset, with labels from annotations and feedback.
+
+    Example: geode mine geode.examples.qa:program --source .geode/traces/spans.jsonl --out mined.jsonl
+    """
+    if outputs not in _OUTPUTS:
+        raise InputError(f"bad --outputs {outputs!r}", hint="use auto, traced or none")
+    ids = [normalize_trace_id(t) for t in wait_for]
+    settings = make_settings()
+    reader = _source(settings, source, project)
+    console = Console(stderr=True)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[spans]} spans, {task.fields[records]} examples"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=as_json,
+        transient=True,
+    )
+    task = progress.add_task("mining traces", total=len(ids) or None, spans=0, records=0)
+
+    def on_progress(p: MiningProgress) -> None:
+        progress.update(task, completed=p.traces, total=p.expected, spans=p.spans, records=p.records)
+
+    try:
+        with progress:
+            if ids:
+                progress.update(task, description=f"waiting for {len(ids)} trace(s)")
+            result = mine(
+                reader,
+                program,
+                since=datetime.now(UTC) - parse_since(since) if since else None,
+                session_id=session,
+                where=parse_where(where),
+                failures=failures,
+                max_score=max_score,
+                annotation_names=annotation or None,
+                annotations=feedback_annotations(settings) if local_feedback else (),
+                wait_for=ids or None,
+                wait_timeout_s=wait_timeout,
+                outputs=cast(OutputPolicy, outputs),
+                near_duplicates=not keep_near,
+                limit=limit,
+                progress=on_progress,
+            )
+    finally:
+        close = getattr(reader, "close", None)
+        if callable(close):
+            close()
+    if not result.dataset.records:
+        _explain_empty(result, reader, console)
+    written = result.save(out, predictors_dir=per_predictor)
+    link = None
+    if phoenix_dataset:
+        url = reader.url if isinstance(reader, PhoenixTraceSource) else _phoenix_url(settings)
+        link = upload_to_phoenix(result.dataset, phoenix_dataset, url)
+    if as_json:
+        summary = {**result.summary(), "files": [str(p) for p in written], "health": result.health.to_dict()}
+        if link is not None:
+            summary["phoenix_dataset"] = link.__dict__
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    stdout = Console()
+    stdout.print(f"source: {result.source_used}", highlight=False)
+    stdout.print(_accounting_table(result))
+    stdout.print(health_table(result.health))
+    for warning in result.health.warnings:
+        stdout.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
+    for path in written:
+        stdout.print(f"wrote {path}", highlight=False)
+    if link is not None:
+        stdout.print(
+            f"Phoenix dataset {link.name!r}: {link.examples} examples, {link.linked_spans} linked to their "
+            f"spans: {link.url}",
+            highlight=False,
+        )
+
+
+def _phoenix_url(settings: Settings) -> str:
+    from geode.runtime.tracing import resolve_endpoint
+
+    endpoint = resolve_endpoint(settings)
+    if endpoint is None:
+        raise InputError(
+            "--phoenix-dataset needs a Phoenix, and none is running or configured",
+            hint="start one with `geode phoenix`, or leave out --phoenix-dataset",
+        )
+    return phoenix_base_url(endpoint)
+
+
+def _explain_empty(result: MiningResult, reader: TraceSource, console: Console) -> None:
+    """Say why nothing was mined; a run filter that matched nothing is not an error, a typo may be."""
+    if result.traces_read == 0 and not result.skipped:
+        raise InputError(
+            f"no runs of {result.program!r} in {reader.description}",
+            hint="check the program name (see `geode trace show --last`), the project, or widen --since",
+        )
+    console.print("[yellow]warning:[/yellow] no example passed; see the table for why", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``geode mine`` to the CLI."""
+    app.command("mine")(mine_command)

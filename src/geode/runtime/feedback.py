@@ -1,0 +1,458 @@
+"""``Runtime.feedback``: a score, label or comment on a run, stored in Phoenix and never lost.
+
+Feedback is written to the local feedback log under the Geode home first (``feedback/feedback.jsonl``,
+the same :class:`~geode.runtime.serving.feedback.FeedbackLog` ``geode serve`` writes and ``geode mine``
+and ``geode compare-versions`` read), and to an outbox (``feedback/outbox.jsonl``). A background thread
+then sends it to Phoenix through the serving sink (:class:`~geode.runtime.serving.feedback.PhoenixFeedback`)
+as a span annotation on the run's root span. While Phoenix is down, unreachable or has not ingested the
+run yet, the record stays in the outbox and is re-sent with backoff (1 s doubling to 60 s) until Phoenix
+comes back; a record left over when the process exits is sent by the next runtime with the same home
+that gives feedback. Nothing here raises because Phoenix is down.
+
+The root span's id is looked up in Phoenix by trace id (the trace must be ingested for that); if Phoenix
+still does not know the run after ``span_wait_s`` (its spans were sampled out, or went elsewhere), the
+feedback becomes a trace annotation instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import IO, Any, Final, Protocol
+
+import portalocker
+
+from geode.errors import InputError, TraceSourceError
+from geode.evals.mining import Annotation
+from geode.runtime.serving.feedback import (
+    AnnotatorKind,
+    FeedbackLog,
+    FeedbackRecord,
+    FeedbackSink,
+    PhoenixFeedback,
+    read_feedback,
+)
+from geode.runtime.settings import Settings
+from geode.traces.sources import PhoenixTraceSource, normalize_trace_id, phoenix_base_url
+
+__all__ = [
+    "FeedbackOutbox",
+    "FeedbackReceipt",
+    "FeedbackTarget",
+    "PhoenixTarget",
+    "RunNotVisible",
+    "TargetUnavailable",
+    "feedback_annotations",
+    "feedback_log_path",
+    "make_feedback_record",
+]
+
+logger = logging.getLogger("geode.feedback")
+
+_OUTBOX: Final = "outbox.jsonl"
+_LOCK: Final = "outbox.lock"
+_PROGRAM_FIELD: Final = "{program}"
+
+
+def feedback_log_path(settings: Settings) -> Path:
+    """The local feedback log every Geode process of this home appends to."""
+    return settings.home / "feedback" / "feedback.jsonl"
+
+
+def feedback_annotations(settings: Settings) -> list[Annotation]:
+    """The local feedback log as mining annotations (``source="local"``).
+
+    Example:
+        >>> from geode.runtime.settings import Settings
+        >>> feedback_annotations(Settings(home="/nonexistent-geode-home"))
+        []
+    """
+    return [
+        Annotation(
+            trace_id=r.trace_id,
+            name=r.name,
+            score=r.score,
+            label=r.label,
+            explanation=r.explanation,
+            annotator_kind=r.annotator_kind,
+            span_id=r.span_id,
+            source="local",
+            at=r.at,
+        )
+        for r in read_feedback(feedback_log_path(settings))
+    ]
+
+
+def make_feedback_record(
+    trace_id: str,
+    *,
+    score: float | None = None,
+    label: str | None = None,
+    comment: str | None = None,
+    name: str = "user_feedback",
+    annotator_kind: AnnotatorKind = "HUMAN",
+    span_id: str | None = None,
+    program: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> FeedbackRecord:
+    """Validate feedback arguments into a record.
+
+    Raises:
+        InputError: No score, label or comment; a bad trace or span id; a score that is not finite.
+    """
+    if score is None and label is None and not comment:
+        raise InputError("feedback needs a score, a label or a comment")
+    if score is not None:
+        if isinstance(score, bool) or not isinstance(score, int | float) or score != score:
+            raise InputError(f"feedback score must be a number, got {score!r}")
+        if score in (float("inf"), float("-inf")):
+            raise InputError(f"feedback score must be finite, got {score!r}")
+    if not name or not name.strip():
+        raise InputError("feedback name must not be empty")
+    if annotator_kind not in ("HUMAN", "LLM", "CODE"):
+        raise InputError(f"annotator_kind must be HUMAN, LLM or CODE, got {annotator_kind!r}")
+    try:
+        trace = normalize_trace_id(trace_id)
+    except Exception as err:
+        raise InputError(
+            f"{trace_id!r} is not a trace id", hint="pass geode.trace_id_of(prediction)"
+        ) from err
+    span = span_id.strip().lower() if span_id else None
+    if span is not None and (len(span) != 16 or any(c not in "0123456789abcdef" for c in span)):
+        raise InputError(f"{span_id!r} is not a span id (16 hex digits)")
+    return FeedbackRecord(
+        trace_id=trace,
+        name=name.strip(),
+        span_id=span,
+        score=float(score) if score is not None else None,
+        label=label,
+        explanation=comment or None,
+        annotator_kind=annotator_kind,
+        program=program,
+        metadata=dict(metadata or {}),
+    )
+
+
+@dataclass(frozen=True)
+class FeedbackReceipt:
+    """Where one piece of feedback is."""
+
+    record: FeedbackRecord
+    delivered: bool
+    """True when Phoenix stored it before :meth:`Runtime.feedback` returned."""
+    pending: int
+    """Records (this one included, unless delivered) in the outbox waiting for Phoenix."""
+    log: Path
+    """The local feedback log it was appended to."""
+
+
+class FeedbackTarget(Protocol):
+    """Where the outbox delivers: resolves a run's root span, then annotates it."""
+
+    def root_span(self, record: FeedbackRecord) -> str | None:
+        """The root span id of the record's run; ``None`` when it cannot be looked up (no project).
+
+        Raises:
+            TargetUnavailable: Phoenix is not reachable.
+            RunNotVisible: Phoenix does not show the run (yet).
+        """
+        ...
+
+    def sink(self) -> FeedbackSink:
+        """The sink that stores the annotation."""
+        ...
+
+
+class TargetUnavailable(Exception):
+    """Phoenix is not reachable: every pending record waits for the next attempt."""
+
+
+class RunNotVisible(Exception):
+    """Phoenix is up but does not show the run yet: this record waits, the others go ahead."""
+
+
+class PhoenixTarget:
+    """The Phoenix the runtime traces to, found again on every attempt (it may start later)."""
+
+    def __init__(self, settings: Settings, *, timeout_s: float) -> None:
+        self.settings = settings
+        self.timeout_s = timeout_s
+        self._sinks: dict[str, PhoenixFeedback] = {}
+
+    def url(self) -> str:
+        """Phoenix's base URL: the configured collector, else a local Phoenix that is up now.
+
+        Raises:
+            TargetUnavailable: Neither is there.
+        """
+        from geode.runtime.tracing import resolve_endpoint
+
+        endpoint = resolve_endpoint(self.settings)
+        if endpoint is None:
+            raise TargetUnavailable("no Phoenix is running and no collector endpoint is configured")
+        return phoenix_base_url(endpoint)
+
+    def project(self, program: str | None) -> str | None:
+        """The Phoenix project of a program's runs; ``None`` for per-program projects without a program."""
+        template = self.settings.tracing.project
+        if _PROGRAM_FIELD not in template:
+            return template
+        if not program:
+            return None  # per-program projects and no program given: annotate the trace instead
+        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in program).strip("-") or "program"
+        return template.format(program=safe)
+
+    def root_span(self, record: FeedbackRecord) -> str | None:
+        """The root span id of the record's run, looked up in Phoenix by trace id."""
+        project = self.project(record.program)
+        if project is None:
+            return None
+        with PhoenixTraceSource(self.url(), project, timeout_s=self.timeout_s) as source:
+            try:
+                spans = source.spans([record.trace_id])
+            except TraceSourceError as err:
+                if "no such project" in str(err):
+                    raise RunNotVisible(str(err)) from err
+                raise TargetUnavailable(str(err)) from err
+        root = next((s.span_id for s in spans if s.parent_id is None), None)
+        if root is None:
+            raise RunNotVisible(f"Phoenix does not show trace {record.trace_id} yet")
+        return root
+
+    def sink(self) -> FeedbackSink:
+        """The serving sink for the current Phoenix URL."""
+        url = self.url()
+        sink = self._sinks.get(url)
+        if sink is None:
+            sink = self._sinks[url] = PhoenixFeedback(url, timeout_s=self.timeout_s)
+        return sink
+
+    def close(self) -> None:
+        """Close the sinks' HTTP connections."""
+        for sink in self._sinks.values():
+            with contextlib.suppress(Exception):
+                sink.close()
+
+
+def _refused(err: Exception) -> bool:
+    """A client error Phoenix will repeat for the same record (not a timeout or rate limit)."""
+    import httpx
+
+    if not isinstance(err, httpx.HTTPStatusError):
+        return False
+    status = err.response.status_code
+    return 400 <= status < 500 and status not in (401, 403, 404, 408, 429)
+
+
+def _key(record: FeedbackRecord) -> tuple[str, str, float]:
+    return (record.trace_id, record.name, record.at)
+
+
+class FeedbackOutbox:
+    """Durable feedback delivery: the local log first, then Phoenix, re-sent until Phoenix takes it.
+
+    Args:
+        folder: Where the log and the outbox live (``<home>/feedback``).
+        target: Where to deliver (the runtime's Phoenix).
+        span_wait_s: How long a run may stay unknown to Phoenix before its feedback becomes a trace
+            annotation instead of a root-span annotation.
+        retry_s: First and longest wait between delivery attempts while Phoenix is down.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        target: FeedbackTarget,
+        *,
+        span_wait_s: float = 120.0,
+        retry_s: tuple[float, float] = (1.0, 60.0),
+    ) -> None:
+        self.folder = folder
+        self.log = FeedbackLog(folder / "feedback.jsonl")
+        self.outbox = folder / _OUTBOX
+        self.target = target
+        self.span_wait_s = span_wait_s
+        self.retry_s = retry_s
+        self.last_error: str | None = None
+        self._wake = threading.Event()
+        self._changed = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    @classmethod
+    def for_settings(cls, settings: Settings, *, timeout_s: float = 2.0) -> FeedbackOutbox:
+        """The outbox under ``settings.home``, delivering to the Phoenix the settings trace to."""
+        return cls(feedback_log_path(settings).parent, PhoenixTarget(settings, timeout_s=timeout_s))
+
+    # -- the caller's side -------------------------------------------------------------------------
+
+    def submit(self, record: FeedbackRecord, *, timeout_s: float = 0.0) -> FeedbackReceipt:
+        """Store the record locally, queue it for Phoenix, and wait up to ``timeout_s`` for delivery.
+
+        Never raises because Phoenix is down; raises ``OSError`` only if the local disk refuses the
+        write (then the feedback really is not stored, and the caller must know).
+        """
+        self.log.send(record)
+        with self._locked():
+            with self.outbox.open("a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record.to_json(), ensure_ascii=False, default=str) + "\n")
+        self._ensure_worker()
+        self._wake.set()
+        delivered = self.wait(record, timeout_s) if timeout_s > 0 else False
+        return FeedbackReceipt(record=record, delivered=delivered, pending=self.pending, log=self.log.path)
+
+    @property
+    def pending(self) -> int:
+        """Records waiting in the outbox."""
+        return len(self._read())
+
+    def wait(
+        self, record: FeedbackRecord | None = None, timeout_s: float = 5.0, *, while_reachable: bool = False
+    ) -> bool:
+        """Wait until ``record`` (or every pending record) has reached Phoenix; ``False`` at the deadline.
+
+        With ``while_reachable``, stop waiting as soon as a delivery attempt finds Phoenix unreachable.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                keys = {_key(r) for r in self._read()}
+                done = _key(record) not in keys if record is not None else not keys
+                remaining = deadline - time.monotonic()
+                if done or remaining <= 0 or (while_reachable and self.last_error is not None):
+                    return done
+                self._changed.wait(min(remaining, 0.2))
+
+    def close(self, timeout_s: float = 0.0) -> None:
+        """Stop the sender (after up to ``timeout_s`` of delivering); what is left stays in the outbox."""
+        # Waiting only helps while Phoenix answers; a down Phoenix must not hold the app's shutdown.
+        if timeout_s > 0 and self._thread is not None:
+            self.wait(timeout_s=timeout_s, while_reachable=True)
+        self._closed = True
+        self._wake.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=max(timeout_s, 0.1))
+        close = getattr(self.target, "close", None)
+        if callable(close):
+            with contextlib.suppress(Exception):
+                close()
+
+    # -- the sender --------------------------------------------------------------------------------
+
+    def _ensure_worker(self) -> None:
+        with self._start_lock:
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="geode-feedback", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        delay = self.retry_s[0]
+        while not self._closed:
+            self._wake.clear()
+            try:
+                progress = self.deliver_pending()
+            except Exception as err:  # the sender must outlive any surprise
+                logger.warning("feedback delivery failed: %s", err)
+                progress = False
+            if self._closed:
+                return
+            if not self._read():
+                delay = self.retry_s[0]
+                self._wake.wait()
+                continue
+            delay = self.retry_s[0] if progress else min(delay * 2, self.retry_s[1])
+            self._wake.wait(delay)
+
+    def deliver_pending(self) -> bool:
+        """One pass over the outbox: send what Phoenix takes now. Returns whether anything was sent."""
+        delivered: set[tuple[str, str, float]] = set()
+        for record in self._read():
+            if self._closed:
+                break
+            try:
+                self._deliver(record)
+            except RunNotVisible as err:
+                self.last_error = str(err)
+                continue
+            except TargetUnavailable as err:
+                self.last_error = str(err)
+                with self._changed:
+                    self._changed.notify_all()
+                break
+            except Exception as err:
+                self.last_error = f"{type(err).__name__}: {err}"
+                if _refused(err):
+                    # Phoenix will never take this one; it stays in the local log, and must not block the rest.
+                    logger.warning("Phoenix refused feedback for trace %s: %s", record.trace_id, err)
+                    delivered.add(_key(record))
+                    continue
+                logger.info("feedback for trace %s not sent to Phoenix yet: %s", record.trace_id, err)
+                break
+            delivered.add(_key(record))
+            self.last_error = None
+        if delivered:
+            self._remove(delivered)
+        return bool(delivered)
+
+    def _deliver(self, record: FeedbackRecord) -> None:
+        if record.span_id is None:
+            try:
+                span_id = self.target.root_span(record)
+            except RunNotVisible:
+                if time.time() - record.at < self.span_wait_s:
+                    raise
+                span_id = None  # never arrived (sampled out, another project): annotate the trace
+            if span_id is not None:
+                record = replace(record, span_id=span_id)
+        self.target.sink().send(record)
+
+    # -- the outbox file ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # Processes sharing one home share the outbox: read-modify-write under an inter-process lock.
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle: IO[Any] = open(self.folder / _LOCK, "a+")
+        try:
+            portalocker.lock(handle, portalocker.LOCK_EX)
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                portalocker.unlock(handle)
+            handle.close()
+
+    def _read(self) -> list[FeedbackRecord]:
+        if not self.outbox.exists():
+            return []
+        with self._locked():
+            return list(_records(self.outbox))
+
+    def _remove(self, keys: set[tuple[str, str, float]]) -> None:
+        with self._locked():
+            remaining = [r for r in _records(self.outbox) if _key(r) not in keys]
+            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".outbox.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    for r in remaining:
+                        fh.write(json.dumps(r.to_json(), ensure_ascii=False, default=str) + "\n")
+                os.replace(tmp, self.outbox)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+        with self._changed:
+            self._changed.notify_all()
+
+
+def _records(path: Path) -> Iterator[FeedbackRecord]:
+    # The outbox never rotates, so read_feedback reads just this file.
+    return read_feedback(path)
