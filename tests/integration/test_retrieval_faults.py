@@ -3,6 +3,7 @@ and ingestion killed mid-run (graceful Ctrl-C and a hard kill)."""
 
 from __future__ import annotations
 
+import http.server
 import signal
 import socket
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -176,3 +178,39 @@ def test_interrupted_ingestion_loses_nothing_and_resumes(tmp_path: Path, sig: si
 
 def _chunker() -> Chunker:
     return Chunker(120, 0)  # the child's chunking
+
+
+def test_server_api_key_is_sent_and_a_refusal_says_which_setting_to_check() -> None:
+    """A server that refuses the key: the request carried it, and the error names the setting."""
+    seen: list[str | None] = []
+
+    class Refusing(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("api-key"))
+            body = b'{"status": {"error": "Must provide an API key or an Authorization bearer token"}}'
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # qdrant-client warns about an API key over plain HTTP
+            store = QdrantStore.remote(
+                f"http://127.0.0.1:{server.server_port}", api_key="k-123", timeout_s=TIMEOUT_S
+            )
+            with pytest.raises(StoreUnavailableError, match=r"refused the request \(HTTP 401\)") as caught:
+                store.list_collections()
+        assert "GEODE_RETRIEVAL_QDRANT_API_KEY" in str(caught.value.hint)
+        assert seen and seen[0] == "k-123"
+        store.close()
+    finally:
+        server.shutdown()
+        server.server_close()
