@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.unit.retrieval.test_retrieval_loaders import make_pdf
 
 from geode.cli import main
 from geode.cli.search import parse_pairs
@@ -105,3 +106,35 @@ def test_locked_store_says_so(geode_home: Path, capsys: pytest.CaptureFixture[st
     finally:
         holder.close()
     assert "locked by another process" in capsys.readouterr().err
+
+
+def test_ingest_a_folder_of_pdf_jsonl_and_binary_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "manual.pdf").write_bytes(
+        make_pdf(["Tents must be dried before storage.", "Stoves stay outside."])
+    )
+    records = [
+        {"answer": "Gift cards never expire.", "lang": "en"},
+        {"answer": "Geschenkkarten verfallen nie.", "lang": "de"},
+        {"question": "no answer field here"},
+    ]
+    (docs / "faq.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (docs / "logo.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+
+    assert run(["ingest", str(docs), "-c", "mixed", "--text-field", "answer", "--json"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert (summary["files"], summary["chunks"]) == (2, 4)  # 2 PDF pages + 2 JSONL records
+    assert [Path(s["path"]).name for s in summary["skipped"]] == ["logo.txt"]
+    assert "binary" in summary["skipped"][0]["reason"] and "skipped" in captured.err
+    assert "1 record(s) have no text field 'answer'" in captured.err
+
+    assert run(["search", "stoves", "-c", "mixed", "--filter", "page:=2", "--json"]) == 0
+    (page,) = json.loads(capsys.readouterr().out)["passages"]
+    assert page["text"] == "Stoves stay outside." and page["metadata"]["source"].endswith("manual.pdf")
+    assert run(["search", "gift cards", "-c", "mixed", "--filter", "lang=de", "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)["passages"]
+    assert record["text"] == "Geschenkkarten verfallen nie." and record["metadata"]["line"] == 2
