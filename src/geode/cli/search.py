@@ -9,7 +9,8 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.padding import Padding
+from rich.text import Text
 
 from geode.cli._common import make_settings
 from geode.errors import InputError
@@ -117,17 +118,19 @@ def search(
         return
     console = Console()
     if not passages:
-        console.print(f"no passages in collection {retriever.collection!r} match {query!r}")
+        console.print(f"no passages in collection {retriever.collection!r} match {query!r}", markup=False)
         return
-    table = Table(title=f"{retriever.collection}: {query}", show_lines=True)
-    table.add_column("#", justify="right")
-    table.add_column("score", justify="right")
-    table.add_column("source / id", overflow="fold", max_width=40)
-    table.add_column("text", overflow="fold")
+    console.print(Text(f"{retriever.collection}: {query}", style="bold"))
+    # One block per passage rather than a table: a table column folds the id across lines on an
+    # 80-column terminal, and the id is what people copy.
     for rank, p in enumerate(passages, start=1):
         text = p.text if len(p.text) <= 600 else p.text[:600] + " [...]"
-        table.add_row(str(rank), f"{p.score:.3f}", f"{_shown_source(p)}\n[dim]{p.id}[/dim]", text)
-    console.print(table)
+        header = Text.assemble(
+            f"\n{rank}. ", ("score ", "dim"), f"{p.score:.3f}  ", (_shown_source(p), "cyan")
+        )
+        console.print(header)
+        console.print(Text.assemble(("   id ", "dim"), p.id), overflow="ignore", crop=False)
+        console.print(Padding(Text(text), (0, 0, 0, 3), expand=False))
 
 
 def register(app: typer.Typer) -> None:

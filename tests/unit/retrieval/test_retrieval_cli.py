@@ -57,9 +57,13 @@ def test_ingest_then_search(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(top) == {"id", "score", "text", "metadata"}
     assert top["metadata"]["source"].endswith("gift-cards.md") and "never expire" in top["text"]
 
+    assert run(["search", "gift cards", "-c", "kb", "--json"]) == 0
+    expected = json.loads(capsys.readouterr().out)["passages"]
     assert run(["search", "gift cards", "-c", "kb"]) == 0
     table = capsys.readouterr().out
     assert "gift-cards.md" in table and "score" in table
+    for passage in expected:  # every row shows its id and score
+        assert passage["id"] in table and f"{passage['score']:.3f}" in table
 
 
 def test_search_filter_by_source_path_and_metadata(
