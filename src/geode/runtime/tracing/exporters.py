@@ -16,11 +16,11 @@ from urllib.parse import urlsplit
 
 import httpx
 from openinference.semconv.resource import ResourceAttributes
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans as encode_protobuf
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from geode.runtime.tracing.otlp_proto import encode_request
 from geode.runtime.tracing.redaction import SpanRedactor
 from geode.traces.otlp_json import dumps_request, encode_spans
 from geode.traces.vocab import GeodeAttributes
@@ -106,7 +106,7 @@ class OtlpHttpSpanExporter(SpanExporter):
         return self._failed()
 
     def _send(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        body = encode_protobuf(spans).SerializeToString()
+        body = encode_request(spans)
         deadline = time.monotonic() + self.timeout_s
         for attempt in range(2):
             try:
