@@ -117,6 +117,7 @@ def crystallize_command(
                 agent_ref=program,
                 program=program_name,
                 scores=_scores(feedback),
+                description=reader.description,
                 options=CrystallizeOptions(
                     min_share=min_share,
                     max_routes=max_routes,

@@ -88,6 +88,7 @@ def crystallize(
     scores: Mapping[str, RunScore] | None = None,
     min_share: float | None = None,
     options: CrystallizeOptions | None = None,
+    description: str | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Crystallization:
     """Derive a fixed-order workflow from an agent's recorded runs.
@@ -104,6 +105,7 @@ def crystallize(
         scores: Judgements of runs by trace id or agent span id (Phoenix annotations, feedback logs).
         min_share: Shortcut for ``options.min_share``.
         options: Crystallization settings.
+        description: Where the runs came from, for the spec and report (default: the source's own).
         progress: Receives one-line progress messages.
 
     Raises:
@@ -133,7 +135,8 @@ def crystallize(
     opts = options or CrystallizeOptions()
     if min_share is not None:
         opts = replace(opts, min_share=min_share)
-    runs, description = _read(source, program, limit, scores, say)
+    runs, found_in = _read(source, program, limit, scores, say)
+    description = description or found_in
     inputs = set(signature.input_fields)
     mine = [r for r in runs if set(r.inputs) == inputs or (r.problems and not r.inputs)]
     agent_name = str(getattr(module, "name", None) or type(module).__name__)

@@ -245,7 +245,7 @@ def learn_extractor(pairs: Sequence[tuple[str, Sequence[str]]]) -> str | None:
 
     Example:
         >>> learn_extractor([("widget: 3 units in stock", ["3"]), ("gadget: 14 units in stock", ["14"])])
-        ':\\ (-?\\d+(?:[.,]\\d+)*)\\ units\\ in\\ stock'
+        ': (-?\\d+(?:[.,]\\d+)*) units in stock'
     """
     if not pairs or any(not values or any(not v for v in values) for _, values in pairs):
         return None
@@ -264,8 +264,8 @@ def learn_extractor(pairs: Sequence[tuple[str, Sequence[str]]]) -> str | None:
     right = _whole_words_right(_common_prefix(rights)[:_MAX_CONTEXT], rights)
     anchor_start = all(not s for s in lefts)
     anchor_end = all(not s for s in rights)
-    prefix = "^" if anchor_start else re.escape(left)
-    suffix = "$" if anchor_end else re.escape(right)
+    prefix = "^" if anchor_start else _escape(left)
+    suffix = "$" if anchor_end else _escape(right)
     for value_class in _VALUE_CLASSES:
         if value_class.endswith("+?") and not suffix:
             continue  # a lazy match needs something after it to stop at
@@ -273,6 +273,15 @@ def learn_extractor(pairs: Sequence[tuple[str, Sequence[str]]]) -> str | None:
         if _reproduces(pattern, pairs):
             return pattern
     return None
+
+
+_SPECIAL = frozenset(".^$*+?{}[]\\|()#")
+_CONTROL = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _escape(text: str) -> str:
+    """Like ``re.escape``, but spaces stay spaces: the expression is shown to people in reports."""
+    return "".join("\\" + c if c in _SPECIAL else _CONTROL.get(c, c) for c in text)
 
 
 def _whole_words_left(context: str, texts: Sequence[str]) -> str:
