@@ -1,11 +1,12 @@
 """Mining throughput: spans/s from the runtime's OTLP-JSON file and from a real Phoenix, vs the raw fetch alone.
 
 The traces are real runs: a two-predictor program (``Predict`` then ``ChainOfThought``, 6 spans per run)
-on a scripted LM, traced by a Geode ``Runtime`` that exports every span both to an OTLP-JSON file and to
-a local Phoenix over OTLP/HTTP. Questions are all distinct, so de-duplication keeps every run. Phoenix
-ingests slowly on a small machine (about 125 spans/s), so the spans are generated and loaded once and
-cached under ``benchmarks/data/mining/`` (git-ignored): the OTLP file, and the Phoenix working directory
-(its SQLite database). Later runs reuse both.
+on a scripted LM, traced by a Geode ``Runtime`` into its OTLP-JSON file. Questions are all distinct, so
+de-duplication keeps every run. The same file is then replayed into a local Phoenix over OTLP/HTTP
+(protobuf), backing off whenever Phoenix answers 503 (its ingest queue is full: exporting at the runtime's
+pace lost half the spans that way). Phoenix ingests slowly on a small machine (about 125 spans/s), so the
+spans are generated and loaded once and cached under ``benchmarks/data/mining/`` (git-ignored): the OTLP
+file, and the Phoenix working directory (its SQLite database). Later runs reuse both.
 
 Sides, in the same process, on the same spans:
 
@@ -25,6 +26,8 @@ Sides, in the same process, on the same spans:
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -100,10 +103,12 @@ def _project_spans(url: str, project: str) -> int:
                 return total
 
 
-def _generate(runs: int, file: Path, phoenix_url: str, project: str) -> None:
+def _generate(runs: int, file: Path) -> None:
+    """Run the program ``runs`` times with spans going to the OTLP-JSON file only."""
     settings = Settings(
         home=CACHE / "home",
-        tracing=TracingSettings(endpoint=phoenix_url, project=project, otlp_file=file, queue_size=200_000),
+        tracing=TracingSettings(otlp_file=file, queue_size=200_000),
+        phoenix=PhoenixSettings(port=find_free_port()),  # nothing listens there: no export to a local Phoenix
     )
     file.unlink(missing_ok=True)
     with geode.Runtime(settings, lm=ScriptedLM(_model)) as rt:
@@ -118,10 +123,54 @@ def _generate(runs: int, file: Path, phoenix_url: str, project: str) -> None:
             for i in range(runs):
                 rt.run(PROGRAM, question=_question(i))
                 bar.advance(task)
-        pipeline = rt.export_pipeline
-        if pipeline is not None:
-            pipeline.force_flush(120)
-            console.print(f"export: {pipeline.stats}")
+
+
+def _to_protobuf(line: str, project: str) -> tuple[bytes, int]:
+    """One OTLP-JSON export request as OTLP protobuf (hex ids become bytes), filed under ``project``."""
+    from google.protobuf import json_format
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = json.loads(line)
+    spans = 0
+    for resource_spans in request.get("resourceSpans", []):
+        attributes = resource_spans.setdefault("resource", {}).setdefault("attributes", [])
+        attributes[:] = [a for a in attributes if a.get("key") != "openinference.project.name"]
+        attributes.append({"key": "openinference.project.name", "value": {"stringValue": project}})
+        for scope in resource_spans.get("scopeSpans", []):
+            for span in scope.get("spans", []):
+                spans += 1
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if span.get(key):
+                        span[key] = base64.b64encode(bytes.fromhex(span[key])).decode()
+    return json_format.ParseDict(request, ExportTraceServiceRequest()).SerializeToString(), spans
+
+
+def _load(url: str, project: str, file: Path, expected: int) -> None:
+    """Replay the file into Phoenix over OTLP/HTTP, backing off while Phoenix says it is at capacity (503)."""
+    with httpx.Client(base_url=url, timeout=60) as http:
+        http.delete(f"v1/projects/{project}")  # a half-loaded project from an interrupted run
+        with Progress(
+            TextColumn("sending spans"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            task = bar.add_task("spans", total=expected)
+            for line in file.read_text().splitlines():
+                body, spans = _to_protobuf(line, project)
+                while True:
+                    try:
+                        response = http.post(
+                            "v1/traces", content=body, headers={"content-type": "application/x-protobuf"}
+                        )
+                        if response.status_code != 503:
+                            response.raise_for_status()
+                            break
+                    except httpx.TransportError:
+                        pass
+                    time.sleep(2.0)
+                bar.advance(task, spans)
 
 
 def _wait_ingested(url: str, project: str, expected: int) -> int:
@@ -184,14 +233,11 @@ def main() -> None:
         console.print("starting Phoenix (its database is cached in benchmarks/data/mining/phoenix) ...")
         url = server.start().url
     try:
+        if not file.exists():
+            _generate(args.runs, file)
         loaded = _project_spans(url, project)
-        if not file.exists() or loaded < expected:
-            if loaded:
-                console.print(
-                    f"[yellow]project {project} holds {loaded} of {expected} spans: starting over[/yellow]"
-                )
-                project = f"{project}-{int(time.time())}"
-            _generate(args.runs, file, url, project)
+        if loaded < expected:
+            _load(url, project, file, expected)
             loaded = _wait_ingested(url, project, expected)
         console.print(f"Phoenix {url}, project {project}: {loaded} spans; file {file}")
         _measure(url, project, file, args.repeat, loaded)

@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from geode.cli._common import make_settings
+from geode.cli._learning import phoenix_url
 from geode.cli.compare_versions import parse_since
 from geode.cli.trace import _source
 from geode.errors import InputError
@@ -241,9 +242,7 @@ def mine_command(
 
 
 def _phoenix_url(settings: Settings) -> str:
-    from geode.runtime.tracing import resolve_endpoint
-
-    endpoint = resolve_endpoint(settings)
+    endpoint = phoenix_url(settings, True)
     if endpoint is None:
         raise InputError(
             "--phoenix-dataset needs a Phoenix, and none is running or configured",

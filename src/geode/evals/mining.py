@@ -373,7 +373,7 @@ class MiningResult:
         if predictors_dir is not None:
             folder = Path(predictors_dir)
             for name, data in sorted(self.predictors.items()):
-                written.append(data.save(folder / f"{_file_name(name)}.jsonl"))
+                written.append(data.save(folder / f"{_slug(name, 'predictor')}.jsonl"))
         return written
 
     def summary(self) -> dict[str, Any]:
@@ -396,8 +396,9 @@ class MiningResult:
         }
 
 
-def _file_name(predictor: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in predictor) or "predictor"
+def _slug(text: str, fallback: str) -> str:
+    """A file-name-safe form of a program or predictor name."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-") or fallback
 
 
 # -- mining ---------------------------------------------------------------------------------------
@@ -895,9 +896,7 @@ def mine(
 
 
 def _dataset_name(program: str) -> str:
-    return "mined-" + (
-        "".join(c if c.isalnum() or c in "-_." else "-" for c in program).strip("-") or "program"
-    )
+    return "mined-" + _slug(program, "program")
 
 
 # -- Phoenix datasets -----------------------------------------------------------------------------
