@@ -6,13 +6,14 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dspy
 import pytest
-from tests.unit.agents.crystallize.scenario import Recorded, oracle
+from tests.unit.agents.crystallize.scenario import Recorded, oracle, record_runs
 
 import geode
+from geode.agents.calculator import calculate
 from geode.agents.crystallize import (
     Crystallization,
     CrystallizedWorkflow,
@@ -20,7 +21,7 @@ from geode.agents.crystallize import (
     crystallize,
     workflow_route,
 )
-from geode.agents.inventory import build_agent
+from geode.agents.inventory import build_agent, lookup_stock
 from geode.errors import ConfigError
 from geode.runtime.instrumentation import instrument, uninstrument
 from geode.runtime.programs import resolve
@@ -198,3 +199,23 @@ def test_a_spec_without_an_agent_or_with_a_changed_tool(recorded: Recorded, resu
 
     with pytest.raises(WorkflowSpecError, match=r"no longer takes argument\(s\) item"):
         result.workflow(tools={"lookup_stock": lookup_stock})
+
+
+def test_a_dspy_react_agent_crystallizes_and_guards_too() -> None:
+    react = dspy.ReAct(cast(Any, "question -> answer"), tools=[lookup_stock, calculate], max_iters=4)
+    recorded = record_runs(["How many widgets are in stock?", "How many gadgets do we have?"], agent=react)
+    result = crystallize(react, recorded.source)
+    assert [r.label for r in result.spec.routes] == ["lookup_stock"]
+    workflow = result.workflow()
+    (found, fell_back), _ = _answers(workflow, ["How many sprockets are in stock?", "What is 2 plus 2?"])
+    assert found.answer == "27" and workflow_route(found) == "lookup_stock"
+    assert fell_back.answer == "4" and workflow_route(fell_back) is None  # dspy.ReAct answered
+    choice = geode.fallback_choice(fell_back)
+    assert choice is not None and choice.choice == "fallback"
+
+
+def test_a_missing_spec_file_is_a_clear_program_error(tmp_path: Path) -> None:
+    from geode.errors import ProgramNotFoundError
+
+    with pytest.raises(ProgramNotFoundError, match="no such workflow spec file"):
+        resolve(str(tmp_path / "nope.json"))

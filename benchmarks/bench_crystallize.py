@@ -1,0 +1,304 @@
+"""Agent vs its crystallized workflow on the bundled inventory task: quality, LM calls and latency per request.
+
+Three phases, one process, one LM:
+
+1. **record**: ``geode.agents.inventory``'s agent answers a set of *recording* questions (stock lookups,
+   arithmetic, both) through ``geode.Runtime`` with tracing into memory, as it would in production; each run
+   is scored (does the answer state the expected number?) and the score rides along as feedback;
+2. **crystallize**: ``geode.crystallize`` reads those traces and builds the workflow (its report is printed);
+3. **compare**: agent and workflow answer the *evaluation* questions (the bundled ``TASKS``, none of them
+   seen while recording), alternating side by side question by question so machine load hits both alike.
+   Per request: correct or not, LM calls (every call the LM got, fallbacks to the agent included),
+   latency.
+
+Target (issue 5): the workflow at <= 50% of the agent's LM calls and latency, quality within 2 points.
+
+    .venv/bin/python benchmarks/bench_crystallize.py                      # embedded SmolLM2-135M
+    .venv/bin/python benchmarks/bench_crystallize.py --model-path m.gguf  # another local GGUF model
+    .venv/bin/python benchmarks/bench_crystallize.py --quick              # fewer questions
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import dspy
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+import geode
+from geode.agents.crystallize import Crystallization, CrystallizeError, RunScore, crystallize, workflow_route
+from geode.agents.inventory import STOCK, TASKS, build_agent, is_correct
+from geode.agents.steps import Budget
+from geode.runtime.lm.local import LocalLM
+from geode.testing import in_memory_tracing
+from geode.traces.sources import InMemoryTraceSource
+
+MAX_ITERS = 5
+
+
+def _plural(item: str) -> str:
+    return f"{item}s"
+
+
+def recording_questions() -> list[tuple[str, float]]:
+    """Questions for the recording phase: none of them is among the evaluation questions (``TASKS``)."""
+    items = list(STOCK)
+    questions: list[tuple[str, float]] = []
+    for item in items:
+        questions.append((f"How many {_plural(item)} do we have?", STOCK[item]))
+        questions.append((f"How many units of {item} are in stock?", STOCK[item]))
+    for a, op, b, value in [
+        (15, "times", 4, 60),
+        (250, "plus", 750, 1000),
+        (6, "times", 8, 48),
+        (300, "plus", 45, 345),
+        (81, "minus", 9, 72),
+        (9, "times", 11, 99),
+    ]:
+        questions.append((f"What is {a} {op} {b}?", value))
+    for a, b in [("widget", "sprocket"), ("gadget", "gizmo"), ("sprocket", "gadget"), ("gizmo", "widget")]:
+        questions.append(
+            (f"How many {_plural(a)} and {_plural(b)} are in stock together?", STOCK[a] + STOCK[b])
+        )
+    return questions
+
+
+class _LMCalls(dspy.utils.callback.BaseCallback):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        self.count += 1
+
+
+@dataclass
+class Answered:
+    side: str
+    question: str
+    expected: float
+    answer: str | None
+    correct: bool
+    lm_calls: int
+    seconds: float
+    route: str | None = None
+    fallback: str | None = None
+
+
+def record(
+    agent: dspy.Module, lm: dspy.BaseLM, questions: list[tuple[str, float]], console: Console
+) -> tuple[InMemoryTraceSource, dict[str, RunScore], list[Answered]]:
+    provider, exporter = in_memory_tracing()
+    scores: dict[str, RunScore] = {}
+    runs: list[Answered] = []
+    with geode.Runtime(lm=lm, tracer_provider=provider) as rt, Progress(console=console) as progress:
+        job = progress.add_task("record agent runs", total=len(questions))
+        for question, expected in questions:
+            started = time.perf_counter()
+            pred = rt.run(agent, question=question)
+            seconds = time.perf_counter() - started
+            ok = is_correct(pred.answer, expected)
+            trace_id = geode.trace_id_of(pred)
+            if trace_id is not None:
+                scores[trace_id] = RunScore(1.0 if ok else 0.0)
+            runs.append(
+                Answered(
+                    "agent (recording)",
+                    question,
+                    expected,
+                    _text(pred.answer),
+                    ok,
+                    pred.termination.lm_calls,
+                    seconds,
+                )
+            )
+            progress.advance(job)
+    return InMemoryTraceSource(list(exporter.get_finished_spans())), scores, runs
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def answer(side: str, program: dspy.Module, lm: dspy.BaseLM, question: str, expected: float) -> Answered:
+    counter = _LMCalls()
+    started = time.perf_counter()
+    error: str | None = None
+    pred: Any = None
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), callbacks=[counter]):
+        try:
+            pred = program(question=question)
+        except Exception as err:  # a crash is a wrong answer, counted honestly
+            error = f"{type(err).__name__}: {err}"[:80]
+    seconds = time.perf_counter() - started
+    got = error or _text(getattr(pred, "answer", None))
+    choice = geode.fallback_choice(pred) if isinstance(pred, dspy.Prediction) else None
+    return Answered(
+        side,
+        question,
+        expected,
+        got,
+        error is None and is_correct(got, expected),
+        counter.count,
+        seconds,
+        route=workflow_route(pred) if isinstance(pred, dspy.Prediction) else None,
+        fallback=None
+        if choice is None
+        else (choice.choice if choice.reason is None else f"fallback: {choice.reason[:60]}"),
+    )
+
+
+def summary_table(results: list[Answered], console: Console) -> dict[str, dict[str, float]]:
+    sides = ["agent", "workflow"]
+    table = Table(title=f"Inventory task: {len(results) // 2} evaluation questions, same LM, alternating")
+    for column in (
+        "side",
+        "correct",
+        "quality",
+        "LM calls / request",
+        "s / request (mean)",
+        "s / request (p50)",
+        "fell back to agent",
+    ):
+        table.add_column(column, justify="left" if column == "side" else "right")
+    summary: dict[str, dict[str, float]] = {}
+    for side in sides:
+        mine = [r for r in results if r.side == side]
+        correct = sum(r.correct for r in mine)
+        calls = sum(r.lm_calls for r in mine) / len(mine)
+        mean = statistics.fmean(r.seconds for r in mine)
+        p50 = statistics.median(r.seconds for r in mine)
+        fell = sum(1 for r in mine if r.fallback and r.fallback.startswith("fallback"))
+        summary[side] = {
+            "correct": correct,
+            "n": len(mine),
+            "quality": correct / len(mine),
+            "lm_calls": calls,
+            "seconds_mean": mean,
+            "seconds_p50": p50,
+            "fallbacks": fell,
+        }
+        table.add_row(
+            side,
+            f"{correct}/{len(mine)}",
+            f"{100 * correct / len(mine):.1f}%",
+            f"{calls:.2f}",
+            f"{mean:.1f}",
+            f"{p50:.1f}",
+            str(fell) if side == "workflow" else "-",
+        )
+    a, w = summary["agent"], summary["workflow"]
+    table.add_row(
+        "workflow / agent",
+        "",
+        f"{100 * (w['quality'] - a['quality']):+.1f} points",
+        f"{w['lm_calls'] / a['lm_calls']:.0%}" if a["lm_calls"] else "-",
+        f"{w['seconds_mean'] / a['seconds_mean']:.0%}" if a["seconds_mean"] else "-",
+        f"{w['seconds_p50'] / a['seconds_p50']:.0%}" if a["seconds_p50"] else "-",
+        "",
+        style="bold",
+    )
+    console.print(table)
+    return summary
+
+
+def per_question(results: list[Answered], console: Console) -> None:
+    table = Table(title="Per question")
+    for column in ("side", "question", "expected", "answer", "ok", "LM calls", "s", "route / guard"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            r.side,
+            r.question[:50],
+            f"{r.expected:g}",
+            (r.answer or "")[:30],
+            "yes" if r.correct else "no",
+            str(r.lm_calls),
+            f"{r.seconds:.1f}",
+            (r.route or r.fallback or "")[:70],
+        )
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument(
+        "--quick", action="store_true", help="8 recording questions and 4 evaluation questions"
+    )
+    parser.add_argument(
+        "--model-path", type=Path, default=None, help="a GGUF instruct model (default SmolLM2-135M)"
+    )
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--min-share", type=float, default=0.6)
+    parser.add_argument(
+        "--json", type=Path, default=None, help="also write every answer and the summary here"
+    )
+    args = parser.parse_args()
+
+    logging.getLogger("dspy").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+    console = Console()
+    recording = recording_questions()
+    evaluation = [(t.question, t.expected) for t in TASKS]
+    if args.quick:
+        recording = recording[::3]
+        evaluation = [evaluation[i] for i in (0, 1, 4, 6)]
+    lm = LocalLM(args.model_path, cache=False, temperature=0.0, max_tokens=256, threads=args.threads)
+    agent = build_agent(Budget(max_iters=MAX_ITERS))
+    console.print(
+        f"model: {lm.model}  recording: {len(recording)} questions  evaluation: {len(evaluation)} questions"
+    )
+
+    started = time.perf_counter()
+    source, scores, recorded = record(agent, lm, recording, console)
+    ok = sum(r.correct for r in recorded)
+    console.print(
+        f"recorded {len(recorded)} agent runs in {time.perf_counter() - started:.0f} s; {ok} answered correctly"
+    )
+    try:
+        result: Crystallization = crystallize(agent, source, scores=scores, min_share=args.min_share)
+    except CrystallizeError as err:
+        console.print(f"[bold red]no workflow:[/bold red] {err}")
+        per_question(recorded, console)
+        return
+    console.print(result.report())
+    workflow = result.workflow()
+
+    results: list[Answered] = []
+    with Progress(console=console) as progress:
+        job = progress.add_task("agent vs workflow", total=2 * len(evaluation))
+        for index, (question, expected) in enumerate(evaluation):
+            sides = [("agent", agent), ("workflow", workflow)]
+            for side, program in sides if index % 2 == 0 else list(reversed(sides)):
+                results.append(answer(side, program, lm, question, expected))
+                progress.advance(job)
+    results.sort(key=lambda r: (evaluation.index((r.question, r.expected)), r.side))
+    per_question(results, console)
+    summary = summary_table(results, console)
+    if args.json is not None:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "model": lm.model,
+                    "summary": summary,
+                    "spec": json.loads(result.spec.to_json()),
+                    "recorded": [asdict(r) for r in recorded],
+                    "evaluated": [asdict(r) for r in results],
+                },
+                indent=2,
+            )
+        )
+        console.print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
