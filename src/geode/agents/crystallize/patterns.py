@@ -6,7 +6,8 @@ pattern; the step is marked *repeated*). For every argument of every step, and f
 agent, the runs of a pattern are checked for one derivation that explains them:
 
 - ``input``: a copy of one of the agent's inputs (exact, whitespace-trimmed, or lower-cased);
-- ``constant``: the same value in every run, although the inputs differ;
+- ``constant``: the same value in every run, although the inputs differ, and found in neither the
+  inputs nor the observations (else it is a coincidence of the sample);
 - ``observation``: a copy of an earlier step's whole observation;
 - ``extract``: a substring of an earlier observation that one learned regular expression finds in
   every run (``": (\d+) units in stock"``);
@@ -370,11 +371,20 @@ def _constant_rule(cases: Sequence[_Case], need: int, min_runs: int) -> Derivati
     if not counts:
         return None
     top, _ = counts.most_common(1)[0]
+    value = json.loads(top)
     matching = [c for c in cases if all(_canonical(v) == top for v in c.values)]
-    # A value that never varies only means something if the inputs did.
+    # A value that never varies only means something if the inputs did, and if it does not show up in
+    # them or in a tool's result: two questions about gadgets both calling lookup("gadget") is not a
+    # constant, it is a coincidence of the sample.
     distinct_inputs = {_canonical(c.inputs) for c in matching}
-    if len(matching) >= max(need, min_runs) and len(distinct_inputs) >= 2:
-        return Derivation("constant", len(matching), len(cases), value=json.loads(top))
+    text = _text(value).strip().casefold()
+    seen = any(
+        text and text in _text(source).casefold()
+        for c in matching
+        for source in (*c.inputs.values(), *c.observations)
+    )
+    if len(matching) >= max(need, min_runs) and len(distinct_inputs) >= 2 and not seen:
+        return Derivation("constant", len(matching), len(cases), value=value)
     return None
 
 

@@ -170,3 +170,19 @@ def test_nothing_to_crystallize() -> None:
     once = [_run("q", [("search", {"query": "q"}, "r")], "r")]
     with pytest.raises(CrystallizeError, match="no tool pattern occurs in 2 or more successful runs"):
         choose_patterns(analyze(once), CrystallizeOptions())
+
+
+def test_a_value_found_in_the_inputs_is_not_a_constant() -> None:
+    # Two questions about gadgets, phrased differently: lookup("gadget") both times is a sample's
+    # coincidence, not a constant; the answer 14 comes from the tool, not from nowhere.
+    runs = [
+        _run("How many gadgets do we have?", [("lookup", {"item": "gadget"}, "gadget: 14 units")], "14"),
+        _run(
+            "How many units of gadget are in stock?",
+            [("lookup", {"item": "gadget"}, "gadget: 14 units")],
+            "14",
+        ),
+    ]
+    (pattern,) = analyze(runs, output_fields=["answer"]).patterns
+    assert pattern.steps[0].args["item"].kind == "lm"
+    assert pattern.outputs["answer"].kind == "extract"
