@@ -19,13 +19,14 @@ from typing import Any
 
 import dspy
 
+from geode.agents.agent import Agent
 from geode.agents.inventory import STOCK, build_agent
 from geode.agents.steps import Budget
 from geode.runtime.instrumentation import instrument, uninstrument
 from geode.testing import ScriptedLM, in_memory_tracing
 from geode.traces.sources import InMemoryTraceSource
 
-__all__ = ["QUESTIONS", "Recorded", "oracle", "record_runs"]
+__all__ = ["QUESTIONS", "Recorded", "notes_agent", "oracle", "record_runs"]
 
 QUESTIONS: tuple[str, ...] = (
     "How many widgets are in stock?",
@@ -171,6 +172,24 @@ def oracle(messages: list[dict[str, str]]) -> dict[str, Any]:
     return answer
 
 
+def _notes_search() -> Any:
+    notes = {
+        "return": "Returns are accepted within 30 days.",
+        "ship": "Orders ship within 2 days.",
+        "warrant": "Every widget has a 1 year warranty.",
+    }
+
+    def search(query: str) -> str:
+        """Search the shop's notes."""
+        return next((text for key, text in notes.items() if key in query.lower()), "No note found.")
+
+    return search
+
+
+notes_agent = Agent("question -> answer", tools=[_notes_search()], name="notes")
+"""An agent whose only tool is a closure (no importable reference): the workflow takes it from the agent."""
+
+
 @dataclass
 class Recorded:
     """Traced runs of the scripted agent."""
@@ -180,11 +199,13 @@ class Recorded:
     agent: dspy.Module
 
 
-def record_runs(questions: Sequence[str] = QUESTIONS, *, agent: dspy.Module | None = None) -> Recorded:
-    """Run the scripted agent on ``questions`` under in-memory tracing; return the traces."""
+def record_runs(
+    questions: Sequence[str] = QUESTIONS, *, agent: dspy.Module | None = None, lm: ScriptedLM | None = None
+) -> Recorded:
+    """Run the scripted agent (or ``agent`` on ``lm``) on ``questions`` under in-memory tracing."""
     provider, exporter = in_memory_tracing()
     program = agent if agent is not None else build_agent(Budget(max_iters=4))
-    lm = ScriptedLM(oracle)
+    lm = lm if lm is not None else ScriptedLM(oracle)
     instrument(tracer_provider=provider)
     try:
         with dspy.context(lm=lm):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,17 +13,12 @@ from geode.agents.crystallize import WorkflowSpec
 from geode.cli import _common, _register_commands, app, main
 from geode.evals.evaluate import EvalResult
 from geode.evals.report import ProgramComparison
+from geode.runtime.phoenix import find_free_port
 from geode.runtime.runtime import Runtime
 from geode.runtime.settings import PhoenixSettings, Settings, TracingSettings
 from geode.testing import ScriptedLM
 
 AGENT = "geode.agents.inventory:agent"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +29,7 @@ def spans(tmp_path_factory: pytest.TempPathFactory) -> Path:
     settings = Settings(
         home=folder / "home",
         tracing=TracingSettings(otlp_file=path),
-        phoenix=PhoenixSettings(port=_free_port()),  # never a Phoenix that happens to be running
+        phoenix=PhoenixSettings(port=find_free_port()),  # never a Phoenix that happens to be running
     )
     with Runtime(settings, lm=ScriptedLM(oracle)) as rt:
         for question in QUESTIONS:

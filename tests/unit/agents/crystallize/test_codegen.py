@@ -7,10 +7,11 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import dspy
 import pytest
-from tests.unit.agents.crystallize.scenario import Recorded, oracle
+from tests.unit.agents.crystallize.scenario import Recorded, notes_agent, oracle, record_runs
 
 import geode
 from geode.agents.crystallize import Crystallization, CrystallizeError, crystallize, emit_python
@@ -77,3 +78,29 @@ def test_no_agent_no_module(recorded: Recorded) -> None:
     spec = crystallize(recorded.agent, recorded.source).spec
     with pytest.raises(CrystallizeError, match="names no agent_ref"):
         emit_python(spec)
+
+
+def test_a_tool_without_a_reference_comes_from_the_agent(tmp_path: Path) -> None:
+    questions = ["What is the return policy?", "How fast do you ship?", "Is there a warranty?"]
+    notes = [
+        "Returns are accepted within 30 days.",
+        "Orders ship within 2 days.",
+        "Every widget has a 1 year warranty.",
+    ]
+    script: list[dict[str, Any]] = []
+    for question, note in zip(questions, notes, strict=True):
+        script += [
+            {"next_thought": "Search.", "next_tool_name": "search", "next_tool_args": {"query": question}},
+            {"next_thought": "Done.", "next_tool_name": "finish", "next_tool_args": {}},
+            {"reasoning": "The note says so.", "answer": note},
+        ]
+    recorded = record_runs(questions, agent=notes_agent, lm=ScriptedLM(script))
+    spec = crystallize(
+        notes_agent, recorded.source, agent_ref="tests.unit.agents.crystallize.scenario:notes_agent"
+    ).spec
+    assert [t.ref for t in spec.tools] == [None]  # a closure: taken from the agent by name
+    module = _import(tmp_path / "notes.py", emit_python(spec))
+    lm = ScriptedLM([])  # the route needs no LM at all: query = the question, answer = the note
+    with dspy.context(lm=lm):
+        pred = module.workflow(question="Can I return it?")
+    assert pred.answer == "Returns are accepted within 30 days." and lm.calls == []
