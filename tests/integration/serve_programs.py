@@ -6,10 +6,14 @@ runtime is configured with: a predictor's own LM wins over the one in context.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import dspy
+from dspy.lm15 import Request, Response, StreamDeltaEvent, TextDelta, response_to_events
 
 from geode.agents.agent import Agent
 from geode.testing import ScriptedLM
@@ -96,3 +100,52 @@ class Slow(dspy.Module):
 
 
 slow = _with_lm(Slow(), ScriptedLM(echo))
+
+
+plain_qa = dspy.Predict("question -> answer")
+"""A Predict program with no LM of its own: it answers with the runtime's LM (``geode serve --lm``)."""
+
+
+class _TrickleEngine:
+    """An async engine that streams each scripted completion a few characters at a time, with a pause
+    between chunks, the way a provider streams tokens. It has no legacy path, so DSPy streams through it."""
+
+    def __init__(self, owner: ScriptedLM, pause_s: float) -> None:
+        self.owner = owner
+        self.pause_s = pause_s
+
+    async def complete(self, request: Request) -> Response:
+        return self.owner._engine_spec.complete(request)
+
+    async def stream(self, request: Request) -> AsyncIterator[Any]:
+        for event in response_to_events(self.owner._engine_spec.complete(request)):
+            delta = getattr(event, "delta", None)
+            if not isinstance(delta, TextDelta):
+                yield event
+                continue
+            for chunk in re.findall(r"\S+\s*|\s+", delta.text):
+                await asyncio.sleep(self.pause_s)
+                yield StreamDeltaEvent(TextDelta(chunk, part_index=delta.part_index))
+
+    async def aclose(self) -> None:
+        pass
+
+
+class TrickleLM(ScriptedLM):
+    """ScriptedLM whose async calls stream their answer word by word, ``pause_s`` apart."""
+
+    def __init__(self, answers: Any, *, pause_s: float = 0.05) -> None:
+        self.pause_s = pause_s
+        super().__init__(answers)
+
+    def _install_engine(self) -> None:
+        super()._install_engine()
+        self._async_engine_spec = _TrickleEngine(self, self.pause_s)
+
+
+def _story(messages: list[dict[str, str]]) -> dict[str, Any]:
+    return {"answer": "once upon a time there were eight words", "mood": "calm"}
+
+
+storyteller = _with_lm(dspy.Predict("question -> answer, mood"), TrickleLM(_story))
+"""Streams its answer word by word (0.05 s apart) when called through the stream endpoint."""
