@@ -1,13 +1,13 @@
 """The same app on Ray Serve (deploy/ray/geode_ray.py), against a local Ray head on loopback.
 
-Needs the `ray` extra (`pip install 'geode[ray]'`); marked `ray` and `slow` so the default suite does
-not. Starts Ray in this process (its processes are stopped by `ray.shutdown`).
+Needs the `ray` extra (part of `all`, so `make install` brings it); marked `ray`. CI runs it (about a
+minute: Ray's head, two replicas and the HTTP proxy start on loopback). Ray is started from this process
+and its processes are stopped by `ray.shutdown`.
 """
 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,24 +16,25 @@ import pytest
 
 from .serve_helpers import PROGRAMS, REPO, free_port
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = pytest.mark.ray
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 
 @pytest.fixture
-def ray_head(tmp_path: Path) -> Iterator[int]:
-    sys.path.insert(0, str(REPO / "deploy" / "ray"))
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO / "deploy" / "ray"), str(REPO / "src")])
+def ray_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    monkeypatch.syspath_prepend(str(REPO / "deploy" / "ray"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "deploy" / "ray"), str(REPO / "src")]))
     # Ray Serve's proxy checks assume an idle machine (5 s to become ready); shared CI machines are not.
-    os.environ.update(
-        {
-            "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "120",
-            "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
-            "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "30",
-        }
-    )
+    for name, value in {
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "120",
+        "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
+        "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": "30",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "NO_PROXY": "127.0.0.1,localhost",
+    }.items():
+        monkeypatch.setenv(name, value)
     env = {
         "GEODE_HOME": str(tmp_path / "home"),
         "GEODE_LM_MODEL": "openai/unused",
@@ -55,7 +56,6 @@ def ray_head(tmp_path: Path) -> Iterator[int]:
     finally:
         serve.shutdown()
         ray.shutdown()
-        sys.path.remove(str(REPO / "deploy" / "ray"))
 
 
 def test_ray_serve_deployment_answers_like_geode_serve(ray_head: int) -> None:
