@@ -20,7 +20,8 @@ ALLOWED: dict[str, set[str]] = {
     "runtime": {"errors", "refs", "retrieval", "traces", "evals", "agents"},
     "examples": {"errors", "refs", "retrieval", "traces", "evals", "agents"},
     "testing": {"errors", "refs", "retrieval", "traces", "evals", "agents", "runtime"},
-    "cli": {"errors", "refs", "retrieval", "traces", "evals", "agents", "runtime", "examples", "testing"},
+    "demo": {"errors", "refs", "retrieval", "traces", "evals", "agents", "runtime", "examples"},
+    "cli": {"errors", "refs", "retrieval", "traces", "evals", "agents", "runtime", "examples", "testing", "demo"},
     "__init__": {"errors", "refs", "retrieval", "traces", "evals", "agents", "runtime"},
     "__main__": {"cli"},
 }

@@ -44,6 +44,7 @@ _COMMAND_MODULES = (
     "geode.cli.crystallize",
     "geode.cli.compare",
     "geode.cli.mine",
+    "geode.cli.demo",
 )
 
 _state = {"debug": False}

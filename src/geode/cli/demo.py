@@ -1,0 +1,118 @@
+"""``geode demo``: the whole learning loop, offline, on the bundled helpdesk application."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichBar
+
+from geode.cli._common import make_settings
+from geode.demo.pipeline import DEFAULT_HELD_OUT, DEFAULT_QUESTIONS, DemoOptions, Progress, run_demo
+from geode.demo.report import by_hand_commands, summary_table, write_demo_report
+
+__all__ = ["ConsoleProgress", "demo", "register"]
+
+
+class ConsoleProgress(Progress):
+    """Stage headers, detail lines and progress bars on a rich console."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.started = time.monotonic()
+
+    def stage(self, number: int, title: str) -> None:
+        """A stage header with the time since the start."""
+        elapsed = time.monotonic() - self.started
+        self.console.print(f"\n[bold]{number}. {title}[/bold] [dim]({elapsed:.0f} s)[/dim]", highlight=False)
+
+    def info(self, message: str) -> None:
+        """A detail line."""
+        self.console.print(f"   [dim]·[/dim] {message}", highlight=False)
+
+    def warn(self, message: str) -> None:
+        """A warning line."""
+        self.console.print(f"   [yellow]warning:[/yellow] {message}", highlight=False)
+
+    @contextlib.contextmanager
+    def task(self, description: str, total: int | None) -> Iterator[Callable[[int, str], None]]:
+        """A progress bar with a status text."""
+        bar = RichBar(
+            SpinnerColumn(),
+            TextColumn("   {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        with bar:
+            task = bar.add_task(description, total=total, status="")
+
+            def update(done: int, status: str) -> None:
+                bar.update(task, completed=done, status=status)
+
+            yield update
+
+
+def demo(
+    fresh: bool = typer.Option(
+        False, "--fresh", help="Start over: drop the demo's collection, runs and versions."
+    ),
+    questions: int = typer.Option(
+        DEFAULT_QUESTIONS, "--questions", "-n", min=2, help="Training questions the agent answers (traced)."
+    ),
+    held_out: int = typer.Option(
+        DEFAULT_HELD_OUT, "--held-out", min=1, help="Held-out questions every program is evaluated on."
+    ),
+    lm: str | None = typer.Option(
+        None,
+        "--lm",
+        help="Any litellm model (e.g. openai/gpt-4o-mini; needs its API key). Default: the embedded local model.",
+    ),
+    no_phoenix: bool = typer.Option(
+        False, "--no-phoenix", help="Do not start Phoenix (spans still go to a file)."
+    ),
+    no_docs: bool = typer.Option(False, "--no-docs", help="Leave Geode's own docs out of the corpus."),
+) -> None:
+    """Run the whole loop offline: Phoenix, ingest, agent runs, mine, crystallize, recompile, evaluate, promote.
+
+    Re-running reuses the store and Phoenix; --fresh starts over. Everything is kept under the Geode home
+    (GEODE_HOME, default .geode). Example: geode demo --questions 10 --held-out 10
+    """
+    console = Console()
+    settings = make_settings(lm=lm)
+    options = DemoOptions(
+        questions=questions, held_out=held_out, fresh=fresh, phoenix=not no_phoenix, include_docs=not no_docs
+    )
+    console.print(
+        f"[bold]geode demo[/bold]: {questions} training and {held_out} held-out questions on "
+        f"{settings.lm.model} (home {settings.home})",
+        highlight=False,
+    )
+    progress = ConsoleProgress(console)
+    result = run_demo(settings, options, progress=progress, write_report=write_demo_report)
+    console.print()
+    console.print(summary_table(result))
+    if result.promotion:
+        console.print(f"gate: {result.promotion}", highlight=False)
+    for stage, why in result.skipped.items():
+        console.print(f"[yellow]skipped {stage}:[/yellow] {why}", highlight=False)
+    if result.phoenix is not None:
+        console.print(f"Phoenix: {result.phoenix.url} (project geode-demo)", highlight=False)
+    if result.report is not None:
+        console.print(f"report:  {result.report}", highlight=False)
+    console.print(
+        f"took {time.monotonic() - progress.started:.0f} s\n\n[bold]By hand[/bold]", highlight=False
+    )
+    for what, command in by_hand_commands(result):
+        console.print(f"  [dim]# {what}[/dim]\n  {command}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``geode demo`` to the CLI."""
+    app.command("demo")(demo)

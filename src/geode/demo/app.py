@@ -1,0 +1,45 @@
+"""Zero-argument factories of the helpdesk programs, for the CLI and for workflow specs.
+
+``geode run geode.demo.app:agent -i question=...`` (after ``geode demo`` has ingested the corpus) builds
+the agent over the embedded store of the current settings (``GEODE_HOME``...). The crystallized
+workflow's spec names :func:`agent` as the agent it falls back to. The store is opened on first use and
+stays open (and locked) for the life of the process.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from geode.agents.agent import Agent
+from geode.agents.workflows import RAG
+from geode.examples import helpdesk
+from geode.retrieval import Retriever
+from geode.runtime.settings import Settings
+from geode.runtime.stores import build_embedder, build_store
+
+__all__ = ["agent", "rag", "retriever"]
+
+_lock = threading.Lock()
+_retriever: Retriever | None = None
+
+
+def retriever() -> Retriever:
+    """A retriever over the helpdesk collection of the embedded store (one per process)."""
+    global _retriever
+    with _lock:
+        if _retriever is None:
+            settings = Settings()
+            _retriever = Retriever(
+                build_store(settings), build_embedder(settings.retrieval), helpdesk.COLLECTION, k=2
+            )
+        return _retriever
+
+
+def agent() -> Agent:
+    """The helpdesk agent (``geode.demo.app:agent``)."""
+    return helpdesk.build_agent(retriever())
+
+
+def rag() -> RAG:
+    """The hand-written retrieve-then-answer baseline (``geode.demo.app:rag``)."""
+    return helpdesk.build_rag(retriever())

@@ -1,0 +1,88 @@
+"""The helpdesk programs: a ``geode.Agent`` with search and a calculator, and a RAG workflow baseline.
+
+Both answer ``question -> answer`` from a retriever over the helpdesk collection; build them with the
+retriever you have (``rt.retriever(COLLECTION, k=...)`` in an application, a
+``geode.retrieval.Retriever`` over any store in tests). They are sized for the embedded SmolLM2-135M:
+few passages, short passages, short thoughts and a small iteration budget, because every token costs
+about a tenth of a second on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import dspy
+
+from geode.agents.agent import Agent
+from geode.agents.calculator import calculate
+from geode.agents.steps import Budget
+from geode.agents.tools import PassageSource, search_tool
+from geode.agents.workflows import RAG
+
+__all__ = ["AGENT_NAME", "HelpdeskAnswer", "HelpdeskContextAnswer", "build_agent", "build_rag"]
+
+AGENT_NAME = "helpdesk"
+"""The agent's name (on its AGENT span)."""
+
+
+class HelpdeskAnswer(dspy.Signature):
+    """Answer a customer's question about the Northwind Outfitters shop or about Geode.
+
+    Search the knowledge base first. Reply with a number or a few words copied from the passages;
+    use the calculator for totals.
+    """
+
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField(desc="a number or a few words copied from the passages")
+
+
+class HelpdeskContextAnswer(dspy.Signature):
+    """Answer a customer's question from the passages. Reply with a number or a few words copied from them."""
+
+    context: str = dspy.InputField(desc="passages from the knowledge base")
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField(desc="a number or a few words copied from the passages")
+
+
+def build_agent(
+    retriever: PassageSource,
+    *,
+    k: int = 2,
+    max_chars_per_passage: int = 400,
+    budget: Budget | None = None,
+    max_thought_chars: int = 60,
+) -> Agent:
+    """The helpdesk agent: ``search`` over the knowledge base and ``calculate``, then ``finish``.
+
+    Args:
+        retriever: Searches the helpdesk collection (called as ``retriever(query=..., k=...)``).
+        k: Passages per search.
+        max_chars_per_passage: Longer passages are cut before the model reads them.
+        budget: Limits per run; default: 3 iterations and 120 seconds.
+        max_thought_chars: Cap on each step's thought (with grammar-constrained models), which bounds
+            the tokens a small model spends per step.
+    """
+    passages = search_tool(retriever, k=k, max_chars_per_passage=max_chars_per_passage)
+
+    def search(question: str) -> str:
+        """Search the shop's help centre, product catalogue and Geode's docs for the question."""
+        # The argument is named like the agent's input: a small model then tends to copy the question
+        # into it, where a `query` argument drew copies of its schema description instead.
+        return str(passages.func(query=question))
+
+    return Agent(
+        HelpdeskAnswer,
+        tools=[search, calculate],
+        name=AGENT_NAME,
+        budget=budget or Budget(max_iters=3, max_seconds=120.0),
+        max_thought_chars=max_thought_chars,
+    )
+
+
+def build_rag(retriever: PassageSource, *, k: int = 2, max_chars_per_passage: int = 400) -> RAG:
+    """The hand-written workflow baseline: retrieve ``k`` passages for the question, answer from them."""
+    return RAG(
+        retriever,
+        HelpdeskContextAnswer,
+        k=k,
+        query_field="question",
+        max_chars_per_passage=max_chars_per_passage,
+    )
