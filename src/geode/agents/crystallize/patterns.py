@@ -263,16 +263,22 @@ def learn_extractor(pairs: Sequence[tuple[str, Sequence[str]]]) -> str | None:
             position = found + len(value)
     left = _whole_words_left(_common_suffix(lefts)[-_MAX_CONTEXT:], lefts)
     right = _whole_words_right(_common_prefix(rights)[:_MAX_CONTEXT], rights)
-    anchor_start = all(not s for s in lefts)
-    anchor_end = all(not s for s in rights)
-    prefix = "^" if anchor_start else _escape(left)
-    suffix = "$" if anchor_end else _escape(right)
-    for value_class in _VALUE_CLASSES:
-        if value_class.endswith("+?") and not suffix:
-            continue  # a lazy match needs something after it to stop at
-        pattern = f"{prefix}({value_class}){suffix}"
-        if _reproduces(pattern, pairs):
-            return pattern
+    suffix = "$" if all(not s for s in rights) else _escape(right)
+    if all(not s for s in lefts):
+        prefixes = ["^"]
+    else:
+        # Words that open the shared context may be the sample's, not the format's ("gadget: " when
+        # every recorded run asked about gadgets): the expression without them is tried first, and
+        # wins if it still reproduces every value.
+        general = re.sub(r"^\w+", "", left)
+        prefixes = list(dict.fromkeys([_escape(general), _escape(left)]))
+    for prefix in prefixes:
+        for value_class in _VALUE_CLASSES:
+            if value_class.endswith("+?") and not suffix:
+                continue  # a lazy match needs something after it to stop at
+            pattern = f"{prefix}({value_class}){suffix}"
+            if _reproduces(pattern, pairs):
+                return pattern
     return None
 
 

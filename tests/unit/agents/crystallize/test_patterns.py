@@ -148,6 +148,9 @@ def test_learned_extractors() -> None:
 
     assert re.findall(ids, "[1] (x-1) a\n[2] (y-22) b") == ["x-1", "y-22"]
     assert learn_extractor([("12", ["12"]), ("345", ["345"])]) == r"^(-?\d+(?:[.,]\d+)*)$"
+    # Two runs that both asked about gadgets: "gadget" is the sample's word, not the format's.
+    same = [("gadget: 14 units in stock", ["14"])] * 2
+    assert learn_extractor(same) == r": (-?\d+(?:[.,]\d+)*) units in stock"
     assert learn_extractor([("abc", ["zzz"])]) is None
     assert learn_extractor([]) is None
 
