@@ -9,8 +9,13 @@ are the serving overhead). Three servers, measured in the same run:
   collector stub in a third process that answers 200);
 - ``geode, Phoenix down``: the same, exporting to a refused port.
 
-For each: throughput and p50/p99 latency at 1, 8 and 64 concurrent clients, then server RSS over
-20,000 requests. Run: ``.venv/bin/python benchmarks/bench_serve.py`` (``--quick`` for a smoke run).
+For each: throughput, p50/p99 latency and the server's CPU time per request (every thread, the
+span export worker included) at 1, 8 and 64 concurrent clients, measured in interleaved rounds, then
+server RSS over 20,000 requests. Failed requests are reported by kind (status and error code, wrong
+answer, or the client's exception), and each server's output is kept in a log file for tracebacks.
+The machine's load average is printed with the figures: other jobs on a shared machine move them.
+
+Run: ``.venv/bin/python benchmarks/bench_serve.py`` (``--quick`` for a smoke run).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,7 +89,22 @@ def serve_bare(port: int) -> None:
     async def ready() -> dict[str, str]:
         return {"status": "ready"}
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_keep_alive=_keep_alive_s(),
+    )
+
+
+def _keep_alive_s() -> int:
+    # Both servers keep idle connections open as long as `geode serve` does (uvicorn's default, 5 s,
+    # races the client's pool under overload: requests on a connection being closed fail).
+    from geode.runtime.settings import ServeSettings
+
+    return ServeSettings().keep_alive_s
 
 
 def serve_geode(port: int, endpoint: str, home: str) -> None:
@@ -101,7 +122,13 @@ def serve_geode(port: int, endpoint: str, home: str) -> None:
     app = create_app(rt, [HostedProgram(dspy.Predict("question -> answer"), name="qa")])
     try:
         uvicorn.run(
-            app, host="127.0.0.1", port=port, log_level="warning", access_log=False, reset_contextvars=True
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            reset_contextvars=True,  # as `geode serve`
+            timeout_keep_alive=settings.serve.keep_alive_s,
         )
     finally:
         rt.close()
@@ -141,22 +168,32 @@ class Server:
     name: str
     url: str
     process: subprocess.Popen[bytes]
+    log: Path
+    """The server's stdout and stderr (a failed request's traceback lands here)."""
 
     @property
     def rss_mb(self) -> float:
         return psutil.Process(self.process.pid).memory_info().rss / 2**20
 
+    @property
+    def cpu_s(self) -> float:
+        """CPU time the server process has used so far, every thread included."""
+        times = psutil.Process(self.process.pid).cpu_times()
+        return times.user + times.system
 
-def start(name: str, *args: str) -> Server:
+
+def start(name: str, *args: str, logs: Path) -> Server:
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "NO_PROXY": "127.0.0.1,localhost"}
-    process = subprocess.Popen(
-        [sys.executable, str(HERE), "--serve", *args, "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    server = Server(name, f"http://127.0.0.1:{port}", process)
+    log = logs / f"{name.split()[0]}-{port}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, str(HERE), "--serve", *args, "--port", str(port)],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(name, f"http://127.0.0.1:{port}", process, log)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -175,6 +212,12 @@ class Run:
     latencies_ms: list[float] = field(default_factory=list[float])
     errors: int = 0
     seconds: float = 0.0
+    failures: Counter[str] = field(default_factory=Counter[str])
+    """What each failed request was: ``HTTP <status> <error code>``, a wrong answer, or the exception."""
+
+    def fail(self, what: str) -> None:
+        self.errors += 1
+        self.failures[what] += 1
 
     @property
     def throughput(self) -> float:
@@ -183,6 +226,13 @@ class Run:
     def pct(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def _error_code(response: httpx.Response) -> str:
+    try:
+        return str(response.json()["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return response.text[:80]
 
 
 async def load(url: str, concurrency: int, total: int, *, offset: int = 0) -> Run:
@@ -196,17 +246,16 @@ async def load(url: str, concurrency: int, total: int, *, offset: int = 0) -> Ru
                 started = time.perf_counter()
                 try:
                     response = await client.post("/programs/qa", json={"question": f"q{offset + n}"})
-                except httpx.TransportError:
-                    run.errors += 1
+                except httpx.TransportError as err:
+                    run.fail(f"{type(err).__name__} after {time.perf_counter() - started:.1f} s")
                     continue
                 elapsed = (time.perf_counter() - started) * 1000
-                if (
-                    response.status_code == 200
-                    and response.json()["outputs"]["answer"] == f"echo: q{offset + n}"
-                ):
-                    run.latencies_ms.append(elapsed)
+                if response.status_code != 200:
+                    run.fail(f"HTTP {response.status_code} {_error_code(response)}")
+                elif response.json()["outputs"]["answer"] != f"echo: q{offset + n}":
+                    run.fail("wrong answer")
                 else:
-                    run.errors += 1
+                    run.latencies_ms.append(elapsed)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -214,53 +263,90 @@ async def load(url: str, concurrency: int, total: int, *, offset: int = 0) -> Ru
     return run
 
 
-def measure(console: Console, *, quick: bool) -> tuple[dict[str, dict[str, Any]], int]:
-    per_level = {1: 100, 8: 400, 64: 1280} if quick else {1: 200, 8: 800, 64: 1920}
+@dataclass
+class Level:
+    """One server at one concurrency level, over all rounds."""
+
+    run: Run = field(default_factory=Run)
+    cpu_s: float = 0.0
+    requests: int = 0
+
+    def add(self, run: Run, cpu_s: float, requests: int) -> None:
+        self.run.latencies_ms += run.latencies_ms
+        self.run.errors += run.errors
+        self.run.failures.update(run.failures)
+        self.run.seconds += run.seconds
+        self.cpu_s += cpu_s
+        self.requests += requests
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "p50_ms": self.run.pct(0.50),
+            "p99_ms": self.run.pct(0.99),
+            "rps": self.run.throughput,
+            "cpu_ms_per_request": 1000 * self.cpu_s / max(self.requests, 1),
+            "errors": self.run.errors,
+            "failures": dict(self.run.failures),
+        }
+
+
+def measure(console: Console, *, quick: bool, rounds: int) -> tuple[dict[str, dict[str, Any]], int]:
+    per_level = {1: 300, 8: 600, 64: 1280} if quick else {1: 600, 8: 1200, 64: 1920}
     soak = 2_000 if quick else 20_000
-    home = tempfile.mkdtemp(prefix="geode-bench-")
-    sink = start("sink", "sink")
+    home = Path(tempfile.mkdtemp(prefix="geode-bench-"))
+    logs = home / "logs"
+    logs.mkdir()
+    sink = start("sink", "sink", logs=logs)
     down = f"http://127.0.0.1:{free_port()}"
     servers = [
-        start("bare FastAPI", "bare"),
-        start("geode (tracing on)", "geode", "--endpoint", sink.url, "--home", home + "/on"),
-        start("geode (Phoenix down)", "geode", "--endpoint", down, "--home", home + "/down"),
+        start("bare FastAPI", "bare", logs=logs),
+        start("geode (tracing on)", "geode", "--endpoint", sink.url, "--home", str(home / "on"), logs=logs),
+        start("geode (Phoenix down)", "geode", "--endpoint", down, "--home", str(home / "down"), logs=logs),
     ]
-    results: dict[str, dict[str, Any]] = {s.name: {"levels": {}} for s in servers}
+    results: dict[str, dict[str, Any]] = {s.name: {"levels": {}, "log": str(s.log)} for s in servers}
     try:
         for server in servers:  # warm up: imports, first LM call, connection pools
             asyncio.run(load(server.url, 8, 200, offset=10_000_000))
         with Progress(console=console) as progress:
-            task = progress.add_task("latency and throughput", total=len(per_level) * len(servers))
+            task = progress.add_task("latency and throughput", total=len(per_level) * rounds * len(servers))
             for level, total in per_level.items():
-                for server in servers:  # interleaved, so machine load hits every server alike
-                    run = asyncio.run(load(server.url, level, total))
-                    results[server.name]["levels"][level] = {
-                        "p50_ms": run.pct(0.50),
-                        "p99_ms": run.pct(0.99),
-                        "rps": run.throughput,
-                        "errors": run.errors,
-                    }
+                levels = {server.name: Level() for server in servers}
+                for round_ in range(rounds):
+                    # Interleaved in short rounds, rotating the order, so bursts of load from other
+                    # jobs on the machine hit every server alike.
+                    for server in servers[round_ % 3 :] + servers[: round_ % 3]:
+                        before = server.cpu_s
+                        count = total // rounds
+                        run = asyncio.run(load(server.url, level, count, offset=round_ * 1_000_000))
+                        # The export worker sends every 0.5 s: its CPU for this run's spans counts too.
+                        time.sleep(0.6)
+                        levels[server.name].add(run, server.cpu_s - before, count)
+                        progress.advance(task)
+                for server in servers:
+                    row = results[server.name]["levels"][level] = levels[server.name].row()
                     # Figures as they come, so an interrupted run still reports what it measured.
                     progress.console.print(
-                        f"{server.name}: {level} clients, {run.throughput:.0f} req/s, "
-                        f"p50 {run.pct(0.5):.1f} ms, p99 {run.pct(0.99):.1f} ms, {run.errors} errors"
+                        f"{server.name}: {level} clients, {row['rps']:.0f} req/s, p50 {row['p50_ms']:.1f} ms, "
+                        f"p99 {row['p99_ms']:.1f} ms, CPU {row['cpu_ms_per_request']:.2f} ms/request, "
+                        f"{row['errors']} errors {row['failures'] or ''}"
                     )
-                    progress.advance(task)
             task = progress.add_task(f"memory over {soak:,} requests", total=len(servers) * 4)
             for server in servers:
                 # The bare endpoint's memory is a reference; the soak that matters is Geode's.
                 count = (soak if server.name.startswith("geode") else soak // 4) // 4
                 samples = [server.rss_mb]
+                failures: Counter[str] = Counter()
                 for quarter in range(4):
                     run = asyncio.run(load(server.url, 32, count, offset=20_000_000 + quarter * soak))
-                    results[server.name].setdefault("soak_errors", 0)
-                    results[server.name]["soak_errors"] += run.errors
+                    failures.update(run.failures)
                     samples.append(server.rss_mb)
                     progress.console.print(
                         f"{server.name}: RSS {samples[-1]:.0f} MB after {(quarter + 1) * count:,}"
                     )
                     progress.advance(task)
                 results[server.name]["rss_mb"] = samples
+                results[server.name]["soak_errors"] = sum(failures.values())
+                results[server.name]["soak_failures"] = dict(failures)
     finally:
         for server in [*servers, sink]:
             server.process.terminate()
@@ -269,14 +355,17 @@ def measure(console: Console, *, quick: bool) -> tuple[dict[str, dict[str, Any]]
                 server.process.wait(30)
             except subprocess.TimeoutExpired:
                 server.process.kill()
-
+    for server in servers:
+        text = server.log.read_text(errors="replace")
+        results[server.name]["log_tracebacks"] = text.count("Traceback")
     return results, soak
 
 
 def report(console: Console, results: dict[str, dict[str, Any]], soak: int) -> None:
     bare = results["bare FastAPI"]["levels"]
     table = Table(title="Serving a Predict program on ScriptedLM (loopback, client in a separate process)")
-    for column in ("server", "clients", "req/s", "p50 ms", "p99 ms", "p50 vs bare", "errors"):
+    columns = ("server", "clients", "req/s", "p50 ms", "p99 ms", "p50 vs bare", "CPU ms/req", "errors")
+    for column in columns:
         table.add_column(column, justify="left" if column == "server" else "right")
     for name, data in results.items():
         for level, row in data["levels"].items():
@@ -288,6 +377,7 @@ def report(console: Console, results: dict[str, dict[str, Any]], soak: int) -> N
                 f"{row['p50_ms']:.1f}",
                 f"{row['p99_ms']:.1f}",
                 f"{ratio:.2f}x",
+                f"{row['cpu_ms_per_request']:.2f}",
                 str(row["errors"]),
             )
     console.print(table)
@@ -299,6 +389,16 @@ def report(console: Console, results: dict[str, dict[str, Any]], soak: int) -> N
         memory.add_row(name, *(f"{v:.0f}" for v in rss), f"{rss[-1] - rss[1]:+.0f}", str(data["soak_errors"]))
     console.print(memory)
     console.print("growth = RSS at the end minus after the first quarter (allocator warm-up excluded)")
+    console.print("CPU ms/req = the server process's CPU time (every thread) over the requests it answered")
+    for name, data in results.items():
+        failures = Counter[str]()
+        for row in data["levels"].values():
+            failures.update(row["failures"])
+        failures.update(data["soak_failures"])
+        if failures or data["log_tracebacks"]:
+            console.print(
+                f"{name}: failed requests {dict(failures)}; {data['log_tracebacks']} tracebacks in {data['log']}"
+            )
 
 
 def main() -> None:
@@ -308,6 +408,7 @@ def main() -> None:
     parser.add_argument("--endpoint", default="")
     parser.add_argument("--home", default="")
     parser.add_argument("--quick", action="store_true", help="Fewer requests: a smoke run.")
+    parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds per concurrency level.")
     parser.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")
     args = parser.parse_args()
     if args.serve == "bare":
@@ -318,10 +419,18 @@ def main() -> None:
         return serve_sink(args.port)
 
     console = Console()
-    results, soak = measure(console, quick=args.quick)
+    load_before = os.getloadavg()
+    results, soak = measure(console, quick=args.quick, rounds=max(1, args.rounds))
+    load_after = os.getloadavg()
     report(console, results, soak)
+    # Other jobs on the machine move every figure: say how busy it was.
+    console.print(
+        f"load average (1, 5, 15 min) at start {', '.join(f'{x:.1f}' for x in load_before)}; "
+        f"at end {', '.join(f'{x:.1f}' for x in load_after)}; {os.cpu_count()} CPUs"
+    )
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+        payload = {"results": results, "load_before": load_before, "load_after": load_after}
+        args.json.write_text(json.dumps(payload, indent=2, default=str))
 
 
 if __name__ == "__main__":

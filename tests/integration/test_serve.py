@@ -1,19 +1,20 @@
-"""`geode serve` in a real uvicorn process: curl, an OpenAPI-driven client and a browser page."""
+"""`geode serve` in a real uvicorn process: curl, an OpenAPI-driven client and a browser page.
+
+Not marked slow: the server starts in a few seconds, so CI runs it.
+"""
 
 from __future__ import annotations
 
 import json
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from .serve_helpers import PROGRAMS, serve
-
-pytestmark = pytest.mark.slow
 
 
 def _call_from_openapi(base: str, operation_id: str, arguments: dict[str, Any]) -> httpx.Response:
@@ -79,5 +80,25 @@ def test_geode_serve_answers_curl_openapi_clients_and_browsers(tmp_path: Path) -
 
         metrics = httpx.get(f"{served.url}/metrics").text
         assert 'geode_requests_total{program="qa",status="200",version="base"}' in metrics
+        assert _connection_survives_idle(served.url, idle_s=6.0)
         seconds = served.stop()
     assert seconds < 30
+
+
+def _connection_survives_idle(base: str, *, idle_s: float) -> bool:
+    """Whether a keep-alive connection idle for ``idle_s`` is still the one the next request uses.
+
+    uvicorn's default (5 s) closes it; a server that closes a connection as the client reuses it fails
+    that request, which is how overloaded clients lost requests (GEODE_SERVE_KEEP_ALIVE_S, 90 s).
+    """
+    limits = httpx.Limits(keepalive_expiry=60)
+    with httpx.Client(base_url=base, limits=limits) as client:
+
+        def local_port() -> int:
+            response = client.get("/health")
+            assert response.status_code == 200
+            return response.extensions["network_stream"].get_extra_info("client_addr")[1]
+
+        first = local_port()
+        time.sleep(idle_s)
+        return local_port() == first

@@ -154,6 +154,7 @@ def serve(
             # connection (uvicorn #2167).
             reset_contextvars=True,
             timeout_graceful_shutdown=int(serve_settings.shutdown_timeout_s),
+            timeout_keep_alive=serve_settings.keep_alive_s,
             server_header=False,
         )
         uvicorn.Server(config).run()

@@ -159,6 +159,11 @@ class ServeSettings(BaseSettings):
     """Runs remembered for feedback (trace id → root span id); older feedback annotates the trace."""
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     """How long shutdown waits for in-flight shadow runs and telemetry."""
+    keep_alive_s: int = Field(default=90, ge=1)
+    """How long an idle client connection stays open (Ray Serve's proxy default too). Longer than the
+    idle timeouts of client pools (httpx: 5 s) and load balancers (60 s), so they close idle
+    connections first: a server that closes one just as the client reuses it fails that request with
+    a connection reset (seen under overload with uvicorn's 5 s default)."""
     trace_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     """Share of each served program's traces exported; failed runs and runs that get feedback are
     always kept. Leave GEODE_TRACING_SAMPLE_RATIO at 1 when serving: it drops spans before this
