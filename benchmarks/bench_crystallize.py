@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
+from opentelemetry.sdk.trace import ReadableSpan
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -41,7 +42,8 @@ from geode.agents.inventory import STOCK, TASKS, build_agent, is_correct
 from geode.agents.steps import Budget
 from geode.runtime.lm.local import LocalLM
 from geode.testing import in_memory_tracing
-from geode.traces.sources import InMemoryTraceSource
+from geode.traces.otlp_json import dumps_request, encode_spans
+from geode.traces.sources import InMemoryTraceSource, OtlpFileTraceSource, TraceSource
 
 MAX_ITERS = 5
 
@@ -96,7 +98,7 @@ class Answered:
 
 def record(
     agent: dspy.Module, lm: dspy.BaseLM, questions: list[tuple[str, float]], console: Console
-) -> tuple[InMemoryTraceSource, dict[str, RunScore], list[Answered]]:
+) -> tuple[list[ReadableSpan], dict[str, RunScore], list[Answered]]:
     provider, exporter = in_memory_tracing()
     scores: dict[str, RunScore] = {}
     runs: list[Answered] = []
@@ -122,7 +124,24 @@ def record(
                 )
             )
             progress.advance(job)
-    return InMemoryTraceSource(list(exporter.get_finished_spans())), scores, runs
+    return list(exporter.get_finished_spans()), scores, runs
+
+
+def save_runs(
+    folder: Path, spans: list[ReadableSpan], scores: dict[str, RunScore], runs: list[Answered]
+) -> None:
+    """The recorded traces as an OTLP-JSON file (what the runtime writes), with the scores and answers."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spans.jsonl").write_text(dumps_request(encode_spans(spans)) + "\n", encoding="utf-8")
+    (folder / "scores.json").write_text(json.dumps({k: v.score for k, v in scores.items()}, indent=1))
+    (folder / "recorded.json").write_text(json.dumps([asdict(r) for r in runs], indent=1))
+
+
+def load_runs(folder: Path) -> tuple[TraceSource, dict[str, RunScore], list[Answered]]:
+    """Runs saved by :func:`save_runs`."""
+    scores = {k: RunScore(v) for k, v in json.loads((folder / "scores.json").read_text()).items()}
+    runs = [Answered(**r) for r in json.loads((folder / "recorded.json").read_text())]
+    return OtlpFileTraceSource(folder / "spans.jsonl"), scores, runs
 
 
 def _text(value: Any) -> str | None:
@@ -259,10 +278,18 @@ def main() -> None:
     )
 
     started = time.perf_counter()
-    source, scores, recorded = record(agent, lm, recording, console)
+    source: TraceSource
+    if args.runs is not None:
+        source, scores, recorded = load_runs(args.runs)
+        console.print(f"reusing the agent runs saved in {args.runs}")
+    else:
+        spans, scores, recorded = record(agent, lm, recording, console)
+        source = InMemoryTraceSource(spans)
+        if args.save_runs is not None:
+            save_runs(args.save_runs, spans, scores, recorded)
     ok = sum(r.correct for r in recorded)
     console.print(
-        f"recorded {len(recorded)} agent runs in {time.perf_counter() - started:.0f} s; {ok} answered correctly"
+        f"{len(recorded)} agent runs ({time.perf_counter() - started:.0f} s); {ok} answered correctly"
     )
     try:
         result: Crystallization = crystallize(agent, source, scores=scores, min_share=args.min_share)
