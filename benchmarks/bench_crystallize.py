@@ -16,6 +16,7 @@ Target (issue 5): the workflow at <= 50% of the agent's LM calls and latency, qu
     .venv/bin/python benchmarks/bench_crystallize.py                      # embedded SmolLM2-135M
     .venv/bin/python benchmarks/bench_crystallize.py --model-path m.gguf  # another local GGUF model
     .venv/bin/python benchmarks/bench_crystallize.py --quick              # fewer questions
+    .venv/bin/python benchmarks/bench_crystallize.py --scripted           # the tests' scripted policy
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -41,7 +43,7 @@ from geode.agents.crystallize import Crystallization, CrystallizeError, RunScore
 from geode.agents.inventory import STOCK, TASKS, build_agent, is_correct
 from geode.agents.steps import Budget
 from geode.runtime.lm.local import LocalLM
-from geode.testing import in_memory_tracing
+from geode.testing import ScriptedLM, in_memory_tracing
 from geode.traces.otlp_json import dumps_request, encode_spans
 from geode.traces.sources import InMemoryTraceSource, OtlpFileTraceSource, TraceSource
 
@@ -153,7 +155,9 @@ def answer(side: str, program: dspy.Module, lm: dspy.BaseLM, question: str, expe
     started = time.perf_counter()
     error: str | None = None
     pred: Any = None
-    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), callbacks=[counter]):
+    # The runtime's choice: JSON (schema-constrained) for local models, DSPy's default otherwise.
+    adapter = dspy.JSONAdapter() if isinstance(lm, LocalLM) else dspy.ChatAdapter()
+    with dspy.context(lm=lm, adapter=adapter, callbacks=[counter]):
         try:
             pred = program(question=question)
         except Exception as err:  # a crash is a wrong answer, counted honestly
@@ -257,9 +261,20 @@ def main() -> None:
         "--model-path", type=Path, default=None, help="a GGUF instruct model (default SmolLM2-135M)"
     )
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--scripted",
+        action="store_true",
+        help="a scripted policy instead of a model (LM-call structure only; its latency means nothing)",
+    )
     parser.add_argument("--min-share", type=float, default=0.6)
     parser.add_argument(
         "--json", type=Path, default=None, help="also write every answer and the summary here"
+    )
+    parser.add_argument(
+        "--save-runs", type=Path, default=None, help="save the recorded runs (OTLP-JSON) here"
+    )
+    parser.add_argument(
+        "--runs", type=Path, default=None, help="reuse runs saved with --save-runs (skip recording)"
     )
     args = parser.parse_args()
 
@@ -271,7 +286,16 @@ def main() -> None:
     if args.quick:
         recording = recording[::3]
         evaluation = [evaluation[i] for i in (0, 1, 4, 6)]
-    lm = LocalLM(args.model_path, cache=False, temperature=0.0, max_tokens=256, threads=args.threads)
+    lm: dspy.BaseLM
+    if args.scripted:
+        # The scripted policy of the unit tests: a competent "model" with no latency of its own, to show
+        # the programs' structure (LM calls per request) when the agent does solve the task.
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from tests.unit.agents.crystallize.scenario import oracle
+
+        lm = ScriptedLM(oracle, model="scripted-policy")
+    else:
+        lm = LocalLM(args.model_path, cache=False, temperature=0.0, max_tokens=256, threads=args.threads)
     agent = build_agent(Budget(max_iters=MAX_ITERS))
     console.print(
         f"model: {lm.model}  recording: {len(recording)} questions  evaluation: {len(evaluation)} questions"
