@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final, Literal, Protocol, cast
 
 from geode.errors import DatasetError, TraceSourceError
-from geode.evals.dataset import Dataset, HealthReport, Record
+from geode.evals.dataset import Dataset, HealthReport, Record, _near_duplicates
 from geode.traces.records import SpanRecord, TraceRecord
 from geode.traces.sources import PhoenixTraceSource, TraceFilter, TraceSource, TraceWait
 from geode.traces.vocab import GeodeAttributes, SpanAttributes
@@ -640,8 +640,10 @@ def _dedupe(
     exact = len(kept) - len(unique)
     if not near or len(unique) < 2:
         return unique, exact, 0
-    # The health report finds near-duplicate pairs; drop the later record of each pair.
-    pairs = Dataset(tuple(r for r, _ in unique)).health().near_duplicates
+    # The health report's near-duplicate search (MinHash candidates, word Jaccard >= 0.8), without the
+    # rest of the report; drop the later record of each pair.
+    records = [r for r, _ in unique]
+    pairs = _near_duplicates(records, {r.input_key: [i] for i, r in enumerate(records)})
     dropped: set[int] = set()
     for a, b, _ in sorted(pairs):
         if a not in dropped:
