@@ -1,13 +1,16 @@
-"""Agent vs its crystallized workflow on the bundled inventory task: quality, LM calls and latency per request.
+"""Agent vs its crystallized workflow on a bundled task: quality, LM calls and latency per request.
 
+Tasks (``--app``): ``inventory`` (``geode.agents.inventory``: stock lookups, arithmetic, both) and
+``helpdesk`` (``geode.examples.helpdesk``: search over the ingested help-centre corpus plus a calculator).
 Three phases, one process, one LM:
 
-1. **record**: ``geode.agents.inventory``'s agent answers a set of *recording* questions (stock lookups,
-   arithmetic, both) through ``geode.Runtime`` with tracing into memory, as it would in production; each run
-   is scored (does the answer state the expected number?) and the score rides along as feedback;
+1. **record**: the agent answers a set of *recording* questions through ``geode.Runtime`` with tracing into
+   memory, as it would in production; each run is scored (the task's own check) and the score rides along
+   as feedback, so wrong runs do not become patterns;
 2. **crystallize**: ``geode.crystallize`` reads those traces and builds the workflow (its report is printed);
-3. **compare**: agent and workflow answer the *evaluation* questions (the bundled ``TASKS``, none of them
-   seen while recording), alternating side by side question by question so machine load hits both alike.
+3. **compare**: agent and workflow answer the *evaluation* questions (inventory: the bundled ``TASKS``;
+   helpdesk: the held-out split; none seen while recording), alternating side by side question by question
+   so machine load hits both alike.
    Per request: correct or not, LM calls (every call the LM got, fallbacks to the agent included),
    latency.
 
@@ -17,6 +20,7 @@ Target (issue 5): the workflow at <= 50% of the agent's LM calls and latency, qu
     .venv/bin/python benchmarks/bench_crystallize.py --model-path m.gguf  # another local GGUF model
     .venv/bin/python benchmarks/bench_crystallize.py --quick              # fewer questions
     .venv/bin/python benchmarks/bench_crystallize.py --scripted           # the tests' scripted policy
+    .venv/bin/python benchmarks/bench_crystallize.py --app helpdesk       # the demo app (ingests first)
 """
 
 from __future__ import annotations
@@ -26,8 +30,11 @@ import json
 import logging
 import statistics
 import sys
+import tempfile
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +49,9 @@ import geode
 from geode.agents.crystallize import Crystallization, CrystallizeError, RunScore, crystallize, workflow_route
 from geode.agents.inventory import STOCK, TASKS, build_agent, is_correct
 from geode.agents.steps import Budget
+from geode.retrieval.ingest import Ingestor
 from geode.runtime.lm.local import LocalLM
+from geode.runtime.settings import Settings, TracingSettings
 from geode.testing import ScriptedLM, in_memory_tracing
 from geode.traces.otlp_json import dumps_request, encode_spans
 from geode.traces.sources import InMemoryTraceSource, OtlpFileTraceSource, TraceSource
@@ -85,11 +94,55 @@ class _LMCalls(dspy.utils.callback.BaseCallback):
         self.count += 1
 
 
+Check = Callable[[Any, Any], bool]
+"""Whether an answer is right: ``check(answer, gold)``."""
+
+
+@dataclass
+class Task:
+    name: str
+    agent: dspy.Module
+    recording: list[tuple[str, Any]]
+    evaluation: list[tuple[str, Any]]
+    check: Check
+
+
+@contextmanager
+def inventory_task(quick: bool) -> Iterator[Task]:
+    recording = recording_questions()
+    evaluation: list[tuple[str, Any]] = [(t.question, t.expected) for t in TASKS]
+    if quick:
+        recording = recording[::3]
+        evaluation = [evaluation[i] for i in (0, 1, 4, 6)]
+    yield Task("inventory", build_agent(Budget(max_iters=MAX_ITERS)), list(recording), evaluation, is_correct)
+
+
+@contextmanager
+def helpdesk_task(quick: bool, lm: dspy.BaseLM, console: Console) -> Iterator[Task]:
+    from geode.examples import helpdesk
+
+    with tempfile.TemporaryDirectory(prefix="bench-crystallize-") as home:
+        settings = Settings(home=Path(home), tracing=TracingSettings(enabled=False))
+        with geode.Runtime(settings, lm=lm) as rt:
+            with console.status("ingesting the helpdesk corpus"):
+                Ingestor(rt.store, rt.embedder).ingest(helpdesk.corpus_paths(), helpdesk.COLLECTION)
+            agent = helpdesk.build_agent(rt.retriever(helpdesk.COLLECTION, k=2))
+            train = helpdesk.pick(helpdesk.load_questions("train"), 8 if quick else 20)
+            heldout = helpdesk.pick(helpdesk.load_questions("heldout"), 4 if quick else 10)
+            yield Task(
+                "helpdesk",
+                agent,
+                [(q.question, q.answer) for q in train],
+                [(q.question, q.answer) for q in heldout],
+                lambda got, gold: helpdesk.score_answer(gold, got) >= 1.0,
+            )
+
+
 @dataclass
 class Answered:
     side: str
     question: str
-    expected: float
+    expected: Any
     answer: str | None
     correct: bool
     lm_calls: int
@@ -99,7 +152,7 @@ class Answered:
 
 
 def record(
-    agent: dspy.Module, lm: dspy.BaseLM, questions: list[tuple[str, float]], console: Console
+    agent: dspy.Module, lm: dspy.BaseLM, questions: list[tuple[str, Any]], console: Console, check: Check
 ) -> tuple[list[ReadableSpan], dict[str, RunScore], list[Answered]]:
     provider, exporter = in_memory_tracing()
     scores: dict[str, RunScore] = {}
@@ -110,7 +163,7 @@ def record(
             started = time.perf_counter()
             pred = rt.run(agent, question=question)
             seconds = time.perf_counter() - started
-            ok = is_correct(pred.answer, expected)
+            ok = check(pred.answer, expected)
             trace_id = geode.trace_id_of(pred)
             if trace_id is not None:
                 scores[trace_id] = RunScore(1.0 if ok else 0.0)
@@ -150,7 +203,9 @@ def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def answer(side: str, program: dspy.Module, lm: dspy.BaseLM, question: str, expected: float) -> Answered:
+def answer(
+    side: str, program: dspy.Module, lm: dspy.BaseLM, question: str, expected: Any, check: Check
+) -> Answered:
     counter = _LMCalls()
     started = time.perf_counter()
     error: str | None = None
@@ -170,7 +225,7 @@ def answer(side: str, program: dspy.Module, lm: dspy.BaseLM, question: str, expe
         question,
         expected,
         got,
-        error is None and is_correct(got, expected),
+        error is None and check(got, expected),
         counter.count,
         seconds,
         route=workflow_route(pred) if isinstance(pred, dspy.Prediction) else None,
@@ -180,9 +235,9 @@ def answer(side: str, program: dspy.Module, lm: dspy.BaseLM, question: str, expe
     )
 
 
-def summary_table(results: list[Answered], console: Console) -> dict[str, dict[str, float]]:
+def summary_table(task: str, results: list[Answered], console: Console) -> dict[str, dict[str, float]]:
     sides = ["agent", "workflow"]
-    table = Table(title=f"Inventory task: {len(results) // 2} evaluation questions, same LM, alternating")
+    table = Table(title=f"{task} task: {len(results) // 2} evaluation questions, same LM, alternating")
     for column in (
         "side",
         "correct",
@@ -242,7 +297,7 @@ def per_question(results: list[Answered], console: Console) -> None:
         table.add_row(
             r.side,
             r.question[:50],
-            f"{r.expected:g}",
+            str(r.expected),
             (r.answer or "")[:30],
             "yes" if r.correct else "no",
             str(r.lm_calls),
@@ -260,6 +315,7 @@ def main() -> None:
     parser.add_argument(
         "--model-path", type=Path, default=None, help="a GGUF instruct model (default SmolLM2-135M)"
     )
+    parser.add_argument("--app", choices=("inventory", "helpdesk"), default="inventory")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--scripted",
@@ -281,11 +337,6 @@ def main() -> None:
     logging.getLogger("dspy").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     console = Console()
-    recording = recording_questions()
-    evaluation = [(t.question, t.expected) for t in TASKS]
-    if args.quick:
-        recording = recording[::3]
-        evaluation = [evaluation[i] for i in (0, 1, 4, 6)]
     lm: dspy.BaseLM
     if args.scripted:
         # The scripted policy of the unit tests: a competent "model" with no latency of its own, to show
@@ -296,18 +347,24 @@ def main() -> None:
         lm = ScriptedLM(oracle, model="scripted-policy")
     else:
         lm = LocalLM(args.model_path, cache=False, temperature=0.0, max_tokens=256, threads=args.threads)
-    agent = build_agent(Budget(max_iters=MAX_ITERS))
-    console.print(
-        f"model: {lm.model}  recording: {len(recording)} questions  evaluation: {len(evaluation)} questions"
-    )
+    scope = helpdesk_task(args.quick, lm, console) if args.app == "helpdesk" else inventory_task(args.quick)
+    with scope as task:
+        run(task, lm, args, console)
 
+
+def run(task: Task, lm: dspy.BaseLM, args: argparse.Namespace, console: Console) -> None:
+    agent, evaluation = task.agent, task.evaluation
+    console.print(
+        f"task: {task.name}  model: {lm.model}  recording: {len(task.recording)} questions  "
+        f"evaluation: {len(evaluation)} questions"
+    )
     started = time.perf_counter()
     source: TraceSource
     if args.runs is not None:
         source, scores, recorded = load_runs(args.runs)
         console.print(f"reusing the agent runs saved in {args.runs}")
     else:
-        spans, scores, recorded = record(agent, lm, recording, console)
+        spans, scores, recorded = record(agent, lm, task.recording, console, task.check)
         source = InMemoryTraceSource(spans)
         if args.save_runs is not None:
             save_runs(args.save_runs, spans, scores, recorded)
@@ -330,15 +387,16 @@ def main() -> None:
         for index, (question, expected) in enumerate(evaluation):
             sides = [("agent", agent), ("workflow", workflow)]
             for side, program in sides if index % 2 == 0 else list(reversed(sides)):
-                results.append(answer(side, program, lm, question, expected))
+                results.append(answer(side, program, lm, question, expected, task.check))
                 progress.advance(job)
     results.sort(key=lambda r: (evaluation.index((r.question, r.expected)), r.side))
     per_question(results, console)
-    summary = summary_table(results, console)
+    summary = summary_table(task.name, results, console)
     if args.json is not None:
         args.json.write_text(
             json.dumps(
                 {
+                    "task": task.name,
                     "model": lm.model,
                     "summary": summary,
                     "spec": json.loads(result.spec.to_json()),
