@@ -68,7 +68,7 @@ DEFAULT_QUESTIONS = 6
 """Training questions the agent answers by default (sized so the default run fits in 10 minutes)."""
 DEFAULT_HELD_OUT = 5
 """Held-out questions every program is evaluated on by default."""
-LOCAL_MAX_TOKENS = 160
+LOCAL_MAX_TOKENS = 128
 """Cap on tokens per call of the embedded model: a looping answer costs seconds per ten tokens."""
 PROJECT = "geode-demo"
 """The Phoenix project the demo's traces land in."""
@@ -310,7 +310,9 @@ class _Demo:
         paths = helpdesk.corpus_paths(include_docs=self.options.include_docs)
         with self.say.task("embedding chunks", None) as update:
             report = Ingestor(store, embedder).ingest(
-                paths, helpdesk.COLLECTION, on_progress=lambda phase, done, total: update(done, phase)
+                paths,
+                helpdesk.COLLECTION,
+                on_progress=lambda phase, done, total: update(done, f"{phase} {done}/{total}"),
             )
         count = store.count(helpdesk.COLLECTION)
         self.say.info(

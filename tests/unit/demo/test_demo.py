@@ -17,7 +17,7 @@ from geode.demo.report import by_hand_commands, summary_rows, write_demo_report
 from geode.examples import helpdesk
 from geode.retrieval import QdrantStore
 from geode.runtime.registry import ProgramRegistry
-from geode.runtime.settings import Settings
+from geode.runtime.settings import PhoenixSettings, Settings
 from geode.testing import HashingEmbedder, ScriptedLM
 
 GOLD = {q.question: q.answer for q in helpdesk.load_questions()}
@@ -53,7 +53,7 @@ def _free_port() -> int:
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     # A port nothing listens on: no local Phoenix is found, so spans go to the run's file only.
-    return Settings(home=tmp_path / "home", phoenix={"port": _free_port()})
+    return Settings(home=tmp_path / "home", phoenix=PhoenixSettings(port=_free_port()))
 
 
 @pytest.fixture
@@ -141,7 +141,8 @@ def test_the_whole_loop_runs_on_a_scripted_model(settings: Settings, parts: Demo
     versions = ProgramRegistry(settings.programs_dir).versions(workflow_program(settings))
     assert workflow.version in {v.version for v in versions}
     # The feedback the demo gave each run became the mined records' scores.
-    assert sorted(r.score for r in result.mining.dataset.records) == sorted(result.train_scores)
+    scores = [r.score for r in result.mining.dataset.records]
+    assert sorted(s for s in scores if s is not None) == sorted(result.train_scores)
 
     cells = summary_rows(result)
     assert [c[0] for c in cells] == ["agent", "workflow", "recompiled"] and cells[0][2].endswith("/3)")

@@ -48,7 +48,7 @@ def build_agent(
     k: int = 2,
     max_chars_per_passage: int = 400,
     budget: Budget | None = None,
-    max_thought_chars: int = 60,
+    max_thought_chars: int = 40,
 ) -> Agent:
     """The helpdesk agent: ``search`` over the knowledge base and ``calculate``, then ``finish``.
 
@@ -56,7 +56,8 @@ def build_agent(
         retriever: Searches the helpdesk collection (called as ``retriever(query=..., k=...)``).
         k: Passages per search.
         max_chars_per_passage: Longer passages are cut before the model reads them.
-        budget: Limits per run; default: 3 iterations and 120 seconds.
+        budget: Limits per run; default: 3 iterations and 300 seconds (a run cut by the time budget
+            has no answer, so the limit is for runaway runs, not to keep runs short).
         max_thought_chars: Cap on each step's thought (with grammar-constrained models), which bounds
             the tokens a small model spends per step.
     """
@@ -72,7 +73,7 @@ def build_agent(
         HelpdeskAnswer,
         tools=[search, calculate],
         name=AGENT_NAME,
-        budget=budget or Budget(max_iters=3, max_seconds=120.0),
+        budget=budget or Budget(max_iters=3, max_seconds=300.0),
         max_thought_chars=max_thought_chars,
     )
 
