@@ -414,6 +414,8 @@ class CrystallizedWorkflow(Fallback):
             SpecProgram(loaded, resolved), guard_agent, validate=validate, catch=(WorkflowGuardError,)
         )
         self.spec = loaded
+        # The agent's own signature is the workflow's interface (geode serve builds its request model from it).
+        self.geode_signature: type[dspy.Signature] = agent_parts(guard_agent)[0]
 
     @property
     def workflow(self) -> SpecProgram:

@@ -25,6 +25,7 @@ from geode.agents.inventory import build_agent, lookup_stock
 from geode.errors import ConfigError
 from geode.runtime.instrumentation import instrument, uninstrument
 from geode.runtime.programs import resolve
+from geode.runtime.serving.schema import interface_of
 from geode.runtime.settings import TracingSettings
 from geode.testing import ScriptedLM, in_memory_tracing
 
@@ -181,6 +182,10 @@ def test_loading_from_a_file_and_as_a_program_reference(result: Crystallization,
     assert pred.answer == "14"
     program = resolve(path)
     assert program.name == path and isinstance(program.module, CrystallizedWorkflow)
+    interface = interface_of(program.module)  # what geode serve builds its request and response from
+    assert [f.name for f in interface.inputs] == ["question"] and [f.name for f in interface.outputs] == [
+        "answer"
+    ]
     with geode.Runtime(
         lm=ScriptedLM(oracle), settings=geode.Settings(tracing=TracingSettings(enabled=False))
     ) as rt:
