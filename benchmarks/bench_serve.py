@@ -135,22 +135,40 @@ def serve_geode(port: int, endpoint: str, home: str) -> None:
 
 
 def serve_sink(port: int) -> None:
+    """An OTLP/HTTP collector stub: decodes every export and counts the spans (``GET /count``)."""
     import uvicorn
-    from fastapi import FastAPI, Request, Response
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
 
-    app = FastAPI()
-    received = {"spans_requests": 0}
+    # Starlette, not FastAPI: FastAPI reads handler annotations, and under `from __future__ import
+    # annotations` a locally imported `Request` does not resolve (an earlier stub answered every
+    # export with 422, so "tracing on" never exported).
+    received = {"exports": 0, "spans": 0}
 
-    @app.post("/v1/traces")
     async def traces(request: Request) -> Response:
-        await request.body()
-        received["spans_requests"] += 1
+        export = ExportTraceServiceRequest.FromString(await request.body())
+        received["exports"] += 1
+        received["spans"] += sum(
+            len(scope.spans) for resource in export.resource_spans for scope in resource.scope_spans
+        )
         return Response(b"", media_type="application/x-protobuf")
 
-    @app.get("/ready")
-    async def ready() -> dict[str, str]:
-        return {"status": "ready"}
+    async def count(request: Request) -> Response:
+        return JSONResponse(received)
 
+    async def ready(request: Request) -> Response:
+        return JSONResponse({"status": "ready"})
+
+    app = Starlette(
+        routes=[
+            Route("/v1/traces", traces, methods=["POST"]),
+            Route("/count", count),
+            Route("/ready", ready),
+        ]
+    )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
@@ -347,6 +365,10 @@ def measure(console: Console, *, quick: bool, rounds: int) -> tuple[dict[str, di
                 results[server.name]["rss_mb"] = samples
                 results[server.name]["soak_errors"] = sum(failures.values())
                 results[server.name]["soak_failures"] = dict(failures)
+        time.sleep(1.0)  # the last export batch
+        for server in servers:
+            results[server.name]["spans_dropped"] = _spans_dropped(server.url)
+        results["geode (tracing on)"]["spans_received"] = httpx.get(f"{sink.url}/count").json()["spans"]
     finally:
         for server in [*servers, sink]:
             server.process.terminate()
@@ -359,6 +381,16 @@ def measure(console: Console, *, quick: bool, rounds: int) -> tuple[dict[str, di
         text = server.log.read_text(errors="replace")
         results[server.name]["log_tracebacks"] = text.count("Traceback")
     return results, soak
+
+
+def _spans_dropped(url: str) -> dict[str, float]:
+    """``geode_spans_dropped_total`` by reason, from the server's Prometheus endpoint."""
+    dropped: dict[str, float] = {}
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("geode_spans_dropped_total{"):
+            labels, _, value = line.partition("} ")
+            dropped[labels.split('reason="', 1)[1].rstrip('"')] = float(value)
+    return dropped
 
 
 def report(console: Console, results: dict[str, dict[str, Any]], soak: int) -> None:
@@ -390,6 +422,12 @@ def report(console: Console, results: dict[str, dict[str, Any]], soak: int) -> N
     console.print(memory)
     console.print("growth = RSS at the end minus after the first quarter (allocator warm-up excluded)")
     console.print("CPU ms/req = the server process's CPU time (every thread) over the requests it answered")
+    on = results["geode (tracing on)"]
+    console.print(
+        f"spans: the collector received {on['spans_received']:,} from 'geode (tracing on)' "
+        f"(dropped there: {on['spans_dropped'] or 'none'}); "
+        f"'geode (Phoenix down)' dropped {results['geode (Phoenix down)']['spans_dropped']}"
+    )
     for name, data in results.items():
         failures = Counter[str]()
         for row in data["levels"].values():

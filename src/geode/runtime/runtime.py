@@ -285,13 +285,16 @@ class Runtime:
         return dspy.context(**values)
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, **overrides: Any) -> Iterator[None]:
         """Run a block of many calls (an evaluation, a recompilation) as :meth:`run` runs one call.
 
         Inside, DSPy calls use this runtime's LM, adapter and callbacks, and their spans go to this
         runtime's tracer provider; ``dspy.Evaluate`` and the optimizers' worker threads inherit both.
+
+        Args:
+            **overrides: DSPy settings for the block on top of the runtime's (``disable_history=True``).
         """
-        with self.context(), self._tracing.scope():
+        with self.context(**overrides), self._tracing.scope():
             yield
 
     def run(

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import dspy
-from fastapi import Depends, FastAPI, Request, Security
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider as SDKTracerProvider
@@ -327,17 +326,13 @@ class _Server:
 
     # -- per request ---------------------------------------------------------------------------
 
-    async def caller(
-        self,
-        request: Request,
-        bearer: HTTPAuthorizationCredentials | None,
-        api_key: str | None,
-    ) -> str:
+    def caller(self, request: Request) -> str:
+        """Who is calling (checked against the API keys), admitted by the rate limit."""
         if self.draining:
             raise ServiceUnavailableError("the server is shutting down", hint="retry on another replica")
-        authorization = f"Bearer {bearer.credentials}" if bearer is not None else None
+        headers = request.headers
         client = request.client.host if request.client else None
-        who = self.keys.check(authorization, api_key, client)
+        who = self.keys.check(headers.get("authorization"), headers.get("x-api-key") or None, client)
         self.quotas.admit(who)
         return who
 
@@ -423,10 +418,9 @@ class _Server:
         try:
             with (
                 run_identity(identity),
-                # The runtime's LM, adapter and callbacks, with its spans routed to its provider; then
+                # The runtime's LM, adapter and callbacks, with its spans routed to its provider, and
                 # this request's own overrides. LM history stays off so memory stays flat.
-                self.runtime.batch(),
-                dspy.context(disable_history=True, **call.lm_overrides),
+                self.runtime.batch(disable_history=True, **call.lm_overrides),
                 run_deadline(time.monotonic() + timeout),
                 translate_program_errors(call.hosted.name),
             ):
@@ -804,15 +798,12 @@ def create_app(
         max_json_depth=serve.max_json_depth,
     )
 
-    bearer = HTTPBearer(auto_error=False, description="An API key (GEODE_SERVE_API_KEYS).")
-    api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+    async def caller(request: Request) -> str:
+        # One dependency reading the headers itself: FastAPI's security classes cost two more
+        # dependency resolutions on every request. The OpenAPI document declares the same schemes.
+        return server.caller(request)
 
-    async def caller(
-        request: Request,
-        credentials: HTTPAuthorizationCredentials | None = Security(bearer),  # noqa: B008
-        api_key: str | None = Security(api_key_header),
-    ) -> str:
-        return await server.caller(request, credentials, api_key)
+    _declare_security(app)
 
     @app.exception_handler(GeodeError)
     async def _geode_error(request: Request, err: GeodeError) -> JSONResponse:
@@ -845,6 +836,28 @@ def create_app(
     return app
 
 
+_SECURITY_SCHEMES: dict[str, Any] = {
+    "HTTPBearer": {"type": "http", "scheme": "bearer", "description": "An API key (GEODE_SERVE_API_KEYS)."},
+    "APIKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+_SECURED: dict[str, Any] = {"security": [{name: []} for name in _SECURITY_SCHEMES]}
+"""``openapi_extra`` of every route that needs an API key (when the server has keys)."""
+
+
+def _declare_security(app: FastAPI) -> None:
+    """Add the API-key schemes to the OpenAPI document (clients and /docs offer to send a key)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schema.setdefault("components", {}).setdefault("securitySchemes", {}).update(_SECURITY_SCHEMES)
+        assert app.openapi_schema is not None
+        return app.openapi_schema
+
+    app.openapi = openapi  # FastAPI's documented way to customise the document
+
+
 def _add_operation_routes(app: FastAPI, server: _Server, caller: Callable[..., Any]) -> None:
     @app.get("/health", tags=["operations"])
     async def health() -> dict[str, str]:
@@ -872,7 +885,7 @@ def _add_operation_routes(app: FastAPI, server: _Server, caller: Callable[..., A
         """Prometheus metrics: requests, errors, latency, tokens and cost per program and version."""
         return Response(server.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/programs", tags=["programs"])
+    @app.get("/programs", tags=["programs"], openapi_extra=_SECURED)
     async def list_programs(_: str = Depends(caller)) -> list[dict[str, Any]]:
         """The hosted programs, their routes, fields and versions."""
         found = []
@@ -898,12 +911,14 @@ def _add_operation_routes(app: FastAPI, server: _Server, caller: Callable[..., A
             )
         return found
 
-    @app.post("/feedback", tags=["feedback"], response_model=FeedbackOut, status_code=202)
+    @app.post(
+        "/feedback", tags=["feedback"], response_model=FeedbackOut, status_code=202, openapi_extra=_SECURED
+    )
     async def feedback(body: FeedbackIn, _: str = Depends(caller)) -> FeedbackOut:
         """Record a score or label on a served run (a Phoenix annotation on its root span)."""
         return await server.feedback(body)
 
-    @app.get("/sessions/{session_id}", tags=["sessions"])
+    @app.get("/sessions/{session_id}", tags=["sessions"], openapi_extra=_SECURED)
     async def get_session(session_id: str, _: str = Depends(caller)) -> dict[str, Any]:
         """A session's turns, oldest first."""
         turns = server.sessions.turns(session_id)
@@ -920,7 +935,7 @@ def _add_operation_routes(app: FastAPI, server: _Server, caller: Callable[..., A
             ],
         }
 
-    @app.delete("/sessions/{session_id}", tags=["sessions"], status_code=204)
+    @app.delete("/sessions/{session_id}", tags=["sessions"], status_code=204, openapi_extra=_SECURED)
     async def delete_session(session_id: str, _: str = Depends(caller)) -> Response:
         """Forget a session."""
         server.sessions.delete(session_id)
@@ -1045,6 +1060,7 @@ def _add_program_routes(app: FastAPI, server: _Server, hosted: _Hosted, caller: 
             response_class=JSONResponse if not suffix else StreamingResponse,
             responses=error_responses,
             operation_id=f"run_{hosted.route.replace('.', '_').replace('-', '_')}{suffix.replace('/', '_')}",
+            openapi_extra=_SECURED,
         )
 
 

@@ -8,6 +8,8 @@ application configured; a no-op otherwise) and in a Prometheus registry of this 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 from opentelemetry import metrics as otel_metrics
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -34,6 +36,23 @@ class _DropCollector(Collector):
         for reason, value in counts.items():
             family.add_metric([reason], value)
         return [family]
+
+
+_MAX_SERIES = 10_000
+
+
+@dataclass(frozen=True)
+class _Series:
+    """The labelled children and attribute sets of one (program, version, status)."""
+
+    requests: Any
+    latency: Any
+    prompt_tokens: Any
+    completion_tokens: Any
+    attrs: dict[str, str]
+    status_attrs: dict[str, Any]
+    prompt_attrs: dict[str, str]
+    completion_attrs: dict[str, str]
 
 
 class ServerMetrics:
@@ -81,6 +100,7 @@ class ServerMetrics:
         )
         if dropped_spans is not None:
             self.registry.register(_DropCollector(dropped_spans))
+        self._series: dict[tuple[str, str, int], _Series] = {}
 
         meter = (meter_provider or otel_metrics.get_meter_provider()).get_meter("geode.serve")
         self._o_requests = meter.create_counter("geode.serve.requests", description="Requests answered")
@@ -110,21 +130,43 @@ class ServerMetrics:
         """A request ended (successfully or not)."""
         v = version or "base"
         self._inflight.dec()
-        self._requests.labels(program, v, str(status)).inc()
-        self._latency.labels(program, v).observe(seconds)
-        attrs = {"program": program, "version": v}
-        self._o_requests.add(1, {**attrs, "status": status})
-        self._o_latency.record(seconds, attrs)
+        series = self._series.get((program, v, status))
+        if series is None:
+            series = self._new_series(program, v, status)
+        series.requests.inc()
+        series.latency.observe(seconds)
+        self._o_requests.add(1, series.status_attrs)
+        self._o_latency.record(seconds, series.attrs)
         if error_code is not None:
             self._errors.labels(program, v, error_code).inc()
-            self._o_errors.add(1, {**attrs, "code": error_code})
-        for kind, count in (("prompt", prompt_tokens), ("completion", completion_tokens)):
-            if count:
-                self._tokens.labels(program, v, kind).inc(count)
-                self._o_tokens.add(count, {**attrs, "kind": kind})
+            self._o_errors.add(1, {**series.attrs, "code": error_code})
+        if prompt_tokens:
+            series.prompt_tokens.inc(prompt_tokens)
+            self._o_tokens.add(prompt_tokens, series.prompt_attrs)
+        if completion_tokens:
+            series.completion_tokens.inc(completion_tokens)
+            self._o_tokens.add(completion_tokens, series.completion_attrs)
         if cost_usd:
             self._cost.labels(program, v).inc(cost_usd)
-            self._o_cost.add(cost_usd, attrs)
+            self._o_cost.add(cost_usd, series.attrs)
+
+    def _new_series(self, program: str, version: str, status: int) -> _Series:
+        # Looking labelled children up costs more than the increments themselves; there are few
+        # (program, version, status) combinations, so each is looked up once.
+        attrs = {"program": program, "version": version}
+        series = _Series(
+            requests=self._requests.labels(program, version, str(status)),
+            latency=self._latency.labels(program, version),
+            prompt_tokens=self._tokens.labels(program, version, "prompt"),
+            completion_tokens=self._tokens.labels(program, version, "completion"),
+            attrs=attrs,
+            status_attrs={**attrs, "status": status},
+            prompt_attrs={**attrs, "kind": "prompt"},
+            completion_attrs={**attrs, "kind": "completion"},
+        )
+        if len(self._series) < _MAX_SERIES:
+            self._series[(program, version, status)] = series
+        return series
 
     def shadow(self, program: str, outcome: str) -> None:
         """A shadow run ended: ``ok``, ``error`` or ``skipped`` (too many in flight)."""
