@@ -351,3 +351,20 @@ def test_per_request_options_apply_to_that_request_only(make_client: AppFactory)
     client.post("/programs/qa", json={"question": "q", "options": {"temperature": 0.7}})
     client.post("/programs/qa", json={"question": "q"})
     assert temperatures[0] == 0.7 and temperatures[1] != 0.7
+
+
+def test_lm_history_stays_empty_while_serving(make_client: AppFactory) -> None:
+    from dspy.clients.base_lm import GLOBAL_HISTORY
+
+    from .conftest import echo_lm
+
+    lm = echo_lm()
+    client, _ = make_client(lm=lm)
+    before = len(GLOBAL_HISTORY)
+    for n in range(5):
+        assert client.post("/programs/qa", json={"question": f"q{n}"}).status_code == 200
+    assert lm.history == [] and len(GLOBAL_HISTORY) == before
+    # The same LM outside the server keeps history: the check above can fail.
+    with dspy.context(lm=lm):
+        dspy.Predict("question -> answer")(question="direct")
+    assert len(lm.history) == 1
