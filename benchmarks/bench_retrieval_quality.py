@@ -12,7 +12,9 @@ page and contains the labelled answer phrase. Rows:
   qdrant-edge shard, to decide whether hybrid search earns its cost. Per-query latency (embedding
   included) is shown for dense and hybrid.
 
-Run: ``.venv/bin/python benchmarks/bench_retrieval_quality.py [--json out.json]``
+Run: ``.venv/bin/python benchmarks/bench_retrieval_quality.py [--threads 1] [--json out.json]``
+(``--threads 1`` keeps the per-query latencies comparable on a busy machine: torch's default worker
+threads spin while waiting for a core and make single-query embedding erratic.)
 """
 
 from __future__ import annotations
@@ -170,10 +172,11 @@ def hybrid_rows(
 def main() -> None:
     parser = argparse.ArgumentParser(description="Retrieval quality on the shipped labelled query set.")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for the local embedder")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     queries = load_queries()
-    local = SentenceTransformerEmbedder()
+    local = SentenceTransformerEmbedder(threads=args.threads)
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp, console.status("ingesting and searching...") as status:
         root = Path(tmp)

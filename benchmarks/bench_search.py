@@ -9,7 +9,9 @@ are timed through:
   the numpy query vector, call ``EdgeShard.query`` / ``QdrantClient.query_points``, read id, score and
   payload of each hit;
 - ``Retriever``: ``geode.Retriever`` end to end with the local embedder (embedding the query + search +
-  passages), on real questions — "with embedding time".
+  passages), on real questions — "with embedding time" — against its own raw anchor: the same
+  sentence-transformers model's ``encode([question], normalize_embeddings=True)`` followed by the raw
+  engine call above, alternated with the Retriever question by question.
 
 Engines: ``edge`` (qdrant-edge on disk, HNSW after ``optimize()``; Geode's default embedded store) and
 ``qdrant-local`` (qdrant-client's local mode, brute force in Python; run in memory here, because its
@@ -60,7 +62,7 @@ from geode.retrieval import (
 )
 from geode.retrieval.data import load_queries
 
-console = Console(width=200)
+console = Console(width=240)
 DIM = 384
 K = 5
 ANCHOR_EDGE_P50_MS = {10_000: 1.0, 50_000: 1.5}
@@ -81,6 +83,14 @@ class Row:
     recall_at_5: float
     retriever_p50_ms: float | None = None
     retriever_p99_ms: float | None = None
+    raw_embedded_p50_ms: float | None = None
+    raw_embedded_p99_ms: float | None = None
+
+    @property
+    def ratio_embedded_p50(self) -> float | None:
+        if self.retriever_p50_ms is None or not self.raw_embedded_p50_ms:
+            return None
+        return self.retriever_p50_ms / self.raw_embedded_p50_ms
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -224,14 +234,31 @@ def run_engine_size(
             )
             if embedder is not None and embedded:
                 retriever = Retriever(store, _Named(embedder), "bench", k=K)
+                model = embedder.model
+
+                def raw_embedded(question: str) -> Any:
+                    vector = model.encode([question], normalize_embeddings=True, convert_to_numpy=True)[0]
+                    return raw_call(vector)
+
                 retriever(query="warm up")
+                raw_embedded("warm up")
                 task = progress.add_task(f"{engine} {size:,}: Retriever with embedding", total=len(embedded))
                 with_embedding: list[float] = []
+                raw_with_embedding: list[float] = []
                 for j, question in enumerate(embedded):
-                    with_embedding.append(timed(lambda q=question: retriever(query=q))[0])
+                    ours_call = partial(retriever, query=question)
+                    raw_embedded_call = partial(raw_embedded, question)
+                    if j % 2:
+                        raw_with_embedding.append(timed(raw_embedded_call)[0])
+                        with_embedding.append(timed(ours_call)[0])
+                    else:
+                        with_embedding.append(timed(ours_call)[0])
+                        raw_with_embedding.append(timed(raw_embedded_call)[0])
                     progress.update(task, completed=j + 1)
                 row.retriever_p50_ms = percentile(with_embedding, 50)
                 row.retriever_p99_ms = percentile(with_embedding, 99)
+                row.raw_embedded_p50_ms = percentile(raw_with_embedding, 50)
+                row.raw_embedded_p99_ms = percentile(raw_with_embedding, 99)
             return row
         finally:
             store.close()
@@ -267,6 +294,9 @@ def show(rows: list[Row], data: str) -> None:
         "recall@5 vs exact",
         "Retriever p50 (with embedding)",
         "Retriever p99",
+        "raw+encode p50",
+        "raw+encode p99",
+        "Retriever/raw+encode",
         "anchor p50",
         "writes/s",
         "index build s",
@@ -285,11 +315,21 @@ def show(rows: list[Row], data: str) -> None:
             f"{r.recall_at_5:.3f}",
             "-" if r.retriever_p50_ms is None else f"{r.retriever_p50_ms:.1f}",
             "-" if r.retriever_p99_ms is None else f"{r.retriever_p99_ms:.1f}",
+            "-" if r.raw_embedded_p50_ms is None else f"{r.raw_embedded_p50_ms:.1f}",
+            "-" if r.raw_embedded_p99_ms is None else f"{r.raw_embedded_p99_ms:.1f}",
+            "-" if r.ratio_embedded_p50 is None else f"{r.ratio_embedded_p50:.2f}x",
             "-" if anchor is None else f"{anchor:g}",
             f"{r.upsert_points_per_s:,.0f}",
             f"{r.index_seconds:.1f}",
         )
     console.print(table)
+    for r in rows:
+        verdict = "met" if r.ratio_p50 <= 1.1 else "NOT met"
+        line = f"{r.engine} at {r.size:,}: Store/raw p50 {r.ratio_p50:.2f}x (target <= 1.1x: {verdict})"
+        if r.ratio_embedded_p50 is not None:
+            verdict = "met" if r.ratio_embedded_p50 <= 1.1 else "NOT met"
+            line += f"; Retriever/raw+encode p50 {r.ratio_embedded_p50:.2f}x ({verdict})"
+        console.print(line)
     for r in rows:
         if r.engine == "edge" and r.size in ANCHOR_EDGE_P50_MS:
             limit = 2 * ANCHOR_EDGE_P50_MS[r.size]
@@ -323,7 +363,8 @@ def main() -> None:
     ended = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     console.print(f"load average (1 min) at start {started:.1f}, at end {ended:.1f}")
     if args.json:
-        args.json.write_text(json.dumps([asdict(r) for r in rows], indent=2) + "\n")
+        out = [asdict(r) | {"ratio_embedded_p50": r.ratio_embedded_p50} for r in rows]
+        args.json.write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":
