@@ -14,9 +14,9 @@ import json
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -89,6 +89,39 @@ def _point_id(value: str) -> uuid.UUID:
         raise RetrievalError(
             f"point id {value!r} is not a UUID", hint="Geode's point ids are UUID strings"
         ) from None
+
+
+class _Guarded:
+    """``with store._call(name) as shard:`` holds the store's lock, opens the shard and translates errors.
+
+    A class rather than a ``@contextmanager`` generator: this wraps every search, and the generator's
+    set-up cost about a tenth of a search over 1,000 points (``benchmarks/bench_search.py``).
+    """
+
+    __slots__ = ("name", "store")
+
+    def __init__(self, store: EdgeStore, name: str | None) -> None:
+        self.store = store
+        self.name = name
+
+    def __enter__(self) -> Any:
+        store = self.store
+        store._mutex.acquire()
+        try:
+            if store._closed:
+                raise StoreUnavailableError(f"the store ({store.description}) is closed")
+            return store._shard(self.name) if self.name is not None else None
+        except BaseException:
+            store._mutex.release()
+            raise
+
+    def __exit__(
+        self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.store._mutex.release()
+        if isinstance(err, Exception) and not isinstance(err, GeodeError):
+            # The Rust extension raises plain Exception with a message.
+            raise RetrievalError(f"{self.store.description}, collection {self.name!r}: {err}") from err
 
 
 class EdgeStore:
@@ -193,18 +226,8 @@ class EdgeStore:
             self._infos[name] = info
         return shard
 
-    @contextmanager
-    def _call(self, name: str | None = None) -> Iterator[Any]:
-        if self._closed:
-            raise StoreUnavailableError(f"the store ({self.description}) is closed")
-        with self._mutex:
-            shard = self._shard(name) if name is not None else None
-            try:
-                yield shard
-            except GeodeError:
-                raise
-            except Exception as err:  # the Rust extension raises plain Exception with a message
-                raise RetrievalError(f"{self.description}, collection {name!r}: {err}") from err
+    def _call(self, name: str | None = None) -> _Guarded:
+        return _Guarded(self, name)
 
     # -- Store -------------------------------------------------------------------------------------
 
