@@ -12,8 +12,8 @@ $(STAMP): pyproject.toml scripts/install.sh
 install: $(STAMP) ## Create .venv and install Geode with every extra (idempotent)
 
 .PHONY: demo
-demo: $(STAMP) ## Install, then run the main job offline on embedded defaults
-	$(GEODE) run geode.examples.qa:program --input question="What is the capital of France?"
+demo: $(STAMP) ## Install, then run the whole learning loop offline (geode demo; ~10 min on 2 cores)
+	$(GEODE) demo
 
 .PHONY: test
 test: $(STAMP) ## Lint, type-check and run every test but the slow ones, real Phoenix included (what CI runs)

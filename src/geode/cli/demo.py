@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 
@@ -95,6 +96,8 @@ def demo(
         highlight=False,
     )
     progress = ConsoleProgress(console)
+    # The stages print their own progress; DSPy's per-evaluation INFO lines would interleave with it.
+    logging.getLogger("dspy").setLevel(logging.WARNING)
     result = run_demo(settings, options, progress=progress, write_report=write_demo_report)
     console.print()
     console.print(summary_table(result))

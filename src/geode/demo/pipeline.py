@@ -34,12 +34,13 @@ from geode.agents.crystallize import Crystallization, CrystallizedWorkflow, Crys
 from geode.errors import DatasetError, GeodeError, MissingExtraError
 from geode.evals.compile import CompileResult, compile_program
 from geode.evals.dataset import Dataset, Record
-from geode.evals.evaluate import EvalResult, evaluate
+from geode.evals.evaluate import EvalResult, Pricing, evaluate
 from geode.evals.mining import MiningResult, mine
 from geode.evals.report import ProgramComparison
 from geode.examples import helpdesk
 from geode.retrieval import Embedder, Ingestor, IngestReport, Retriever, Store
 from geode.runtime.feedback import feedback_annotations
+from geode.runtime.lm import is_local
 from geode.runtime.phoenix import PhoenixServer, PhoenixStartError, PhoenixStatus
 from geode.runtime.programs import register_program
 from geode.runtime.registry import ProgramRegistry, Score, program_version
@@ -64,9 +65,9 @@ __all__ = [
     "workflow_program",
 ]
 
-DEFAULT_QUESTIONS = 6
+DEFAULT_QUESTIONS = 5
 """Training questions the agent answers by default (sized so the default run fits in 10 minutes)."""
-DEFAULT_HELD_OUT = 5
+DEFAULT_HELD_OUT = 4
 """Held-out questions every program is evaluated on by default."""
 LOCAL_MAX_TOKENS = 128
 """Cap on tokens per call of the embedded model: a looping answer costs seconds per ten tokens."""
@@ -268,6 +269,7 @@ class _Demo:
         self.train = helpdesk.pick(helpdesk.load_questions("train"), options.questions)
         self.heldout = helpdesk.pick(helpdesk.load_questions("heldout"), options.held_out)
         self.gold = {q.question: q for q in helpdesk.load_questions()}
+        self.heldout_data = helpdesk.questions_dataset(self.heldout, "helpdesk-heldout")
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -378,6 +380,7 @@ class _Demo:
         )
         labelled = self.label(result.dataset)
         labelled.save(self.partial / "labelled.jsonl")
+        self.heldout_data.save(self.partial / "heldout.jsonl")
         self.say.info(
             f"labelled {len(labelled)} examples with the question set's gold answers "
             "(standing in for a reviewer correcting the mined outputs)"
@@ -420,21 +423,31 @@ class _Demo:
 
     # 6
     def recompile(self, rt: Runtime, workflow: dspy.Module, labelled: Dataset) -> CompileResult | None:
-        self.say.stage(6, f"recompile the workflow from the {len(labelled)} mined examples")
+        self.say.stage(
+            6,
+            f"recompile the workflow from the {len(labelled)} mined examples "
+            f"(scored before and after on the {len(self.heldout_data)} held-out questions)",
+        )
+        # The mined examples train; the held-out questions (never run before) measure both versions.
+        data = Dataset.from_records(
+            [*(replace(r, split="train") for r in labelled.records), *self.heldout_data.records],
+            name="helpdesk-recompile",
+        )
         try:
             with rt.batch():
                 result = compile_program(
                     workflow,
-                    labelled,
+                    data,
                     helpdesk.metric,
                     optimizer="bootstrap",
-                    heldout_fraction=0.25,
                     max_bootstrapped_demos=2,
                     max_labeled_demos=2,
                     min_train=1,
                     min_heldout=1,
                     program_name=workflow_program(self.base),
                     version_of=program_version,
+                    pricing=_pricing(rt),
+                    show_progress=True,
                     log=self.say.info,
                 )
         except DatasetError as err:
@@ -442,19 +455,28 @@ class _Demo:
             self.say.warn(f"not recompiled: {err}")
             return None
         self.say.info(
-            f"{result.candidate_demos} demos in {result.compile_seconds:.0f} s ({result.compile_lm_calls} LM calls)"
+            f"{result.candidate_demos} demos in {result.compile_seconds:.0f} s ({result.compile_lm_calls} LM calls); "
+            f"held out: {100 * result.baseline.score:.0f}% before, {100 * result.candidate.score:.0f}% after"
         )
         return result
 
     # 7
-    def evaluate(self, rt: Runtime, programs: Sequence[tuple[str, str, dspy.Module]]) -> None:
-        self.say.stage(7, f"evaluate {len(programs)} programs on {len(self.heldout)} held-out questions")
-        data = helpdesk.questions_dataset(self.heldout, "helpdesk-heldout")
+    def evaluate(self, rt: Runtime, programs: Sequence[tuple[str, str, dspy.Module]]) -> list[Row]:
+        self.say.stage(7, f"evaluate {', '.join(p[0] for p in programs)} on the held-out questions")
+        rows: list[Row] = []
         for label, name, module in programs:
-            with self.say.task(f"eval {label}", len(self.heldout)) as update, rt.batch():
-                result = evaluate(module, data, _counting(update), program_name=name, split="heldout")
-            self.result.rows.append(Row(label, name, result))
+            with self.say.task(f"eval {label}", len(self.heldout_data)) as update, rt.batch():
+                result = evaluate(
+                    module,
+                    self.heldout_data,
+                    _counting(update),
+                    program_name=name,
+                    split="heldout",
+                    pricing=_pricing(rt),
+                )
+            rows.append(Row(label, name, result))
             self.say.info(f"{label}: {100 * result.score:.0f}% ({result.lm_calls} LM calls)")
+        return rows
 
     # 8
     def promote(
@@ -483,6 +505,11 @@ class _Demo:
             registry, name, cand.version, base.version, workflow
         )
         self.say.info(self.result.promotion)
+
+
+def _pricing(rt: Runtime) -> Pricing:
+    """The embedded model is free; other models are priced from litellm's list."""
+    return Pricing(free={str(rt.lm.model)}) if is_local(rt.lm) else Pricing()
 
 
 def _counting(update: Callable[[int, str], None]) -> Callable[..., float | bool]:
@@ -601,23 +628,28 @@ def _loop(demo: _Demo, rt: Runtime, registry: ProgramRegistry, run_settings: Set
         demo.result.mining, demo.result.labelled = demo.mine_runs(source, run_settings)
     with demo.timed("crystallize"):
         demo.result.crystallization = demo.crystallize(agent, source)
+    name = workflow_program(demo.base)
     programs: list[tuple[str, str, dspy.Module]] = [("agent", AGENT_PROGRAM, agent)]
     workflow: CrystallizedWorkflow | None = None
-    recompiled: dspy.Module | None = None
+    compiled: CompileResult | None = None
     if demo.result.crystallization is not None:
         workflow = demo.result.crystallization.workflow()
-        register_program(workflow_program(demo.base), workflow)
-        programs.append(("workflow", workflow_program(demo.base), workflow))
+        register_program(name, workflow)
         with demo.timed("recompile"):
-            demo.result.compiled = demo.recompile(rt, workflow, demo.result.labelled)
-        if demo.result.compiled is not None:
-            recompiled = demo.result.compiled.candidate_program
-            programs.append(("recompiled", workflow_program(demo.base), recompiled))
+            compiled = demo.result.compiled = demo.recompile(rt, workflow, demo.result.labelled)
+        if compiled is None:
+            programs.append(("workflow", name, workflow))
     with demo.timed("evaluate"):
-        demo.evaluate(rt, programs)
+        demo.result.rows = demo.evaluate(rt, programs)
+    if compiled is not None:
+        # compile_program scored both versions on the same held-out questions; no need to run them again.
+        demo.result.rows += [
+            Row("workflow", name, compiled.baseline),
+            Row("recompiled", name, compiled.candidate),
+        ]
     with demo.timed("promote"):
         if workflow is not None:
-            demo.promote(registry, workflow, recompiled)
+            demo.promote(registry, workflow, compiled.candidate_program if compiled else None)
         else:
             demo.result.promotion = "nothing to promote: there is no workflow"
 

@@ -83,11 +83,12 @@ def by_hand_commands(result: DemoResult) -> list[tuple[str, str]]:
         ("mine", f"geode mine {AGENT_PROGRAM} --source {spans} --out mined.jsonl"),
         (
             "crystallize",
-            f"geode crystallize geode.demo.app:agent --source {spans} --any-program --out workflow.json",
+            f"geode crystallize geode.demo.app:agent --source {spans} --program-name {AGENT_PROGRAM} "
+            "--success-threshold 0 --out workflow.json",
         ),
         (
             "compare",
-            f"geode compare geode.demo.app:agent {spec} --dataset {run / 'labelled.jsonl'} "
+            f"geode compare geode.demo.app:agent {spec} --dataset {run / 'heldout.jsonl'} "
             "--metric geode.examples.helpdesk:metric",
         ),
         (

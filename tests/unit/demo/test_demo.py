@@ -122,9 +122,14 @@ def test_the_whole_loop_runs_on_a_scripted_model(settings: Settings, parts: Demo
 
     # Artifacts: the run folder renamed into place, the published spec, the report, the registry.
     assert result.run_dir.name == result.run_id and result.run_dir.is_dir()
-    assert {"spans.jsonl", "mined.jsonl", "labelled.jsonl", "workflow.json", "summary.json"} <= {
-        p.name for p in result.run_dir.iterdir()
-    }
+    assert {
+        "spans.jsonl",
+        "mined.jsonl",
+        "labelled.jsonl",
+        "heldout.jsonl",
+        "workflow.json",
+        "summary.json",
+    } <= {p.name for p in result.run_dir.iterdir()}
     assert result.workflow_spec.is_file()
     assert result.report is not None and result.report.is_file()
     page = result.report.read_text()
