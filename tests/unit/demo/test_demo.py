@@ -14,8 +14,10 @@ import pytest
 from geode.demo import DemoOptions, DemoParts, Progress, run_demo
 from geode.demo.pipeline import AGENT_PROGRAM, DemoResult, atomic_write_text, workflow_program
 from geode.demo.report import by_hand_commands, summary_rows, write_demo_report
+from geode.errors import MissingExtraError
 from geode.examples import helpdesk
 from geode.retrieval import QdrantStore
+from geode.runtime.phoenix import PhoenixServer, PhoenixStatus
 from geode.runtime.registry import ProgramRegistry
 from geode.runtime.settings import PhoenixSettings, Settings
 from geode.testing import HashingEmbedder, ScriptedLM
@@ -223,3 +225,42 @@ def test_options_refuse_sizes_the_loop_cannot_use() -> None:
         DemoOptions(questions=1)
     with pytest.raises(Exception, match="at least 1"):
         DemoOptions(held_out=0)
+
+
+class _Phoenix(PhoenixServer):
+    """A launcher that reports a Phoenix on another port, or a missing server package, without a process."""
+
+    def __init__(self, settings: Settings, *, port: int | None = None, missing: bool = False) -> None:
+        super().__init__(settings.phoenix, working_dir=settings.phoenix_dir)
+        self.port = port
+        self.missing = missing
+
+    def start(self, **kwargs: Any) -> PhoenixStatus:
+        if self.missing:
+            raise MissingExtraError("the local Phoenix server (`geode phoenix`)", "phoenix")
+        url = f"http://127.0.0.1:{self.port}"
+        return PhoenixStatus(url, True, "20.0", None, None, None, self.log_path)
+
+
+def test_a_phoenix_port_held_by_another_program_is_reported(settings: Settings, parts: DemoParts) -> None:
+    other = _free_port()
+    parts.phoenix = _Phoenix(settings, port=other)
+    progress = Recorder()
+    result = _run(settings, parts, progress, phoenix=True)
+    assert (
+        f"warning: port {settings.phoenix.port} is in use by another program; Phoenix uses http://127.0.0.1:{other}"
+        in progress.lines
+    )
+    assert result.phoenix is not None and result.phoenix.url.endswith(f":{other}")
+
+
+def test_a_missing_phoenix_extra_names_the_install_command_and_the_demo_goes_on(
+    settings: Settings, parts: DemoParts
+) -> None:
+    parts.phoenix = _Phoenix(settings, missing=True)
+    progress = Recorder()
+    result = _run(settings, parts, progress, phoenix=True)
+    assert any(
+        "pip install 'geode[phoenix]'" in line and line.startswith("warning:") for line in progress.lines
+    )
+    assert result.phoenix is None and [r.label for r in result.rows] == ["agent", "workflow", "recompiled"]
