@@ -20,7 +20,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,7 +42,7 @@ from geode.runtime.feedback import feedback_annotations
 from geode.runtime.lm import is_local
 from geode.runtime.phoenix import PhoenixServer, PhoenixStartError, PhoenixStatus
 from geode.runtime.programs import register_program
-from geode.runtime.registry import ProgramRegistry, Score, program_version
+from geode.runtime.registry import ProgramRegistry, Score, _atomic_write, program_version
 from geode.runtime.runtime import Runtime, trace_id_of
 from geode.runtime.settings import LMSettings, Settings, TracingSettings
 from geode.traces.records import TraceRecord
@@ -191,17 +190,8 @@ class DemoResult:
 
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file and a rename (readers never see half of it)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # The registry's writer: temporary file in the same folder, fsync, os.replace.
+    _atomic_write(path, text)
     return path
 
 
