@@ -29,9 +29,10 @@ def retriever() -> Retriever:
     with _lock:
         if _retriever is None:
             settings = Settings()
-            _retriever = Retriever(
-                build_store(settings), build_embedder(settings.retrieval), helpdesk.COLLECTION, k=2
-            )
+            embedder = build_embedder(settings.retrieval)
+            # Load the embedding model now: loading it inside the first search can outlast the tool's timeout.
+            _ = embedder.dimension
+            _retriever = Retriever(build_store(settings), embedder, helpdesk.COLLECTION, k=2)
         return _retriever
 
 
