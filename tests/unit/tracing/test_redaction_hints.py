@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 
+import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
@@ -102,3 +103,24 @@ def test_secrets_anywhere_in_a_span_are_still_found() -> None:
     assert in_status.status.description == f"failed with {REDACTED}"
     clean = _finished(attribute="sk", event="-")  # hints must not join across values
     assert clean.attributes is not None and clean.attributes["tags"] == ("fine", "sk")
+
+
+def test_spans_that_need_nothing_come_back_untouched_and_others_as_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import geode.runtime.tracing.redaction as redaction
+
+    rng = random.Random(11)
+    redactor = SpanRedactor(max_attribute_length=64)
+    spans = [
+        _finished(attribute=" ".join(rng.choice(SAMPLES + ("plain words",) * 8) for _ in range(3)))
+        for _ in range(60)
+    ]
+    fast = [redactor.redact(span) for span in spans]
+    monkeypatch.setattr(redaction, "may_hold_secret", lambda text: True)  # every span the long way
+    slow = [redactor.redact(span) for span in spans]
+    untouched = 0
+    for span, quick, full in zip(spans, fast, slow, strict=True):
+        assert quick.attributes == full.attributes and quick.status == full.status
+        untouched += quick is span
+    assert 0 < untouched < len(spans)

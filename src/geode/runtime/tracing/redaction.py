@@ -109,8 +109,8 @@ def may_hold_secret(text: str) -> bool:
     return "bearer" in text.lower()
 
 
-def _strings_of(span: ReadableSpan) -> str:
-    """Every string a span carries (attribute values, event attributes, status), in one string.
+def _strings_of(span: ReadableSpan) -> tuple[str, int]:
+    """Every string a span carries (attribute values, events, status) in one string; the longest's length.
 
     A separator no hint contains keeps a hint from forming across two values.
     """
@@ -123,7 +123,7 @@ def _strings_of(span: ReadableSpan) -> str:
                 parts.extend(v for v in value if isinstance(v, str))
     if span.status.description:
         parts.append(span.status.description)
-    return "\x00".join(parts)
+    return "\x00".join(parts), max(map(len, parts), default=0)
 
 
 @dataclass
@@ -169,6 +169,8 @@ class SpanRedactor:
         self.max_attribute_length = max_attribute_length
         self._patterns = _compile(patterns)
         self._hide_exceptions = hide_inputs or hide_outputs
+        # Whether anything but secrets and length can change a span (hiding, the user's patterns).
+        self._rewrites = hide_inputs or hide_outputs or hide_messages or len(self._patterns) > 1
         self._hidden_cache: dict[tuple[str, bool], bool] = {}
 
     # -- values --------------------------------------------------------------------------------
@@ -277,8 +279,11 @@ class SpanRedactor:
         The span is returned unchanged (the same object) when nothing applies; otherwise the copy
         carries ``geode.redacted`` and/or ``geode.truncated``.
         """
+        text, longest = _strings_of(span)
+        scan = may_hold_secret(text)
+        if not (scan or self._rewrites or longest > self.max_attribute_length):
+            return span  # nothing to hide, redact or cut: the common case, without copying anything
         outcome = _Outcome()
-        scan = may_hold_secret(_strings_of(span))
         attributes = self._clean_attributes(span.attributes or {}, outcome, scan)
         events = [self._clean_event(event, outcome, scan) for event in span.events]
         status = span.status
