@@ -129,8 +129,14 @@ _SLOW_INGEST = """
     from geode.testing import HashingEmbedder
 
     class Slow(HashingEmbedder):
+        calls = 0
+
         def embed_documents(self, texts):
-            pathlib.Path({ready!r}).touch()
+            # Ready once earlier groups have been written (each group is stored before the next is
+            # embedded): a fixed sleep in the parent was not enough on a loaded machine.
+            Slow.calls += 1
+            if Slow.calls == 3:
+                pathlib.Path({ready!r}).touch()
             time.sleep(0.2)
             return super().embed_documents(texts)
 
@@ -154,8 +160,7 @@ def test_interrupted_ingestion_loses_nothing_and_resumes(tmp_path: Path, sig: si
     docs, root, ready = tmp_path / "docs", tmp_path / "store", tmp_path / "ready"
     _write_docs(docs)
     child = _python(_SLOW_INGEST.format(ready=str(ready), root=str(root), docs=str(docs)))
-    _wait_for(ready, child)
-    time.sleep(1.0)  # a few groups land
+    _wait_for(ready, child)  # two groups have landed
     child.send_signal(sig)
     child.wait(timeout=60)
     assert child.returncode != 0, "the child was interrupted mid-run"
