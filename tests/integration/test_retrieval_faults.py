@@ -137,7 +137,7 @@ _SLOW_INGEST = """
             Slow.calls += 1
             if Slow.calls == 3:
                 pathlib.Path({ready!r}).touch()
-            time.sleep(0.2)
+            time.sleep(0.5)  # many groups still to go when the signal comes, however slow the parent
             return super().embed_documents(texts)
 
     store = EdgeStore({root!r})
