@@ -77,6 +77,11 @@ def crystallize_command(
     success_threshold: float = typer.Option(
         0.5, "--success-threshold", help="A scored run succeeds at this score or above."
     ),
+    agreement: float = typer.Option(
+        0.8,
+        "--agreement",
+        help="Share of a pattern's runs an argument rule must reproduce (else an LM step).",
+    ),
     project: str | None = typer.Option(
         None, "--project", help="Phoenix project (default: the tracing project)."
     ),
@@ -123,6 +128,7 @@ def crystallize_command(
                     max_routes=max_routes,
                     min_route_runs=min_route_runs,
                     success_threshold=success_threshold,
+                    agreement=agreement,
                 ),
             )
     finally:

@@ -2,7 +2,8 @@ r"""Patterns in recorded agent runs: which tool sequences recur, and where each 
 
 Successful runs are grouped by their *normalised* tool sequence: failed calls are dropped and
 consecutive calls of one tool collapse into one step (``search`` twice and ``search`` three times are the same
-pattern; the step is marked *repeated*). For every argument of every step, and for every output of the
+pattern; the step is marked *repeated*, unless its first call alone has rule-derived arguments, in which case
+the later calls count as retries and the step is one call). For every argument of every step, and for every output of the
 agent, the runs of a pattern are checked for one derivation that explains them:
 
 - ``input``: a copy of one of the agent's inputs (exact, whitespace-trimmed, or lower-cased);
@@ -463,20 +464,18 @@ def _pattern(
     grouped = [_groups(run) for run in runs]
     steps: list[StepAnalysis] = []
     for index, tool in enumerate(tools):
+        derivations = _step_derivations(runs, grouped, index, agreement, min_runs)
+        if any(len(groups[index]) > 1 for groups in grouped) and any(
+            d.kind == "lm" for d in derivations.values()
+        ):
+            # The first call of a repeated step is often a plain copy of the input and the later ones the
+            # model's retries (search the question, then a truncated question): then the workflow makes the
+            # first call only, with no LM step for it, and its observation is what later steps read.
+            first = [[*groups[:index], groups[index][:1], *groups[index + 1 :]] for groups in grouped]
+            single = _step_derivations(runs, first, index, agreement, min_runs)
+            if all(d.kind != "lm" for d in single.values()):
+                grouped, derivations = first, single
         per_run = tuple(groups[index] for groups in grouped)
-        names = sorted({name for calls in per_run for call in calls for name in call.args})
-        derivations: dict[str, Derivation] = {}
-        for name in names:
-            cases = [
-                _Case(
-                    run.inputs,
-                    [_joined(groups[i]) for i in range(index)],
-                    [call.args[name] for call in groups[index] if name in call.args],
-                )
-                for run, groups in zip(runs, grouped, strict=True)
-            ]
-            cases = [c for c in cases if c.values]
-            derivations[name] = _derive(cases, agreement, min_runs)
         steps.append(
             StepAnalysis(
                 index=index,
@@ -510,6 +509,28 @@ def _pattern(
         outputs=outputs,
         retried=retried,
     )
+
+
+def _step_derivations(
+    runs: Sequence[AgentRun],
+    grouped: Sequence[Sequence[tuple[ToolCall, ...]]],
+    index: int,
+    agreement: float,
+    min_runs: int,
+) -> dict[str, Derivation]:
+    names = sorted({name for groups in grouped for call in groups[index] for name in call.args})
+    derivations: dict[str, Derivation] = {}
+    for name in names:
+        cases = [
+            _Case(
+                run.inputs,
+                [_joined(groups[i]) for i in range(index)],
+                [call.args[name] for call in groups[index] if name in call.args],
+            )
+            for run, groups in zip(runs, grouped, strict=True)
+        ]
+        derivations[name] = _derive([c for c in cases if c.values], agreement, min_runs)
+    return derivations
 
 
 def analyze(

@@ -189,3 +189,17 @@ def test_a_value_found_in_the_inputs_is_not_a_constant() -> None:
     (pattern,) = analyze(runs, output_fields=["answer"]).patterns
     assert pattern.steps[0].args["item"].kind == "lm"
     assert pattern.outputs["answer"].kind == "extract"
+
+
+def test_retries_after_a_first_call_that_copies_the_input_are_dropped() -> None:
+    # A small model searches the question, then a truncated copy of it: the workflow searches once.
+    runs = [
+        _run(q, [("search", {"q": q}, f"about {q}"), ("search", {"q": q[:-4]}, "noise")], f"answer {i}")
+        for i, q in enumerate(["What does the tent cost?", "When do stores open?", "Is there a warranty?"])
+    ]
+    (pattern,) = analyze(runs, output_fields=["answer"]).patterns
+    (step,) = pattern.steps
+    assert pattern.label == "search" and not step.repeated and step.max_calls == 1
+    assert step.args["q"].kind == "input" and pattern.retried == 3
+    assert [calls[0].observation for calls in step.calls] == [f"about {r.inputs['question']}" for r in runs]
+    assert pattern.outputs["answer"].kind == "lm"
