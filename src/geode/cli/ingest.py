@@ -67,7 +67,9 @@ def ingest(
     overlap: int = typer.Option(
         150, "--overlap", min=0, help="Characters of whole sentences repeated between chunks."
     ),
-    batch_size: int = typer.Option(256, "--batch-size", min=1, help="Chunks embedded and written at a time."),
+    batch_size: int = typer.Option(
+        1024, "--batch-size", min=1, help="Chunks embedded and written at a time."
+    ),
     meta: list[str] = typer.Option(  # noqa: B008
         [],
         "--meta",

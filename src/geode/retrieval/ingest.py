@@ -87,7 +87,8 @@ class Ingestor:
             checked against them before anything is written.
         chunker: How sections are split; default ``Chunker()``.
         batch_size: Chunks embedded and written per group. Larger groups let the model sort texts by
-            length (less padding); smaller groups lose less when interrupted.
+            length (less padding); smaller groups lose less when interrupted. Groups of 256 padded 7% more
+            tokens than one sort over 5,000 chunks, groups of 1,024 2% (``benchmarks/bench_ingest.py``).
         text_field: The JSONL field holding the text.
         metadata: Extra payload put on every chunk (e.g. ``{"lang": "en"}``); filterable at query time.
         optimize: Build the store's index after writing (qdrant-edge's HNSW; a no-op elsewhere).
@@ -105,7 +106,7 @@ class Ingestor:
         embedder: Embedder,
         *,
         chunker: Chunker | None = None,
-        batch_size: int = 256,
+        batch_size: int = 1024,
         text_field: str = "text",
         metadata: Mapping[str, str | int | float | bool] | None = None,
         optimize: bool = True,
