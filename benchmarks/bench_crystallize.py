@@ -46,7 +46,14 @@ from rich.progress import Progress
 from rich.table import Table
 
 import geode
-from geode.agents.crystallize import Crystallization, CrystallizeError, RunScore, crystallize, workflow_route
+from geode.agents.crystallize import (
+    Crystallization,
+    CrystallizeError,
+    CrystallizeOptions,
+    RunScore,
+    crystallize,
+    workflow_route,
+)
 from geode.agents.inventory import STOCK, TASKS, build_agent, is_correct
 from geode.agents.steps import Budget
 from geode.retrieval.ingest import Ingestor
@@ -324,6 +331,12 @@ def main() -> None:
     )
     parser.add_argument("--min-share", type=float, default=0.6)
     parser.add_argument(
+        "--agreement",
+        type=float,
+        default=0.8,
+        help="share of a pattern's runs an argument rule must reproduce",
+    )
+    parser.add_argument(
         "--json", type=Path, default=None, help="also write every answer and the summary here"
     )
     parser.add_argument(
@@ -373,7 +386,8 @@ def run(task: Task, lm: dspy.BaseLM, args: argparse.Namespace, console: Console)
         f"{len(recorded)} agent runs ({time.perf_counter() - started:.0f} s); {ok} answered correctly"
     )
     try:
-        result: Crystallization = crystallize(agent, source, scores=scores, min_share=args.min_share)
+        options = CrystallizeOptions(min_share=args.min_share, agreement=args.agreement)
+        result: Crystallization = crystallize(agent, source, scores=scores, options=options)
     except CrystallizeError as err:
         console.print(f"[bold red]no workflow:[/bold red] {err}")
         per_question(recorded, console)
