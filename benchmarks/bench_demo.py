@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--no-rerun", action="store_true")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     opts = parser.parse_args()
-    console = Console()
+    console = Console(width=200)
     args = ["--questions", str(opts.questions), "--held-out", str(opts.held_out)]
     port = find_free_port()
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:

@@ -19,6 +19,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -64,9 +65,9 @@ __all__ = [
     "workflow_program",
 ]
 
-DEFAULT_QUESTIONS = 5
+DEFAULT_QUESTIONS = 4
 """Training questions the agent answers by default (sized so the default run fits in 10 minutes)."""
-DEFAULT_HELD_OUT = 4
+DEFAULT_HELD_OUT = 3
 """Held-out questions every program is evaluated on by default."""
 LOCAL_MAX_TOKENS = 128
 """Cap on tokens per call of the embedded model: a looping answer costs seconds per ten tokens."""
@@ -252,8 +253,9 @@ class _Demo:
         self.options = options
         self.parts = parts
         self.say = progress
-        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        self.run_id = f"{stamp}-{os.getpid()}"
+        # Seconds alone collide when a run finishes fast (a re-run within the same second, same pid).
+        stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        self.run_id = f"{stamp}-{os.getpid()}-{secrets.token_hex(2)}"
         self.partial = _runs_dir(settings) / f"{self.run_id}.partial"
         self.result = DemoResult(self.run_id, self.partial, settings)
         self.train = helpdesk.pick(helpdesk.load_questions("train"), options.questions)
@@ -430,7 +432,7 @@ class _Demo:
                     data,
                     helpdesk.metric,
                     optimizer="bootstrap",
-                    max_bootstrapped_demos=2,
+                    max_bootstrapped_demos=1,
                     max_labeled_demos=2,
                     min_train=1,
                     min_heldout=1,
