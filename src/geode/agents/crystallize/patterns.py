@@ -6,7 +6,9 @@ pattern; the step is marked *repeated*, unless its first call alone has rule-der
 the later calls count as retries and the step is one call). For every argument of every step, and for every output of the
 agent, the runs of a pattern are checked for one derivation that explains them:
 
-- ``input``: a copy of one of the agent's inputs (exact, whitespace-trimmed, or lower-cased);
+- ``input``: a copy of one of the agent's inputs (exact, whitespace-trimmed, or lower-cased); runs whose
+  value is a near copy of it (a truncated question, the question with words appended) count too, as long
+  as exact copies are at least as many;
 - ``constant``: the same value in every run, although the inputs differ, and found in neither the
   inputs nor the observations (else it is a coincidence of the sample);
 - ``observation``: a copy of an earlier step's whole observation;
@@ -68,6 +70,9 @@ class Derivation:
     """Runs in which the rule produced exactly the recorded value."""
     total: int
     """Runs of the pattern that have this argument."""
+    near: int = 0
+    """``input``: further runs whose value was a near copy of the input (same content words, give or take
+    a few: a truncated question, or the question with words appended), counted towards the agreement."""
     field: str | None = None
     """``input``: the agent input copied."""
     transform: Transform | None = None
@@ -93,6 +98,8 @@ class Derivation:
             return f"step {index + 1} ({label})"
 
         runs = f"({self.support}/{self.total} runs)"
+        if self.near:
+            runs = f"({self.support}/{self.total} runs, {self.near} more a near copy)"
         if self.kind == "input":
             how = {None: "copied", "strip": "copied (whitespace trimmed)", "lower": "copied (normalised)"}
             return f"{how[self.transform]} from input {self.field!r} {runs}"
@@ -347,6 +354,22 @@ class _Case:
     values: Sequence[Any]
 
 
+NEAR_COPY_RECALL = 0.6
+"""Share of the input's content words (stopwords ignored) a near copy keeps."""
+NEAR_COPY_PRECISION = 0.5
+"""Share of a near copy's content words that come from the input."""
+
+
+def _near_copy(value: Any, source: Any) -> bool:
+    if not isinstance(value, str) or not isinstance(source, str):
+        return False
+    got, want = _words(value), _words(source)
+    if not got or not want:
+        return False
+    shared = len(got & want)
+    return shared / len(want) >= NEAR_COPY_RECALL and shared / len(got) >= NEAR_COPY_PRECISION
+
+
 def _input_rule(cases: Sequence[_Case], need: int) -> Derivation | None:
     names = sorted({k for case in cases for k in case.inputs})
     transforms: tuple[tuple[Transform | None, Callable[[str], str]], ...] = (
@@ -354,9 +377,13 @@ def _input_rule(cases: Sequence[_Case], need: int) -> Derivation | None:
         ("strip", _strip),
         ("lower", _lower),
     )
+    # Near copies only top up exact ones: a small model searching a truncated question (or the question
+    # with a guess appended) would have searched well with the question itself, but a value that is only
+    # ever a fragment of the input ("gadget" out of "how many gadgets?") is an extraction, not a copy.
+    best: Derivation | None = None
     for transform, fn in transforms:
         for name in names:
-            support = 0
+            support = near = 0
             for case in cases:
                 source = case.inputs.get(name)
                 if source is None:
@@ -368,9 +395,12 @@ def _input_rule(cases: Sequence[_Case], need: int) -> Derivation | None:
                         isinstance(v, str) and v == fn(source) for v in case.values
                     )
                 support += hit
+                near += not hit and all(_near_copy(v, source) for v in case.values)
             if support >= need:
                 return Derivation("input", support, len(cases), field=name, transform=transform)
-    return None
+            if support + near >= need and support >= near and (best is None or support > best.support):
+                best = Derivation("input", support, len(cases), field=name, transform=transform, near=near)
+    return best
 
 
 def _constant_rule(cases: Sequence[_Case], need: int, min_runs: int) -> Derivation | None:

@@ -203,3 +203,37 @@ def test_retries_after_a_first_call_that_copies_the_input_are_dropped() -> None:
     assert step.args["q"].kind == "input" and pattern.retried == 3
     assert [calls[0].observation for calls in step.calls] == [f"about {r.inputs['question']}" for r in runs]
     assert pattern.outputs["answer"].kind == "lm"
+
+
+def test_near_copies_of_the_input_top_up_exact_ones() -> None:
+    # Two runs search the question itself; the third appends a guess to it. At the default agreement
+    # (3 of 3 runs) exact copies alone fall short, and the near copy makes up the difference.
+    questions = ["What does the Ridgeline tent cost?", "When do the stores open?", "Is there a warranty?"]
+    queries = [questions[0], questions[1], questions[2] + " 2 years"]
+    runs = [
+        _run(q, [("search", {"q": query}, f"about {q}")], f"answer {i}")
+        for i, (q, query) in enumerate(zip(questions, queries, strict=True))
+    ]
+    (pattern,) = analyze(runs, output_fields=["answer"]).patterns
+    rule = pattern.steps[0].args["q"]
+    assert (rule.kind, rule.field, rule.support, rule.near) == ("input", "question", 2, 1)
+    assert rule.describe() == "copied from input 'question' (2/3 runs, 1 more a near copy)"
+
+
+def test_fragments_of_the_input_are_not_near_copies() -> None:
+    # "gadget" out of "How many gadgets are in stock?" is an extraction: no copy rule, however many runs.
+    questions = ["How many gadgets are in stock?", "How many widgets are left?", "Count the sprockets please"]
+    items = ["gadget", "widget", "sprocket"]
+    runs = [
+        _run(q, [("lookup", {"item": item}, f"{item}: {i} units")], str(i))
+        for i, (q, item) in enumerate(zip(questions, items, strict=True))
+    ]
+    (pattern,) = analyze(runs, output_fields=["answer"]).patterns
+    assert pattern.steps[0].args["item"].kind == "lm"
+    # Near copies alone never make a rule: at least as many runs must copy the input exactly.
+    paraphrased = [
+        _run(q, [("search", {"q": q + " now"}, "r")], "r")
+        for q in ["When do the stores open?", "Is there a warranty?"]
+    ]
+    (pattern,) = analyze(paraphrased, output_fields=["answer"]).patterns
+    assert pattern.steps[0].args["q"].kind == "lm"
