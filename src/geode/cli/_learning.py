@@ -1,18 +1,19 @@
-"""Helpers shared by the learning-loop commands (eval, compile, versions, compare-models)."""
+"""Helpers shared by the learning-loop commands (eval, compile, versions, compare, compare-models)."""
 
 from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast, get_args
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from geode.errors import ConfigError
+from geode.evals.compile import AutoBudget, OptimizerName
 from geode.evals.dataset import Dataset, HealthReport, load_dataset
 from geode.evals.evaluate import EvalResult, Pricing
 from geode.evals.metrics import resolve_metric
@@ -22,13 +23,20 @@ from geode.runtime.runtime import Runtime
 from geode.runtime.settings import Settings
 
 __all__ = [
+    "LABELLED_DATASET_OPTION",
     "METRIC_HELP",
+    "METRIC_OPTION",
+    "REPORT_DIR_OPTION",
+    "THREADS_OPTION",
+    "auto_budget",
     "default_threads",
     "err_console",
     "eval_summary_table",
     "examples_table",
+    "headed_table",
     "load_data",
     "load_metric",
+    "optimizer_name",
     "phoenix_url",
     "pricing_for",
     "print_health",
@@ -39,6 +47,14 @@ __all__ = [
 METRIC_HELP = (
     "Metric: a shipped one (exact_match, contains, f1, numeric_match; 'exact_match:answer' for one field) "
     "or 'package.module:function' / 'file.py:function' with the signature metric(example, pred, trace=None)."
+)
+METRIC_OPTION = typer.Option(..., "--metric", "-m", help=METRIC_HELP)
+LABELLED_DATASET_OPTION = typer.Option(..., "--dataset", "-d", help="Labelled dataset (JSON Lines).")
+REPORT_DIR_OPTION = typer.Option(
+    None, "--report-dir", help="Where to write the report (default: under the Geode home)."
+)
+THREADS_OPTION = typer.Option(
+    None, "--threads", help="Parallel examples. Default: 1 for the embedded model, else 4."
 )
 
 err_console = Console(stderr=True)
@@ -64,6 +80,20 @@ def pricing_for(rt: Runtime) -> Pricing:
     lm = rt.lm
     free = {str(lm.model)} if is_local(lm) and getattr(lm, "model", None) else set()
     return Pricing(free=free)
+
+
+def optimizer_name(text: str) -> OptimizerName:
+    """Check ``--optimizer``."""
+    if text not in get_args(OptimizerName):
+        raise ConfigError(f"unknown optimizer {text!r}", hint="choose bootstrap, mipro or gepa")
+    return cast(OptimizerName, text)
+
+
+def auto_budget(text: str) -> AutoBudget:
+    """Check ``--auto``."""
+    if text not in get_args(AutoBudget):
+        raise ConfigError(f"unknown --auto budget {text!r}", hint="choose light, medium or heavy")
+    return cast(AutoBudget, text)
 
 
 def default_threads(rt: Runtime, threads: int | None) -> int:
@@ -125,6 +155,18 @@ def eval_summary_table(results: Sequence[tuple[str, EvalResult]], title: str) ->
             f"{r.total_tokens:,}",
             fmt_cost(r.cost_usd),
         )
+    return table
+
+
+def headed_table(
+    title: str, headers: Sequence[str], rows: Sequence[Sequence[str]], *, left: Collection[str]
+) -> Table:
+    """A table of ready-made cells: the ``left`` columns left-aligned, the figures right-aligned."""
+    table = Table(title=title, title_justify="left")
+    for header in headers:
+        table.add_column(header, justify="left" if header in left else "right")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 

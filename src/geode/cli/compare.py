@@ -7,12 +7,15 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from geode.cli._common import LM_OPTION, make_runtime
 from geode.cli._learning import (
-    METRIC_HELP,
+    LABELLED_DATASET_OPTION,
+    METRIC_OPTION,
+    REPORT_DIR_OPTION,
+    THREADS_OPTION,
     default_threads,
+    headed_table,
     load_data,
     load_metric,
     pricing_for,
@@ -26,25 +29,19 @@ from geode.evals.report import ProgramComparison, comparison_table, write_compar
 
 __all__ = ["register"]
 
-_DATASET = typer.Option(..., "--dataset", "-d", help="Labelled dataset (JSON Lines).")
-_REPORT_DIR = typer.Option(
-    None, "--report-dir", help="Where to write the report (default: under the Geode home)."
-)
 _REF_HELP = "'package.module:attribute', 'file.py:attribute', a registered name, or a workflow spec (.json)."
 
 
 def compare_command(
     baseline: str = typer.Argument(..., help=f"The baseline (usually the agent): {_REF_HELP}"),
     candidate: str = typer.Argument(..., help=f"The candidate (usually the workflow): {_REF_HELP}"),
-    dataset: Path = _DATASET,
-    metric: str = typer.Option(..., "--metric", "-m", help=METRIC_HELP),
+    dataset: Path = LABELLED_DATASET_OPTION,
+    metric: str = METRIC_OPTION,
     tolerance: float = typer.Option(
         2.0, "--tolerance", min=0.0, help="Points (of 100) the candidate may lose and still be ready."
     ),
-    threads: int | None = typer.Option(
-        None, "--threads", help="Parallel examples. Default: 1 for the embedded model, else 4."
-    ),
-    report: Path | None = _REPORT_DIR,
+    threads: int | None = THREADS_OPTION,
+    report: Path | None = REPORT_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
     strict: bool = typer.Option(
         False, "--strict", help="Exit with status 1 when the candidate is not ready."
@@ -91,12 +88,8 @@ def compare_command(
         typer.echo(files.json.read_text(encoding="utf-8") if files.json.exists() else json.dumps({}))
     else:
         headers, rows = comparison_table(comparison)
-        table = Table(title=f"{results[0].metric} on {data.id} ({len(data)} examples)", title_justify="left")
-        for header in headers:
-            table.add_column(header, justify="left" if header in ("", "program") else "right")
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+        title = f"{results[0].metric} on {data.id} ({len(data)} examples)"
+        console.print(headed_table(title, headers, rows, left=("", "program")))
         style = "bold green" if comparison.ready else "bold red"
         console.print(comparison.verdict, style=style, highlight=False)
         console.print(f"report: {files.html}", highlight=False)

@@ -6,18 +6,22 @@ import contextlib
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import get_args
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from geode.cli._common import make_runtime
 from geode.cli._learning import (
-    METRIC_HELP,
+    LABELLED_DATASET_OPTION,
+    METRIC_OPTION,
+    REPORT_DIR_OPTION,
+    THREADS_OPTION,
+    auto_budget,
     default_threads,
+    headed_table,
     load_data,
     load_metric,
+    optimizer_name,
     pricing_for,
     print_health,
     report_dir,
@@ -25,16 +29,10 @@ from geode.cli._learning import (
 )
 from geode.errors import ConfigError
 from geode.evals.compare import ModelRunner, compare_models
-from geode.evals.compile import AutoBudget, OptimizerName
 from geode.evals.dataset import MIN_HELDOUT, MIN_TRAIN
 from geode.evals.report import models_table, write_models_report
 
 __all__ = ["register"]
-
-_DATASET = typer.Option(..., "--dataset", "-d", help="Labelled dataset (JSON Lines).")
-_REPORT_DIR = typer.Option(
-    None, "--report-dir", help="Where to write the report (default: under the Geode home)."
-)
 
 
 def compare_models_command(
@@ -44,8 +42,8 @@ def compare_models_command(
     models: str = typer.Option(
         ..., "--models", help="Comma-separated LMs: 'local' and/or litellm strings (openai/gpt-4o-mini,...)."
     ),
-    dataset: Path = _DATASET,
-    metric: str = typer.Option(..., "--metric", "-m", help=METRIC_HELP),
+    dataset: Path = LABELLED_DATASET_OPTION,
+    metric: str = METRIC_OPTION,
     optimizer: str | None = typer.Option(
         None, "--optimizer", "-o", help="Also recompile for each model: bootstrap, mipro or gepa."
     ),
@@ -56,10 +54,8 @@ def compare_models_command(
         MIN_TRAIN, "--min-train", help="With --optimizer: fewest training examples."
     ),
     min_heldout: int = typer.Option(MIN_HELDOUT, "--min-heldout", help="With --optimizer: fewest held out."),
-    threads: int | None = typer.Option(
-        None, "--threads", help="Parallel examples (default: 1 local, 4 remote)."
-    ),
-    report: Path | None = _REPORT_DIR,
+    threads: int | None = THREADS_OPTION,
+    report: Path | None = REPORT_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Score a program on several models (optionally recompiled for each): a small model plus an optimizer vs a large one.
@@ -72,10 +68,8 @@ def compare_models_command(
         raise ConfigError("--models needs at least one model")
     if len(set(names)) != len(names):
         raise ConfigError("--models lists a model twice")
-    if optimizer is not None and optimizer not in get_args(OptimizerName):
-        raise ConfigError(f"unknown optimizer {optimizer!r}", hint="choose bootstrap, mipro or gepa")
-    if auto not in get_args(AutoBudget):
-        raise ConfigError(f"unknown --auto budget {auto!r}", hint="choose light, medium or heavy")
+    chosen = optimizer_name(optimizer) if optimizer is not None else None
+    budget = auto_budget(auto)
     data = load_data(dataset)
     scorer = load_metric(metric)
     console = Console(stderr=as_json)
@@ -105,8 +99,8 @@ def compare_models_command(
             runners,
             program_name=served.name,
             version=served.version,
-            optimizer=optimizer,  # type: ignore[arg-type]  (checked above)
-            auto=auto,  # type: ignore[arg-type]
+            optimizer=chosen,
+            auto=budget,
             heldout_fraction=heldout,
             seed=seed,
             min_train=min_train,
@@ -125,12 +119,8 @@ def compare_models_command(
         typer.echo(files.json.read_text(encoding="utf-8"))
         return
     headers, table_rows = models_table(rows)
-    table = Table(title=f"{served.name}: {rows[0].baseline.metric} per model", title_justify="left")
-    for header in headers:
-        table.add_column(header, justify="left" if header in ("model", "program") else "right")
-    for row in table_rows:
-        table.add_row(*row)
-    console.print(table)
+    title = f"{served.name}: {rows[0].baseline.metric} per model"
+    console.print(headed_table(title, headers, table_rows, left=("model", "program")))
     console.print(f"report: {files.html}", highlight=False)
 
 

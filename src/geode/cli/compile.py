@@ -6,26 +6,29 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import get_args
 
 import typer
 from rich.console import Console
 
 from geode.cli._common import LM_OPTION, make_runtime, make_settings
 from geode.cli._learning import (
-    METRIC_HELP,
+    METRIC_OPTION,
+    REPORT_DIR_OPTION,
+    THREADS_OPTION,
     abort,
+    auto_budget,
     default_threads,
     eval_summary_table,
     load_data,
     load_metric,
+    optimizer_name,
     pricing_for,
     print_health,
     report_dir,
     say,
 )
-from geode.errors import ConfigError, VersionError
-from geode.evals.compile import AutoBudget, CompileResult, OptimizerName, compile_program
+from geode.errors import VersionError
+from geode.evals.compile import CompileResult, compile_program
 from geode.evals.dataset import MIN_HELDOUT, MIN_TRAIN
 from geode.evals.evaluate import EvalResult
 from geode.evals.report import write_compile_report
@@ -35,9 +38,6 @@ __all__ = ["register", "save_versions"]
 
 _TRAINSET = typer.Option(
     ..., "--trainset", "-d", help="Labelled dataset (JSON Lines); split into train and held-out examples."
-)
-_REPORT_DIR = typer.Option(
-    None, "--report-dir", help="Where to write the report (default: under the Geode home)."
 )
 
 
@@ -81,7 +81,7 @@ def compile_command(
         ..., help="'package.module:attribute', 'file.py:attribute' or a registered name."
     ),
     trainset: Path = _TRAINSET,
-    metric: str = typer.Option(..., "--metric", "-m", help=METRIC_HELP),
+    metric: str = METRIC_OPTION,
     optimizer: str = typer.Option(
         "bootstrap", "--optimizer", "-o", help="bootstrap (BootstrapFewShot), mipro (MIPROv2) or gepa (GEPA)."
     ),
@@ -94,9 +94,7 @@ def compile_command(
     min_heldout: int = typer.Option(
         MIN_HELDOUT, "--min-heldout", help="Refuse with fewer held-out examples."
     ),
-    threads: int | None = typer.Option(
-        None, "--threads", help="Parallel examples (default: 1 for the local model)."
-    ),
+    threads: int | None = THREADS_OPTION,
     reflection_lm: str | None = typer.Option(
         None, "--reflection-lm", help="GEPA's reflection model (litellm string or 'local'); default: --lm."
     ),
@@ -104,7 +102,7 @@ def compile_command(
         0.05, "--margin", help="Promotion gate: points the candidate must gain (0.05 = 5)."
     ),
     promote: bool = typer.Option(False, "--promote", help="Promote the candidate if it passes the gate."),
-    report: Path | None = _REPORT_DIR,
+    report: Path | None = REPORT_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
     lm: str | None = LM_OPTION,
 ) -> None:
@@ -114,10 +112,8 @@ def compile_command(
     with their scores; --promote makes the candidate active if it beats the active version by --margin.
     Example: geode compile geode.examples.qa:program --trainset qa.jsonl --metric exact_match
     """
-    if optimizer not in get_args(OptimizerName):
-        raise ConfigError(f"unknown optimizer {optimizer!r}", hint="choose bootstrap, mipro or gepa")
-    if auto not in get_args(AutoBudget):
-        raise ConfigError(f"unknown --auto budget {auto!r}", hint="choose light, medium or heavy")
+    chosen = optimizer_name(optimizer)
+    budget = auto_budget(auto)
     data = load_data(trainset)
     scorer = load_metric(metric)
     console = Console(stderr=as_json)
@@ -141,8 +137,8 @@ def compile_command(
                 served.module,
                 data,
                 scorer,
-                optimizer=optimizer,  # type: ignore[arg-type]  (checked above)
-                auto=auto,  # type: ignore[arg-type]
+                optimizer=chosen,
+                auto=budget,
                 heldout_fraction=heldout,
                 seed=seed,
                 num_threads=default_threads(rt, threads),

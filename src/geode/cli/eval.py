@@ -10,7 +10,8 @@ from rich.console import Console
 
 from geode.cli._common import LM_OPTION, make_runtime
 from geode.cli._learning import (
-    METRIC_HELP,
+    METRIC_OPTION,
+    THREADS_OPTION,
     default_threads,
     eval_summary_table,
     examples_table,
@@ -36,7 +37,7 @@ def eval_command(
         ..., help="'package.module:attribute', 'file.py:attribute' or a registered name."
     ),
     dataset: Path = _DATASET,
-    metric: str = typer.Option(..., "--metric", "-m", help=METRIC_HELP),
+    metric: str = METRIC_OPTION,
     split: str = typer.Option(
         "all", "--split", help="Score 'all' examples, or only the 'train' or 'heldout' split (see --heldout)."
     ),
@@ -44,9 +45,7 @@ def eval_command(
         0.3, "--heldout", help="Held-out fraction used by --split (as geode compile)."
     ),
     seed: int = typer.Option(0, "--seed", help="Split seed (as geode compile)."),
-    threads: int | None = typer.Option(
-        None, "--threads", help="Parallel examples. Default: 1 for the embedded model, else 4."
-    ),
+    threads: int | None = THREADS_OPTION,
     max_errors: int | None = typer.Option(
         None, "--max-errors", help="Skip the rest after this many failures."
     ),
