@@ -12,14 +12,16 @@ from rich.console import Console
 from rich.table import Table
 
 from geode.cli._common import make_settings
-from geode.cli.trace import _source
+from geode.cli.trace import open_source
 from geode.errors import InputError
+from geode.runtime.feedback import feedback_log_path
 from geode.runtime.serving.compare import VersionStats, compare_versions, feedback_from_annotations
 from geode.runtime.serving.feedback import FeedbackRecord, read_feedback
+from geode.runtime.settings import Settings
 from geode.traces.records import TraceRecord
-from geode.traces.sources import PhoenixTraceSource, TraceFilter
+from geode.traces.sources import PhoenixTraceSource, TraceFilter, TraceSource
 
-__all__ = ["parse_since", "register"]
+__all__ = ["parse_since", "register", "run_feedback"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -52,6 +54,14 @@ def _phoenix_feedback(reader: PhoenixTraceSource, traces: list[TraceRecord]) -> 
         )
         annotations.extend(dict(a) for a in found)
     return feedback_from_annotations(annotations, roots)
+
+
+def run_feedback(settings: Settings, reader: TraceSource, traces: list[TraceRecord]) -> list[FeedbackRecord]:
+    """The local feedback log, plus the annotations on these runs' root spans when reading from Phoenix."""
+    feedback = list(read_feedback(feedback_log_path(settings)))
+    if isinstance(reader, PhoenixTraceSource) and traces:
+        feedback.extend(_phoenix_feedback(reader, traces))
+    return feedback
 
 
 def _fmt(value: float | None, pattern: str) -> str:
@@ -108,16 +118,9 @@ def compare(
     """
     window = parse_since(since)
     settings = make_settings()
-    reader = _source(settings, source, project)
-    try:
+    with open_source(settings, source, project) as reader:
         traces = list(reader.traces(TraceFilter(program=name, start=datetime.now(UTC) - window, limit=limit)))
-        feedback = list(read_feedback(settings.home / "feedback" / "feedback.jsonl"))
-        if isinstance(reader, PhoenixTraceSource):
-            feedback.extend(_phoenix_feedback(reader, traces))
-    finally:
-        close = getattr(reader, "close", None)
-        if callable(close):
-            close()
+        feedback = run_feedback(settings, reader, traces)
     # The local log and Phoenix may both hold one record: count each (trace, name, score) once.
     unique = {(r.trace_id, r.name, r.score, r.label): r for r in feedback}
     rows = compare_versions(traces, unique.values(), feedback_name=feedback_name)

@@ -13,12 +13,12 @@ from rich.table import Table
 from geode.agents.crystallize import Crystallization, CrystallizeOptions, RunScore, crystallize, emit_python
 from geode.agents.crystallize.report import pattern_rows, render_report, route_lm_calls
 from geode.cli._common import make_settings
-from geode.cli.compare_versions import _phoenix_feedback, parse_since
-from geode.cli.trace import _source
+from geode.cli.compare_versions import parse_since, run_feedback
+from geode.cli.trace import open_source
 from geode.runtime.programs import resolve
-from geode.runtime.serving.feedback import FeedbackRecord, read_feedback
+from geode.runtime.serving.feedback import FeedbackRecord
 from geode.traces.records import TraceRecord
-from geode.traces.sources import PhoenixTraceSource, TraceFilter
+from geode.traces.sources import TraceFilter
 
 __all__ = ["register"]
 
@@ -105,15 +105,12 @@ def crystallize_command(
     agent = resolve(program).module
     program_name = None if any_program else (name or program)
     start = datetime.now(UTC) - parse_since(since) if since else None
-    reader = _source(settings, source, project)
-    try:
+    with open_source(settings, source, project) as reader:
         with console.status(f"reading runs from {reader.description}"):
             traces: list[TraceRecord] = list(
                 reader.traces(TraceFilter(program=program_name, start=start, limit=limit))
             )
-            feedback = list(read_feedback(settings.home / "feedback" / "feedback.jsonl"))
-            if isinstance(reader, PhoenixTraceSource) and traces:
-                feedback.extend(_phoenix_feedback(reader, traces))
+            feedback = run_feedback(settings, reader, traces)
         console.print(f"[dim]·[/dim] {len(traces)} traces from {reader.description}", highlight=False)
         with console.status("finding patterns"):
             result = crystallize(
@@ -131,10 +128,6 @@ def crystallize_command(
                     agreement=agreement,
                 ),
             )
-    finally:
-        close = getattr(reader, "close", None)
-        if callable(close):
-            close()
     spec = result.spec
     spec.save(out)
     report_path = report or out.with_suffix(".md")

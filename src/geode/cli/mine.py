@@ -22,7 +22,7 @@ from rich.table import Table
 from geode.cli._common import make_settings
 from geode.cli._learning import phoenix_url
 from geode.cli.compare_versions import parse_since
-from geode.cli.trace import _source
+from geode.cli.trace import open_source
 from geode.errors import InputError
 from geode.evals.dataset import HealthReport
 from geode.evals.mining import MiningProgress, MiningResult, OutputPolicy, mine, upload_to_phoenix
@@ -169,7 +169,6 @@ def mine_command(
         raise InputError(f"bad --outputs {outputs!r}", hint="use auto, traced or none")
     ids = [normalize_trace_id(t) for t in wait_for]
     settings = make_settings()
-    reader = _source(settings, source, project)
     console = Console(stderr=True)
     progress = Progress(
         SpinnerColumn(),
@@ -187,31 +186,26 @@ def mine_command(
     def on_progress(p: MiningProgress) -> None:
         progress.update(task, completed=p.traces, total=p.expected, spans=p.spans, records=p.records)
 
-    try:
-        with progress:
-            if ids:
-                progress.update(task, description=f"waiting for {len(ids)} trace(s)")
-            result = mine(
-                reader,
-                program,
-                since=datetime.now(UTC) - parse_since(since) if since else None,
-                session_id=session,
-                where=parse_where(where),
-                failures=failures,
-                max_score=max_score,
-                annotation_names=annotation or None,
-                annotations=feedback_annotations(settings) if local_feedback else (),
-                wait_for=ids or None,
-                wait_timeout_s=wait_timeout,
-                outputs=cast(OutputPolicy, outputs),
-                near_duplicates=not keep_near,
-                limit=limit,
-                progress=on_progress,
-            )
-    finally:
-        close = getattr(reader, "close", None)
-        if callable(close):
-            close()
+    with open_source(settings, source, project) as reader, progress:
+        if ids:
+            progress.update(task, description=f"waiting for {len(ids)} trace(s)")
+        result = mine(
+            reader,
+            program,
+            since=datetime.now(UTC) - parse_since(since) if since else None,
+            session_id=session,
+            where=parse_where(where),
+            failures=failures,
+            max_score=max_score,
+            annotation_names=annotation or None,
+            annotations=feedback_annotations(settings) if local_feedback else (),
+            wait_for=ids or None,
+            wait_timeout_s=wait_timeout,
+            outputs=cast(OutputPolicy, outputs),
+            near_duplicates=not keep_near,
+            limit=limit,
+            progress=on_progress,
+        )
     if not result.dataset.records:
         _explain_empty(result, reader, console)
     written = result.save(out, predictors_dir=per_predictor)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from geode.traces.sources import (
 )
 from geode.traces.vocab import DocumentAttributes, GeodeAttributes, SpanAttributes
 
-__all__ = ["register", "render_trace", "trace_app"]
+__all__ = ["open_source", "register", "render_trace", "trace_app"]
 
 trace_app = typer.Typer(help="Inspect traces: span trees in the terminal.", no_args_is_help=True)
 
@@ -226,6 +228,18 @@ def _source(settings: Settings, source: str, project: str | None) -> TraceSource
     return PhoenixTraceSource(url, project or settings.tracing.project)
 
 
+@contextmanager
+def open_source(settings: Settings, source: str, project: str | None) -> Iterator[TraceSource]:
+    """The ``--source`` reader (Phoenix, or an OTLP-JSON file or folder), closed on the way out."""
+    reader = _source(settings, source, project)
+    try:
+        yield reader
+    finally:
+        close = getattr(reader, "close", None)
+        if callable(close):
+            close()
+
+
 @trace_app.command("show")
 def show(
     trace_id: str | None = typer.Argument(None, help="The trace to show (32 hex digits)."),
@@ -261,8 +275,7 @@ def show(
     if program is not None and not last:
         raise InputError("--program only narrows --last", hint="drop --program, or use --last")
     settings = make_settings()
-    reader = _source(settings, source, project)
-    try:
+    with open_source(settings, source, project) as reader:
         if last:
             trace = latest_trace(reader, TraceFilter(program=program))
             if trace is None:
@@ -274,10 +287,6 @@ def show(
             found = reader.wait_for([normalized], timeout_s=patience) if patience > 0 else None
             # A trace still arriving (or never complete) is still worth showing as far as it got.
             trace = found.traces[0] if found is not None and found.traces else reader.trace(normalized)
-    finally:
-        close = getattr(reader, "close", None)
-        if callable(close):
-            close()
     if as_json:
         typer.echo(json.dumps([_span_json(s) for s, _ in trace.walk()], ensure_ascii=False, indent=2))
         return
