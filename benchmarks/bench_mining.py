@@ -95,6 +95,12 @@ def _project_spans(url: str, project: str) -> int:
     return 0
 
 
+def _bar(label: str) -> Progress:
+    return Progress(
+        TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+
+
 def _generate(runs: int, file: Path) -> None:
     """Run the program ``runs`` times with spans going to the OTLP-JSON file only."""
     settings = Settings(
@@ -104,13 +110,7 @@ def _generate(runs: int, file: Path) -> None:
     )
     file.unlink(missing_ok=True)
     with geode.Runtime(settings, lm=ScriptedLM(_model)) as rt:
-        with Progress(
-            TextColumn("generating runs"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as bar:
+        with _bar("generating runs") as bar:
             task = bar.add_task("runs", total=runs)
             for i in range(runs):
                 rt.run(PROGRAM, question=_question(i))
@@ -141,13 +141,7 @@ def _load(url: str, project: str, file: Path, expected: int) -> None:
     """Replay the file into Phoenix over OTLP/HTTP, backing off while Phoenix says it is at capacity (503)."""
     with httpx.Client(base_url=url, timeout=60) as http:
         http.delete(f"v1/projects/{project}")  # a half-loaded project from an interrupted run
-        with Progress(
-            TextColumn("sending spans"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as bar:
+        with _bar("sending spans") as bar:
             task = bar.add_task("spans", total=expected)
             for line in file.read_text().splitlines():
                 body, spans = _to_protobuf(line, project)
@@ -166,13 +160,7 @@ def _load(url: str, project: str, file: Path, expected: int) -> None:
 
 
 def _wait_ingested(url: str, project: str, expected: int) -> int:
-    with Progress(
-        TextColumn("Phoenix ingesting"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
+    with _bar("Phoenix ingesting") as bar:
         task = bar.add_task("spans", total=expected)
         seen, still = 0, 0
         while seen < expected:
