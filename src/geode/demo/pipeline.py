@@ -30,7 +30,14 @@ from typing import Any
 import dspy
 
 from geode.agents.agent import Agent
-from geode.agents.crystallize import Crystallization, CrystallizedWorkflow, CrystallizeError, crystallize
+from geode.agents.crystallize import (
+    Crystallization,
+    CrystallizedWorkflow,
+    CrystallizeError,
+    CrystallizeOptions,
+    RunScore,
+    crystallize,
+)
 from geode.errors import DatasetError, GeodeError, MissingExtraError
 from geode.evals.compile import CompileResult, compile_program
 from geode.evals.dataset import Dataset, Record
@@ -69,6 +76,8 @@ DEFAULT_QUESTIONS = 4
 """Training questions the agent answers by default (sized so the default run fits in 10 minutes)."""
 DEFAULT_HELD_OUT = 3
 """Held-out questions every program is evaluated on by default."""
+CORRECT_RUN_SCORE = 1.0
+"""A training run counts as a success for crystallization when the metric gave it this score."""
 LOCAL_MAX_TOKENS = 128
 """Cap on tokens per call of the embedded model: a looping answer costs seconds per ten tokens."""
 PROJECT = "geode-demo"
@@ -161,6 +170,8 @@ class DemoResult:
     ingest: IngestReport | None = None
     train_scores: list[float] = field(default_factory=list[float])
     train_trace_ids: list[str] = field(default_factory=list[str])
+    train_run_scores: dict[str, float] = field(default_factory=dict[str, float])
+    """The metric's score of each training run, by trace id (what crystallization learns from)."""
     mining: MiningResult | None = None
     labelled: Dataset | None = None
     crystallization: Crystallization | None = None
@@ -335,6 +346,7 @@ class _Demo:
                 trace_id = trace_id_of(pred)
                 if trace_id is not None:
                     self.result.train_trace_ids.append(trace_id)
+                    self.result.train_run_scores[trace_id] = score
                     # A code check plays the user's thumbs: it becomes the mined run's label score.
                     rt.feedback(
                         trace_id,
@@ -394,19 +406,33 @@ class _Demo:
         self.say.stage(5, "crystallize the agent into a workflow")
         wait = source.wait_for(self.result.train_trace_ids, timeout_s=30.0)
         traces: list[TraceRecord] = list(wait.traces)
-        try:
-            found = crystallize(
+        scores = {tid: RunScore(score=score) for tid, score in self.result.train_run_scores.items()}
+
+        def attempt(threshold: float) -> Crystallization:
+            return crystallize(
                 agent,
                 traces,
                 agent_ref=AGENT_REF,
                 name="helpdesk-workflow",
                 program=AGENT_PROGRAM,
+                scores=scores,
                 description=f"{len(traces)} demo runs in {source.description}",
+                options=CrystallizeOptions(success_threshold=threshold),
             )
+
+        try:
+            # Wrong runs must not become the workflow's pattern or its demos: learn from correct ones.
+            found = attempt(CORRECT_RUN_SCORE)
         except CrystallizeError as err:
-            self.result.skipped["crystallize"] = str(err)
-            self.say.warn(f"no workflow: {err}")
-            return None
+            # A handful of runs on a small model may have no correct one; the demo then shows the
+            # mechanics on every completed run and says so, rather than skipping the stage.
+            self.say.warn(f"{err}; crystallizing from every completed run instead")
+            try:
+                found = attempt(0.0)
+            except CrystallizeError as again:
+                self.result.skipped["crystallize"] = str(again)
+                self.say.warn(f"no workflow: {again}")
+                return None
         found.save(self.partial / "workflow.json")
         atomic_write_text(self.partial / "workflow.md", found.report())
         for route in found.spec.routes:

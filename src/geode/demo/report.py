@@ -84,7 +84,7 @@ def by_hand_commands(result: DemoResult) -> list[tuple[str, str]]:
         (
             "crystallize",
             f"geode crystallize geode.demo.app:agent --source {spans} --program-name {AGENT_PROGRAM} "
-            "--success-threshold 0 --out workflow.json",
+            "--success-threshold 1 --out workflow.json",
         ),
         (
             "compare",

@@ -114,6 +114,16 @@ def test_the_whole_loop_runs_on_a_scripted_model(settings: Settings, parts: Demo
     assert result.labelled is not None
     assert {r.outputs["answer"] for r in result.labelled.records} <= set(GOLD.values())
     assert result.crystallization is not None
+    # Crystallization learned from the runs the metric scored correct, so no wrong answer is a demo.
+    analysis = result.crystallization.analysis
+    assert analysis.successful == sum(s == 1.0 for s in result.train_scores) == 2
+    answers = {
+        d["answer"]
+        for r in result.crystallization.spec.routes
+        for s in r.steps
+        for d in getattr(s, "demos", ())
+    }
+    assert answers and answers <= set(GOLD.values())
     # The scripted agent always searched with the question: the workflow copies it, no LM call for it.
     assert [r.label for r in result.rows] == ["agent", "workflow", "recompiled"]
     agent, workflow = result.row("agent"), result.row("workflow")
@@ -264,3 +274,17 @@ def test_a_missing_phoenix_extra_names_the_install_command_and_the_demo_goes_on(
         "pip install 'geode[phoenix]'" in line and line.startswith("warning:") for line in progress.lines
     )
     assert result.phoenix is None and [r.label for r in result.rows] == ["agent", "workflow", "recompiled"]
+
+
+def test_with_no_correct_run_the_demo_crystallizes_every_completed_run(settings: Settings) -> None:
+    def never_right(messages: list[dict[str, str]]) -> dict[str, Any]:
+        reply = _model(messages)
+        return {k: ("I do not know" if k == "answer" else v) for k, v in reply.items()}
+
+    progress = Recorder()
+    parts = DemoParts(lm=ScriptedLM(never_right), store=QdrantStore.memory(), embedder=HashingEmbedder())
+    result = _run(settings, parts, progress)
+
+    assert result.train_scores == [0.0] * 4
+    assert any("crystallizing from every completed run instead" in line for line in progress.lines)
+    assert result.crystallization is not None and result.crystallization.analysis.successful == 4
