@@ -34,7 +34,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import dspy
 import httpx
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -44,23 +43,13 @@ import geode
 from geode.evals.mining import mine
 from geode.runtime.phoenix import PhoenixServer, find_free_port
 from geode.runtime.settings import PhoenixSettings, Settings, TracingSettings
-from geode.testing import ScriptedLM
+from geode.testing import DraftThenAnswer, ScriptedLM
 from geode.traces.sources import OtlpFileTraceSource, PhoenixTraceSource
 
 CACHE = Path(__file__).parent / "data" / "mining"
 PROGRAM = "bench-mining-qa"
 SPANS_PER_RUN = 6
 console = Console()
-
-
-class DraftThenAnswer(dspy.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.draft = dspy.Predict("question -> draft")
-        self.answer = dspy.ChainOfThought("question, draft -> answer")
-
-    def forward(self, question: str) -> dspy.Prediction:
-        return self.answer(question=question, draft=self.draft(question=question).draft)
 
 
 _SUBJECTS = ["invoice", "refund", "password", "shipment", "subscription", "warranty", "coupon", "account"]

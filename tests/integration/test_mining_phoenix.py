@@ -8,7 +8,6 @@ import time
 import uuid
 from pathlib import Path
 
-import dspy
 import httpx
 import pytest
 
@@ -20,32 +19,13 @@ from geode.runtime.phoenix import PhoenixStatus
 from geode.runtime.programs import register_program
 from geode.runtime.serving.feedback import FeedbackRecord, PhoenixFeedback
 from geode.runtime.settings import Settings, TracingSettings
-from geode.testing import ScriptedLM
+from geode.testing import ScriptedLM, TicketTriage, triage_answers
 from geode.traces.sources import OtlpFileTraceSource, PhoenixTraceSource
 
 pytestmark = pytest.mark.phoenix
 
 WAIT_S = 120.0
 """Deadline for Phoenix to ingest spans and annotations on a busy 2-core machine."""
-
-
-class Triage(dspy.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.classify = dspy.Predict("ticket -> category")
-        self.reply = dspy.Predict("ticket, category -> reply")
-
-    def forward(self, ticket: str) -> dspy.Prediction:
-        category = self.classify(ticket=ticket).category
-        if "crash" in ticket:
-            raise RuntimeError("reply service unavailable")
-        return self.reply(ticket=ticket, category=category)
-
-
-def _model(messages: list[dict[str, str]]) -> dict[str, str]:
-    if "[[ ## reply ## ]]" in messages[0]["content"]:
-        return {"reply": "Sorry about that, we are on it."}
-    return {"category": "billing"}
 
 
 def _linked_spans(url: str, dataset_id: str) -> set[str]:
@@ -64,12 +44,12 @@ def test_feedback_and_judge_annotations_become_labels(
 ) -> None:
     project = f"test-mine-{uuid.uuid4().hex[:8]}"
     name = f"triage-{uuid.uuid4().hex[:6]}"
-    register_program(name, Triage)
+    register_program(name, TicketTriage)
     settings = Settings(
         home=tmp_path / "home",
         tracing=TracingSettings(endpoint=phoenix.url, project=project, otlp_file=tmp_path / "spans.jsonl"),
     )
-    rt = geode.Runtime(settings, lm=ScriptedLM(_model))
+    rt = geode.Runtime(settings, lm=ScriptedLM(triage_answers))
     ids: list[str] = []
     for ticket in ["I was charged twice", "Refund my order", "Where is my invoice?", "App crash on start"]:
         try:

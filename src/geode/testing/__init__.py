@@ -4,14 +4,18 @@ Nothing in Geode's own runtime imports this package; tests and examples do.
 """
 
 from geode.testing.lm import ScriptedCall, ScriptedLM, ScriptExhaustedError
+from geode.testing.programs import DraftThenAnswer, TicketTriage, triage_answers
 from geode.testing.retrieval import HashingEmbedder
 from geode.testing.tracing import in_memory_tracing, span_tree
 
 __all__ = [
+    "DraftThenAnswer",
     "HashingEmbedder",
     "ScriptExhaustedError",
     "ScriptedCall",
     "ScriptedLM",
+    "TicketTriage",
     "in_memory_tracing",
     "span_tree",
+    "triage_answers",
 ]

@@ -6,7 +6,6 @@ import json
 import uuid
 from pathlib import Path
 
-import dspy
 import pytest
 from typer.testing import CliRunner
 
@@ -16,32 +15,13 @@ from geode.evals.dataset import load_dataset
 from geode.runtime.phoenix import find_free_port
 from geode.runtime.programs import register_program
 from geode.runtime.settings import PhoenixSettings, Settings, TracingSettings
-from geode.testing import ScriptedLM
-
-
-class Helpdesk(dspy.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.classify = dspy.Predict("ticket -> category")
-        self.reply = dspy.Predict("ticket, category -> reply")
-
-    def forward(self, ticket: str) -> dspy.Prediction:
-        category = self.classify(ticket=ticket).category
-        if "crash" in ticket:
-            raise RuntimeError("reply service unavailable")
-        return self.reply(ticket=ticket, category=category)
-
-
-def _model(messages: list[dict[str, str]]) -> dict[str, str]:
-    if "[[ ## reply ## ]]" in messages[0]["content"]:
-        return {"reply": "We are on it."}
-    return {"category": "billing"}
+from geode.testing import ScriptedLM, TicketTriage, triage_answers
 
 
 @pytest.fixture
 def runs(tmp_path: Path, geode_home: Path) -> tuple[str, Path, list[str]]:
     name = f"helpdesk-{uuid.uuid4().hex[:8]}"
-    register_program(name, Helpdesk)
+    register_program(name, TicketTriage)
     spans = tmp_path / "spans.jsonl"
     # Spans go to the file only: no endpoint, and the local Phoenix port is one nothing listens on.
     settings = Settings(
@@ -49,7 +29,7 @@ def runs(tmp_path: Path, geode_home: Path) -> tuple[str, Path, list[str]]:
         tracing=TracingSettings(otlp_file=spans),
         phoenix=PhoenixSettings(port=find_free_port()),
     )
-    rt = geode.Runtime(settings, lm=ScriptedLM(_model))
+    rt = geode.Runtime(settings, lm=ScriptedLM(triage_answers))
     ids: list[str] = []
     for ticket in ["I was charged twice", "i was charged twice!", "Refund my order", "App crash on start"]:
         try:

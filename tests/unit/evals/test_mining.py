@@ -20,7 +20,7 @@ from geode.evals.dataset import load_dataset
 from geode.evals.mining import Annotation, MiningProgress, SkipReason, label_score, mine
 from geode.runtime.phoenix import find_free_port
 from geode.runtime.settings import PhoenixSettings, Settings, TracingSettings
-from geode.testing import ScriptedLM, in_memory_tracing
+from geode.testing import DraftThenAnswer, ScriptedLM, in_memory_tracing
 from geode.traces.sources import InMemoryTraceSource, OtlpFileTraceSource
 from geode.traces.vocab import GeodeAttributes
 
@@ -33,21 +33,6 @@ QUESTIONS = [
     "What is the boiling point of water at sea level in degrees Celsius?",
     "What is the boiling point of water at sea level in degrees Celsius today?",  # near duplicate
 ]
-
-
-class DraftThenAnswer(dspy.Module):
-    """Two named predictors: ``draft`` (Predict) and ``answer.predict`` (inside ChainOfThought)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.draft = dspy.Predict("question -> draft")
-        self.answer = dspy.ChainOfThought("question, draft -> answer")
-
-    def forward(self, question: str) -> dspy.Prediction:
-        draft = self.draft(question=question).draft
-        if question.startswith("explode"):
-            raise ValueError("the calculator exploded")
-        return self.answer(question=question, draft=draft)
 
 
 class Ask(dspy.Signature):
