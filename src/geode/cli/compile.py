@@ -19,6 +19,7 @@ from geode.cli._learning import (
     auto_budget,
     default_threads,
     eval_summary_table,
+    heldout_score,
     load_data,
     load_metric,
     optimizer_name,
@@ -30,9 +31,8 @@ from geode.cli._learning import (
 from geode.errors import VersionError
 from geode.evals.compile import CompileResult, compile_program
 from geode.evals.dataset import MIN_HELDOUT, MIN_TRAIN
-from geode.evals.evaluate import EvalResult
 from geode.evals.report import write_compile_report
-from geode.runtime.registry import ProgramRegistry, Score, program_version
+from geode.runtime.registry import ProgramRegistry, program_version
 
 __all__ = ["register", "save_versions"]
 
@@ -45,22 +45,10 @@ def save_versions(
     registry: ProgramRegistry, name: str, result: CompileResult, *, baseline_is_base: bool = False
 ) -> tuple[str, str]:
     """Store baseline and candidate with their held-out scores; returns their version ids."""
-
-    def score(r: EvalResult) -> Score:
-        return Score(
-            dataset_id=r.dataset_id,
-            metric=r.metric,
-            score=r.score,
-            n=r.n,
-            split="heldout",
-            source_dataset_id=result.dataset_id,
-            model=r.model,
-        )
-
     baseline = registry.save(
         name,
         result.baseline_program,
-        scores=[score(result.baseline)],
+        scores=[heldout_score(result.baseline, source_dataset_id=result.dataset_id)],
         note="the base program, as defined in code" if baseline_is_base else None,
     )
     candidate = registry.save(
@@ -69,7 +57,7 @@ def save_versions(
         parent=baseline.version,
         dataset_id=result.dataset_id,
         metric=result.metric,
-        scores=[score(result.candidate)],
+        scores=[heldout_score(result.candidate, source_dataset_id=result.dataset_id)],
         optimizer=result.optimizer.name,
         optimizer_settings={**result.optimizer.to_dict(), "model": result.candidate.model},
     )
