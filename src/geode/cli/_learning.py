@@ -19,7 +19,6 @@ from geode.evals.evaluate import EvalResult, Pricing
 from geode.evals.metrics import resolve_metric
 from geode.evals.report import fmt_cost
 from geode.runtime.lm import is_local
-from geode.runtime.registry import Score
 from geode.runtime.runtime import Runtime
 from geode.runtime.settings import Settings
 
@@ -35,7 +34,6 @@ __all__ = [
     "eval_summary_table",
     "examples_table",
     "headed_table",
-    "heldout_score",
     "load_data",
     "load_metric",
     "optimizer_name",
@@ -117,19 +115,6 @@ def phoenix_url(settings: Settings, enabled: bool) -> str | None:
         return resolve_endpoint(settings)
     except ConfigError:
         return None
-
-
-def heldout_score(result: EvalResult, *, source_dataset_id: str | None) -> Score:
-    """A held-out evaluation as the score a version stores (``source_dataset_id``: the split's dataset)."""
-    return Score(
-        dataset_id=result.dataset_id,
-        metric=result.metric,
-        score=result.score,
-        n=result.n,
-        split="heldout",
-        source_dataset_id=source_dataset_id,
-        model=result.model,
-    )
 
 
 def report_dir(settings: Settings, kind: str, name: str, explicit: Path | None) -> Path:

@@ -19,7 +19,6 @@ from geode.cli._learning import (
     auto_budget,
     default_threads,
     eval_summary_table,
-    heldout_score,
     load_data,
     load_metric,
     optimizer_name,
@@ -32,7 +31,7 @@ from geode.errors import VersionError
 from geode.evals.compile import CompileResult, compile_program
 from geode.evals.dataset import MIN_HELDOUT, MIN_TRAIN
 from geode.evals.report import write_compile_report
-from geode.runtime.registry import ProgramRegistry, program_version
+from geode.runtime.registry import ProgramRegistry, Score, program_version
 
 __all__ = ["register", "save_versions"]
 
@@ -48,7 +47,7 @@ def save_versions(
     baseline = registry.save(
         name,
         result.baseline_program,
-        scores=[heldout_score(result.baseline, source_dataset_id=result.dataset_id)],
+        scores=[Score.heldout(result.baseline, source_dataset_id=result.dataset_id)],
         note="the base program, as defined in code" if baseline_is_base else None,
     )
     candidate = registry.save(
@@ -57,7 +56,7 @@ def save_versions(
         parent=baseline.version,
         dataset_id=result.dataset_id,
         metric=result.metric,
-        scores=[heldout_score(result.candidate, source_dataset_id=result.dataset_id)],
+        scores=[Score.heldout(result.candidate, source_dataset_id=result.dataset_id)],
         optimizer=result.optimizer.name,
         optimizer_settings={**result.optimizer.to_dict(), "model": result.candidate.model},
     )

@@ -15,7 +15,6 @@ from geode.cli._learning import (
     METRIC_HELP,
     default_threads,
     eval_summary_table,
-    heldout_score,
     load_data,
     load_metric,
     pricing_for,
@@ -23,7 +22,7 @@ from geode.cli._learning import (
 )
 from geode.errors import ConfigError, ProgramNotFoundError
 from geode.evals.evaluate import EvalResult, evaluate
-from geode.runtime.registry import ProgramRegistry, VersionInfo, program_version
+from geode.runtime.registry import ProgramRegistry, Score, VersionInfo, program_version
 from geode.runtime.runtime import Runtime
 
 __all__ = ["register"]
@@ -150,7 +149,7 @@ def _score_now(
             )
             results.append(result)
             if version is not None:
-                registry.add_score(name, version, heldout_score(result, source_dataset_id=data.id))
+                registry.add_score(name, version, Score.heldout(result, source_dataset_id=data.id))
     return results
 
 

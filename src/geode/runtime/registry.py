@@ -34,12 +34,15 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dspy
 
 from geode.errors import ProgramLoadError, VersionError
 from geode.runtime.programs import ResolvedProgram
+
+if TYPE_CHECKING:
+    from geode.evals.evaluate import EvalResult
 
 __all__ = [
     "ActivePrograms",
@@ -232,6 +235,19 @@ class Score:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON data."""
         return dict(self.__dict__)
+
+    @classmethod
+    def heldout(cls, result: EvalResult, *, source_dataset_id: str | None = None) -> Score:
+        """A held-out evaluation as a version's score (``source_dataset_id``: what the split was cut from)."""
+        return cls(
+            dataset_id=result.dataset_id,
+            metric=result.metric,
+            score=result.score,
+            n=result.n,
+            split="heldout",
+            source_dataset_id=source_dataset_id,
+            model=result.model,
+        )
 
     @classmethod
     def from_json(cls, obj: Any, where: str) -> Score:
