@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from geode.evals.compile import CompileResult
-from geode.evals.evaluate import EvalResult
+from geode.evals.evaluate import EvalResult, ExampleResult
 
 __all__ = [
     "ModelRow",
@@ -267,6 +267,28 @@ def _short(value: Any, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _example_pairs(
+    base: EvalResult, cand: EvalResult
+) -> tuple[list[tuple[ExampleResult, ExampleResult]], list[list[str]], list[str]]:
+    """The two results example by example (changed scores first): the pairs, table rows and row classes."""
+    pairs = sorted(
+        zip(base.examples, cand.examples, strict=True), key=lambda p: (p[0].score == p[1].score, p[0].index)
+    )
+    rows = [
+        [
+            _short(b.inputs),
+            _short(b.expected),
+            _short(b.error or b.outputs),
+            f"{b.score:.2f}",
+            _short(c.error or c.outputs),
+            f"{c.score:.2f}",
+        ]
+        for b, c in pairs
+    ]
+    classes = ["better" if c.score > b.score else "worse" if c.score < b.score else "" for b, c in pairs]
+    return pairs, rows, classes
+
+
 def _page(title: str, body: str) -> str:
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
@@ -350,22 +372,7 @@ def write_compile_report(
     png = _compile_plot(result)
 
     # Per-example comparison, changed examples first.
-    pairs = list(zip(result.baseline.examples, result.candidate.examples, strict=True))
-    pairs.sort(key=lambda p: (p[0].score == p[1].score, p[0].index))
-    ex_rows: list[list[str]] = []
-    classes: list[str] = []
-    for b, c in pairs:
-        ex_rows.append(
-            [
-                _short(b.inputs),
-                _short(b.expected),
-                _short(b.error or b.outputs),
-                f"{b.score:.2f}",
-                _short(c.error or c.outputs),
-                f"{c.score:.2f}",
-            ]
-        )
-        classes.append("better" if c.score > b.score else "worse" if c.score < b.score else "")
+    pairs, ex_rows, classes = _example_pairs(result.baseline, result.candidate)
     improved = sum(1 for b, c in pairs if c.score > b.score)
     regressed = sum(1 for b, c in pairs if c.score < b.score)
 
@@ -555,21 +562,7 @@ def write_comparison_report(comparison: ProgramComparison, directory: str | Path
     headers, rows = comparison_table(comparison)
     png = _comparison_plot(comparison)
     verdict = comparison.verdict
-    pairs = sorted(
-        zip(base.examples, cand.examples, strict=True), key=lambda p: (p[0].score == p[1].score, p[0].index)
-    )
-    ex_rows = [
-        [
-            _short(b.inputs),
-            _short(b.expected),
-            _short(b.error or b.outputs),
-            f"{b.score:.2f}",
-            _short(c.error or c.outputs),
-            f"{c.score:.2f}",
-        ]
-        for b, c in pairs
-    ]
-    classes = ["better" if c.score > b.score else "worse" if c.score < b.score else "" for b, c in pairs]
+    _, ex_rows, classes = _example_pairs(base, cand)
     body = (
         f"<h1>Comparison: {html.escape(base.program)} vs {html.escape(cand.program)}</h1>"
         f"<p class='muted'>{html.escape(_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds'))}; "
