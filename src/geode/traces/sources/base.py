@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Protocol, runtime_checkable
 
@@ -131,16 +131,7 @@ class TraceSource(Protocol):
 
 def latest_trace(source: TraceSource, filter: TraceFilter | None = None) -> TraceRecord | None:
     """The newest trace matching ``filter`` in ``source``, or ``None`` if there is none."""
-    base = filter or TraceFilter()
-    narrowed = TraceFilter(
-        program=base.program,
-        session_id=base.session_id,
-        status=base.status,
-        start=base.start,
-        end=base.end,
-        where=base.where,
-        limit=1,
-    )
+    narrowed = replace(filter or TraceFilter(), limit=1)
     return next(source.traces(narrowed), None)
 
 
