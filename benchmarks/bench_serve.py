@@ -72,7 +72,6 @@ def _bench_lm() -> Any:
 
 def serve_bare(port: int) -> None:
     import dspy
-    import uvicorn
     from fastapi import FastAPI
 
     lm = _bench_lm()
@@ -89,14 +88,14 @@ def serve_bare(port: int) -> None:
     async def ready() -> dict[str, str]:
         return {"status": "ready"}
 
-    uvicorn.run(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        access_log=False,
-        timeout_keep_alive=_keep_alive_s(),
-    )
+    _uvicorn(app, port, timeout_keep_alive=_keep_alive_s())
+
+
+def _uvicorn(app: Any, port: int, **options: Any) -> None:
+    """Serve ``app`` on loopback without access logs, as every server of this benchmark does."""
+    import uvicorn
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, **options)
 
 
 def _keep_alive_s() -> int:
@@ -109,7 +108,6 @@ def _keep_alive_s() -> int:
 
 def serve_geode(port: int, endpoint: str, home: str) -> None:
     import dspy
-    import uvicorn
 
     from geode.runtime.runtime import Runtime
     from geode.runtime.serving import HostedProgram, create_app
@@ -121,12 +119,9 @@ def serve_geode(port: int, endpoint: str, home: str) -> None:
     rt = Runtime(settings, lm=_bench_lm())
     app = create_app(rt, [HostedProgram(dspy.Predict("question -> answer"), name="qa")])
     try:
-        uvicorn.run(
+        _uvicorn(
             app,
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            access_log=False,
+            port,
             reset_contextvars=True,  # as `geode serve`
             timeout_keep_alive=settings.serve.keep_alive_s,
         )
@@ -136,7 +131,6 @@ def serve_geode(port: int, endpoint: str, home: str) -> None:
 
 def serve_sink(port: int) -> None:
     """An OTLP/HTTP collector stub: decodes every export and counts the spans (``GET /count``)."""
-    import uvicorn
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -169,7 +163,7 @@ def serve_sink(port: int) -> None:
             Route("/ready", ready),
         ]
     )
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    _uvicorn(app, port)
 
 
 # -- the load generator ----------------------------------------------------------------------------
