@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -24,12 +26,62 @@ from geode.cli._learning import (
     say,
 )
 from geode.errors import ConfigError
+from geode.evals.dataset import Dataset
 from geode.evals.evaluate import evaluate
-from geode.evals.report import ProgramComparison, comparison_table, write_comparison_report
+from geode.evals.report import ProgramComparison, ReportFiles, comparison_table, write_comparison_report
+from geode.runtime.runtime import Runtime
 
-__all__ = ["register"]
+__all__ = ["print_comparison", "register", "run_comparison"]
 
 _REF_HELP = "'package.module:attribute', 'file.py:attribute', a registered name, or a workflow spec (.json)."
+
+
+def run_comparison(
+    rt: Runtime,
+    baseline: str,
+    candidate: str,
+    data: Dataset,
+    scorer: Callable[..., Any],
+    *,
+    tolerance: float = 2.0,
+    threads: int | None = None,
+    report: Path | None = None,
+    show_progress: bool = True,
+) -> tuple[ProgramComparison, ReportFiles]:
+    """Score two program refs on the same examples and write the comparison report."""
+    served = [rt.serve(baseline), rt.serve(candidate)]
+    results = []
+    with rt.batch():
+        for program in served:
+            say(f"scoring {program.name} on {len(data)} examples")
+            results.append(
+                evaluate(
+                    program.module,
+                    data,
+                    scorer,
+                    program_name=program.name,
+                    version=program.version,
+                    num_threads=default_threads(rt, threads),
+                    pricing=pricing_for(rt),
+                    show_progress=show_progress,
+                    tags=("compare",),
+                )
+            )
+    comparison = ProgramComparison(results[0], results[1], tolerance=tolerance)
+    files = write_comparison_report(comparison, report_dir(rt.settings, "compare", served[1].name, report))
+    return comparison, files
+
+
+def print_comparison(
+    console: Console, comparison: ProgramComparison, files: ReportFiles, data: Dataset
+) -> None:
+    """The comparison table, the verdict in colour, and where the report is."""
+    headers, rows = comparison_table(comparison)
+    title = f"{comparison.baseline.metric} on {data.id} ({len(data)} examples)"
+    console.print(headed_table(title, headers, rows, left=("", "program")))
+    style = "bold green" if comparison.ready else "bold red"
+    console.print(comparison.verdict, style=style, highlight=False)
+    console.print(f"report: {files.html}", highlight=False)
 
 
 def compare_command(
@@ -62,37 +114,21 @@ def compare_command(
     if not as_json:
         print_health(data.health(), console)
     with make_runtime(lm=lm) as rt:
-        served = [rt.serve(baseline), rt.serve(candidate)]
-        results = []
-        with rt.batch():
-            for program in served:
-                say(f"scoring {program.name} on {len(data)} examples")
-                results.append(
-                    evaluate(
-                        program.module,
-                        data,
-                        scorer,
-                        program_name=program.name,
-                        version=program.version,
-                        num_threads=default_threads(rt, threads),
-                        pricing=pricing_for(rt),
-                        show_progress=not as_json,
-                        tags=("compare",),
-                    )
-                )
-        comparison = ProgramComparison(results[0], results[1], tolerance=tolerance)
-        files = write_comparison_report(
-            comparison, report_dir(rt.settings, "compare", served[1].name, report)
+        comparison, files = run_comparison(
+            rt,
+            baseline,
+            candidate,
+            data,
+            scorer,
+            tolerance=tolerance,
+            threads=threads,
+            report=report,
+            show_progress=not as_json,
         )
     if as_json:
         typer.echo(files.json.read_text(encoding="utf-8") if files.json.exists() else json.dumps({}))
     else:
-        headers, rows = comparison_table(comparison)
-        title = f"{results[0].metric} on {data.id} ({len(data)} examples)"
-        console.print(headed_table(title, headers, rows, left=("", "program")))
-        style = "bold green" if comparison.ready else "bold red"
-        console.print(comparison.verdict, style=style, highlight=False)
-        console.print(f"report: {files.html}", highlight=False)
+        print_comparison(console, comparison, files, data)
     if strict and not comparison.ready:
         raise typer.Exit(1)
 

@@ -12,9 +12,12 @@ from rich.table import Table
 
 from geode.agents.crystallize import Crystallization, CrystallizeOptions, RunScore, crystallize, emit_python
 from geode.agents.crystallize.report import pattern_rows, render_report, route_lm_calls
-from geode.cli._common import make_settings
+from geode.cli._common import LM_OPTION, make_runtime, make_settings
+from geode.cli._learning import THREADS_OPTION, load_data, load_metric
+from geode.cli.compare import print_comparison, run_comparison
 from geode.cli.compare_versions import parse_since, run_feedback
-from geode.cli.trace import open_source
+from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
+from geode.errors import ConfigError
 from geode.runtime.programs import resolve
 from geode.runtime.serving.feedback import FeedbackRecord
 from geode.traces.records import TraceRecord
@@ -25,6 +28,12 @@ __all__ = ["register"]
 _OUT = typer.Option(Path("workflow.json"), "--out", "-o", help="Where to write the workflow spec.")
 _EMIT_PYTHON = typer.Option(
     None, "--emit-python", help="Also write an equivalent Python module here (yours to edit)."
+)
+_DATASET = typer.Option(
+    None,
+    "--dataset",
+    "-d",
+    help="Then compare agent and workflow on this labelled dataset (JSON Lines); needs --metric.",
 )
 _REPORT = typer.Option(
     None, "--report", help="Where to write the Markdown report (default: next to --out, .md)."
@@ -61,9 +70,7 @@ def crystallize_command(
     program: str = typer.Argument(
         ..., help="The agent: 'package.module:attribute', 'file.py:attribute' or a registered name."
     ),
-    source: str = typer.Option(
-        "phoenix", "--source", "-s", help="'phoenix' (configured or local) or an OTLP-JSON file or folder."
-    ),
+    source: str = SOURCE_OPTION,
     out: Path = _OUT,
     emit_py: Path | None = _EMIT_PYTHON,
     report: Path | None = _REPORT,
@@ -82,9 +89,7 @@ def crystallize_command(
         "--agreement",
         help="Share of a pattern's runs an argument rule must reproduce (else an LM step).",
     ),
-    project: str | None = typer.Option(
-        None, "--project", help="Phoenix project (default: the tracing project)."
-    ),
+    project: str | None = PROJECT_OPTION,
     name: str | None = typer.Option(
         None, "--program-name", help="Runs with this geode.program.name (default: REF as given)."
     ),
@@ -93,13 +98,32 @@ def crystallize_command(
     ),
     since: str | None = typer.Option(None, "--since", help="Only runs from the last 30m, 1h, 7d..."),
     limit: int = typer.Option(5000, "--limit", min=1, help="At most this many traces (newest first)."),
+    dataset: Path | None = _DATASET,
+    metric: str | None = typer.Option(
+        None, "--metric", "-m", help="With --dataset: the metric, 'module:function' or a built-in name."
+    ),
+    tolerance: float = typer.Option(
+        2.0,
+        "--tolerance",
+        min=0.0,
+        help="With --dataset: points (of 100) the workflow may lose and be ready.",
+    ),
+    threads: int | None = THREADS_OPTION,
+    lm: str | None = LM_OPTION,
 ) -> None:
     """Derive a fixed-order workflow from an agent's recorded runs (patterns, argument rules, demos).
 
     Example: geode crystallize geode.agents.inventory:agent --source phoenix --out workflow.json
-    --emit-python workflow.py. Serve or evaluate the result as `workflow.json`; compare it with the agent
-    with `geode compare REF workflow.json --dataset ... --metric ...`.
+    --emit-python workflow.py. Serve or evaluate the result as `workflow.json`. With --dataset and
+    --metric the same command then runs agent and workflow on that eval set (as `geode compare` does),
+    prints the verdict and adds it to the report.
     """
+    if (dataset is None) != (metric is None):
+        raise ConfigError("--dataset and --metric go together", hint="give both to compare, or neither")
+    data = load_data(dataset) if dataset is not None else None
+    if data is not None:
+        data.require(1, purpose="compare agent and workflow")
+    scorer = load_metric(metric) if metric is not None else None
     console = Console(stderr=True)
     settings = make_settings()
     agent = resolve(program).module
@@ -148,9 +172,22 @@ def crystallize_command(
     stdout.print(f"wrote {out} ({spec.content_hash[:19]}…), report {report_path}", highlight=False)
     if emit_py is not None:
         stdout.print(f"wrote {emit_py}", highlight=False)
-    stdout.print(
-        f"next: geode compare {program} {out} --dataset DATA --metric METRIC", highlight=False, style="dim"
-    )
+    if data is None or scorer is None:
+        stdout.print(
+            f"next: geode compare {program} {out} --dataset DATA --metric METRIC",
+            highlight=False,
+            style="dim",
+        )
+        return
+    with make_runtime(lm=lm) as rt:
+        comparison, files = run_comparison(
+            rt, program, str(out), data, scorer, tolerance=tolerance, threads=threads
+        )
+    print_comparison(stdout, comparison, files, data)
+    # The report says which pattern was taken and why; with the verdict it also says whether it held up.
+    body = files.markdown.read_text(encoding="utf-8").split("\n", 1)[1].lstrip("\n")
+    with report_path.open("a", encoding="utf-8") as handle:
+        handle.write(f"\n## Comparison with the agent\n\n{body}\nFull report: {files.html}\n")
 
 
 def register(app: typer.Typer) -> None:

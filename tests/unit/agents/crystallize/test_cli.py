@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from geode.agents.crystallize import WorkflowSpec
 from geode.cli import _common, _register_commands, app, main
+from geode.errors import ConfigError
 from geode.evals.evaluate import EvalResult
 from geode.evals.report import ProgramComparison
 from geode.runtime.phoenix import find_free_port
@@ -84,23 +85,26 @@ def test_crystallize_errors_are_one_line(
     assert "is neither 'phoenix' nor an existing OTLP-JSON file" in capsys.readouterr().err
 
 
-def test_compare_agent_and_workflow(
-    runner: CliRunner, spans: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    out = tmp_path / "wf.json"
-    assert (
-        runner.invoke(app, ["crystallize", AGENT, "--source", str(spans), "--out", str(out)]).exit_code == 0
-    )
+TASKS = [
+    ("How many sprockets are in stock?", "27"),
+    ("How many gadgets do we have?", "14"),
+    ("What is 6 times 7?", "42"),
+    ("How many widgets and gizmos are in stock together?", "3"),
+]
+
+
+@pytest.fixture
+def tasks(tmp_path: Path) -> Path:
     data = tmp_path / "tasks.jsonl"
-    rows = [
-        ("How many sprockets are in stock?", "27"),
-        ("How many gadgets do we have?", "14"),
-        ("What is 6 times 7?", "42"),
-        ("How many widgets and gizmos are in stock together?", "3"),
-    ]
     data.write_text(
-        "".join(json.dumps({"inputs": {"question": q}, "outputs": {"answer": a}}) + "\n" for q, a in rows)
+        "".join(json.dumps({"inputs": {"question": q}, "outputs": {"answer": a}}) + "\n" for q, a in TASKS)
     )
+    return data
+
+
+@pytest.fixture
+def scripted_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI's runtime answers with the scripted policy, tracing off."""
     real = _common.Runtime
 
     def quiet_runtime(settings: Settings) -> Runtime:
@@ -109,6 +113,14 @@ def test_compare_agent_and_workflow(
         )
 
     monkeypatch.setattr(_common, "Runtime", quiet_runtime)
+
+
+@pytest.mark.usefixtures("scripted_runtime")
+def test_compare_agent_and_workflow(runner: CliRunner, spans: Path, tmp_path: Path, tasks: Path) -> None:
+    out = tmp_path / "wf.json"
+    assert (
+        runner.invoke(app, ["crystallize", AGENT, "--source", str(spans), "--out", str(out)]).exit_code == 0
+    )
     report = tmp_path / "report"
     result = runner.invoke(
         app,
@@ -117,7 +129,7 @@ def test_compare_agent_and_workflow(
             AGENT,
             str(out),
             "--dataset",
-            str(data),
+            str(tasks),
             "--metric",
             "exact_match",
             "--report-dir",
@@ -133,6 +145,23 @@ def test_compare_agent_and_workflow(
     assert (saved["baseline"]["lm_calls"], saved["candidate"]["lm_calls"]) == (14, 6)
     assert (report / "compare.png").read_bytes().startswith(b"\x89PNG")
     assert "<table>" in (report / "compare.html").read_text(encoding="utf-8")
+
+
+@pytest.mark.usefixtures("scripted_runtime")
+def test_crystallize_and_compare_in_one_command(
+    runner: CliRunner, spans: Path, tmp_path: Path, tasks: Path
+) -> None:
+    out = tmp_path / "wf.json"
+    args = ["crystallize", AGENT, "--source", str(spans), "--out", str(out), "--dataset", str(tasks)]
+    result = runner.invoke(app, [*args, "--metric", "exact_match"])
+    assert result.exit_code == 0, result.output
+    assert "READY" in result.output and "next: geode compare" not in result.output
+    report = (tmp_path / "wf.md").read_text(encoding="utf-8")
+    # One report: which patterns were taken and why, then whether the workflow held up against the agent.
+    assert report.index("**Decision:**") < report.index("## Comparison with the agent")
+    assert "READY" in report and "compare.html" in report
+    half = runner.invoke(app, [*args])
+    assert isinstance(half.exception, ConfigError) and "go together" in str(half.exception)
 
 
 def _result(program: str, score: float, lm_calls: int) -> EvalResult:
