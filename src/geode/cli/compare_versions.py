@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from geode.cli._common import make_settings
-from geode.cli.trace import open_source
+from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
 from geode.errors import InputError
 from geode.runtime.feedback import feedback_log_path
 from geode.runtime.serving.compare import VersionStats, compare_versions, feedback_from_annotations
@@ -102,12 +102,8 @@ def _table(name: str, rows: list[VersionStats], since: str) -> Table:
 def compare(
     name: str = typer.Argument(..., help="The program's name (geode.program.name on its spans)."),
     since: str = typer.Option("1h", "--since", help="How far back: 30m, 1h, 7d."),
-    source: str = typer.Option(
-        "phoenix", "--source", "-s", help="'phoenix' (configured or local) or an OTLP-JSON file or folder."
-    ),
-    project: str | None = typer.Option(
-        None, "--project", help="Phoenix project (default: the tracing project)."
-    ),
+    source: str = SOURCE_OPTION,
+    project: str | None = PROJECT_OPTION,
     feedback_name: str | None = typer.Option(None, "--feedback-name", help="Only feedback with this name."),
     limit: int = typer.Option(10_000, "--limit", min=1, help="At most this many traces (newest first)."),
     as_json: bool = typer.Option(False, "--json", help="Print rows as JSON."),

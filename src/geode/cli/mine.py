@@ -22,7 +22,7 @@ from rich.table import Table
 from geode.cli._common import make_settings
 from geode.cli._learning import phoenix_url
 from geode.cli.compare_versions import parse_since
-from geode.cli.trace import open_source
+from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
 from geode.errors import InputError
 from geode.evals.dataset import HealthReport
 from geode.evals.mining import MiningProgress, MiningResult, OutputPolicy, mine, upload_to_phoenix
@@ -113,12 +113,8 @@ def mine_command(
         help="The program as traced (geode.program.name): 'package.module:attribute' or a registered name.",
     ),
     out: Path = _OUT,
-    source: str = typer.Option(
-        "phoenix", "--source", "-s", help="'phoenix' (configured or local) or an OTLP-JSON file or folder."
-    ),
-    project: str | None = typer.Option(
-        None, "--project", help="Phoenix project (default: the tracing project)."
-    ),
+    source: str = SOURCE_OPTION,
+    project: str | None = PROJECT_OPTION,
     since: str | None = typer.Option(None, "--since", help="Only runs of the last 30m, 1h, 7d..."),
     where: list[str] = typer.Option(  # noqa: B008 - typer declares options in defaults
         [],

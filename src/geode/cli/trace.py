@@ -29,7 +29,14 @@ from geode.traces.sources import (
 )
 from geode.traces.vocab import DocumentAttributes, GeodeAttributes, SpanAttributes
 
-__all__ = ["open_source", "register", "render_trace", "trace_app"]
+__all__ = ["PROJECT_OPTION", "SOURCE_OPTION", "open_source", "register", "render_trace", "trace_app"]
+
+SOURCE_OPTION = typer.Option(
+    "phoenix", "--source", "-s", help="'phoenix' (configured or local) or an OTLP-JSON file or folder."
+)
+PROJECT_OPTION = typer.Option(
+    None, "--project", help="Phoenix project. Default: GEODE_TRACING_PROJECT, else 'geode'."
+)
 
 trace_app = typer.Typer(help="Inspect traces: span trees in the terminal.", no_args_is_help=True)
 
@@ -244,15 +251,8 @@ def open_source(settings: Settings, source: str, project: str | None) -> Iterato
 def show(
     trace_id: str | None = typer.Argument(None, help="The trace to show (32 hex digits)."),
     last: bool = typer.Option(False, "--last", help="Show the newest trace instead."),
-    source: str = typer.Option(
-        "phoenix",
-        "--source",
-        "-s",
-        help="'phoenix' (the configured or local Phoenix) or an OTLP-JSON file or folder.",
-    ),
-    project: str | None = typer.Option(
-        None, "--project", help="Phoenix project. Default: GEODE_TRACING_PROJECT, else 'geode'."
-    ),
+    source: str = SOURCE_OPTION,
+    project: str | None = PROJECT_OPTION,
     program: str | None = typer.Option(
         None, "--program", help="With --last: the newest run of this program."
     ),
