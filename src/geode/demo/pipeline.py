@@ -508,7 +508,7 @@ class _Demo:
             self.say.info(self.result.promotion)
             return
         base = registry.save(
-            name, workflow, scores=[_score(base_row.result)], note="crystallized by geode demo"
+            name, workflow, scores=[Score.heldout(base_row.result)], note="crystallized by geode demo"
         )
         self.result.rows[self.result.rows.index(base_row)] = replace(base_row, version=base.version)
         if recompiled is None or cand_row is None:
@@ -516,7 +516,11 @@ class _Demo:
             self.say.info(self.result.promotion)
             return
         cand = registry.save(
-            name, recompiled, parent=base.version, scores=[_score(cand_row.result)], optimizer="bootstrap"
+            name,
+            recompiled,
+            parent=base.version,
+            scores=[Score.heldout(cand_row.result)],
+            optimizer="bootstrap",
         )
         self.result.rows[self.result.rows.index(cand_row)] = replace(cand_row, version=cand.version)
         self.result.promotion, self.result.promoted = _gate(
@@ -543,17 +547,6 @@ def _counting(update: Callable[[int, str], None]) -> Callable[..., float | bool]
 
     helpdesk_metric.__name__ = helpdesk.metric.name
     return helpdesk_metric
-
-
-def _score(result: EvalResult) -> Score:
-    return Score(
-        dataset_id=result.dataset_id,
-        metric=result.metric,
-        score=result.score,
-        n=result.n,
-        split="heldout",
-        model=result.model,
-    )
 
 
 def _gate(
