@@ -41,6 +41,7 @@ from geode.runtime.serving.feedback import (
     read_feedback,
 )
 from geode.runtime.settings import Settings
+from geode.runtime.tracing.exporters import program_project
 from geode.traces.sources import PhoenixTraceSource, normalize_trace_id, phoenix_base_url
 
 __all__ = [
@@ -207,8 +208,7 @@ class PhoenixTarget:
             return template
         if not program:
             return None  # per-program projects and no program given: annotate the trace instead
-        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in program).strip("-") or "program"
-        return template.format(program=safe)
+        return program_project(template, program)
 
     def root_span(self, record: FeedbackRecord) -> str | None:
         """The root span id of the record's run, looked up in Phoenix by trace id."""

@@ -30,6 +30,7 @@ __all__ = [
     "OtlpJsonFileExporter",
     "ProjectRoutingExporter",
     "RedactingExporter",
+    "program_project",
     "traces_url",
 ]
 
@@ -205,6 +206,20 @@ class RedactingExporter(SpanExporter):
         return self.exporter.force_flush(timeout_millis)
 
 
+def program_project(template: str, program: str) -> str:
+    """The Phoenix project of a program's spans, from a project template with a ``{program}`` field.
+
+    Characters Phoenix dislikes in a project name become ``-``. The exporter names projects with it,
+    and feedback finds a run's project again with it.
+
+    Example:
+        >>> program_project("geode-{program}", "app.agents:support agent")
+        'geode-app.agents-support-agent'
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in program).strip("-") or "program"
+    return template.format(program=safe)
+
+
 class ProjectRoutingExporter(SpanExporter):
     """Sends each span to a Phoenix project named after its program.
 
@@ -238,8 +253,7 @@ class ProjectRoutingExporter(SpanExporter):
         """The project name for a program name."""
         if not isinstance(program, str) or not program:
             return self.default
-        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in program).strip("-") or "program"
-        return self.template.format(program=safe)
+        return program_project(self.template, program)
 
     def _relabel(self, span: ReadableSpan) -> ReadableSpan:
         project = self.project((span.attributes or {}).get(GeodeAttributes.PROGRAM_NAME))
