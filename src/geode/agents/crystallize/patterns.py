@@ -355,7 +355,7 @@ class _Case:
 
 
 NEAR_COPY_RECALL = 0.6
-"""Share of the input's content words (stopwords ignored) a near copy keeps."""
+"""Share of the input's content words (stopwords ignored) a near copy keeps (unless it holds the whole input)."""
 NEAR_COPY_PRECISION = 0.5
 """Share of a near copy's content words that come from the input."""
 
@@ -363,6 +363,9 @@ NEAR_COPY_PRECISION = 0.5
 def _near_copy(value: Any, source: Any) -> bool:
     if not isinstance(value, str) or not isinstance(source, str):
         return False
+    # The whole input verbatim, with anything around it: the model copied it and kept on writing.
+    if _words(source) and _lower(source) in _lower(value):
+        return True
     got, want = _words(value), _words(source)
     if not got or not want:
         return False

@@ -218,6 +218,11 @@ def test_near_copies_of_the_input_top_up_exact_ones() -> None:
     rule = pattern.steps[0].args["q"]
     assert (rule.kind, rule.field, rule.support, rule.near) == ("input", "question", 2, 1)
     assert rule.describe() == "copied from input 'question' (2/3 runs, 1 more a near copy)"
+    # The whole question followed by a long made-up answer is a copy too: the model kept on writing.
+    rambling = questions[0] + " The Ridgeline backpacking tent is priced at $10, with 25% off all items."
+    two = [_run(questions[0], [("search", {"q": rambling}, "r")], "answer 0"), runs[1]]
+    (pattern,) = analyze(two, output_fields=["answer"]).patterns
+    assert (pattern.steps[0].args["q"].kind, pattern.steps[0].args["q"].near) == ("input", 1)
 
 
 def test_fragments_of_the_input_are_not_near_copies() -> None:
