@@ -13,7 +13,7 @@ from rich.table import Table
 from geode.agents.crystallize import Crystallization, CrystallizeOptions, RunScore, crystallize, emit_python
 from geode.agents.crystallize.report import pattern_rows, render_report, route_lm_calls
 from geode.cli._common import LM_OPTION, make_runtime, make_settings
-from geode.cli._learning import THREADS_OPTION, load_data, load_metric
+from geode.cli._learning import REPORT_DIR_OPTION, THREADS_OPTION, load_data, load_metric
 from geode.cli.compare import print_comparison, run_comparison
 from geode.cli.compare_versions import parse_since, run_feedback
 from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
@@ -109,6 +109,7 @@ def crystallize_command(
         help="With --dataset: points (of 100) the workflow may lose and be ready.",
     ),
     threads: int | None = THREADS_OPTION,
+    report_dir: Path | None = REPORT_DIR_OPTION,
     lm: str | None = LM_OPTION,
 ) -> None:
     """Derive a fixed-order workflow from an agent's recorded runs (patterns, argument rules, demos).
@@ -181,7 +182,7 @@ def crystallize_command(
         return
     with make_runtime(lm=lm) as rt:
         comparison, files = run_comparison(
-            rt, program, str(out), data, scorer, tolerance=tolerance, threads=threads
+            rt, program, str(out), data, scorer, tolerance=tolerance, threads=threads, report=report_dir
         )
     print_comparison(stdout, comparison, files, data)
     # The report says which pattern was taken and why; with the verdict it also says whether it held up.

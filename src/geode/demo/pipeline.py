@@ -408,7 +408,7 @@ class _Demo:
         traces: list[TraceRecord] = list(wait.traces)
         scores = {tid: RunScore(score=score) for tid, score in self.result.train_run_scores.items()}
 
-        def attempt(threshold: float) -> Crystallization:
+        def attempt(threshold: float, min_route_runs: int) -> Crystallization:
             return crystallize(
                 agent,
                 traces,
@@ -417,22 +417,30 @@ class _Demo:
                 program=AGENT_PROGRAM,
                 scores=scores,
                 description=f"{len(traces)} demo runs in {source.description}",
-                options=CrystallizeOptions(success_threshold=threshold),
+                options=CrystallizeOptions(success_threshold=threshold, min_route_runs=min_route_runs),
             )
 
-        try:
-            # Wrong runs must not become the workflow's pattern or its demos: learn from correct ones.
-            found = attempt(CORRECT_RUN_SCORE)
-        except CrystallizeError as err:
-            # A handful of runs on a small model may have no correct one; the demo then shows the
-            # mechanics on every completed run and says so, rather than skipping the stage.
-            self.say.warn(f"{err}; crystallizing from every completed run instead")
+        # Wrong runs must not become the workflow's pattern or its demos, so it learns from the correct
+        # ones; a handful of runs on a small model may hold a single correct one, which is still better
+        # than wrong ones; only when none was correct does it use every completed run, and it says so.
+        plans = (
+            (CORRECT_RUN_SCORE, 2, None),
+            (CORRECT_RUN_SCORE, 1, "learning from the correct runs, even a pattern seen once"),
+            (0.0, 2, "crystallizing from every completed run instead"),
+        )
+        problem: CrystallizeError | None = None
+        for threshold, min_route_runs, note in plans:
+            if problem is not None and note is not None:
+                self.say.warn(f"{problem}; {note}")
             try:
-                found = attempt(0.0)
-            except CrystallizeError as again:
-                self.result.skipped["crystallize"] = str(again)
-                self.say.warn(f"no workflow: {again}")
-                return None
+                found = attempt(threshold, min_route_runs)
+                break
+            except CrystallizeError as err:
+                problem = err
+        else:
+            self.result.skipped["crystallize"] = str(problem)
+            self.say.warn(f"no workflow: {problem}")
+            return None
         found.save(self.partial / "workflow.json")
         atomic_write_text(self.partial / "workflow.md", found.report())
         for route in found.spec.routes:

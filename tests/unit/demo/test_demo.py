@@ -288,3 +288,23 @@ def test_with_no_correct_run_the_demo_crystallizes_every_completed_run(settings:
     assert result.train_scores == [0.0] * 4
     assert any("crystallizing from every completed run instead" in line for line in progress.lines)
     assert result.crystallization is not None and result.crystallization.analysis.successful == 4
+
+
+def test_a_single_correct_run_is_learned_from_alone(settings: Settings) -> None:
+    first = _train_questions()[0]
+
+    def right_once(messages: list[dict[str, str]]) -> dict[str, Any]:
+        reply = _model(messages)
+        found = _QUESTION.findall(messages[-1]["content"])
+        right = bool(found) and found[-1].strip() == first
+        return {
+            k: (GOLD[first] if right else "I do not know") if k == "answer" else v for k, v in reply.items()
+        }
+
+    progress = Recorder()
+    parts = DemoParts(lm=ScriptedLM(right_once), store=QdrantStore.memory(), embedder=HashingEmbedder())
+    result = _run(settings, parts, progress)
+
+    assert result.train_scores == [1.0, 0.0, 0.0, 0.0]
+    assert any("even a pattern seen once" in line for line in progress.lines)
+    assert result.crystallization is not None and result.crystallization.analysis.successful == 1
