@@ -98,6 +98,9 @@ def demo(
     progress = ConsoleProgress(console)
     # The stages print their own progress; DSPy's per-evaluation INFO lines would interleave with it.
     logging.getLogger("dspy").setLevel(logging.WARNING)
+    # The demo caps the embedded model's answers on purpose (a small model rambles until the cap), so
+    # DSPy's "response was truncated" warning is expected here and only interrupts the progress bars.
+    logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)
     result = run_demo(settings, options, progress=progress, write_report=write_demo_report)
     console.print()
     console.print(summary_table(result))
