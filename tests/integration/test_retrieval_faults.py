@@ -124,9 +124,13 @@ def test_store_held_by_another_process(tmp_path: Path) -> None:
 
 
 _SLOW_INGEST = """
-    import pathlib, sys, time
+    import pathlib, signal, sys, time
     from geode.retrieval import Chunker, EdgeStore, Ingestor
     from geode.testing import HashingEmbedder
+
+    # Ctrl-C as on a terminal: a test run started in the background (nohup, `&`) hands its children
+    # SIGINT ignored, and the child would then finish instead of being interrupted.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     class Slow(HashingEmbedder):
         calls = 0

@@ -117,13 +117,10 @@ def test_the_whole_loop_runs_on_a_scripted_model(settings: Settings, parts: Demo
     # Crystallization learned from the runs the metric scored correct, so no wrong answer is a demo.
     analysis = result.crystallization.analysis
     assert analysis.successful == sum(s == 1.0 for s in result.train_scores) == 2
-    answers = {
-        d["answer"]
-        for r in result.crystallization.spec.routes
-        for s in r.steps
-        for d in getattr(s, "demos", ())
-    }
-    assert answers and answers <= set(GOLD.values())
+    # (The answer step may also be a learned regex: the passages' ids, and so the text around the
+    # answer, depend on where the corpus lives. Either way no wrong answer is taught.)
+    demos = [d for r in result.crystallization.spec.routes for s in r.steps for d in getattr(s, "demos", ())]
+    assert {d["answer"] for d in demos if "answer" in d} <= set(GOLD.values())
     # The scripted agent always searched with the question: the workflow copies it, no LM call for it.
     assert [r.label for r in result.rows] == ["agent", "workflow", "recompiled"]
     agent, workflow = result.row("agent"), result.row("workflow")
