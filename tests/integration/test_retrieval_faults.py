@@ -166,8 +166,10 @@ def test_interrupted_ingestion_loses_nothing_and_resumes(tmp_path: Path, sig: si
     child = _python(_SLOW_INGEST.format(ready=str(ready), root=str(root), docs=str(docs)))
     _wait_for(ready, child)  # two groups have landed
     child.send_signal(sig)
-    child.wait(timeout=60)
-    assert child.returncode != 0, "the child was interrupted mid-run"
+    out, err = child.communicate(timeout=60)
+    assert child.returncode != 0, (
+        f"the child was not interrupted mid-run: stdout {out!r}, stderr {err[-2000:]!r}"
+    )
 
     store = EdgeStore(root)
     try:
