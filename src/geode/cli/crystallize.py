@@ -18,6 +18,7 @@ from geode.cli.compare import print_comparison, run_comparison
 from geode.cli.compare_versions import parse_since, run_feedback
 from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
 from geode.errors import ConfigError
+from geode.evals.report import comparison_markdown
 from geode.runtime.programs import resolve
 from geode.runtime.serving.feedback import FeedbackRecord
 from geode.traces.records import TraceRecord
@@ -186,9 +187,10 @@ def crystallize_command(
         )
     print_comparison(stdout, comparison, files, data)
     # The report says which pattern was taken and why; with the verdict it also says whether it held up.
-    body = files.markdown.read_text(encoding="utf-8").split("\n", 1)[1].lstrip("\n")
     with report_path.open("a", encoding="utf-8") as handle:
-        handle.write(f"\n## Comparison with the agent\n\n{body}\nFull report: {files.html}\n")
+        handle.write(
+            f"\n## Comparison with the agent\n\n{comparison_markdown(comparison)}\nFull report: {files.html}\n"
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -169,9 +169,8 @@ class DemoResult:
     phoenix: PhoenixStatus | None = None
     ingest: IngestReport | None = None
     train_scores: list[float] = field(default_factory=list[float])
-    train_trace_ids: list[str] = field(default_factory=list[str])
     train_run_scores: dict[str, float] = field(default_factory=dict[str, float])
-    """The metric's score of each training run, by trace id (what crystallization learns from)."""
+    """The metric's score of each traced training run, by trace id (what crystallization learns from)."""
     mining: MiningResult | None = None
     labelled: Dataset | None = None
     crystallization: Crystallization | None = None
@@ -191,6 +190,11 @@ class DemoResult:
     def workflow_spec(self) -> Path:
         """Where the published workflow spec is."""
         return Path(workflow_program(self.settings))
+
+    @property
+    def train_trace_ids(self) -> list[str]:
+        """The traced training runs' trace ids, in the order they ran."""
+        return list(self.train_run_scores)
 
     def row(self, label: str) -> Row | None:
         """The summary row with this label."""
@@ -345,7 +349,6 @@ class _Demo:
                 scores.append(score)
                 trace_id = trace_id_of(pred)
                 if trace_id is not None:
-                    self.result.train_trace_ids.append(trace_id)
                     self.result.train_run_scores[trace_id] = score
                     # A code check plays the user's thumbs: it becomes the mined run's label score.
                     rt.feedback(

@@ -26,6 +26,7 @@ __all__ = [
     "ModelRow",
     "ProgramComparison",
     "ReportFiles",
+    "comparison_markdown",
     "comparison_table",
     "compile_table",
     "fmt_cost",
@@ -555,6 +556,11 @@ def _comparison_plot(comparison: ProgramComparison) -> bytes | None:
     return _png(fig)
 
 
+def comparison_markdown(comparison: ProgramComparison) -> str:
+    """The verdict and the side-by-side table as Markdown (no heading, so it fits under any)."""
+    return f"{comparison.verdict}\n\n" + _markdown(*comparison_table(comparison))
+
+
 def write_comparison_report(comparison: ProgramComparison, directory: str | Path) -> ReportFiles:
     """Write ``compare.{html,md,json,png}``: two programs side by side, per example, and the verdict."""
     out = Path(directory)
@@ -574,7 +580,7 @@ def write_comparison_report(comparison: ProgramComparison, directory: str | Path
             ["inputs", "expected", "baseline output", "score", "candidate output", "score"], ex_rows, classes
         )
     )
-    markdown = f"# {base.program} vs {cand.program}\n\n{verdict}\n\n" + _markdown(headers, rows)
+    markdown = f"# {base.program} vs {cand.program}\n\n" + comparison_markdown(comparison)
     data = {
         "baseline": base.to_dict(examples=True),
         "candidate": cand.to_dict(examples=True),

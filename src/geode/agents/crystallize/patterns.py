@@ -97,9 +97,8 @@ class Derivation:
             label = step_names[index] if index < len(step_names) else "step"
             return f"step {index + 1} ({label})"
 
-        runs = f"({self.support}/{self.total} runs)"
-        if self.near:
-            runs = f"({self.support}/{self.total} runs, {self.near} more a near copy)"
+        near = f", {self.near} more a near copy" if self.near else ""
+        runs = f"({self.support}/{self.total} runs{near})"
         if self.kind == "input":
             how = {None: "copied", "strip": "copied (whitespace trimmed)", "lower": "copied (normalised)"}
             return f"{how[self.transform]} from input {self.field!r} {runs}"
@@ -363,11 +362,14 @@ NEAR_COPY_PRECISION = 0.5
 def _near_copy(value: Any, source: Any) -> bool:
     if not isinstance(value, str) or not isinstance(source, str):
         return False
+    want = _words(source)
+    if not want:
+        return False
     # The whole input verbatim, with anything around it: the model copied it and kept on writing.
-    if _words(source) and _lower(source) in _lower(value):
+    if _lower(source) in _lower(value):
         return True
-    got, want = _words(value), _words(source)
-    if not got or not want:
+    got = _words(value)
+    if not got:
         return False
     shared = len(got & want)
     return shared / len(want) >= NEAR_COPY_RECALL and shared / len(got) >= NEAR_COPY_PRECISION
