@@ -148,7 +148,7 @@ BAD: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = [
 def test_binder_matches_getcallargs(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
-    fast = _dispatch._memo_getcallargs()
+    fast = _dispatch.getcallargs
     for _ in range(2):
         assert fast(fn, *args, **kwargs) == inspect.getcallargs(fn, *args, **kwargs)
 
@@ -157,7 +157,7 @@ def test_binder_matches_getcallargs(
 def test_binder_raises_like_getcallargs(
     fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
-    fast = _dispatch._memo_getcallargs()
+    fast = _dispatch.getcallargs
     with pytest.raises(TypeError):
         inspect.getcallargs(fn, *args, **kwargs)
     with pytest.raises(TypeError):

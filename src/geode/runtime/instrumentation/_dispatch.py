@@ -14,6 +14,10 @@ small precomputed binder (falling back to ``getcallargs`` for anything unusual),
 *name* is picked once per (instance class, function). Results are identical to DSPy's (the unit tests compare them), and
 anything unexpected falls back to DSPy's own function. :func:`uninstall` restores DSPy's originals;
 if a DSPy release renames these internals, :func:`install` does nothing.
+
+The replacements are module-level functions that carry DSPy's names, and the ``inspect`` stand-in is a
+module named ``inspect``, so pickling a DSPy class (whose wrapped methods ``cloudpickle`` copies by value,
+with the globals they use) gives the same pickle as without Geode; see :func:`_set_address`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import inspect
 import threading
 import types
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 __all__ = ["install", "installed", "uninstall"]
 
@@ -102,49 +106,83 @@ class _Binder:
         return bound
 
 
-def _memo_getcallargs() -> Callable[..., dict[str, Any]]:
-    binders: dict[Any, _Binder | None] = {}
+_CACHE_LIMIT: Final = 4096
+"""Entries per memo before it is emptied (classes and functions made at run time would pile up)."""
 
-    def getcallargs(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        binder = binders.get(func, _MISSING)
-        if binder is _MISSING:
-            binder = None
-            if isinstance(func, types.FunctionType):
-                try:
-                    # As getcallargs does: the function's own signature, not what it wraps.
-                    binder = _Binder(inspect.signature(func, follow_wrapped=False))
-                except (TypeError, ValueError):
-                    binder = None
-            binders[func] = binder
-        if binder is not None:
-            assert isinstance(binder, _Binder)
-            bound = binder.bind(args, kwargs)
-            if bound is not None:
-                return bound
-        return inspect.getcallargs(func, *args, **kwargs)
-
-    return getcallargs
+_binders: dict[Any, _Binder | None] = {}
+_handler_names: dict[tuple[str, type, Any], str] = {}
+_originals: dict[str, Callable[..., Any]] = {}
+"""DSPy's handler pickers, kept after :func:`uninstall` for stand-ins still referenced elsewhere."""
 
 
-def _memo_handler(original: Callable[..., Any]) -> Callable[..., Any]:
-    names: dict[tuple[type, Any], str] = {}
-
-    def pick(callback: Any, instance: Any, fn: Callable[..., Any]) -> Any:
-        key = (type(instance), fn)
-        name = names.get(key)
-        if name is None:
+def getcallargs(func: Callable[..., Any], /, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``inspect.getcallargs`` with each function's parameters read once (same result, same errors)."""
+    binder = _binders.get(func, _MISSING)
+    if binder is _MISSING:
+        binder = None
+        if isinstance(func, types.FunctionType):
             try:
-                name = original(_PROBE, instance, fn).__name__
-            except Exception:
-                # Unsupported combinations raise in DSPy; let DSPy raise its own error.
-                return original(callback, instance, fn)
-            names[key] = name
-        return getattr(callback, name)
+                # As getcallargs does: the function's own signature, not what it wraps.
+                binder = _Binder(inspect.signature(func, follow_wrapped=False))
+            except (TypeError, ValueError):
+                binder = None
+        if len(_binders) >= _CACHE_LIMIT:
+            _binders.clear()
+        _binders[func] = binder
+    if binder is not None:
+        assert isinstance(binder, _Binder)
+        bound = binder.bind(args, kwargs)
+        if bound is not None:
+            return bound
+    return inspect.getcallargs(func, *args, **kwargs)
 
-    return pick
+
+def _pick(which: str, callback: Any, instance: Any, fn: Callable[..., Any]) -> Any:
+    original = _originals[which]
+    key = (which, type(instance), fn)
+    name = _handler_names.get(key)
+    if name is None:
+        try:
+            name = original(_PROBE, instance, fn).__name__
+        except Exception:
+            # Unsupported combinations raise in DSPy; let DSPy raise its own error.
+            return original(callback, instance, fn)
+        if len(_handler_names) >= _CACHE_LIMIT:
+            _handler_names.clear()
+        _handler_names[key] = name
+    return getattr(callback, name)
 
 
-def _inspect_proxy(getcallargs: Callable[..., dict[str, Any]]) -> types.ModuleType:
+def _get_on_start_handler(callback: Any, instance: Any, fn: Callable[..., Any]) -> Any:
+    """DSPy's ``_get_on_start_handler``, with the handler name memoized per (class, function)."""
+    return _pick("_get_on_start_handler", callback, instance, fn)
+
+
+def _get_on_end_handler(callback: Any, instance: Any, fn: Callable[..., Any]) -> Any:
+    """DSPy's ``_get_on_end_handler``, with the handler name memoized per (class, function)."""
+    return _pick("_get_on_end_handler", callback, instance, fn)
+
+
+_STAND_INS: Final = (_get_on_start_handler, _get_on_end_handler)
+
+
+def _set_address(module: str) -> None:
+    """Name the stand-ins as functions of ``module`` (their names are already DSPy's).
+
+    ``cloudpickle`` pickles DSPy's wrapped methods (``with_callbacks``) *by value*, together with the
+    module globals their code uses, so a Teleprompter or Module class shipped to a Ray worker carries
+    whatever ``_get_on_start_handler`` is at that moment. Sitting at DSPy's address under DSPy's name
+    (the very string object, so even pickle's memo matches), a stand-in is pickled by reference to
+    DSPy's function, as ``pickle`` does: the same bytes as without Geode, no Geode object or memo
+    travels, and the pickle loads where Geode is not installed. A closure, or a function named as
+    Geode's, would be pickled by value, memo and all (classes and functions that may not pickle).
+    """
+    for function in _STAND_INS:
+        function.__module__ = module
+
+
+def _inspect_proxy() -> types.ModuleType:
+    # Named "inspect", so cloudpickle pickles it by reference to the real ``inspect`` module.
     proxy = types.ModuleType("inspect")
     proxy.__dict__.update(inspect.__dict__)
     proxy.getcallargs = getcallargs  # type: ignore[attr-defined]
@@ -167,9 +205,12 @@ def install() -> None:
         ):
             return
         _saved = originals
-        module.inspect = _inspect_proxy(_memo_getcallargs())  # type: ignore[attr-defined]
-        module._get_on_start_handler = _memo_handler(originals["_get_on_start_handler"])  # type: ignore[attr-defined]
-        module._get_on_end_handler = _memo_handler(originals["_get_on_end_handler"])  # type: ignore[attr-defined]
+        for name in ("_get_on_start_handler", "_get_on_end_handler"):
+            _originals[name] = cast("Callable[..., Any]", originals[name])
+        _set_address(module.__name__)
+        module.inspect = _inspect_proxy()  # type: ignore[attr-defined]
+        module._get_on_start_handler = _get_on_start_handler  # type: ignore[attr-defined]
+        module._get_on_end_handler = _get_on_end_handler  # type: ignore[attr-defined]
 
 
 def uninstall() -> None:
@@ -181,6 +222,7 @@ def uninstall() -> None:
         module = importlib.import_module("dspy.utils.callback")
         for name, value in _saved.items():
             setattr(module, name, value)
+        _set_address(__name__)
         _saved = None
 
 
