@@ -26,26 +26,34 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-# Command modules, imported lazily so `geode --help` stays fast; each defines `register(app)`.
-_COMMAND_MODULES = (
-    "geode.cli.run",
-    "geode.cli.ingest",
-    "geode.cli.search",
-    "geode.cli.settings",
-    "geode.cli.reference",
-    "geode.cli.phoenix",
-    "geode.cli.trace",
-    "geode.cli.serve",
-    "geode.cli.compare_versions",
-    "geode.cli.eval",
-    "geode.cli.compile",
-    "geode.cli.versions",
-    "geode.cli.compare_models",
-    "geode.cli.crystallize",
-    "geode.cli.compare",
-    "geode.cli.mine",
-    "geode.cli.demo",
-)
+# Command modules, each defining `register(app)`, by the top-level commands they register. `main` imports
+# only the module of the command being run (some import Qdrant, FastAPI or Phoenix clients: seconds of
+# start-up `geode run` would pay for nothing); help, an unknown command and `cli-reference` get them all.
+# tests/unit/cli/test_cli_lazy.py checks this table against what the modules register.
+_COMMANDS: dict[str, str] = {
+    "run": "geode.cli.run",
+    "ingest": "geode.cli.ingest",
+    "search": "geode.cli.search",
+    "settings": "geode.cli.settings",
+    "cli-reference": "geode.cli.reference",
+    "phoenix": "geode.cli.phoenix",
+    "trace": "geode.cli.trace",
+    "serve": "geode.cli.serve",
+    "compare-versions": "geode.cli.compare_versions",
+    "eval": "geode.cli.eval",
+    "compile": "geode.cli.compile",
+    "versions": "geode.cli.versions",
+    "promote": "geode.cli.versions",
+    "rollback": "geode.cli.versions",
+    "compare-models": "geode.cli.compare_models",
+    "crystallize": "geode.cli.crystallize",
+    "compare": "geode.cli.compare",
+    "mine": "geode.cli.mine",
+    "demo": "geode.cli.demo",
+}
+_COMMAND_MODULES = tuple(dict.fromkeys(_COMMANDS.values()))
+_NEEDS_ALL: frozenset[str] = frozenset({"cli-reference"})
+"""Commands that read the whole command tree."""
 
 _state = {"debug": False}
 
@@ -58,7 +66,12 @@ def _root(
     _state["debug"] = debug or _state["debug"]
 
 
-def _register_commands() -> None:
+def _register_commands(args: list[str] | None = None) -> None:
+    """Register the command that ``args`` runs, or every command (no ``args``, help, unknown)."""
+    command = next((arg for arg in args or [] if not arg.startswith("-")), None)
+    if command is not None and command in _COMMANDS and command not in _NEEDS_ALL:
+        importlib.import_module(_COMMANDS[command]).register(app)
+        return
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(app)
 
@@ -67,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``geode`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
     _state["debug"] = "--debug" in args or os.environ.get("GEODE_DEBUG", "") not in ("", "0")
-    _register_commands()
+    _register_commands(args)
     try:
         result = app(args=args, standalone_mode=False)
         if isinstance(result, int) and result != 0:

