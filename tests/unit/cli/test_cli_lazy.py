@@ -64,5 +64,7 @@ def test_geode_run_does_not_import_other_commands_dependencies() -> None:
         "('qdrant_client', 'fastapi', 'httpx', 'rich', 'phoenix', 'torch', 'openinference') "
         "and m.count('.') == 0)))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []

