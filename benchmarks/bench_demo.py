@@ -6,7 +6,7 @@ Phoenix reused). Prints each run's wall time, the demo's own per-stage times, it
 average around it (the machine is shared; a loaded machine stretches every LM call).
 
     .venv/bin/python benchmarks/bench_demo.py                 # default sizes, first run and re-run
-    .venv/bin/python benchmarks/bench_demo.py --questions 3 --held-out 2 --no-rerun
+    .venv/bin/python benchmarks/bench_demo.py --quick --no-rerun
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from geode.demo.pipeline import DEFAULT_HELD_OUT, DEFAULT_QUESTIONS
+from geode.demo.result import DEFAULT_HELD_OUT, DEFAULT_QUESTIONS, DEFAULT_VALIDATION, QUICK
 from geode.runtime.phoenix import PhoenixServer, find_free_port
 from geode.runtime.settings import PhoenixSettings
 
@@ -49,13 +49,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--questions", type=int, default=DEFAULT_QUESTIONS)
-    parser.add_argument("--held-out", type=int, default=DEFAULT_HELD_OUT)
+    parser.add_argument("--quick", action="store_true", help="The sizes of `geode demo --quick`.")
+    parser.add_argument("--questions", type=int)
+    parser.add_argument("--held-out", type=int)
+    parser.add_argument("--validation", type=int)
     parser.add_argument("--no-rerun", action="store_true")
     parser.add_argument("--json", type=Path, help="Also write the figures here.")
     opts = parser.parse_args()
     console = Console(width=200)
+    opts.questions = opts.questions or (QUICK.questions if opts.quick else DEFAULT_QUESTIONS)
+    opts.held_out = opts.held_out or (QUICK.held_out if opts.quick else DEFAULT_HELD_OUT)
+    opts.validation = opts.validation or (QUICK.validation if opts.quick else DEFAULT_VALIDATION)
     args = ["--questions", str(opts.questions), "--held-out", str(opts.held_out)]
+    args += ["--validation", str(opts.validation)]
     port = find_free_port()
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
         home = Path(tmp) / ".geode"
@@ -67,28 +73,30 @@ def main() -> None:
         finally:
             PhoenixServer(PhoenixSettings(port=port), working_dir=home / "phoenix").stop()
 
-    table = Table(title=f"geode demo --questions {opts.questions} --held-out {opts.held_out}")
-    stages = list(dict.fromkeys(k for _, _, latest, _ in runs for k in latest["seconds"]))
+    table = Table(title=f"geode demo {' '.join(args)}")
+    stages = list(dict.fromkeys(k for _, _, latest, _ in runs for k in latest["stage_seconds"]))
     for column in ["", "wall", "target", *stages, "load avg (before -> after)"]:
         table.add_column(column, justify="left" if column == "" else "right")
     for label, wall, latest, (before, after) in runs:
-        cells = [f"{latest['seconds'].get(s, 0):.0f} s" for s in stages]
+        cells = [f"{latest['stage_seconds'].get(s, 0):.0f} s" for s in stages]
         table.add_row(label, f"{wall:.0f} s", f"{TARGET_S:.0f} s", *cells, f"{before:.1f} -> {after:.1f}")
     console.print(table)
     for label, _, latest, _ in runs:
         rows = table_rows(latest)
-        console.print(f"{label}: " + "; ".join(rows) + f"; gate: {latest['promotion']}", highlight=False)
+        gate = latest["gate"]
+        console.print(
+            f"{label}: " + "; ".join(rows) + f"; gate: {gate['decision']} ({gate['reason']})", highlight=False
+        )
     if opts.json:
         opts.json.write_text(json.dumps([{"label": r[0], "wall_s": r[1], **r[2]} for r in runs], indent=2))
 
 
 def table_rows(latest: dict[str, Any]) -> list[str]:
     out = []
-    for row in latest["rows"]:
-        n = max(1, row["n"])
+    for row in latest["programs"]:
         out.append(
-            f"{row['label']} {100 * row['score']:.0f}% of {row['n']}, {row['lm_calls'] / n:.1f} LM calls, "
-            f"{row['total_tokens'] / n:,.0f} tokens, p50 {row['latency_p50_s']:.1f} s"
+            f"{row['name']} {row['correct']}/{row['n']}, {row['lm_calls_per_question']:.1f} LM calls, "
+            f"{row['tokens_per_question']:,.0f} tokens, p50 {row['latency_p50_s']:.1f} s"
         )
     return out
 

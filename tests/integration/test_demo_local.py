@@ -27,17 +27,35 @@ def test_geode_demo_ends_in_the_summary_with_its_traces_in_phoenix(tmp_path: Pat
         "GEODE_PHOENIX_START_TIMEOUT_S": "900",
         "COLUMNS": "200",
     }
-    command = [sys.executable, "-m", "geode", "demo", "--questions", "2", "--held-out", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "geode",
+        "demo",
+        "--questions",
+        "2",
+        "--held-out",
+        "2",
+        "--validation",
+        "2",
+    ]
     try:
-        done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=3600)
+        done = subprocess.run(
+            [*command, "--json"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=3600
+        )
         assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
-        out = done.stdout
+        # --json: stdout is the summary document, the table and progress went to stderr.
+        doc = json.loads(done.stdout)
+        out = done.stderr
         for text in ("quality", "LM calls", "latency p50", "agent", "gate:", "By hand", "geode crystallize"):
             assert text in out, out
         assert f"Phoenix: http://127.0.0.1:{port}" in out
 
         latest = json.loads((home / "demo" / "latest.json").read_text())
-        assert latest["rows"][0]["label"] == "agent" and latest["rows"][0]["n"] == 2
+        assert latest == doc
+        assert latest["programs"][0]["name"] == "agent" and latest["programs"][0]["n"] == 2
+        assert latest["programs"][0]["lm_calls_per_question"] > 0 and latest["seconds"] > 0
+        assert latest["phoenix_url"] == f"http://127.0.0.1:{port}"
         assert Path(latest["report"]).is_file()
         spans = Path(latest["run_dir"]) / "spans.jsonl"
         runs = list(OtlpFileTraceSource(spans).traces(TraceFilter(program="helpdesk-agent")))
@@ -51,7 +69,7 @@ def test_geode_demo_ends_in_the_summary_with_its_traces_in_phoenix(tmp_path: Pat
 
         # Re-running reuses the store: nothing is embedded again.
         again = subprocess.run(
-            [*command[:4], "--questions", "2", "--held-out", "1", "--no-phoenix"],
+            [*command[:4], "--questions", "2", "--held-out", "1", "--validation", "1", "--no-phoenix"],
             env=env,
             cwd=tmp_path,
             capture_output=True,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -13,8 +15,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColu
 from rich.progress import Progress as RichBar
 
 from geode.cli._common import make_settings
-from geode.demo.pipeline import DEFAULT_HELD_OUT, DEFAULT_QUESTIONS, DemoOptions, Progress, run_demo
+from geode.demo.pipeline import run_demo
 from geode.demo.report import by_hand_commands, summary_table, write_demo_report
+from geode.demo.result import (
+    DEFAULT_HELD_OUT,
+    DEFAULT_QUESTIONS,
+    DEFAULT_VALIDATION,
+    QUICK,
+    DemoOptions,
+    Progress,
+)
 
 __all__ = ["ConsoleProgress", "demo", "register"]
 
@@ -64,11 +74,30 @@ def demo(
     fresh: bool = typer.Option(
         False, "--fresh", help="Start over: drop the demo's collection, runs and versions."
     ),
-    questions: int = typer.Option(
-        DEFAULT_QUESTIONS, "--questions", "-n", min=2, help="Training questions the agent answers (traced)."
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help=f"A smaller run ({QUICK.questions} training, {QUICK.validation} validation, "
+        f"{QUICK.held_out} held-out questions); the size options override it.",
     ),
-    held_out: int = typer.Option(
-        DEFAULT_HELD_OUT, "--held-out", min=1, help="Held-out questions every program is evaluated on."
+    questions: int | None = typer.Option(
+        None,
+        "--questions",
+        "-n",
+        min=2,
+        help=f"Training questions the agent answers (traced). Default: {DEFAULT_QUESTIONS}.",
+    ),
+    held_out: int | None = typer.Option(
+        None,
+        "--held-out",
+        min=1,
+        help=f"Held-out questions every program is evaluated on. Default: {DEFAULT_HELD_OUT} (all).",
+    ),
+    validation: int | None = typer.Option(
+        None,
+        "--validation",
+        min=1,
+        help=f"Training questions the promotion gate decides on. Default: {DEFAULT_VALIDATION}.",
     ),
     lm: str | None = typer.Option(
         None,
@@ -79,20 +108,30 @@ def demo(
         False, "--no-phoenix", help="Do not start Phoenix (spans still go to a file)."
     ),
     no_docs: bool = typer.Option(False, "--no-docs", help="Leave Geode's own docs out of the corpus."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the summary as one JSON document (progress goes to stderr)."
+    ),
 ) -> None:
     """Run the whole loop offline: Phoenix, ingest, agent runs, mine, crystallize, recompile, evaluate, promote.
 
     Re-running reuses the store and Phoenix; --fresh starts over. Everything is kept under the Geode home
-    (GEODE_HOME, default .geode). Example: geode demo --questions 10 --held-out 10
+    (GEODE_HOME, default .geode). Example: geode demo --quick
     """
-    console = Console()
+    # With --json, stdout carries the JSON document only; everything a person reads goes to stderr.
+    console = Console(stderr=as_json)
     settings = make_settings(lm=lm)
+    sizes = QUICK if quick else DemoOptions()
     options = DemoOptions(
-        questions=questions, held_out=held_out, fresh=fresh, phoenix=not no_phoenix, include_docs=not no_docs
+        questions=questions or sizes.questions,
+        held_out=held_out or sizes.held_out,
+        validation=validation or sizes.validation,
+        fresh=fresh,
+        phoenix=not no_phoenix,
+        include_docs=not no_docs,
     )
     console.print(
-        f"[bold]geode demo[/bold]: {questions} training and {held_out} held-out questions on "
-        f"{settings.lm.model} (home {settings.home})",
+        f"[bold]geode demo[/bold]: {options.questions} training, {options.validation} validation and "
+        f"{options.held_out} held-out questions on {settings.lm.model} (home {settings.home})",
         highlight=False,
     )
     progress = ConsoleProgress(console)
@@ -101,7 +140,10 @@ def demo(
     # The demo caps the embedded model's answers on purpose (a small model rambles until the cap), so
     # DSPy's "response was truncated" warning is expected here and only interrupts the progress bars.
     logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)
-    result = run_demo(settings, options, progress=progress, write_report=write_demo_report)
+    # Libraries print to stdout too (DSPy's optimizers do); with --json only the document may go there.
+    quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    with quiet:
+        result = run_demo(settings, options, progress=progress, write_report=write_demo_report)
     console.print()
     console.print(summary_table(result))
     if result.promotion:
@@ -112,11 +154,12 @@ def demo(
         console.print(f"Phoenix: {result.phoenix.url} (project geode-demo)", highlight=False)
     if result.report is not None:
         console.print(f"report:  {result.report}", highlight=False)
-    console.print(
-        f"took {time.monotonic() - progress.started:.0f} s\n\n[bold]By hand[/bold]", highlight=False
-    )
+    console.print(f"run:     {result.run_dir}", highlight=False)
+    console.print(f"took {result.total_seconds:.0f} s\n\n[bold]By hand[/bold]", highlight=False)
     for what, command in by_hand_commands(result):
         console.print(f"  [dim]# {what}[/dim]\n  {command}", highlight=False, soft_wrap=True)
+    if as_json:
+        typer.echo(json.dumps(result.summary(), indent=2, default=str))
 
 
 def register(app: typer.Typer) -> None:

@@ -70,6 +70,9 @@ def ingest(
     batch_size: int = typer.Option(
         1024, "--batch-size", min=1, help="Chunks embedded and written at a time."
     ),
+    no_code: bool = typer.Option(
+        False, "--no-code", help="Leave fenced code blocks out of the chunks (prose-only search)."
+    ),
     meta: list[str] = typer.Option(  # noqa: B008
         [],
         "--meta",
@@ -93,7 +96,7 @@ def ingest(
     metadata = parse_pairs(meta, "--meta")
     if any(isinstance(v, list) for v in metadata.values()):
         raise InputError("--meta: each key may be given once")
-    chunker = Chunker(max_chars=chunk_size, overlap_chars=overlap)
+    chunker = Chunker(max_chars=chunk_size, overlap_chars=overlap, code=not no_code)
     settings = make_settings()
     name = collection or settings.retrieval.collection
     err = Console(stderr=True)

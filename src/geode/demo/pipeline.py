@@ -1,13 +1,17 @@
 """The demo's stages, in order, on one runtime: the whole learning loop on the bundled helpdesk app.
 
-Phoenix → ingest → agent runs (traced, with code-score feedback) → mine → label → crystallize →
-recompile → evaluate on held-out questions → promote if the gate passes → report.
+Phoenix → ingest → agent runs (traced, with code-score feedback) → mine → label → crystallize (kept only
+if it saves LM calls) → recompile (a search judged on the training data) → evaluate on held-out
+questions → promote if the gate passes on the validation questions → report.
 
-Every artifact is written atomically, and a run works in ``<home>/demo/runs/<id>.partial`` until it
-completes, when the folder is renamed; an interrupted run (Ctrl-C) therefore leaves a ``.partial`` folder
-that the next run deletes, and never a half-written file that a later step reads. The store and Phoenix
-are reused across runs: unchanged corpus files are not re-embedded (their content hash matches), and a
-Phoenix that Geode started keeps running with its data.
+Three disjoint question sets: the agent runs on training questions (its runs are mined, crystallized and
+tuned on); ``validation`` other training questions decide the gate; the held-out questions only measure.
+
+Every artifact is written atomically. A run works in ``<home>/demo/runs/<id>/`` (the name every file,
+spec and report refers to) with an ``INCOMPLETE`` marker in it until it completes; an interrupted run
+(Ctrl-C) therefore leaves a marked folder that the next run deletes, and never a half-written file that
+a later step reads. The store and Phoenix are reused across runs: unchanged corpus files are not
+re-embedded (their content hash matches), and a Phoenix that Geode started keeps running with its data.
 
 The parts that need a model, a store or a server can be injected (:class:`DemoParts`), so the whole
 pipeline runs in tests on a scripted LM, a hashing embedder and an in-memory Qdrant.
@@ -23,7 +27,7 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +40,24 @@ from geode.agents.crystallize import (
     CrystallizeError,
     CrystallizeOptions,
     RunScore,
+    check_cost,
     crystallize,
 )
-from geode.errors import DatasetError, GeodeError, MissingExtraError
-from geode.evals.compile import CompileResult, compile_program
+from geode.demo.recompile import Scored, recompile_candidates, search
+from geode.demo.result import (
+    DEFAULT_HELD_OUT,
+    DEFAULT_QUESTIONS,
+    DEFAULT_VALIDATION,
+    QUICK,
+    DemoOptions,
+    DemoParts,
+    DemoResult,
+    Gate,
+    Progress,
+    Row,
+    workflow_program,
+)
+from geode.errors import GeodeError, MissingExtraError
 from geode.evals.dataset import Dataset, Record
 from geode.evals.evaluate import EvalResult, Pricing, evaluate
 from geode.evals.mining import MiningResult, mine
@@ -50,7 +68,7 @@ from geode.runtime.feedback import feedback_annotations
 from geode.runtime.lm import is_local
 from geode.runtime.phoenix import PhoenixServer, PhoenixStartError, PhoenixStatus
 from geode.runtime.programs import register_program
-from geode.runtime.registry import ProgramRegistry, Score, _atomic_write, program_version
+from geode.runtime.registry import ProgramRegistry, Score, _atomic_write
 from geode.runtime.runtime import Runtime, trace_id_of
 from geode.runtime.settings import LMSettings, Settings, TracingSettings
 from geode.traces.records import TraceRecord
@@ -61,8 +79,11 @@ __all__ = [
     "AGENT_REF",
     "DEFAULT_HELD_OUT",
     "DEFAULT_QUESTIONS",
+    "DEFAULT_VALIDATION",
+    "INCOMPLETE",
     "LOCAL_MAX_TOKENS",
     "PROJECT",
+    "QUICK",
     "DemoOptions",
     "DemoParts",
     "DemoResult",
@@ -72,10 +93,6 @@ __all__ = [
     "workflow_program",
 ]
 
-DEFAULT_QUESTIONS = 4
-"""Training questions the agent answers by default (sized so the default run fits in 10 minutes)."""
-DEFAULT_HELD_OUT = 3
-"""Held-out questions every program is evaluated on by default."""
 CORRECT_RUN_SCORE = 1.0
 """A training run counts as a success for crystallization when the metric gave it this score."""
 LOCAL_MAX_TOKENS = 128
@@ -88,117 +105,8 @@ AGENT_REF = "geode.demo.app:agent"
 """How the workflow spec names the agent it falls back to (a zero-argument factory)."""
 FEEDBACK_NAME = "correctness"
 GATE_MARGIN = 0.05
-
-
-def workflow_program(settings: Settings) -> str:
-    """The workflow's program name: the path of its spec, as ``geode run`` and the registry name it."""
-    return str(settings.home / "demo" / "workflow.json")
-
-
-class Progress:
-    """Where the demo reports what it is doing; the default says nothing (the CLI prints)."""
-
-    def stage(self, number: int, title: str) -> None:
-        """A stage starts."""
-
-    def info(self, message: str) -> None:
-        """A line of detail."""
-
-    def warn(self, message: str) -> None:
-        """Something went wrong but the demo goes on."""
-
-    @contextlib.contextmanager
-    def task(self, description: str, total: int | None) -> Iterator[Callable[[int, str], None]]:
-        """A progress bar; the yielded function sets ``(completed, status text)``."""
-        yield lambda done, status: None
-
-
-@dataclass(frozen=True)
-class DemoOptions:
-    """What the demo runs."""
-
-    questions: int = DEFAULT_QUESTIONS
-    """Training questions the agent runs on (spread over the train split)."""
-    held_out: int = DEFAULT_HELD_OUT
-    """Held-out questions the three programs are evaluated on."""
-    fresh: bool = False
-    """Start over: drop the demo's collection, runs and program versions (Phoenix keeps its data)."""
-    phoenix: bool = True
-    """Start (or reuse) a local Phoenix and send the traces there."""
-    include_docs: bool = True
-    """Ingest Geode's own docs along with the shop's pages."""
-
-    def __post_init__(self) -> None:
-        if self.questions < 2:
-            raise DatasetError(
-                f"--questions must be at least 2 (crystallizing needs 2 runs), got {self.questions}"
-            )
-        if self.held_out < 1:
-            raise DatasetError(f"--held-out must be at least 1, got {self.held_out}")
-
-
-@dataclass
-class DemoParts:
-    """Parts to inject instead of building them from settings (tests, or an application's own)."""
-
-    lm: dspy.BaseLM | None = None
-    store: Store | None = None
-    embedder: Embedder | None = None
-    adapter: dspy.Adapter | None = None
-    phoenix: PhoenixServer | None = None
-    """The Phoenix launcher; default: the one for the settings' home."""
-
-
-@dataclass(frozen=True)
-class Row:
-    """One program's line in the summary."""
-
-    label: str
-    program: str
-    result: EvalResult
-    version: str | None = None
-
-
-@dataclass
-class DemoResult:
-    """Everything the demo did, for the summary, the report and tests."""
-
-    run_id: str
-    run_dir: Path
-    settings: Settings
-    phoenix: PhoenixStatus | None = None
-    ingest: IngestReport | None = None
-    train_scores: list[float] = field(default_factory=list[float])
-    train_run_scores: dict[str, float] = field(default_factory=dict[str, float])
-    """The metric's score of each traced training run, by trace id (what crystallization learns from)."""
-    mining: MiningResult | None = None
-    labelled: Dataset | None = None
-    crystallization: Crystallization | None = None
-    compiled: CompileResult | None = None
-    rows: list[Row] = field(default_factory=list[Row])
-    promotion: str | None = None
-    """What happened at the gate, in one sentence."""
-    promoted: str | None = None
-    """The version promoted, if any."""
-    skipped: dict[str, str] = field(default_factory=dict[str, str])
-    """Stages that did not run, and why."""
-    report: Path | None = None
-    seconds: dict[str, float] = field(default_factory=dict[str, float])
-    """Wall time per stage."""
-
-    @property
-    def workflow_spec(self) -> Path:
-        """Where the published workflow spec is."""
-        return Path(workflow_program(self.settings))
-
-    @property
-    def train_trace_ids(self) -> list[str]:
-        """The traced training runs' trace ids, in the order they ran."""
-        return list(self.train_run_scores)
-
-    def row(self, label: str) -> Row | None:
-        """The summary row with this label."""
-        return next((r for r in self.rows if r.label == label), None)
+INCOMPLETE = "INCOMPLETE"
+"""The marker file in a run folder that has not completed (the next run deletes such folders)."""
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -219,14 +127,20 @@ def _runs_dir(settings: Settings) -> Path:
     return _demo_dir(settings) / "runs"
 
 
-def _clean_partial(settings: Settings) -> list[Path]:
-    """Delete what interrupted runs left behind (their ``.partial`` folders and temporary reports)."""
+def _clean_incomplete(settings: Settings) -> list[Path]:
+    """Delete what interrupted runs left behind (marked run folders and temporary reports)."""
     removed: list[Path] = []
-    for parent, pattern in ((_runs_dir(settings), "*.partial"), (settings.reports_dir, ".demo-*.tmp")):
-        if parent.is_dir():
-            for path in parent.glob(pattern):
+    runs = _runs_dir(settings)
+    if runs.is_dir():
+        for path in runs.iterdir():
+            # `*.partial`: the folders of runs interrupted before the marker replaced the suffix.
+            if path.is_dir() and ((path / INCOMPLETE).exists() or path.suffix == ".partial"):
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
+    if settings.reports_dir.is_dir():
+        for path in settings.reports_dir.glob(".demo-*.tmp"):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
     return removed
 
 
@@ -271,12 +185,17 @@ class _Demo:
         # Seconds alone collide when a run finishes fast (a re-run within the same second, same pid).
         stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         self.run_id = f"{stamp}-{os.getpid()}-{secrets.token_hex(2)}"
-        self.partial = _runs_dir(settings) / f"{self.run_id}.partial"
-        self.result = DemoResult(self.run_id, self.partial, settings)
-        self.train = helpdesk.pick(helpdesk.load_questions("train"), options.questions)
+        self.run_dir = _runs_dir(settings) / self.run_id
+        self.result = DemoResult(self.run_id, self.run_dir, settings)
+        # Validation questions are spread over the training list first; the agent's come from the rest.
+        training = helpdesk.load_questions("train")
+        self.validation = helpdesk.pick(training, min(options.validation, len(training) - 2))
+        chosen = {q.id for q in self.validation}
+        self.train = helpdesk.pick([q for q in training if q.id not in chosen], options.questions)
         self.heldout = helpdesk.pick(helpdesk.load_questions("heldout"), options.held_out)
         self.gold = {q.question: q for q in helpdesk.load_questions()}
         self.heldout_data = helpdesk.questions_dataset(self.heldout, "helpdesk-heldout")
+        self.validation_data = helpdesk.questions_dataset(self.validation, "helpdesk-validation")
 
     @contextlib.contextmanager
     def timed(self, name: str) -> Iterator[None]:
@@ -318,7 +237,10 @@ class _Demo:
         self.say.stage(2, f"ingest the helpdesk corpus into collection {helpdesk.COLLECTION!r}")
         paths = helpdesk.corpus_paths(include_docs=self.options.include_docs)
         with self.say.task("embedding chunks", None) as update:
-            report = Ingestor(store, embedder).ingest(
+            ingestor = Ingestor(
+                store, embedder, chunker=helpdesk.helpdesk_chunker(), metadata=helpdesk.CHUNKING
+            )
+            report = ingestor.ingest(
                 paths,
                 helpdesk.COLLECTION,
                 on_progress=lambda phase, done, total: update(done, f"{phase} {done}/{total}"),
@@ -379,15 +301,15 @@ class _Demo:
             annotation_names=[FEEDBACK_NAME],
             name="helpdesk-mined",
         )
-        result.save(self.partial / "mined.jsonl")
+        result.save(self.run_dir / "mined.jsonl")
         skipped = ", ".join(f"{n} {reason}" for reason, n in result.skipped.items() if n) or "none"
         self.say.info(
             f"{len(result.dataset)} examples from {result.traces_read} traces ({result.source_used}); "
             f"skipped: {skipped}"
         )
         labelled = self.label(result.dataset)
-        labelled.save(self.partial / "labelled.jsonl")
-        self.heldout_data.save(self.partial / "heldout.jsonl")
+        labelled.save(self.run_dir / "labelled.jsonl")
+        self.heldout_data.save(self.run_dir / "heldout.jsonl")
         self.say.info(
             f"labelled {len(labelled)} examples with the question set's gold answers "
             "(standing in for a reviewer correcting the mined outputs)"
@@ -411,7 +333,7 @@ class _Demo:
         traces: list[TraceRecord] = list(wait.traces)
         scores = {tid: RunScore(score=score) for tid, score in self.result.train_run_scores.items()}
 
-        def attempt(threshold: float, min_route_runs: int) -> Crystallization:
+        def attempt(min_route_runs: int) -> Crystallization:
             return crystallize(
                 agent,
                 traces,
@@ -420,124 +342,143 @@ class _Demo:
                 program=AGENT_PROGRAM,
                 scores=scores,
                 description=f"{len(traces)} demo runs in {source.description}",
-                options=CrystallizeOptions(success_threshold=threshold, min_route_runs=min_route_runs),
+                options=CrystallizeOptions(
+                    success_threshold=CORRECT_RUN_SCORE, min_route_runs=min_route_runs
+                ),
             )
 
-        # Wrong runs must not become the workflow's pattern or its demos, so it learns from the correct
-        # ones; a handful of runs on a small model may hold a single correct one, which is still better
-        # than wrong ones; only when none was correct does it use every completed run, and it says so.
-        plans = (
-            (CORRECT_RUN_SCORE, 2, None),
-            (CORRECT_RUN_SCORE, 1, "learning from the correct runs, even a pattern seen once"),
-            (0.0, 2, "crystallizing from every completed run instead"),
-        )
-        problem: CrystallizeError | None = None
-        for threshold, min_route_runs, note in plans:
-            if problem is not None and note is not None:
-                self.say.warn(f"{problem}; {note}")
+        # It learns from the runs the metric scored correct only: a wrong run must become neither the
+        # pattern nor a demo. A pattern normally needs two correct runs; a single one is still better
+        # than none. With no correct run there is nothing to learn from, and the agent stays.
+        try:
             try:
-                found = attempt(threshold, min_route_runs)
-                break
+                found = attempt(2)
             except CrystallizeError as err:
-                problem = err
-        else:
-            self.result.skipped["crystallize"] = str(problem)
-            self.say.warn(f"no workflow: {problem}")
-            return None
-        found.save(self.partial / "workflow.json")
-        atomic_write_text(self.partial / "workflow.md", found.report())
+                if self.result.train_scores.count(CORRECT_RUN_SCORE) == 0:
+                    raise
+                self.say.warn(f"{err}; learning from the correct runs, even a pattern seen once")
+                found = attempt(1)
+        except CrystallizeError as err:
+            return self.keep_agent(f"no workflow: {err}")
+        cost = self.result.cost = check_cost(found)
+        self.say.info(cost.describe())
+        if not cost.cheaper:
+            return self.keep_agent(f"no workflow: {cost.describe()}")
+        found.save(self.run_dir / "workflow.json")
+        atomic_write_text(self.run_dir / "workflow.md", found.report())
         for route in found.spec.routes:
             self.say.info(f"route {route.label}")
         return found
 
+    def keep_agent(self, reason: str) -> None:
+        """Crystallization would not help: say so, and the demo goes on with the agent alone."""
+        self.result.kept_agent = reason
+        self.result.skipped["crystallize"] = reason
+        self.say.warn(f"{reason}; the demo keeps the agent")
+        return None
+
     # 6
-    def recompile(self, rt: Runtime, workflow: dspy.Module, labelled: Dataset) -> CompileResult | None:
+    def recompile(self, rt: Runtime, workflow: CrystallizedWorkflow, labelled: Dataset) -> Scored | None:
         self.say.stage(
             6,
-            f"recompile the workflow from the {len(labelled)} mined examples "
-            f"(scored before and after on the {len(self.heldout_data)} held-out questions)",
+            f"recompile the workflow: candidates scored on the {len(labelled)} labelled training runs",
         )
-        # The mined examples train; the held-out questions (never run before) measure both versions.
-        data = Dataset.from_records(
-            [*(replace(r, split="train") for r in labelled.records), *self.heldout_data.records],
-            name="helpdesk-recompile",
-        )
-        try:
-            with rt.batch():
-                result = compile_program(
-                    workflow,
-                    data,
-                    helpdesk.metric,
-                    optimizer="bootstrap",
-                    max_bootstrapped_demos=1,
-                    max_labeled_demos=2,
-                    min_train=1,
-                    min_heldout=1,
-                    program_name=workflow_program(self.base),
-                    version_of=program_version,
-                    pricing=_pricing(rt),
-                    show_progress=True,
-                    log=self.say.info,
-                )
-        except DatasetError as err:
-            self.result.skipped["recompile"] = str(err)
-            self.say.warn(f"not recompiled: {err}")
+        if len(labelled) < 2:
+            reason = f"{len(labelled)} labelled example(s); recompiling needs at least 2"
+            self.result.skipped["recompile"] = reason
+            self.say.warn(f"not recompiled: {reason}")
             return None
-        self.say.info(
-            f"{result.candidate_demos} demos in {result.compile_seconds:.0f} s ({result.compile_lm_calls} LM calls); "
-            f"held out: {100 * result.baseline.score:.0f}% before, {100 * result.candidate.score:.0f}% after"
-        )
-        return result
+        pricing = _pricing(rt)
+
+        def score(program: dspy.Module, data: Dataset, label: str) -> EvalResult:
+            with self.say.task(f"tune: {label}", len(data)) as update:
+                return evaluate(
+                    program,
+                    data,
+                    _counting(update),
+                    program_name=workflow_program(self.base),
+                    split="train",
+                    pricing=pricing,
+                )
+
+        candidates = recompile_candidates(helpdesk.metric)
+        # Candidates that learn (bootstrapping) call the LM while they are built: all of it in the runtime.
+        with rt.batch():
+            best, scored = search(
+                workflow, candidates, fit=labelled, tune=labelled, evaluate=score, log=self.say.info
+            )
+        self.result.search = [entry.summary() for entry in scored]
+        if best.program is workflow:
+            reason = "no candidate beat the workflow as crystallized on the training runs"
+            self.result.skipped["recompile"] = reason
+            self.say.info(reason)
+            return None
+        self.say.info(f"best on the training runs: {best.candidate.name}")
+        return best
 
     # 7
     def evaluate(self, rt: Runtime, programs: Sequence[tuple[str, str, dspy.Module]]) -> list[Row]:
-        self.say.stage(7, f"evaluate {', '.join(p[0] for p in programs)} on the held-out questions")
-        rows: list[Row] = []
-        for label, name, module in programs:
-            with self.say.task(f"eval {label}", len(self.heldout_data)) as update, rt.batch():
-                result = evaluate(
-                    module,
-                    self.heldout_data,
-                    _counting(update),
-                    program_name=name,
-                    split="heldout",
-                    pricing=_pricing(rt),
-                )
-            rows.append(Row(label, name, result))
-            self.say.info(f"{label}: {100 * result.score:.0f}% ({result.lm_calls} LM calls)")
-        return rows
+        self.say.stage(
+            7,
+            f"evaluate {', '.join(p[0] for p in programs)} on the {len(self.heldout_data)} held-out questions",
+        )
+        return [
+            Row(label, name, self.score(rt, module, self.heldout_data, label, name, "heldout"))
+            for label, name, module in programs
+        ]
+
+    def score(
+        self, rt: Runtime, module: dspy.Module, data: Dataset, label: str, name: str, split: str
+    ) -> EvalResult:
+        with self.say.task(f"{split}: {label}", len(data)) as update, rt.batch():
+            result = evaluate(
+                module, data, _counting(update), program_name=name, split=split, pricing=_pricing(rt)
+            )
+        self.say.info(f"{label}: {100 * result.score:.0f}% of {result.n} ({result.lm_calls} LM calls)")
+        return result
 
     # 8
     def promote(
-        self, registry: ProgramRegistry, workflow: dspy.Module, recompiled: dspy.Module | None
-    ) -> None:
-        self.say.stage(8, "promote the winner if it passes the gate")
+        self,
+        rt: Runtime,
+        registry: ProgramRegistry,
+        workflow: dspy.Module,
+        best: Scored | None,
+    ) -> Gate:
         name = workflow_program(self.base)
+        self.say.stage(
+            8,
+            f"promote the recompiled workflow if it passes the gate ({len(self.validation_data)} validation questions)",
+        )
         base_row, cand_row = self.result.row("workflow"), self.result.row("recompiled")
         if base_row is None:
-            self.result.promotion = "nothing to promote: there is no workflow"
-            self.say.info(self.result.promotion)
-            return
+            return Gate("none", "nothing to promote: there is no workflow")
+        base_val = self.score(rt, workflow, self.validation_data, "workflow", name, "validation")
         base = registry.save(
-            name, workflow, scores=[Score.heldout(base_row.result)], note="crystallized by geode demo"
+            name,
+            workflow,
+            scores=[Score.heldout(base_row.result), _validation_score(base_val)],
+            note="crystallized by geode demo",
         )
         self.result.rows[self.result.rows.index(base_row)] = replace(base_row, version=base.version)
-        if recompiled is None or cand_row is None:
-            self.result.promotion = "no recompiled candidate to promote"
-            self.say.info(self.result.promotion)
-            return
+        if best is None or cand_row is None:
+            return Gate("none", "no recompiled candidate to promote", serving=base.version)
+        cand_val = self.score(rt, best.program, self.validation_data, "recompiled", name, "validation")
         cand = registry.save(
             name,
-            recompiled,
+            best.program,
             parent=base.version,
-            scores=[Score.heldout(cand_row.result)],
-            optimizer="bootstrap",
+            scores=[Score.heldout(cand_row.result), _validation_score(cand_val)],
+            optimizer=best.candidate.optimizer,
+            note=f"geode demo: {best.candidate.description}",
         )
         self.result.rows[self.result.rows.index(cand_row)] = replace(cand_row, version=cand.version)
-        self.result.promotion, self.result.promoted = _gate(
-            registry, name, cand.version, base.version, workflow
-        )
-        self.say.info(self.result.promotion)
+        return _gate(registry, name, cand.version, base.version, workflow, cand_val, base_val)
+
+
+def _validation_score(result: EvalResult) -> Score:
+    # The gate's split: the registry records it under its own name, beside the held-out score.
+    return replace(Score.heldout(result), split="validation")
 
 
 def _pricing(rt: Runtime) -> Pricing:
@@ -561,25 +502,43 @@ def _counting(update: Callable[[int, str], None]) -> Callable[..., float | bool]
 
 
 def _gate(
-    registry: ProgramRegistry, name: str, candidate: str, base: str, module: dspy.Module
-) -> tuple[str, str | None]:
+    registry: ProgramRegistry,
+    name: str,
+    candidate: str,
+    base: str,
+    module: dspy.Module,
+    cand: EvalResult,
+    serving: EvalResult,
+) -> Gate:
     active = registry.active(name) or base
+    margin = cand.score - serving.score
+    decided = {
+        "margin": margin,
+        "required": GATE_MARGIN,
+        "n": cand.n,
+        "candidate": candidate,
+        "serving": active,
+    }
     if candidate == active:
-        return f"{candidate} is already serving: the optimizer changed nothing", None
-    pair = registry.gate_scores(name, candidate, active)
+        return Gate("none", f"{candidate} is already serving: the optimizer changed nothing", **decided)
     try:
         registry.promote(
             name,
             candidate,
-            candidate_score=pair[0].score if pair else None,
-            active_score=pair[1].score if pair else None,
+            candidate_score=cand.score,
+            active_score=serving.score,
             margin=GATE_MARGIN,
             module=module,
-            reason="geode demo",
+            reason="geode demo (validation questions)",
         )
     except GeodeError as err:
-        return f"gate refused {candidate}: {err}", None
-    return f"promoted {candidate} (it beats {active} by at least {GATE_MARGIN * 100:.0f} points)", candidate
+        return Gate("refused", f"gate refused {candidate}: {err}", **decided)
+    return Gate(
+        "promoted",
+        f"promoted {candidate}: {100 * cand.score:.0f}% vs {100 * serving.score:.0f}% on the "
+        f"{cand.n} validation questions (+{100 * margin:.0f} points; the gate needs {100 * GATE_MARGIN:.0f})",
+        **decided,
+    )
 
 
 # -- the whole run ---------------------------------------------------------------------------------
@@ -605,18 +564,19 @@ def run_demo(
     Raises:
         GeodeError: A stage failed in a way the demo cannot go on from (the message says what to do).
     """
+    started = time.perf_counter()
     opts = options or DemoOptions()
     given = parts or DemoParts()
     say = progress or Progress()
     demo = _Demo(settings, opts, given, say)
     registry = ProgramRegistry(settings.programs_dir)
     server = given.phoenix or PhoenixServer.from_settings(settings)
-    for path in _clean_partial(settings):
+    for path in _clean_incomplete(settings):
         say.info(f"removed {path.name} left by an interrupted run")
     with demo.timed("phoenix"):
         status = demo.start_phoenix(server)
-    run_settings = demo_settings(settings, demo.partial, status.url if status else None)
-    demo.partial.mkdir(parents=True, exist_ok=True)
+    run_settings = demo_settings(settings, demo.run_dir, status.url if status else None)
+    _open_run(demo.run_dir)
     rt = Runtime(
         run_settings,
         lm=given.lm,
@@ -628,7 +588,7 @@ def run_demo(
     try:
         if opts.fresh:
             _start_over(settings, rt.store, registry)
-            demo.partial.mkdir(parents=True, exist_ok=True)
+            _open_run(demo.run_dir)
             say.info("--fresh: dropped the demo's collection, runs and workflow versions")
         with demo.timed("ingest"):
             demo.result.ingest = demo.ingest(rt.store, rt.embedder)
@@ -636,7 +596,12 @@ def run_demo(
         _loop(demo, rt, registry, run_settings)
     finally:
         rt.close()
-    return _finish(demo, write_report)
+    return _finish(demo, write_report, started)
+
+
+def _open_run(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / INCOMPLETE).write_text("this run has not completed; the next `geode demo` deletes it\n")
 
 
 def _loop(demo: _Demo, rt: Runtime, registry: ProgramRegistry, run_settings: Settings) -> None:
@@ -645,7 +610,7 @@ def _loop(demo: _Demo, rt: Runtime, registry: ProgramRegistry, run_settings: Set
     register_program(AGENT_PROGRAM, agent)
     with demo.timed("agent runs"):
         demo.run_agent(rt)
-    source = OtlpFileTraceSource(demo.partial / "spans.jsonl")
+    source = OtlpFileTraceSource(demo.run_dir / "spans.jsonl")
     with demo.timed("mine"):
         demo.result.mining, demo.result.labelled = demo.mine_runs(source, run_settings)
     with demo.timed("crystallize"):
@@ -653,62 +618,53 @@ def _loop(demo: _Demo, rt: Runtime, registry: ProgramRegistry, run_settings: Set
     name = workflow_program(demo.base)
     programs: list[tuple[str, str, dspy.Module]] = [("agent", AGENT_PROGRAM, agent)]
     workflow: CrystallizedWorkflow | None = None
-    compiled: CompileResult | None = None
+    best: Scored | None = None
     if demo.result.crystallization is not None:
         workflow = demo.result.crystallization.workflow()
         register_program(name, workflow)
+        programs.append(("workflow", name, workflow))
         with demo.timed("recompile"):
-            compiled = demo.result.compiled = demo.recompile(rt, workflow, demo.result.labelled)
-        if compiled is None:
-            programs.append(("workflow", name, workflow))
+            best = demo.recompile(rt, workflow, demo.result.labelled or Dataset.from_records([]))
+        if best is not None:
+            programs.append(("recompiled", name, best.program))
     with demo.timed("evaluate"):
         demo.result.rows = demo.evaluate(rt, programs)
-    if compiled is not None:
-        # compile_program scored both versions on the same held-out questions; no need to run them again.
-        demo.result.rows += [
-            Row("workflow", name, compiled.baseline),
-            Row("recompiled", name, compiled.candidate),
-        ]
     with demo.timed("promote"):
         if workflow is not None:
-            demo.promote(registry, workflow, compiled.candidate_program if compiled else None)
+            demo.result.gate = demo.promote(rt, registry, workflow, best)
         else:
-            demo.result.promotion = "nothing to promote: there is no workflow"
+            demo.result.gate = Gate(
+                "none", f"nothing to promote: the demo keeps the agent ({demo.result.kept_agent})"
+            )
+        demo.say.info(demo.result.gate.reason)
 
 
-def _finish(demo: _Demo, write_report: Callable[[DemoResult, Path], None] | None) -> DemoResult:
+def _finish(
+    demo: _Demo, write_report: Callable[[DemoResult, Path], None] | None, started: float
+) -> DemoResult:
     result = demo.result
     settings = demo.base
     if result.crystallization is not None:
         # The published spec is what `geode run <home>/demo/workflow.json` serves.
         result.crystallization.save(result.workflow_spec)
+    result.total_seconds = time.perf_counter() - started
     if write_report is not None:
         final = settings.reports_dir / f"demo-{demo.run_id}"
         staging = settings.reports_dir / f".demo-{demo.run_id}.tmp"
+        result.report = final / "index.html"
         try:
             write_report(result, staging)
             os.replace(staging, final)
+        except BaseException:
+            result.report = None
+            raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        result.report = final / "index.html"
-    done = _runs_dir(settings) / demo.run_id
-    os.replace(demo.partial, done)
-    result.run_dir = done
-    summary = {
-        "run_id": demo.run_id,
-        "run_dir": str(done),
-        "report": str(result.report) if result.report else None,
-        "phoenix": result.phoenix.url if result.phoenix else None,
-        "rows": [
-            {"label": r.label, "program": r.program, "version": r.version, **r.result.to_dict(examples=False)}
-            for r in result.rows
-        ],
-        "promotion": result.promotion,
-        "skipped": result.skipped,
-        "seconds": result.seconds,
-    }
-    atomic_write_text(done / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
-    atomic_write_text(_demo_dir(settings) / "latest.json", json.dumps(summary, indent=2, default=str) + "\n")
+    text = json.dumps(result.summary(), indent=2, default=str) + "\n"
+    atomic_write_text(demo.run_dir / "summary.json", text)
+    # The run is complete once its marker is gone; only then does latest.json point at it.
+    (demo.run_dir / INCOMPLETE).unlink()
+    atomic_write_text(_demo_dir(settings) / "latest.json", text)
     return result
 
 

@@ -1,9 +1,9 @@
 """The demo's summary: a table (quality, LM calls, tokens, latency p50), an HTML report, and the by-hand commands.
 
-The report folder holds ``index.html`` (the summary table, a plot of the three programs, the gate's
-decision, the Phoenix link and the commands), the agent-vs-workflow comparison (``compare.html``) and
-the recompilation report (``compile.html``), written by the same functions ``geode compare`` and
-``geode compile`` use. The pipeline writes it into a staging folder and renames it into place.
+The report folder holds ``index.html`` (the summary table, a plot of the programs, the recompilation's
+candidates, the gate's decision, the Phoenix link and the commands) and the agent-vs-workflow comparison
+(``compare.html``, written by the function ``geode compare`` uses). The pipeline writes it into a staging
+folder and renames it into place. Every path it names is the completed run's.
 """
 
 from __future__ import annotations
@@ -15,18 +15,11 @@ from pathlib import Path
 
 from rich.table import Table
 
-from geode.demo.pipeline import AGENT_PROGRAM, GATE_MARGIN, DemoResult, comparison, workflow_program
+from geode.demo.pipeline import AGENT_PROGRAM, comparison
+from geode.demo.result import DemoResult, workflow_program
 
 # The HTML building blocks of the learning-loop reports, so the demo's page looks like theirs.
-from geode.evals.report import (
-    _figure,
-    _img,
-    _page,
-    _png,
-    _table_html,
-    write_comparison_report,
-    write_compile_report,
-)
+from geode.evals.report import _figure, _img, _page, _png, _table_html, write_comparison_report
 from geode.examples import helpdesk
 
 __all__ = ["SUMMARY_HEADERS", "by_hand_commands", "summary_rows", "summary_table", "write_demo_report"]
@@ -44,7 +37,7 @@ def summary_rows(result: DemoResult) -> list[list[str]]:
             [
                 row.label,
                 row.version or "-",
-                f"{100 * r.score:.0f}% ({round(r.score * r.n)}/{r.n})",
+                f"{100 * r.score:.0f}% ({row.correct}/{r.n})",
                 f"{r.lm_calls / n:.1f}",
                 f"{r.total_tokens / n:,.0f}",
                 f"{r.latency_p50_s:.1f} s",
@@ -74,7 +67,11 @@ def by_hand_commands(result: DemoResult) -> list[tuple[str, str]]:
     corpus = " ".join(str(p) for p in helpdesk.corpus_paths())
     return [
         ("start Phoenix", "geode phoenix"),
-        ("ingest", f"geode ingest {corpus} --collection {helpdesk.COLLECTION}"),
+        (
+            "ingest",
+            f"geode ingest {corpus} --collection {helpdesk.COLLECTION} --no-code "
+            + " ".join(f"--meta {k}={v}" for k, v in helpdesk.CHUNKING.items()),
+        ),
         (
             "ask the agent",
             "geode run geode.demo.app:agent -i question='How much does the Ridgeline tent cost?'",
@@ -133,9 +130,6 @@ def write_demo_report(result: DemoResult, directory: Path) -> None:
     if pair is not None:
         write_comparison_report(pair, directory)
         links.append(("agent vs workflow", "compare.html"))
-    if result.compiled is not None:
-        write_compile_report(result.compiled, directory, margin=GATE_MARGIN)
-        links.append(("recompilation", "compile.html"))
     if result.crystallization is not None:
         (directory / "workflow.md").write_text(result.crystallization.report(), encoding="utf-8")
         links.append(("how the workflow was derived", "workflow.md"))
@@ -143,8 +137,10 @@ def write_demo_report(result: DemoResult, directory: Path) -> None:
     facts = [
         ["run", result.run_id],
         ["Phoenix", f"{phoenix} (project geode-demo)" if phoenix else "not used"],
+        ["run folder", str(result.run_dir)],
         ["training runs", f"{len(result.train_scores)} ({sum(result.train_scores):.0f} correct)"],
         ["mined examples", str(len(result.mining.dataset)) if result.mining else "-"],
+        ["crystallization", result.kept_agent or (result.cost.describe() if result.cost else "-")],
         ["gate", result.promotion or "-"],
         *[[f"skipped: {stage}", why] for stage, why in result.skipped.items()],
         *[[f"time: {stage}", f"{seconds:.0f} s"] for stage, seconds in result.seconds.items()],
@@ -153,20 +149,24 @@ def write_demo_report(result: DemoResult, directory: Path) -> None:
         f"<tr><td>{html.escape(what)}</td><td><code>{html.escape(cmd)}</code></td></tr>"
         for what, cmd in by_hand_commands(result)
     )
+    search = [
+        [c["name"], c["description"], f"{100 * c['score']:.0f}% of {c['n']}", f"{c['latency_p50_s']:.1f} s"]
+        for c in result.search
+    ]
     body = (
         "<h1>geode demo: the learning loop on the helpdesk app</h1>"
         f"<p>{_links(links)}</p>"
         f"{_table_html(SUMMARY_HEADERS, summary_rows(result))}{_img(_plot(result))}"
         f"<h2>Run</h2>{_table_html(['', ''], facts)}"
-        f"<h2>By hand</h2><table><tbody>{commands}</tbody></table>"
+        + (
+            "<h2>Recompilation candidates (scored on the labelled training runs)</h2>"
+            + _table_html(["candidate", "what", "quality", "latency p50"], search)
+            if search
+            else ""
+        )
+        + f"<h2>By hand</h2><table><tbody>{commands}</tbody></table>"
     )
     (directory / "index.html").write_text(_page("geode demo", body), encoding="utf-8")
-    data = {
-        "rows": [
-            {"label": r.label, "version": r.version, **r.result.to_dict(examples=True)} for r in result.rows
-        ],
-        "promotion": result.promotion,
-        "skipped": result.skipped,
-        "seconds": result.seconds,
-    }
+    # The per-question results too (the run's summary.json has the figures only).
+    data = {**result.summary(), "results": [r.result.to_dict(examples=True) for r in result.rows]}
     (directory / "summary.json").write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")

@@ -115,6 +115,9 @@ class Chunker:
             under all-MiniLM-L6-v2's 256-token window for English prose.
         overlap_chars: At most this many characters of whole sentences are repeated from the end of one
             chunk at the start of the next; ``0`` disables overlap.
+        code: Keep fenced code blocks (```` ``` ```` / ``~~~``) in the chunks. ``False`` leaves them out,
+            for corpora whose readers want the prose: documentation searched by a small model, which
+            would otherwise get (and copy) code in answer to a plain question.
 
     Example:
         >>> chunker = Chunker(max_chars=50, overlap_chars=20)
@@ -122,7 +125,7 @@ class Chunker:
         ['Fish\n\nOne fish. Two fish. Red fish. Blue fish. Old fish.', 'Fish\n\nOld fish. New fish.']
     """
 
-    def __init__(self, max_chars: int = 900, overlap_chars: int = 150) -> None:
+    def __init__(self, max_chars: int = 900, overlap_chars: int = 150, *, code: bool = True) -> None:
         if max_chars < 50:
             raise ConfigError(f"chunk size {max_chars} is too small; use at least 50 characters")
         if not 0 <= overlap_chars < max_chars // 2:
@@ -131,6 +134,7 @@ class Chunker:
             )
         self.max_chars = max_chars
         self.overlap_chars = overlap_chars
+        self.code = code
 
     def chunk(self, section: Section) -> list[str]:
         """The chunks of one section, each prefixed with its heading path if it has one."""
@@ -139,6 +143,10 @@ class Chunker:
 
     def _units(self, text: str) -> Iterator[_Unit]:
         for paragraph in _paragraphs(text):
+            if not self.code:
+                paragraph = _without_fences(paragraph)
+                if not paragraph:
+                    continue
             is_line = paragraph.startswith(("```", "~~~", "    ", "\t", "|")) or bool(
                 _LIST_ITEM.match(paragraph)
             )
@@ -223,6 +231,19 @@ def _paragraphs(text: str) -> Iterator[str]:
         block.append(line)
     if block:
         yield "\n".join(block).strip("\n")
+
+
+def _without_fences(paragraph: str) -> str:
+    """The paragraph without its fenced code blocks (fence lines included)."""
+    kept: list[str] = []
+    in_fence = False
+    for line in paragraph.splitlines():
+        if _FENCE.match(line):
+            in_fence = not in_fence
+            continue
+        if not in_fence:
+            kept.append(line)
+    return "\n".join(kept).strip("\n")
 
 
 def _join(units: list[_Unit]) -> str:

@@ -98,3 +98,18 @@ def test_sample_corpus_chunks_are_bounded_and_titled() -> None:
                 assert heading == section.heading
                 assert 0 < len(body) <= chunker.max_chars
                 assert not re.search(r"\s{3,}", body.replace("\n\n", " "))
+
+
+def test_code_blocks_can_be_left_out_of_the_chunks() -> None:
+    text = (
+        "Install it first.\n\n```bash\npip install geode\n```\n\n"
+        "Then run it:\n```python\nimport geode\nrt = geode.Runtime()\n```\nIt starts at once.\n\n"
+        "~~~\nraw block\n\nwith a blank line\n~~~\n\nThe end."
+    )
+    section = Section(text, heading="Guide")
+    kept = Chunker().chunk(section)
+    assert "pip install geode" in kept[0] and "import geode" in kept[0]
+    prose = Chunker(code=False).chunk(section)
+    assert prose == ["Guide\n\nInstall it first.\n\nThen run it: It starts at once.\n\nThe end."]
+    # A section that is only code has no chunk at all.
+    assert Chunker(code=False).chunk(Section("```\nx = 1\n```", heading="Code")) == []

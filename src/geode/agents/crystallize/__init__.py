@@ -3,12 +3,14 @@
 1. :func:`read_runs` / :func:`runs_from_traces` turn traces into typed :class:`AgentRun` records;
 2. :func:`analyze` groups successful runs into tool patterns and finds how every argument is derived;
 3. :func:`build_spec` (or :func:`crystallize`, which does all of it) writes a :class:`WorkflowSpec`;
+   :func:`check_cost` says whether it is expected to make fewer LM calls than the agent did;
 4. :class:`CrystallizedWorkflow` runs a spec, with the agent as the guard for inputs it cannot handle;
 5. :func:`emit_python` writes the same workflow as a Python module you can own and edit.
 """
 
 from geode.agents.crystallize.build import CrystallizeError, CrystallizeOptions, build_spec, choose_patterns
 from geode.agents.crystallize.codegen import emit_python
+from geode.agents.crystallize.cost import CostCheck, check_cost
 from geode.agents.crystallize.crystallization import Crystallization, crystallize
 from geode.agents.crystallize.patterns import (
     Analysis,
@@ -26,6 +28,7 @@ from geode.agents.crystallize.workflow import CrystallizedWorkflow, WorkflowGuar
 __all__ = [
     "AgentRun",
     "Analysis",
+    "CostCheck",
     "Crystallization",
     "CrystallizeError",
     "CrystallizeOptions",
@@ -40,6 +43,7 @@ __all__ = [
     "WorkflowSpecError",
     "analyze",
     "build_spec",
+    "check_cost",
     "choose_patterns",
     "crystallize",
     "emit_python",

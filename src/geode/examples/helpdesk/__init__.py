@@ -17,11 +17,13 @@ Example:
 """
 
 from geode.examples.helpdesk.corpus import (
+    CHUNKING,
     COLLECTION,
     Question,
     catalog_dir,
     corpus_paths,
     docs_dir,
+    helpdesk_chunker,
     load_questions,
     pick,
     questions_dataset,
@@ -32,6 +34,7 @@ from geode.examples.helpdesk.programs import AGENT_NAME, HelpdeskAnswer, build_a
 
 __all__ = [
     "AGENT_NAME",
+    "CHUNKING",
     "COLLECTION",
     "HelpdeskAnswer",
     "Question",
@@ -40,6 +43,7 @@ __all__ = [
     "catalog_dir",
     "corpus_paths",
     "docs_dir",
+    "helpdesk_chunker",
     "load_questions",
     "metric",
     "pick",

@@ -9,6 +9,11 @@ The corpus has three parts, ingested together into one collection (:data:`COLLEC
 - Geode's own documentation (the ``docs/`` pages: in a wheel they ship as package data, in a source
   checkout they are read from the repository's ``docs/`` folder).
 
+The collection is chunked by :func:`helpdesk_chunker`, which leaves the docs' code blocks out: the
+questions are a customer's, and code passages (test snippets, scripted models) ranked above prose for
+some of them, where a small model copied them into its answers and search arguments
+(``benchmarks/bench_helpdesk_recall.py`` measures recall and code passages both ways).
+
 ``data/questions.jsonl`` holds the questions, each with a gold answer that can be copied from one
 passage or computed from retrieved facts (``"What do two Ridgeline tents cost with expedited
 shipping?"``), the page that answers it, and a fixed ``train`` / ``heldout`` split.
@@ -26,6 +31,7 @@ import dspy
 
 from geode.errors import DatasetError
 from geode.evals.dataset import Dataset, Record
+from geode.retrieval.chunking import Chunker
 from geode.retrieval.data import sample_corpus_dir
 
 __all__ = [
@@ -35,6 +41,7 @@ __all__ = [
     "catalog_dir",
     "corpus_paths",
     "docs_dir",
+    "helpdesk_chunker",
     "load_questions",
     "pick",
     "questions_dataset",
@@ -43,6 +50,8 @@ __all__ = [
 
 COLLECTION = "helpdesk"
 """The collection the demo ingests the corpus into."""
+CHUNKING = {"chunking": "prose"}
+"""Metadata on every chunk of the collection: a store ingested with another chunking is re-embedded."""
 
 Split = Literal["train", "heldout"]
 Kind = Literal["number", "text"]
@@ -79,6 +88,11 @@ def corpus_paths(*, include_docs: bool = True) -> list[Path]:
     if docs is not None:
         paths.append(docs)
     return paths
+
+
+def helpdesk_chunker() -> Chunker:
+    """How the corpus is chunked: the default sizes, fenced code blocks left out."""
+    return Chunker(code=False)
 
 
 def questions_path() -> Path:

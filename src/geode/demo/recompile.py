@@ -1,0 +1,225 @@
+"""The demo's recompilation: a search over candidate changes to the workflow, chosen on the training data.
+
+Each candidate is one way to recompile the crystallized workflow (bootstrapped demos, another instruction
+for its answer step, ...), built from the labelled runs the agent recorded. Every candidate is scored on
+the *tuning* questions (the training questions outside the validation split); the best one (ties: fewer
+LM calls, then lower latency) goes to the gate, which compares it with the serving workflow on the
+*validation* questions. The held-out questions are not looked at here: they only measure the outcome.
+
+A candidate that learns from examples (demos) is scored without the examples it newly learned from, so a
+demo that is the question itself cannot make it look better than it is; it is then compared with the
+unchanged workflow on the same remaining questions (its *lift*).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dspy
+
+from geode.evals.compile import demo_count
+from geode.evals.dataset import Dataset
+from geode.evals.evaluate import EvalResult
+
+__all__ = [
+    "Candidate",
+    "Scored",
+    "answer_predictors",
+    "bootstrap_candidate",
+    "instruction_candidate",
+    "recompile_candidates",
+    "search",
+]
+
+FALLBACK = "fallback"
+"""The attribute of a crystallized workflow (a ``Fallback``) that holds the guard agent."""
+MIN_JUDGED = 0.5
+"""A candidate is judged on at least this share of the tuning questions (the rest taught it demos)."""
+
+Evaluator = Callable[[dspy.Module, Dataset, str], EvalResult]
+"""``evaluate(program, data, label)``: scores a program (the pipeline's, with spans and pricing)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to recompile the workflow."""
+
+    name: str
+    """Short label, e.g. ``bootstrap`` or ``instruction: terse``."""
+    description: str
+    build: Callable[[dspy.Module, Dataset], dspy.Module]
+    """``build(workflow, fit)``: a new program (the workflow is not changed)."""
+    optimizer: str
+    """What the registry records as the version's optimizer."""
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A candidate program and its score on the tuning questions."""
+
+    candidate: Candidate
+    program: dspy.Module
+    result: EvalResult
+    excluded: int
+    """Tuning questions left out of its score because it learned from them."""
+    baseline: float
+    """The unchanged workflow's score on the same questions."""
+
+    @property
+    def lift(self) -> float:
+        """Its score minus the unchanged workflow's, on the same questions."""
+        return self.result.score - self.baseline
+
+    @property
+    def calls(self) -> float:
+        """LM calls per question."""
+        return self.result.lm_calls / max(1, self.result.n)
+
+    def summary(self) -> dict[str, Any]:
+        """JSON for the report and ``--json``."""
+        r = self.result
+        n = max(1, r.n)
+        return {
+            "name": self.candidate.name,
+            "description": self.candidate.description,
+            "score": round(r.score, 4),
+            "lift": round(self.lift, 4),
+            "n": r.n,
+            "excluded": self.excluded,
+            "lm_calls_per_question": round(r.lm_calls / n, 3),
+            "latency_p50_s": round(r.latency_p50_s, 3),
+        }
+
+
+def _demo_questions(program: dspy.Module) -> set[str]:
+    """The question texts the program's demos hold (so its score can leave those questions out)."""
+    found: set[str] = set()
+    for _, predictor in program.named_predictors():
+        for demo in predictor.demos:
+            data = demo.toDict() if isinstance(demo, dspy.Example) else dict(demo)
+            question = data.get("question")
+            if isinstance(question, str):
+                found.add(question)
+    return found
+
+
+def _without(data: Dataset, questions: set[str]) -> Dataset:
+    if not questions:
+        return data
+    kept = [r for r in data.records if str(r.inputs.get("question", "")) not in questions]
+    return Dataset.from_records(kept, name=data.name)
+
+
+def answer_predictors(program: dspy.Module) -> list[dspy.Predict]:
+    """The workflow's own LM steps that produce its outputs (not the router, not the guard agent's)."""
+    found: list[dspy.Predict] = []
+    for name, predictor in program.named_predictors():
+        if name.startswith(f"{FALLBACK}.") or ".router." in f".{name}":
+            continue
+        found.append(predictor)
+    return found
+
+
+def instruction_candidate(name: str, instructions: str) -> Candidate:
+    """The workflow's answer steps with other instructions (DSPy keeps them in the saved state)."""
+
+    def build(workflow: dspy.Module, fit: Dataset) -> dspy.Module:
+        program = workflow.deepcopy()
+        for predictor in answer_predictors(program):
+            predictor.signature = predictor.signature.with_instructions(instructions)
+        return program
+
+    return Candidate(
+        f"instruction: {name}", f"answer-step instructions: {instructions!r}", build, "instructions"
+    )
+
+
+def bootstrap_candidate(metric: Callable[..., Any]) -> Candidate:
+    """BootstrapFewShot: up to one bootstrapped and two labelled demos per LM step."""
+
+    def build(workflow: dspy.Module, fit: Dataset) -> dspy.Module:
+        optimizer = dspy.BootstrapFewShot(metric=metric, max_bootstrapped_demos=1, max_labeled_demos=2)
+        program = optimizer.compile(workflow.deepcopy(), trainset=fit.examples())
+        # The guard agent is the fallback, not what is being recompiled: demos in its prompts would only
+        # make the inputs it handles slower.
+        for name, predictor in program.named_predictors():
+            if name.startswith(f"{FALLBACK}."):
+                predictor.demos = []
+        return program
+
+    return Candidate(
+        "bootstrap demos",
+        "BootstrapFewShot: 1 bootstrapped + up to 2 labelled demos per LM step",
+        build,
+        "bootstrap",
+    )
+
+
+def recompile_candidates(metric: Callable[..., Any]) -> list[Candidate]:
+    """The recompilations the demo tries, in order."""
+    return [bootstrap_candidate(metric)]
+
+
+def search(
+    workflow: dspy.Module,
+    candidates: Sequence[Candidate],
+    *,
+    fit: Dataset,
+    tune: Dataset,
+    evaluate: Evaluator,
+    log: Callable[[str], None] = lambda message: None,
+) -> tuple[Scored, list[Scored]]:
+    """Score the workflow as it is and every candidate on ``tune``; return the best and all.
+
+    Args:
+        workflow: The crystallized workflow (unchanged).
+        candidates: The recompilations to try.
+        fit: The labelled examples candidates learn from (the agent's mined runs, labelled).
+        tune: The questions candidates are scored on (the training questions outside validation).
+        evaluate: Scores a program on a dataset.
+        log: Receives one line per candidate.
+
+    Returns:
+        The best (the unchanged workflow when nothing beats it) and every scored entry, base first.
+    """
+    base = Candidate("as crystallized", "the workflow as crystallization built it", lambda w, f: w, "none")
+    base_result = evaluate(workflow, tune, base.name)
+    per_question = {e.example_id: e.score for e in base_result.examples}
+    scored = [Scored(base, workflow, base_result, 0, base_result.score)]
+    # The crystallized workflow's own demos come from the same runs; only what a candidate adds is new.
+    taught = _demo_questions(workflow)
+    log(f"{base.name}: {_line(scored[0])}")
+    for candidate in candidates:
+        program = candidate.build(workflow, fit)
+        learned = (_demo_questions(program) - taught) if demo_count(program) else set()
+        data = _without(tune, learned)
+        if len(data) < max(1, MIN_JUDGED * len(tune)):
+            log(
+                f"{candidate.name}: not judged (it learned from {len(tune) - len(data)} of the {len(tune)} tuning questions)"
+            )
+            continue
+        same = [per_question.get(r.key, 0.0) for r in data.records]
+        entry = Scored(
+            candidate,
+            program,
+            evaluate(program, data, candidate.name),
+            len(tune) - len(data),
+            sum(same) / len(same) if same else 0.0,
+        )
+        scored.append(entry)
+        log(f"{candidate.name}: {_line(entry)}")
+    # A candidate must lift the score, or match it with fewer LM calls; the first best wins a tie.
+    best = scored[0]
+    for entry in scored[1:]:
+        if (round(entry.lift, 9), -round(entry.calls, 9)) > (round(best.lift, 9), -round(best.calls, 9)):
+            best = entry
+    return best, scored
+
+
+def _line(entry: Scored) -> str:
+    r = entry.result
+    left_out = f", {entry.excluded} learned-from question(s) left out" if entry.excluded else ""
+    lift = f" ({100 * entry.lift:+.0f} points)" if entry.excluded or entry.lift else ""
+    return f"{100 * r.score:.0f}% of {r.n} tuning questions{lift}{left_out}, {entry.calls:.1f} LM calls, p50 {r.latency_p50_s:.1f} s"
