@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import dspy
 
@@ -128,7 +128,9 @@ def instruction_candidate(name: str, instructions: str) -> Candidate:
     def build(workflow: dspy.Module, fit: Dataset) -> dspy.Module:
         program = workflow.deepcopy()
         for predictor in answer_predictors(program):
-            predictor.signature = predictor.signature.with_instructions(instructions)
+            # DSPy types the attribute loosely; a Predict always holds a Signature class.
+            signature = cast(type[dspy.Signature], predictor.signature)
+            predictor.signature = signature.with_instructions(instructions)
         return program
 
     return Candidate(
