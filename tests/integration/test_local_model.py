@@ -240,25 +240,14 @@ def test_copies_and_new_instances_share_one_loaded_model(lm: LocalLM) -> None:
     assert LocalLM.load_state(state).dump_state() == state
 
 
-def test_the_thread_count_is_set_before_each_call_from_the_chooser(
-    lm: LocalLM, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_llama_cpp_runs_one_thread_per_usable_core_unless_pinned(lm: LocalLM) -> None:
     import llama_cpp
 
-    chooser = lm.loaded.chooser
-    assert chooser is not None  # no thread count given: chosen per call
+    from geode.runtime.lm._threads import usable_cores
+
     context = lm.llama._ctx.ctx
-    request = _request(lm, "What is 2 + 2?", max_tokens=4, temperature=0.0)
-    for threads in (1, 2, 1):
-        monkeypatch.setattr(chooser, "choose", lambda threads=threads: threads)
-        lm.llama_engine.complete(request)
-        assert lm.loaded.threads == threads
-        assert llama_cpp.llama_n_threads(context) == threads
-        assert llama_cpp.llama_n_threads_batch(context) == threads
-
-
-def test_a_pinned_thread_count_is_never_changed() -> None:
+    assert llama_cpp.llama_n_threads(context) == usable_cores()
+    assert llama_cpp.llama_n_threads_batch(context) == usable_cores()
     pinned = LocalLM(cache=False, max_tokens=4, context_size=1024, threads=1)
-    assert pinned.loaded.chooser is None
-    pinned.llama_engine.complete(_request(pinned, "Hi", max_tokens=2, temperature=0.0))
-    assert pinned.loaded.threads == 1
+    assert llama_cpp.llama_n_threads(pinned.llama._ctx.ctx) == 1
+    assert pinned.dump_state()["threads"] == 1

