@@ -305,7 +305,21 @@ class GeodeCallback(BaseCallback):
 
     Use :func:`geode.instrument` rather than registering this directly; it also propagates context
     into thread pools and keeps exactly one instance registered.
+
+    Instances pickle as a reference to the loading process's own instrumentation (see
+    :meth:`__reduce__`), so ``dspy.settings.save()`` and anything else that pickles DSPy's callbacks
+    work while Geode is instrumented.
     """
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        """Pickle as "Geode's callback, if the loading process is instrumented".
+
+        The callback holds a tracer, locks and open spans, none of which can travel; and it belongs to
+        the process's instrumentation, not to the settings or program that holds it. Unpickled, it is
+        that process's active Geode callback, or DSPy's inert ``BaseCallback`` where Geode is not
+        instrumenting (loading settings never starts tracing by itself).
+        """
+        return (_reinstate, ())
 
     def __init__(self, tracer: Tracer) -> None:
         self.tracer = tracer
@@ -877,3 +891,10 @@ class GeodeCallback(BaseCallback):
         finally:
             self._detach(record)
             record.span.end()
+
+
+def _reinstate() -> BaseCallback:
+    """The unpickled form of a :class:`GeodeCallback` (see :meth:`GeodeCallback.__reduce__`)."""
+    from geode.runtime.instrumentation import active_callback  # the package imports this module
+
+    return active_callback() or BaseCallback()
