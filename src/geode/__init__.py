@@ -16,6 +16,7 @@ _EXPORTS: dict[str, str] = {
     "Settings": "geode.runtime.settings",
     "register_program": "geode.runtime.programs",
     "LocalLM": "geode.runtime.lm.local",
+    "SmallModelAdapter": "geode.adapters",
     "Retriever": "geode.retrieval.retriever",
     "Agent": "geode.agents.agent",
     "AgentStep": "geode.agents.steps",
@@ -45,6 +46,7 @@ __all__ = [  # kept equal to _EXPORTS by tests/unit/test_public_api.py
     "Retriever",
     "Runtime",
     "Settings",
+    "SmallModelAdapter",
     "WorkflowSpec",
     "__version__",
     "calculate",
@@ -60,6 +62,7 @@ __all__ = [  # kept equal to _EXPORTS by tests/unit/test_public_api.py
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first use
+    from geode.adapters import SmallModelAdapter as SmallModelAdapter
     from geode.agents.agent import Agent as Agent
     from geode.agents.calculator import Calculator as Calculator
     from geode.agents.calculator import calculate as calculate

@@ -69,21 +69,22 @@ def _request(lm: LocalLM, text: str, **config: object) -> Request:
     return Request(model=lm.model, messages=(Message.user(text),), config=Config(**config))  # type: ignore[arg-type]
 
 
-def test_runtime_answers_through_predict_with_json_adapter_and_real_usage(
+def test_runtime_answers_through_predict_with_the_small_model_adapter_and_real_usage(
     runtime: geode.Runtime, lm: LocalLM
 ) -> None:
     assert is_local(lm)
-    assert isinstance(runtime.adapter, dspy.JSONAdapter)
+    assert isinstance(runtime.adapter, geode.SmallModelAdapter)
     prediction = runtime.run(dspy.Predict(CapitalQA), question="What is the capital of France?")
     assert isinstance(prediction.answer, str)
     assert prediction.answer.strip()
     usage = _usage(prediction, lm)
-    assert usage["prompt_tokens"] > 50
+    assert usage["prompt_tokens"] > 10
     assert usage["completion_tokens"] > 0
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
-    # The JSONAdapter sent the output schema, so llama.cpp decoded under a grammar.
+    # One str output: a plain-text reply, no schema and no JSON around it.
     request = lm.history[-1]
-    assert request["kwargs"]["response_format"] is not None
+    assert request["kwargs"].get("response_format") is None
+    assert not request["outputs"][0].lstrip().startswith("{")
 
 
 def test_n_candidates_with_temperature_each_cost_a_call(runtime: geode.Runtime, lm: LocalLM) -> None:
@@ -106,7 +107,7 @@ def test_async_run_uses_the_async_engine(runtime: geode.Runtime) -> None:
     assert isinstance(prediction.answer, str)
 
 
-def test_typed_fields_parse_into_their_types(runtime: geode.Runtime) -> None:
+def test_typed_fields_parse_into_their_types(runtime: geode.Runtime, lm: LocalLM) -> None:
     prediction = runtime.run(
         dspy.Predict(Triage),
         message="My order 4417 arrived broken and I need a replacement before Friday!",
@@ -114,6 +115,8 @@ def test_typed_fields_parse_into_their_types(runtime: geode.Runtime) -> None:
     assert prediction.sentiment in ("positive", "negative")
     assert isinstance(prediction.urgent, bool)
     assert isinstance(prediction.order_number, int)
+    # Several typed outputs: the adapter sent their schema, which llama.cpp decoded under as a grammar.
+    assert lm.history[-1]["kwargs"]["response_format"] is not None
 
 
 def test_truncated_output_is_an_output_parse_error(lm: LocalLM) -> None:

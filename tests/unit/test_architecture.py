@@ -9,21 +9,24 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "geode"
 
-# Which of Geode's own top-level areas each area may import. `errors` and `refs` are leaves everyone may use.
+# Which of Geode's own top-level areas each area may import. `errors`, `refs` and `adapters` are leaves
+# everyone may use.
 ALLOWED: dict[str, set[str]] = {
     "errors": set(),
     "refs": {"errors"},
-    "retrieval": {"errors", "refs"},
-    "traces": {"errors", "refs"},
-    "evals": {"errors", "refs", "traces"},
-    "agents": {"errors", "refs", "retrieval", "traces", "evals"},
-    "runtime": {"errors", "refs", "retrieval", "traces", "evals", "agents"},
-    "examples": {"errors", "refs", "retrieval", "traces", "evals", "agents"},
-    "testing": {"errors", "refs", "retrieval", "traces", "evals", "agents", "runtime"},
-    "demo": {"errors", "refs", "retrieval", "traces", "evals", "agents", "runtime", "examples"},
+    "adapters": {"errors"},
+    "retrieval": {"errors", "refs", "adapters"},
+    "traces": {"errors", "refs", "adapters"},
+    "evals": {"errors", "refs", "adapters", "traces"},
+    "agents": {"errors", "refs", "adapters", "retrieval", "traces", "evals"},
+    "runtime": {"errors", "refs", "adapters", "retrieval", "traces", "evals", "agents"},
+    "examples": {"errors", "refs", "adapters", "retrieval", "traces", "evals", "agents"},
+    "testing": {"errors", "refs", "adapters", "retrieval", "traces", "evals", "agents", "runtime"},
+    "demo": {"errors", "refs", "adapters", "retrieval", "traces", "evals", "agents", "runtime", "examples"},
     "cli": {
         "errors",
         "refs",
+        "adapters",
         "retrieval",
         "traces",
         "evals",
@@ -33,7 +36,7 @@ ALLOWED: dict[str, set[str]] = {
         "testing",
         "demo",
     },
-    "__init__": {"errors", "refs", "retrieval", "traces", "evals", "agents", "runtime"},
+    "__init__": {"errors", "refs", "adapters", "retrieval", "traces", "evals", "agents", "runtime"},
     "__main__": {"cli"},
 }
 

@@ -4,7 +4,8 @@ The loop is DSPy's ReAct (same prompt shape, same ``react``/``extract.predict`` 
 ``trajectory`` keys, so optimizers and saved state carry over), with what ReAct leaves out:
 
 - **Constrained steps.** ``next_tool_name`` is an enum of the allowed tools and ``next_tool_args`` a
-  union of the tools' argument schemas, so ``dspy.JSONAdapter`` hands the LM a complete JSON schema
+  union of the tools' argument schemas, so the adapter (``geode.adapters.SmallModelAdapter`` or
+  ``dspy.JSONAdapter``) hands the LM a complete JSON schema
   and a local model's constrained decoding can only produce well-formed steps. For grammar-constrained
   local models the schema is tightened further (each tool paired with its own arguments, free text
   capped): see ``grammar_schema``.
@@ -48,6 +49,7 @@ from dspy.utils.usage_tracker import UsageTracker
 from pydantic.fields import FieldInfo
 from pydantic_core import core_schema
 
+from geode.adapters import SmallModelAdapter, schema_model
 from geode.agents.scrub import scrub
 from geode.agents.steps import AgentStep, Budget, StepOutcome, Termination, TerminationReason
 from geode.agents.tools import (
@@ -206,15 +208,7 @@ def _step_signature(
 
 
 class _GrammarAdapter(dspy.JSONAdapter):
-    """``dspy.JSONAdapter`` tightening response schemas for grammar-constrained decoding.
-
-    - A step schema becomes a union of whole steps, one per tool. DSPy builds the schema field by
-      field, so ``next_tool_name`` and ``next_tool_args`` are constrained separately and a small model
-      may pair a tool with another tool's arguments; each alternative here fixes the name to one tool
-      and the arguments to that tool's schema.
-    - Free-text ``next_thought`` and ``reasoning`` get a ``maxLength``, so a model that starts
-      repeating itself still closes the string and completes the reply instead of running into
-      ``max_tokens`` mid-JSON. (In the schema only: the fields stay ``str``, which DSPy parses verbatim.)
+    """``dspy.JSONAdapter`` tightening response schemas for grammar-constrained decoding (see :func:`_tighten`).
 
     Only for local models: hosted structured-output APIs reject a top-level ``anyOf`` and ``maxLength``.
     """
@@ -237,11 +231,43 @@ class _GrammarAdapter(dspy.JSONAdapter):
         current = lm_kwargs.get("response_format")
         if not (isinstance(current, type) and issubclass(current, pydantic.BaseModel)):
             return
-        schema = copy.deepcopy(current.model_json_schema())
-        for name, prop in (schema.get("properties") or {}).items():
-            if name in _FREE_TEXT and isinstance(prop, dict) and prop.get("type") == "string":
-                prop["maxLength"] = self.max_free_text_chars
-        lm_kwargs["response_format"] = _schema_model(current.__name__, _joint_step_schema(schema) or schema)
+        schema = _tighten(current.model_json_schema(), self.max_free_text_chars)
+        lm_kwargs["response_format"] = schema_model(current.__name__, schema)
+
+
+class _SmallGrammarAdapter(SmallModelAdapter):
+    """:class:`~geode.adapters.SmallModelAdapter` with the agent's step schemas tightened (see :func:`_tighten`)."""
+
+    def __init__(self, base: SmallModelAdapter, max_free_text_chars: int) -> None:
+        super().__init__(
+            callbacks=base.callbacks,
+            text_max_tokens=base.text_max_tokens,
+            lead_text_max_chars=base.lead_text_max_chars,
+            stop_at_labels=base.stop_at_labels,
+        )
+        self.max_free_text_chars = max_free_text_chars
+
+    def response_schema(self, signature: type[dspy.Signature], lm: dspy.BaseLM) -> dict[str, Any]:
+        """The adapter's schema, tightened for the agent's steps and extraction."""
+        return _tighten(super().response_schema(signature, lm), self.max_free_text_chars)
+
+
+def _tighten(schema: Mapping[str, Any], max_free_text_chars: int) -> dict[str, Any]:
+    """A step or extraction schema tightened for grammar-constrained decoding.
+
+    - A step schema becomes a union of whole steps, one per tool. DSPy builds the schema field by
+      field, so ``next_tool_name`` and ``next_tool_args`` are constrained separately and a small model
+      may pair a tool with another tool's arguments; each alternative here fixes the name to one tool
+      and the arguments to that tool's schema.
+    - Free-text ``next_thought`` and ``reasoning`` get a ``maxLength``, so a model that starts
+      repeating itself still closes the string and completes the reply instead of running into
+      ``max_tokens`` mid-JSON. (In the schema only: the fields stay ``str``, which DSPy parses verbatim.)
+    """
+    tightened = copy.deepcopy(dict(schema))
+    for name, prop in (tightened.get("properties") or {}).items():
+        if name in _FREE_TEXT and isinstance(prop, dict) and prop.get("type") == "string":
+            prop["maxLength"] = max_free_text_chars
+    return _joint_step_schema(tightened) or tightened
 
 
 _FREE_TEXT = frozenset({"next_thought", "reasoning"})
@@ -274,13 +300,6 @@ def _joint_step_schema(schema: Mapping[str, Any]) -> dict[str, Any] | None:
     if "$defs" in schema:
         joint["$defs"] = schema["$defs"]
     return joint
-
-
-def _schema_model(name: str, schema: dict[str, Any]) -> type[pydantic.BaseModel]:
-    """A pydantic model that reports ``schema`` as its JSON schema (how DSPy hands LMs a schema)."""
-    model = pydantic.create_model(name, __config__=pydantic.ConfigDict(extra="allow"))
-    setattr(model, "model_json_schema", lambda *args, **kwargs: schema)  # noqa: B010
-    return model
 
 
 # -- one run ---------------------------------------------------------------------------------------
@@ -777,9 +796,10 @@ class Agent(dspy.Module):
             paired with its own argument schema (a top-level ``anyOf`` of whole steps, so a small model
             cannot give one tool another's arguments), and the free-text ``next_thought`` (and the
             extraction's ``reasoning``) is capped at ``max_thought_chars``, so a model that starts
-            repeating itself still completes the step. Applies with ``dspy.JSONAdapter``. Default
-            (``None``): on for LMs that declare ``prefers_json_adapter`` (``geode.LocalLM``), off
-            otherwise, since hosted structured-output APIs reject a top-level ``anyOf`` and ``maxLength``.
+            repeating itself still completes the step. Applies with :class:`~geode.adapters.SmallModelAdapter`
+            and ``dspy.JSONAdapter``. Default (``None``): on for LMs that declare ``small_local_model``
+            (``geode.LocalLM``), off otherwise, since hosted structured-output APIs reject a top-level
+            ``anyOf`` and ``maxLength``.
         max_thought_chars: The cap on free text when ``grammar_schema`` is on.
 
     The prediction has the signature's outputs plus ``trajectory`` (DSPy ReAct's dict), ``steps``
@@ -875,16 +895,16 @@ class Agent(dspy.Module):
     def _grammar_schema_on(self) -> bool:
         if self.grammar_schema is not None:
             return self.grammar_schema
-        return bool(getattr(dspy.settings.lm, "prefers_json_adapter", False))
+        return bool(getattr(dspy.settings.lm, "small_local_model", False))
 
     def grammar_adapter(self) -> AbstractContextManager[Any]:
         """Internal: the context an LM call of this agent runs in (see ``grammar_schema``)."""
         adapter = dspy.settings.adapter
-        if (
-            self._grammar_schema_on()
-            and isinstance(adapter, dspy.JSONAdapter)
-            and not isinstance(adapter, _GrammarAdapter)
-        ):
+        if not self._grammar_schema_on() or isinstance(adapter, _GrammarAdapter | _SmallGrammarAdapter):
+            return nullcontext()
+        if isinstance(adapter, SmallModelAdapter):
+            return dspy.context(adapter=_SmallGrammarAdapter(adapter, self.max_thought_chars))
+        if isinstance(adapter, dspy.JSONAdapter):
             return dspy.context(adapter=_GrammarAdapter(adapter, self.max_thought_chars))
         return nullcontext()
 

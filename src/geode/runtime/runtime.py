@@ -87,8 +87,8 @@ class Runtime:
     Args:
         settings: Settings to build parts from; default ``Settings()`` (env vars, then defaults).
         lm: Use this LM instead of building one from ``settings.lm``.
-        adapter: Use this adapter; default: ``JSONAdapter`` for the embedded model (its output is
-            schema-constrained), DSPy's default otherwise.
+        adapter: Use this adapter; default: ``settings.lm.adapter`` (``auto``:
+            :class:`~geode.adapters.SmallModelAdapter` for the embedded model, DSPy's default otherwise).
         registry: Use this program registry; default: one under ``settings.programs_dir``.
         store: Use this vector store (the caller closes it); default: built from ``settings.retrieval``.
         embedder: Use this embedder; default: built from ``settings.retrieval``.
@@ -164,10 +164,9 @@ class Runtime:
     def adapter(self) -> dspy.Adapter | None:
         """The adapter every call uses; ``None`` means DSPy's default."""
         if self._adapter is None:
-            from geode.runtime.lm import is_local
+            from geode.runtime.lm import build_adapter
 
-            if is_local(self.lm):
-                self._adapter = dspy.JSONAdapter()
+            self._adapter = build_adapter(self.settings.lm.adapter, self.lm)
         return self._adapter
 
     @property

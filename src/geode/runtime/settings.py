@@ -53,6 +53,10 @@ class LMSettings(BaseSettings):
     num_retries: int = Field(default=3, ge=0, le=10)
     cache: bool = True
     """Use DSPy's response cache (identical calls are answered from cache and flagged on the span)."""
+    adapter: Literal["auto", "small", "json", "chat"] = "auto"
+    """How signatures become prompts: ``small`` (``geode.adapters.SmallModelAdapter``: plain chat prompts,
+    plain-text or schema-constrained JSON replies), ``json`` (``dspy.JSONAdapter``), ``chat``
+    (``dspy.ChatAdapter``). ``auto``: ``small`` for the embedded model, DSPy's default otherwise."""
 
 
 class TracingSettings(BaseSettings):

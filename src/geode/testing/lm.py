@@ -62,10 +62,14 @@ class ScriptedLM(DummyLM):
         answers: Either a sequence of field dicts (answered in order), a mapping from a substring of the
             last message to a field dict, or a function of the messages returning a field dict.
         adapter: The adapter whose output format to mimic; must match the adapter the program uses
-            (default ``dspy.ChatAdapter``).
+            (default ``dspy.ChatAdapter``; ``geode.SmallModelAdapter`` for a ``local=True`` LM under the
+            runtime, which picks that adapter for it).
         model: The model name reported on spans and usage.
         strict: Raise :class:`ScriptExhaustedError` when the script runs out (default), instead of
             answering ``"No more responses"`` as ``DummyLM`` does.
+        local: Declare what ``geode.LocalLM`` declares: a small local model (``small_local_model``, so
+            the runtime pairs it with ``SmallModelAdapter``) that accepts a response schema. The script
+            is not constrained by the schema; record it with a callback's ``on_lm_start``.
 
     Example:
         >>> import dspy
@@ -85,10 +89,12 @@ class ScriptedLM(DummyLM):
         adapter: dspy.Adapter | None = None,
         model: str = "scripted",
         strict: bool = True,
+        local: bool = False,
     ) -> None:
         super().__init__([], adapter=adapter)
         self.model = model
         self.strict = strict
+        self.local = local
         self.calls: list[ScriptedCall] = []
         self._lock = threading.Lock()
         self._fn: AnswerFn | None = None
@@ -101,6 +107,21 @@ class ScriptedLM(DummyLM):
         else:
             self._queue = iter(list(answers))
         self._install_engine()
+
+    @property
+    def small_local_model(self) -> bool:
+        """``True`` for ``local=True``: read by the runtime and ``geode.Agent`` as on ``geode.LocalLM``."""
+        return self.local
+
+    @property
+    def supports_response_schema(self) -> bool:
+        """A ``local=True`` LM accepts a response schema, as ``geode.LocalLM`` does."""
+        return self.local
+
+    @property
+    def supported_params(self) -> set[str]:
+        """With ``local=True``: ``response_format`` among the usual sampling settings."""
+        return {"response_format", "temperature", "max_tokens", "stop"} if self.local else set()
 
     def _install_engine(self) -> None:
         engine = _ScriptedEngine(self)

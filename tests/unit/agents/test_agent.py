@@ -256,9 +256,11 @@ def test_json_mode_constrains_the_tool_name_and_each_tools_arguments() -> None:
 
 
 class LocalSchemaLM(SchemaLM):
-    """Declares what geode.LocalLM declares: the runtime pairs it with JSONAdapter."""
+    """Declares what geode.LocalLM declares: a small local model that decodes under a grammar."""
 
-    prefers_json_adapter = True
+    @property
+    def small_local_model(self) -> bool:
+        return True
 
 
 @pytest.mark.parametrize(

@@ -129,9 +129,9 @@ def test_model_path_expands_the_home_folder(monkeypatch: pytest.MonkeyPatch, tmp
     assert resolve_model_path("~/m.gguf") == model.resolve()
 
 
-def test_local_lm_prefers_the_json_adapter() -> None:
-    assert LocalLM.prefers_json_adapter is True
-    assert "prefers_json_adapter" in vars(LocalLM)
+def test_local_lm_declares_itself_a_small_local_model() -> None:
+    assert LocalLM.small_local_model is True
+    assert "small_local_model" in vars(LocalLM)
     assert not is_local(build_lm(LMSettings(model="openai/gpt-4o-mini")))
 
 

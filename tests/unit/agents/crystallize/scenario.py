@@ -49,16 +49,40 @@ _ITEMS = tuple(STOCK)
 _OPS = {"times": "*", "plus": "+"}
 
 
+# The policy reads the prompts of DSPy's ChatAdapter/JSONAdapter (``[[ ## name ## ]]`` sections, "Your
+# output fields are") and of geode's SmallModelAdapter (``Label: value`` blocks, "Reply with a JSON
+# object with the keys", or a plain-text reply for one output).
+_SMALL_KEYS = "Reply with a JSON object with the keys"
+
+
+def _label(name: str) -> str:
+    return " ".join(part.capitalize() for part in re.sub(r"([a-z])(\d)", r"\1_\2", name).split("_"))
+
+
 def _section(text: str, name: str) -> str | None:
     found = re.search(
         rf"\[\[ ## {re.escape(name)} ## \]\]\n(.*?)(?=\n\n\[\[ ## |\n\nRespond |\Z)", text, re.S
     )
+    if found is None:
+        found = re.search(
+            rf"^{re.escape(_label(name))}:[ \n](.*?)(?=\n\n[A-Z][\w ]*:[ \n]|\Z)", text, re.S | re.M
+        )
     return found.group(1).strip() if found else None
 
 
 def _outputs(system: str) -> list[str]:
-    block = system.split("Your output fields are:", 1)[1].split("All interactions", 1)[0]
-    return re.findall(r"\d+\. `(\w+)`", block)
+    if "Your output fields are:" in system:
+        block = system.split("Your output fields are:", 1)[1].split("All interactions", 1)[0]
+        return re.findall(r"\d+\. `(\w+)`", block)
+    if _SMALL_KEYS in system:
+        return re.findall(r'"(\w+)" \(', system.split(_SMALL_KEYS, 1)[1])
+    return ["answer"]  # one text output: the reply is its plain text, whatever its name
+
+
+def _is_list_field(system: str, name: str) -> bool:
+    if f"`{name}`" in system:
+        return re.search(r"\(list\[str\]\)", system.split(f"`{name}`", 1)[1][:20]) is not None
+    return f'"{name}" (a list of' in system
 
 
 def _items(question: str) -> list[str]:
@@ -79,8 +103,12 @@ def _expression(question: str) -> str | None:
 
 
 def _agent_step(question: str, trajectory: str) -> dict[str, Any]:
-    calls = re.findall(r"\[\[ ## tool_name_\d+ ## \]\]\n(\w+)", trajectory)
-    observations = re.findall(r"\[\[ ## observation_\d+ ## \]\]\n(.*?)(?=\n\n\[\[ ## |\Z)", trajectory, re.S)
+    calls = re.findall(r"\[\[ ## tool_name_\d+ ## \]\]\n(\w+)", trajectory) or re.findall(
+        r"^Tool Name \d+: (\w+)", trajectory, re.M
+    )
+    observations = re.findall(
+        r"\[\[ ## observation_\d+ ## \]\]\n(.*?)(?=\n\n\[\[ ## |\Z)", trajectory, re.S
+    ) or re.findall(r"^Observation \d+:[ \n](.*?)(?=\n\n[A-Z][\w ]*:[ \n]|\Z)", trajectory, re.S | re.M)
     if "(loop)" in question:
         return {
             "next_thought": "Check again.",
@@ -126,6 +154,7 @@ def _answer_from(question: str, text: str) -> str:
         return "10"
     if "together" in question or _expression(question):
         body = re.sub(r"\[\[ ## \w+ ## \]\]", "", text.replace(question, ""))
+        body = re.sub(r"(?m)^[A-Z][A-Za-z ]*(?: \d+)?:", "", body)  # SmallModelAdapter's labels
         numbers = re.findall(r"-?\d+(?:\.\d+)?", body)
         return numbers[-1] if numbers else "?"
     found = re.search(r": (\d+) units", text)
@@ -155,11 +184,7 @@ def oracle(messages: list[dict[str, str]]) -> dict[str, Any]:
             answer[name] = "From the tool results."
         elif name.startswith("lookup_stock") and "_item" in name:
             items = _items(question)
-            answer[name] = (
-                items
-                if re.search(r"\(list\[str\]\)", system.split(f"`{name}`", 1)[1][:20])
-                else (items[0] if items else "")
-            )
+            answer[name] = items if _is_list_field(system, name) else (items[0] if items else "")
         elif name.startswith("calculate") and "_expression" in name:
             results = _section(user, "lookup_stock_results")
             if results:
