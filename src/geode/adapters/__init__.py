@@ -7,5 +7,6 @@ runtime chooses it, so every layer may import it and it imports no other Geode a
 
 from geode.adapters._render import output_schema, schema_model
 from geode.adapters.small import SmallModelAdapter
+from geode.adapters.streaming import SmallModelStreamListener
 
-__all__ = ["SmallModelAdapter", "output_schema", "schema_model"]
+__all__ = ["SmallModelAdapter", "SmallModelStreamListener", "output_schema", "schema_model"]

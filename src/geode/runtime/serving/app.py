@@ -32,6 +32,7 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from geode.adapters import SmallModelStreamListener
 from geode.agents.tools import run_deadline
 from geode.errors import GeodeError, VersionError
 from geode.runtime.programs import ProgramRef
@@ -690,8 +691,9 @@ def _listeners(module: dspy.Module, outputs: Sequence[str]) -> list[dspy.streami
         if not owners:
             continue
         pname, predictor = owners[-1]
+        # DSPy's own listener for DSPy's adapters, and it also reads SmallModelAdapter's replies.
         listeners.append(
-            dspy.streaming.StreamListener(signature_field_name=name, predict=predictor, predict_name=pname)
+            SmallModelStreamListener(signature_field_name=name, predict=predictor, predict_name=pname)
         )
     return listeners
 
