@@ -27,6 +27,7 @@ from geode.runtime.lm import build_lm, is_local
 from geode.runtime.lm._llama import (
     SUPPORTED_PARAMS,
     ModelSpec,
+    _RepetitionStop,
     _StopScanner,
     _TokenCounter,
     chat_messages,
@@ -310,3 +311,22 @@ def test_token_counter_counts_each_sampled_token_once() -> None:
         assert counter(prompt[:length] if length <= 10 else np.arange(length, dtype=np.intc), logits) is False
     assert counter.prompt_tokens == 10
     assert counter.sampled == 3
+
+
+# -- repetition stop -------------------------------------------------------------------------------
+
+
+def _stops(prompt: list[int], output: list[int], ngram: int = 4) -> bool:
+    tokens = np.array(prompt + output, dtype=np.intc)
+    return _RepetitionStop(len(prompt), ngram)(tokens, np.zeros(1, dtype=np.single))
+
+
+def test_repetition_stop_ends_a_verbatim_repeat_of_the_output_only() -> None:
+    sentence = [5, 6, 7, 8, 9]
+    assert not _stops([1, 2], sentence)
+    assert not _stops([1, 2], [*sentence, 5, 6, 7])  # not yet four tokens repeated
+    assert _stops([1, 2], [*sentence, 5, 6, 7, 8])
+    assert _stops([], [3] * 5)  # one token over and over
+    # Copying the prompt is what a small model should do; only a repeat of its own output stops it.
+    assert not _stops([5, 6, 7, 8, 9], sentence)
+    assert not _stops([1], [1, 2, 3, 4, 5, 6, 7, 8])
