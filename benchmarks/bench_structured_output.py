@@ -1,10 +1,11 @@
 """Structured-output parse rate of the embedded model through DSPy, with and without constrained decoding.
 
 Ten signatures (classification, extraction, short QA, list outputs, typed ints/bools/floats, a nested
-model) x five inputs each, run with ``dspy.Predict`` and ``dspy.JSONAdapter`` on ``geode.LocalLM``:
+model) x five inputs each, run with ``dspy.Predict`` on ``geode.LocalLM`` through the runtime's default
+adapter for it, ``geode.SmallModelAdapter`` (``--adapter json``: ``dspy.JSONAdapter``):
 
-* constrained (ours): the engine declares JSON-schema support, DSPy sends the output schema, llama.cpp
-  decodes under the grammar compiled from it;
+* constrained (ours): the engine declares JSON-schema support, the adapter sends the output schema,
+  llama.cpp decodes under the grammar compiled from it (a single text output is a plain-text reply);
 * unconstrained (anchor): the same model and prompts, ``structured_output=False``, so the adapter can only
   ask for JSON in the prompt.
 
@@ -35,6 +36,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from geode.adapters import SmallModelAdapter
 from geode.runtime.lm.local import LocalLM
 
 
@@ -309,11 +311,16 @@ class Score:
     failures: list[str] = field(default_factory=list)
 
 
-def run_case(lm: LocalLM, signature: type[dspy.Signature], case: Case, score: Score) -> None:
+ADAPTERS: dict[str, Any] = {"small": SmallModelAdapter, "json": dspy.JSONAdapter}
+
+
+def run_case(
+    lm: LocalLM, adapter: dspy.Adapter, signature: type[dspy.Signature], case: Case, score: Score
+) -> None:
     score.calls += 1
     start = time.perf_counter()
     try:
-        with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+        with dspy.context(lm=lm, adapter=adapter):
             prediction = dspy.Predict(signature)(**case.inputs)
     except AdapterParseError as exc:
         score.failures.append((exc.lm_response or "")[:120])
@@ -336,6 +343,12 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=192, help="cap on generated tokens per call")
     parser.add_argument("--show-failures", action="store_true", help="print the raw output of failed calls")
     parser.add_argument(
+        "--adapter",
+        choices=sorted(ADAPTERS),
+        default="small",
+        help="small: geode.SmallModelAdapter (the runtime's default for LocalLM); json: dspy.JSONAdapter",
+    )
+    parser.add_argument(
         "--repeat-penalty", type=float, default=None, help="llama.cpp repetition penalty on every call"
     )
     parser.add_argument(
@@ -357,6 +370,7 @@ def main() -> None:
         "constrained": LocalLM(structured_output=True, **common),
         "unconstrained": LocalLM(structured_output=False, **common),
     }
+    adapter = ADAPTERS[args.adapter]()
     suite = [(name, kind, sig, cases[:1] if args.quick else cases) for name, kind, sig, cases in SUITE]
     scores = {(name, mode): Score() for name, *_ in suite for mode in modes}
     total = sum(len(cases) for *_, cases in suite) * len(modes)
@@ -369,10 +383,10 @@ def main() -> None:
                 order = list(modes) if turn % 2 == 0 else list(modes)[::-1]
                 turn += 1
                 for mode in order:
-                    run_case(modes[mode], signature, case, scores[(name, mode)])
+                    run_case(modes[mode], adapter, signature, case, scores[(name, mode)])
                     progress.advance(task)
 
-    table = Table(title=f"Structured output through DSPy JSONAdapter on {modes['constrained'].model}")
+    table = Table(title=f"Structured output through {type(adapter).__name__} on {modes['constrained'].model}")
     table.add_column("signature")
     table.add_column("kind")
     table.add_column("parsed, constrained (ours)", justify="right")
