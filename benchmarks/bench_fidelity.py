@@ -199,6 +199,8 @@ class Sides:
             )
         return str(out["choices"][0]["message"]["content"] or "")
 
+    module: Callable[[type[dspy.Signature]], dspy.Module] = dspy.Predict
+
     def run(self, side: str, task: Task, item: Item) -> tuple[str | None, float]:
         """The answer (``None``: unparsed) and the call's wall seconds."""
         from geode.errors import OutputParseError
@@ -208,7 +210,7 @@ class Sides:
             answer: str | None = self.raw(task, item)
         else:
             try:
-                pred = self.runtimes[side].run(dspy.Predict(task.signature), **item.inputs)
+                pred = self.runtimes[side].run(self.module(task.signature), **item.inputs)
                 answer = str(pred.get(task.output) or "")
             except OutputParseError:
                 answer = None
@@ -230,6 +232,12 @@ def main() -> None:
     parser.add_argument(
         "--freeze-helpdesk", action="store_true", help="re-extract the helpdesk fixture and exit"
     )
+    parser.add_argument(
+        "--module",
+        choices=("predict", "cot"),
+        default="predict",
+        help="the program the Geode sides run: dspy.Predict (default) or dspy.ChainOfThought",
+    )
     parser.add_argument("--show", action="store_true", help="print every answer")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the results to this file")
     args = parser.parse_args()
@@ -246,6 +254,8 @@ def main() -> None:
     load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         bench = Sides(args.model_path, Path(tmp) / "spans.jsonl")
+        if args.module == "cot":
+            bench.module = dspy.ChainOfThought
         try:
             # Warm-up: load the model, compile grammars, import lazily loaded modules; not timed.
             warm = tasks[0]
@@ -273,7 +283,7 @@ def main() -> None:
         finally:
             bench.close()
     load_after = load_average()
-    table = Table(title=f"Fidelity on {model} (greedy, cache off); geode = {adapter}")
+    table = Table(title=f"Fidelity on {model} (greedy, cache off, {args.module}); geode = {adapter}")
     for column in ("set", "side", "correct", "unparsed", "seconds", "time vs raw", "correct vs raw"):
         table.add_column(column, justify="left" if column in ("set", "side") else "right")
     summary: dict[str, Any] = {
