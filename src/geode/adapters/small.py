@@ -157,7 +157,10 @@ class SmallModelAdapter(dspy.Adapter):
         Settings the caller passed explicitly (``response_format``, ``stop``) are kept.
         """
         if _is_plain(signature):
-            if self.stop_at_labels and "stop" not in lm_kwargs:
+            params = lm.supported_params
+            # An LM that declares its parameters without `stop` (OpenAI's reasoning models) refuses it;
+            # one that declares none (a custom BaseLM) is given it.
+            if self.stop_at_labels and "stop" not in lm_kwargs and (not params or "stop" in params):
                 stops = [f"\n{field_label(n, f)}:" for n, f in signature.input_fields.items()]
                 if stops:
                     lm_kwargs["stop"] = stops[:_MAX_STOPS]

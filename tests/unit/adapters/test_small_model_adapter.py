@@ -172,6 +172,18 @@ def test_a_text_reply_stops_at_the_input_labels_and_sends_no_schema() -> None:
     assert "response_format" not in calls.kwargs[0]
 
 
+def test_no_stop_strings_for_an_lm_that_declares_it_takes_none() -> None:
+    class NoStopLM(ScriptedLM):
+        @property
+        def supported_params(self) -> set[str]:
+            return {"max_tokens"}
+
+    calls = LMCalls()
+    with dspy.context(lm=NoStopLM([{"answer": "Reno"}], adapter=ADAPTER), adapter=ADAPTER, callbacks=[calls]):
+        assert dspy.Predict(ContextQA)(context="c", question="q").answer == "Reno"
+    assert "stop" not in calls.kwargs[0]
+
+
 def test_text_max_tokens_caps_a_text_reply_below_the_lms_own_cap() -> None:
     calls = LMCalls()
     lm = ScriptedLM([{"answer": "a"}, {"answer": "b"}], adapter=ADAPTER)
