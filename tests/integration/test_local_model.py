@@ -97,9 +97,10 @@ def test_n_candidates_with_temperature_each_cost_a_call(runtime: geode.Runtime, 
     assert len(completions.answer) == 3
     assert len(lm.history) == before + 1
     usage = _usage(prediction, lm)
-    # Three candidates of the same prompt: three prompts billed, the KV cache served the repeats.
-    assert usage["prompt_tokens"] >= 3 * 50
-    assert usage["prompt_tokens_details"]["cached_tokens"] >= 2 * 50
+    # Three candidates of the same prompt (about 34 tokens with SmallModelAdapter): three prompts billed,
+    # the KV cache served the repeats.
+    assert usage["prompt_tokens"] >= 3 * 25
+    assert usage["prompt_tokens_details"]["cached_tokens"] >= 2 * 25
 
 
 def test_async_run_uses_the_async_engine(runtime: geode.Runtime) -> None:
