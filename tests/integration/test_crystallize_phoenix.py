@@ -61,13 +61,16 @@ def test_crystallize_from_phoenix_with_annotations(
     monkeypatch.setenv("GEODE_TRACING_ENDPOINT", phoenix.url)
     monkeypatch.setenv("GEODE_HOME", str(tmp_path / "home"))
     out = tmp_path / "workflow.json"
-    main_ok(["crystallize", AGENT, "--source", "phoenix", "--project", project, "--out", str(out)])
+    # The annotated run is scored wrong; the others nobody scored, and this test trusts them.
+    argv = ["crystallize", AGENT, "--source", "phoenix", "--project", project, "--out", str(out)]
+    main_ok([*argv, "--trust-unscored"])
     printed = capsys.readouterr().out
     assert "router over 3" in printed
 
     spec = WorkflowSpec.load(out)
     assert spec.source.runs == len(QUESTIONS) and spec.source.successful == len(QUESTIONS) - 2
     assert spec.source.failures == {"max_iters": 1, "low score": 1}
+    assert spec.source.learned_from == {"unscored": len(QUESTIONS) - 2}
     assert "Phoenix at" in spec.source.description
     calculate = next(p for p in spec.source.patterns if p.label == "calculate")
     # With the wrong run annotated, the calculator's result is the answer in every remaining run.

@@ -16,7 +16,7 @@ from geode.cli import _register_commands, app
 from geode.runtime.phoenix import PhoenixStatus
 from geode.runtime.runtime import Runtime
 from geode.runtime.serving import HostedProgram, create_app
-from geode.runtime.settings import Settings, TracingSettings
+from geode.runtime.settings import PhoenixSettings, Settings, TracingSettings
 from geode.testing import ScriptedLM
 from geode.traces.sources import PhoenixTraceSource
 
@@ -29,8 +29,13 @@ def test_feedback_lands_as_an_annotation_on_the_served_run(
     from phoenix.client import Client
 
     project = f"serve-{int(time.time() * 1000)}"
+    # No collector endpoint configured: the runtime finds the local Phoenix by its port, as `geode
+    # serve` does next to `geode phoenix`. Feedback must find the same Phoenix (it used not to).
+    port = int(phoenix.url.rsplit(":", 1)[1])
     settings = Settings(
-        home=geode_home, tracing=TracingSettings(endpoint=phoenix.url, project=project, export_timeout_s=10)
+        home=geode_home,
+        tracing=TracingSettings(project=project, export_timeout_s=10),
+        phoenix=PhoenixSettings(port=port),
     )
     rt = Runtime(settings, lm=ScriptedLM(lambda m: {"answer": "Paris"}))
     served = create_app(rt, [HostedProgram(dspy.Predict("question -> answer"), name="qa")])
@@ -38,11 +43,15 @@ def test_feedback_lands_as_an_annotation_on_the_served_run(
         body = client.post(
             "/programs/qa", json={"question": "Capital of France?", "session_id": "s-1"}
         ).json()
-        rt.close()  # flushes the spans to Phoenix (bounded by the export deadline)
         feedback = client.post(
             "/feedback", json={"trace_id": body["trace_id"], "score": 1, "label": "correct"}
         )
-    assert feedback.status_code == 202 and feedback.json()["stored"] == ["local", "phoenix"], feedback.text
+        answer = feedback.json()
+        assert feedback.status_code == 202 and "local" in answer["delivered"], feedback.text
+        # Delivered at once, or queued and re-sent by the outbox: never only local.
+        assert sorted([*answer["delivered"], *answer["pending"]]) == ["local", "phoenix"], answer
+        assert rt.feedback_outbox.wait(timeout_s=60), rt.feedback_outbox.last_error
+        rt.close()  # flushes the spans to Phoenix (bounded by the export deadline)
 
     source = PhoenixTraceSource(phoenix.url, project)
     waited = source.wait_for([body["trace_id"]], timeout_s=120)

@@ -881,8 +881,11 @@ class Agent(dspy.Module):
     # -- tracing hooks --
 
     def geode_span_attributes(self, inputs: Mapping[str, Any], outputs: Any) -> dict[str, Any]:
-        """Termination reason and iteration count for the AGENT span."""
-        attributes: dict[str, Any] = {SpanAttributes.AGENT_NAME: self.name}
+        """Name, output fields, termination reason and iteration count for the AGENT span."""
+        attributes: dict[str, Any] = {
+            SpanAttributes.AGENT_NAME: self.name,
+            GeodeAttributes.OUTPUT_FIELDS: tuple(self.signature.output_fields),
+        }
         termination = outputs.get("termination") if isinstance(outputs, dspy.Prediction) else None
         if isinstance(termination, Termination):
             attributes[GeodeAttributes.AGENT_TERMINATION] = termination.reason.value

@@ -12,7 +12,7 @@ from geode.errors import InputError
 from geode.runtime.runtime import Runtime
 from geode.runtime.settings import LMSettings, Settings
 
-__all__ = ["LM_OPTION", "make_runtime", "make_settings", "parse_inputs"]
+__all__ = ["ALLOW_CACHE_OPTION", "LM_OPTION", "make_runtime", "make_settings", "parse_inputs"]
 
 LM_OPTION = typer.Option(
     None,
@@ -21,18 +21,35 @@ LM_OPTION = typer.Option(
     "'openai/gpt-4o-mini'. Default: GEODE_LM_MODEL, else 'local'.",
 )
 
+ALLOW_CACHE_OPTION = typer.Option(
+    False,
+    "--allow-cache",
+    help="Let DSPy's response cache answer repeated LM calls (faster re-runs). Off by default here: a "
+    "cached answer costs no tokens and no time, so it is not a measured call. Cache hits are counted "
+    "and shown apart from LM calls.",
+)
 
-def make_settings(*, lm: str | None = None) -> Settings:
-    """Settings from env and defaults, with the CLI's overrides applied."""
+
+def make_settings(*, lm: str | None = None, measure: bool = False, allow_cache: bool = False) -> Settings:
+    """Settings from env and defaults, with the CLI's overrides applied.
+
+    Args:
+        lm: ``--lm``: the model to use instead of ``GEODE_LM_MODEL``.
+        measure: The command measures calls (tokens, latency, LM calls): DSPy's response cache is
+            bypassed, unless ``allow_cache``.
+        allow_cache: ``--allow-cache``: keep the cache setting from the environment.
+    """
     settings = Settings()
     if lm:
         settings = settings.model_copy(update={"lm": LMSettings(model=lm)})
+    if measure and not allow_cache and settings.lm.cache:
+        settings = settings.model_copy(update={"lm": settings.lm.model_copy(update={"cache": False})})
     return settings
 
 
-def make_runtime(*, lm: str | None = None) -> Runtime:
-    """A Runtime built from settings, with the CLI's overrides applied."""
-    return Runtime(make_settings(lm=lm))
+def make_runtime(*, lm: str | None = None, measure: bool = False, allow_cache: bool = False) -> Runtime:
+    """A Runtime built from settings, with the CLI's overrides applied (see :func:`make_settings`)."""
+    return Runtime(make_settings(lm=lm, measure=measure, allow_cache=allow_cache))
 
 
 def parse_inputs(pairs: Sequence[str]) -> dict[str, Any]:

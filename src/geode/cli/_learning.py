@@ -29,6 +29,7 @@ __all__ = [
     "REPORT_DIR_OPTION",
     "THREADS_OPTION",
     "auto_budget",
+    "calls_cell",
     "default_threads",
     "err_console",
     "eval_summary_table",
@@ -36,6 +37,7 @@ __all__ = [
     "headed_table",
     "load_data",
     "load_metric",
+    "measurement_notes",
     "optimizer_name",
     "phoenix_url",
     "pricing_for",
@@ -151,11 +153,33 @@ def eval_summary_table(results: Sequence[tuple[str, EvalResult]], title: str) ->
             f"{r.errors}" + (f" (+{r.skipped} skipped)" if r.skipped else ""),
             f"{1000 * r.latency_p50_s:,.0f} ms",
             f"{1000 * r.latency_p95_s:,.0f} ms",
-            str(r.lm_calls),
+            calls_cell(r.lm_calls, r.cache_hits),
             f"{r.total_tokens:,}",
             fmt_cost(r.cost_usd),
         )
     return table
+
+
+def calls_cell(lm_calls: int, cache_hits: int) -> str:
+    """LM calls, with cache hits shown apart: they reached no model and cost nothing."""
+    return f"{lm_calls} (+{cache_hits} cached)" if cache_hits else str(lm_calls)
+
+
+def measurement_notes(results: Sequence[tuple[str, EvalResult]]) -> list[str]:
+    """Lines that qualify the figures: cache hits, and examples left out for having no expected output."""
+    notes: list[str] = []
+    for label, r in results:
+        if r.cache_hits:
+            notes.append(
+                f"{label}: {r.cache_hits} LM call(s) were answered from DSPy's response cache; they are not "
+                "counted as LM calls and their examples' latency and tokens are not the model's "
+                "(run without --allow-cache to measure every call)"
+            )
+        if r.unlabelled:
+            notes.append(
+                f"{label}: {r.unlabelled} example(s) without an expected output were left out of the score"
+            )
+    return notes
 
 
 def headed_table(

@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from geode.cli._common import LM_OPTION, make_runtime
+from geode.cli._common import ALLOW_CACHE_OPTION, LM_OPTION, make_runtime
 from geode.cli._learning import (
     LABELLED_DATASET_OPTION,
     METRIC_OPTION,
@@ -20,6 +20,7 @@ from geode.cli._learning import (
     headed_table,
     load_data,
     load_metric,
+    measurement_notes,
     pricing_for,
     print_health,
     report_dir,
@@ -79,6 +80,9 @@ def print_comparison(
     headers, rows = comparison_table(comparison)
     title = f"{comparison.baseline.metric} on {data.id} ({len(data)} examples)"
     console.print(headed_table(title, headers, rows, left=("", "program")))
+    pairs = [(r.program, r) for r in (comparison.baseline, comparison.candidate)]
+    for note in measurement_notes(pairs):
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     style = "bold green" if comparison.ready else "bold red"
     console.print(comparison.verdict, style=style, highlight=False)
     console.print(f"report: {files.html}", highlight=False)
@@ -99,6 +103,7 @@ def compare_command(
         False, "--strict", help="Exit with status 1 when the candidate is not ready."
     ),
     lm: str | None = LM_OPTION,
+    allow_cache: bool = ALLOW_CACHE_OPTION,
 ) -> None:
     """Run two programs on the same examples: quality, LM calls, tokens, latency p50/p95, cost, and a verdict.
 
@@ -113,7 +118,7 @@ def compare_command(
     console = Console(stderr=as_json)
     if not as_json:
         print_health(data.health(), console)
-    with make_runtime(lm=lm) as rt:
+    with make_runtime(lm=lm, measure=True, allow_cache=allow_cache) as rt:
         comparison, files = run_comparison(
             rt,
             baseline,

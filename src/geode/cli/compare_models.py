@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from geode.cli._common import make_runtime
+from geode.cli._common import ALLOW_CACHE_OPTION, make_runtime
 from geode.cli._learning import (
     LABELLED_DATASET_OPTION,
     METRIC_OPTION,
@@ -57,6 +57,7 @@ def compare_models_command(
     threads: int | None = THREADS_OPTION,
     report: Path | None = REPORT_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    allow_cache: bool = ALLOW_CACHE_OPTION,
 ) -> None:
     """Score a program on several models (optionally recompiled for each): a small model plus an optimizer vs a large one.
 
@@ -78,7 +79,10 @@ def compare_models_command(
     if optimizer is not None:
         data.split(heldout_fraction=heldout, seed=seed).require(min_train=min_train, min_heldout=min_heldout)
     with ExitStack() as stack:
-        runtimes = {name: stack.enter_context(make_runtime(lm=name)) for name in names}
+        runtimes = {
+            name: stack.enter_context(make_runtime(lm=name, measure=True, allow_cache=allow_cache))
+            for name in names
+        }
         first = runtimes[names[0]]
         served = first.serve(program)
         runners = [

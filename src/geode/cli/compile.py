@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from geode.cli._common import LM_OPTION, make_runtime, make_settings
+from geode.cli._common import ALLOW_CACHE_OPTION, LM_OPTION, make_runtime, make_settings
 from geode.cli._learning import (
     METRIC_OPTION,
     REPORT_DIR_OPTION,
@@ -92,6 +92,7 @@ def compile_command(
     report: Path | None = REPORT_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
     lm: str | None = LM_OPTION,
+    allow_cache: bool = ALLOW_CACHE_OPTION,
 ) -> None:
     """Recompile a program with a DSPy optimizer, score baseline and candidate on held-out data, save both.
 
@@ -108,7 +109,7 @@ def compile_command(
     # Refuse small data before building anything (an LM can take a while to load).
     data.require(1, purpose="compile")
     data.split(heldout_fraction=heldout, seed=seed).require(min_train=min_train, min_heldout=min_heldout)
-    with make_runtime(lm=lm) as rt:
+    with make_runtime(lm=lm, measure=True, allow_cache=allow_cache) as rt:
         served = rt.serve(program)
         name = served.name
         if served.problem:
@@ -117,7 +118,7 @@ def compile_command(
         if reflection_lm:
             from geode.runtime.lm import build_lm
 
-            reflection = build_lm(make_settings(lm=reflection_lm).lm)
+            reflection = build_lm(make_settings(lm=reflection_lm, measure=True, allow_cache=allow_cache).lm)
         # Optimizers print progress to stdout; keep stdout for results (--json).
         with rt.batch(), contextlib.redirect_stdout(sys.stderr):
             result = compile_program(

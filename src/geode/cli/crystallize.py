@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from geode.agents.crystallize import Crystallization, CrystallizeOptions, RunScore, crystallize, emit_python
-from geode.agents.crystallize.report import pattern_rows, render_report, route_lm_calls
-from geode.cli._common import LM_OPTION, make_runtime, make_settings
+from geode.agents.crystallize import (
+    Crystallization,
+    CrystallizeOptions,
+    RunScore,
+    crystallize,
+    emit_python,
+    runs_from_traces,
+    score_runs,
+)
+from geode.agents.crystallize.report import learned_from_text, pattern_rows, render_report, route_lm_calls
+from geode.cli._common import ALLOW_CACHE_OPTION, LM_OPTION, make_runtime, make_settings
 from geode.cli._learning import REPORT_DIR_OPTION, THREADS_OPTION, load_data, load_metric
 from geode.cli.compare import print_comparison, run_comparison
 from geode.cli.compare_versions import parse_since, run_feedback
@@ -36,6 +46,18 @@ _DATASET = typer.Option(
     "-d",
     help="Then compare agent and workflow on this labelled dataset (JSON Lines); needs --metric.",
 )
+_LABELS = typer.Option(
+    None,
+    "--labels",
+    help="Score the recorded runs against this labelled dataset (JSON Lines) with --metric: runs whose "
+    "inputs match a record and score at least --success-threshold are learned from.",
+)
+_TRUST_UNSCORED = typer.Option(
+    False,
+    "--trust-unscored",
+    help="Learn from completed runs nobody scored, too. Off by default: an unscored run may have "
+    "answered wrongly, so only runs scored correct (feedback, --labels, an evaluation) are used.",
+)
 _REPORT = typer.Option(
     None, "--report", help="Where to write the Markdown report (default: next to --out, .md)."
 )
@@ -51,8 +73,26 @@ def _scores(feedback: list[FeedbackRecord]) -> dict[str, RunScore]:
         values = [r.score for r in records if r.score is not None]
         labels = [text for r in records if (text := r.explanation or r.label)]
         scores[trace_id] = RunScore(
-            score=sum(values) / len(values) if values else None, feedback="; ".join(labels) or None
+            score=sum(values) / len(values) if values else None,
+            feedback="; ".join(labels) or None,
+            source="feedback",
         )
+    return scores
+
+
+def _judgements(
+    traces: list[TraceRecord],
+    feedback: list[FeedbackRecord],
+    labels: Path | None,
+    scorer: Callable[..., Any] | None,
+) -> dict[str, RunScore]:
+    """Feedback by trace id, plus metric scores (by agent span id) of runs feedback did not score."""
+    scores = _scores(feedback)
+    if labels is None or scorer is None:
+        return scores
+    scored = {tid for tid, s in scores.items() if s.score is not None}
+    runs = [r for r in runs_from_traces(traces) if r.trace_id not in scored]
+    scores.update(score_runs(runs, load_data(labels), scorer))
     return scores
 
 
@@ -85,6 +125,8 @@ def crystallize_command(
     success_threshold: float = typer.Option(
         0.5, "--success-threshold", help="A scored run succeeds at this score or above."
     ),
+    trust_unscored: bool = _TRUST_UNSCORED,
+    labels: Path | None = _LABELS,
     agreement: float = typer.Option(
         0.8,
         "--agreement",
@@ -101,7 +143,10 @@ def crystallize_command(
     limit: int = typer.Option(5000, "--limit", min=1, help="At most this many traces (newest first)."),
     dataset: Path | None = _DATASET,
     metric: str | None = typer.Option(
-        None, "--metric", "-m", help="With --dataset: the metric, 'module:function' or a built-in name."
+        None,
+        "--metric",
+        "-m",
+        help="With --dataset or --labels: the metric, 'module:function' or a built-in name.",
     ),
     tolerance: float = typer.Option(
         2.0,
@@ -112,16 +157,24 @@ def crystallize_command(
     threads: int | None = THREADS_OPTION,
     report_dir: Path | None = REPORT_DIR_OPTION,
     lm: str | None = LM_OPTION,
+    allow_cache: bool = ALLOW_CACHE_OPTION,
 ) -> None:
     """Derive a fixed-order workflow from an agent's recorded runs (patterns, argument rules, demos).
 
-    Example: geode crystallize geode.agents.inventory:agent --source phoenix --out workflow.json
-    --emit-python workflow.py. Serve or evaluate the result as `workflow.json`. With --dataset and
-    --metric the same command then runs agent and workflow on that eval set (as `geode compare` does),
-    prints the verdict and adds it to the report.
+    It learns from runs scored correct: by feedback (rt.feedback, POST /feedback, Phoenix
+    annotations), by --metric against --labels, or in an evaluation. A run nobody scored is unknown
+    and left out, unless --trust-unscored. Example: geode crystallize geode.agents.inventory:agent
+    --source phoenix --labels tasks.jsonl --metric numeric_match --out workflow.json. Serve or
+    evaluate the result as `workflow.json`. With --dataset and --metric the same command then runs
+    agent and workflow on that eval set (as `geode compare` does), prints the verdict and adds it to
+    the report.
     """
-    if (dataset is None) != (metric is None):
-        raise ConfigError("--dataset and --metric go together", hint="give both to compare, or neither")
+    if metric is None and (dataset is not None or labels is not None):
+        raise ConfigError(
+            "--dataset and --labels need --metric", hint="give --metric exact_match, or another metric"
+        )
+    if metric is not None and dataset is None and labels is None:
+        raise ConfigError("--metric goes with --dataset or --labels")
     data = load_data(dataset) if dataset is not None else None
     if data is not None:
         data.require(1, purpose="compare agent and workflow")
@@ -144,13 +197,14 @@ def crystallize_command(
                 traces,
                 agent_ref=program,
                 program=program_name,
-                scores=_scores(feedback),
+                scores=_judgements(traces, feedback, labels, scorer),
                 description=reader.description,
                 options=CrystallizeOptions(
                     min_share=min_share,
                     max_routes=max_routes,
                     min_route_runs=min_route_runs,
                     success_threshold=success_threshold,
+                    unscored_ok=trust_unscored,
                     agreement=agreement,
                 ),
             )
@@ -164,6 +218,14 @@ def crystallize_command(
         emit_py.write_text(emit_python(spec), encoding="utf-8")
     stdout = Console()
     stdout.print(_summary(result))
+    stdout.print(f"[bold]learned from:[/bold] {learned_from_text(spec.source.learned_from)}", highlight=False)
+    unscored = spec.source.failures.get("unscored", 0)
+    if unscored:
+        stdout.print(
+            f"[yellow]note:[/yellow] {unscored} completed run(s) nobody scored were left out "
+            "(give feedback, --labels with --metric, or --trust-unscored)",
+            highlight=False,
+        )
     stdout.print(f"[bold]decision:[/bold] {spec.source.decision}", highlight=False)
     for route in spec.routes:
         stdout.print(
@@ -181,7 +243,7 @@ def crystallize_command(
             style="dim",
         )
         return
-    with make_runtime(lm=lm) as rt:
+    with make_runtime(lm=lm, measure=True, allow_cache=allow_cache) as rt:
         comparison, files = run_comparison(
             rt, program, str(out), data, scorer, tolerance=tolerance, threads=threads, report=report_dir
         )

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from geode.cli._common import LM_OPTION, make_runtime
+from geode.cli._common import ALLOW_CACHE_OPTION, LM_OPTION, make_runtime
 from geode.cli._learning import (
     METRIC_OPTION,
     THREADS_OPTION,
@@ -17,6 +17,7 @@ from geode.cli._learning import (
     examples_table,
     load_data,
     load_metric,
+    measurement_notes,
     phoenix_url,
     pricing_for,
     print_health,
@@ -59,6 +60,7 @@ def eval_command(
         False, "--json", help="Print the result as JSON (summary; --out for examples)."
     ),
     lm: str | None = LM_OPTION,
+    allow_cache: bool = ALLOW_CACHE_OPTION,
 ) -> None:
     """Score a program on a dataset: score, latency, LM calls, tokens and cost, per example and overall.
 
@@ -75,7 +77,7 @@ def eval_command(
         data = parts.train if split == "train" else parts.heldout
         data.require(1, purpose=f"evaluate the {split} split")
     console = Console(stderr=as_json)
-    with make_runtime(lm=lm) as rt:
+    with make_runtime(lm=lm, measure=True, allow_cache=allow_cache) as rt:
         served = rt.serve(program)
         if not as_json:
             print_health(data.health(), console)
@@ -109,6 +111,8 @@ def eval_command(
     console.print(
         eval_summary_table([(served.name, result)], f"{result.metric} on {result.dataset_id} ({split})")
     )
+    for note in measurement_notes([(served.name, result)]):
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     worst = examples_table(result, show) if show > 0 else None
     if worst is not None:
         console.print(worst)

@@ -331,7 +331,9 @@ class _Demo:
         self.say.stage(5, "crystallize the agent into a workflow")
         wait = source.wait_for(self.result.train_trace_ids, timeout_s=30.0)
         traces: list[TraceRecord] = list(wait.traces)
-        scores = {tid: RunScore(score=score) for tid, score in self.result.train_run_scores.items()}
+        scores = {
+            tid: RunScore(score=score, source="metric") for tid, score in self.result.train_run_scores.items()
+        }
 
         def attempt(min_route_runs: int) -> Crystallization:
             return crystallize(

@@ -5,6 +5,11 @@ sets the LM and adapter; ``dspy.Evaluate``'s worker threads inherit it). Each ex
 own run identity, usage tracker and LM-call counter, so every example gets its own latency, LM calls,
 tokens and cost, and its spans say which program version answered and which eval it belonged to.
 
+An LM call DSPy answers from its response cache costs no tokens and no time: it is counted in
+``cache_hits``, never in ``lm_calls`` (measuring commands turn the cache off; see ``--allow-cache``).
+Examples without an expected output cannot be scored: they are left out (not run) and counted in
+``unlabelled``.
+
 A program error or a metric error on one example scores that example 0 and is recorded on it; it
 never aborts the evaluation (unless ``max_errors`` is reached, after which the rest are skipped).
 
@@ -19,6 +24,7 @@ import json
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
@@ -28,6 +34,7 @@ import dspy
 from dspy.utils.callback import BaseCallback
 from opentelemetry import trace as otel_trace
 
+from geode.errors import DatasetError
 from geode.evals.dataset import Dataset
 from geode.evals.metrics import FieldMetric, metric_name, score_value
 from geode.traces.context import RunIdentity, run_identity
@@ -119,9 +126,12 @@ class ExampleResult:
     score: float
     latency_s: float
     lm_calls: int = 0
+    """LM calls that reached the model (cache hits are not among them)."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = None
+    cache_hits: int = 0
+    """LM calls DSPy answered from its response cache (no tokens, no model time)."""
     feedback: str | None = None
     """The metric's explanation, when it gives one (feedback metrics, field metrics on a miss)."""
     error: str | None = None
@@ -173,6 +183,11 @@ class EvalResult:
     skipped: int = 0
     """Examples not run because ``max_errors`` was reached."""
     phoenix: PhoenixLink | None = None
+    cache_hits: int = 0
+    """LM calls answered from DSPy's response cache: not in ``lm_calls``, and their examples'
+    latencies and tokens are not those of the model."""
+    unlabelled: int = 0
+    """Examples left out because they have no expected output (not run, not in ``n`` or ``score``)."""
 
     @property
     def total_tokens(self) -> int:
@@ -243,6 +258,28 @@ class _LMCallCounter(BaseCallback):
             self.calls += 1
 
 
+class _CallHistory:
+    """Receives the history entry of every LM call made below it.
+
+    DSPy appends each LM call's history entry to every module in ``settings.caller_modules``; put
+    first in that list for one example's run, this object sees exactly that run's calls. DSPy
+    records a call answered from its cache with empty usage (it adds nothing to usage trackers for
+    the same reason), and some responses also carry ``cache_hit``.
+    """
+
+    def __init__(self) -> None:
+        self.history: deque[dict[str, Any]] = deque()
+
+    @property
+    def cache_hits(self) -> int:
+        """Calls answered from DSPy's cache."""
+        return sum(1 for entry in list(self.history) if _cache_hit(entry))
+
+
+def _cache_hit(entry: Mapping[str, Any]) -> bool:
+    return bool(getattr(entry.get("response"), "cache_hit", False)) or not entry.get("usage")
+
+
 @dataclass
 class _Measure:
     latency_s: float
@@ -250,6 +287,7 @@ class _Measure:
     usage: dict[str, dict[str, Any]]
     error: str | None
     trace_id: str | None
+    cache_hits: int = 0
 
 
 def _outputs_of(pred: Any) -> dict[str, Any]:
@@ -327,7 +365,9 @@ class _Run:
             self._local.span = None
             return dspy.Prediction()
         counter = _LMCallCounter()
+        calls = _CallHistory()
         callbacks = [*(dspy.settings.get("callbacks") or []), counter]
+        callers = [calls, *(dspy.settings.get("caller_modules") or [])]
         error: str | None = None
         pred: Any = dspy.Prediction()
         # The span stays open until the metric has scored the example (see score()).
@@ -339,14 +379,17 @@ class _Run:
             otel_trace.use_span(span, end_on_exit=False) if span is not None else nullcontext(),
             run_identity(self.identity),
             dspy.track_usage() as usage,
-            dspy.context(callbacks=callbacks),
+            dspy.context(callbacks=callbacks, caller_modules=callers),
         ):
             try:
                 pred = self.program(**inputs)
             except Exception as err:  # one example's failure is recorded, never raised
                 error = _error_text(err)
         latency = time.perf_counter() - start
-        self._local.measure = _Measure(latency, counter.calls, usage.get_total_tokens(), error, trace_id)
+        hits = min(calls.cache_hits, counter.calls)
+        self._local.measure = _Measure(
+            latency, counter.calls - hits, usage.get_total_tokens(), error, trace_id, cache_hits=hits
+        )
         return pred
 
     def score(self, example: dspy.Example, pred: Any, trace: Any = None) -> float:
@@ -385,6 +428,7 @@ class _Run:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             cost_usd=cost,
+            cache_hits=measure.cache_hits,
             feedback=feedback,
             error=error,
             trace_id=measure.trace_id,
@@ -464,6 +508,32 @@ def _progress(
     return progress, advance
 
 
+def _labelled_only(dataset: Dataset, metric: Callable[..., Any]) -> tuple[Dataset, int]:
+    """The records a label metric can score, and how many were left out for having no expected output.
+
+    Only Geode's field metrics are known to need labels; a custom metric may judge without them, so
+    it gets every record.
+
+    Raises:
+        DatasetError: No record has an expected output for the metric.
+    """
+    if not isinstance(metric, FieldMetric):
+        return dataset, 0
+    labelled = [r for r in dataset.records if metric.labelled(r.outputs)]
+    missing = len(dataset.records) - len(labelled)
+    if not missing:
+        return dataset, 0
+    if not labelled:
+        where = f" {dataset.source!r}" if dataset.source else ""
+        raise DatasetError(
+            f"cannot evaluate: none of the {missing} records of the dataset{where} has an expected output "
+            f"for {metric.name}",
+            hint="fill in their outputs (geode mine keeps the traced outputs of runs not known to be bad)",
+        )
+    logger.info("%d record(s) without an expected output left out of the evaluation", missing)
+    return dataset.with_records(labelled), missing
+
+
 def evaluate(
     program: Callable[..., Any],
     data: Dataset | Sequence[dspy.Example],
@@ -509,10 +579,12 @@ def evaluate(
         The :class:`EvalResult`, per-example results in dataset order.
 
     Raises:
-        DatasetError: ``data`` is empty.
+        DatasetError: ``data`` is empty, or the metric needs labels and no record has any.
     """
     dataset = data if isinstance(data, Dataset) else Dataset.from_examples(data)
     dataset.require(1, purpose="evaluate")
+    source_id = dataset.id
+    dataset, unlabelled = _labelled_only(dataset, metric)
     examples = dataset.examples()
     keys = [r.key for r in dataset.records]
     name = program_name or type(program).__name__
@@ -523,7 +595,7 @@ def evaluate(
     identity = RunIdentity(
         program=name,
         version=version,
-        metadata={GeodeAttributes.EVAL_DATASET_ID: dataset.id, "geode.eval.split": split},
+        metadata={GeodeAttributes.EVAL_DATASET_ID: source_id, "geode.eval.split": split},
         tags=("geode.eval", *tags),
     )
     progress_cm, advance = _progress(show_progress, len(examples), f"eval {name}")
@@ -533,7 +605,7 @@ def evaluate(
         examples=examples,
         keys=keys,
         identity=identity,
-        dataset_id=dataset.id,
+        dataset_id=source_id,
         pricing=pricing or Pricing(),
         tracer=tracer,
         max_errors=max_errors,
@@ -576,7 +648,7 @@ def evaluate(
         program=name,
         version=version,
         metric=metric_name(metric),
-        dataset_id=dataset.id,
+        dataset_id=source_id,
         dataset_name=dataset.name,
         split=split,
         model=model_name,
@@ -594,6 +666,8 @@ def evaluate(
         started_at=started.isoformat(timespec="seconds"),
         examples=tuple(per_example),
         skipped=run.skipped,
+        cache_hits=sum(e.cache_hits for e in per_example),
+        unlabelled=unlabelled,
     )
     if phoenix_url:
         link = log_to_phoenix(result, dataset, phoenix_url, experiment_name=experiment_name)

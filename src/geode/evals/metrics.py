@@ -211,6 +211,18 @@ class FieldMetric:
             f"{self.name}[{','.join(fields)}]", self.scorer, fields=fields, threshold=self.threshold
         )
 
+    def labelled(self, outputs: Mapping[str, Any]) -> bool:
+        """Whether a record's expected ``outputs`` give this metric something to compare with.
+
+        A record without them would score 0 whatever the program answers, so evaluation leaves it out.
+        """
+        fields = (
+            self.fields
+            if self.fields is not None
+            else [k for k in outputs if not k.startswith(RESERVED_PREFIX)]
+        )
+        return any(outputs.get(field) is not None for field in fields)
+
     def compare(self, example: dspy.Example, pred: Any) -> list[tuple[str, Any, Any, float]]:
         """Per-field ``(field, gold, got, score)``; a field missing from the prediction scores 0."""
         fields = self.fields if self.fields is not None else label_fields(example, pred)

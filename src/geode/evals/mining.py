@@ -81,6 +81,9 @@ _HIDDEN_VALUES: Final = frozenset({"__REDACTED__", "<redacted>"})
 # Output fields that are the program's working, not its answer: ChainOfThought's rationale, ReAct's
 # trajectory. Per-predictor examples keep them (a predictor's demos need them).
 _WORKING_FIELDS: Final = frozenset({"reasoning", "trajectory"})
+# What geode.Agent records next to its outputs: its step records and why it stopped. Spans written
+# before agents recorded their output fields are recognised by kind.
+_AGENT_BOOKKEEPING: Final = frozenset({"steps", "termination"})
 _POSITIVE: Final = frozenset(
     {"thumbs_up", "thumbs-up", "thumbsup", "up", "👍", "good", "correct", "pass", "passed", "yes",
      "positive", "true", "1", "helpful", "right"}
@@ -516,6 +519,16 @@ def _where_matches(span: SpanRecord, where: Mapping[str, str]) -> bool:
     return True
 
 
+def _answer(root: SpanRecord, outputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's answer: the program's declared outputs, without its working or bookkeeping."""
+    declared = root.attributes.get(GeodeAttributes.OUTPUT_FIELDS)
+    if isinstance(declared, list | tuple) and declared:
+        names = {str(name) for name in declared}
+        return {k: v for k, v in outputs.items() if k in names}
+    hidden = _WORKING_FIELDS | (_AGENT_BOOKKEEPING if root.kind == "AGENT" else frozenset())
+    return {k: v for k, v in outputs.items() if k not in hidden}
+
+
 def _record(
     candidate: _Candidate,
     judgement: _Judgement,
@@ -526,7 +539,7 @@ def _record(
     root, trace = candidate.root, candidate.trace
     score = judgement.score
     bad = candidate.error is not None or (score is not None and score < pass_score)
-    answer = {k: v for k, v in candidate.outputs.items() if k not in _WORKING_FIELDS}
+    answer = _answer(root, candidate.outputs)
     keep = outputs == "traced" or (outputs == "auto" and not bad)
     metadata: dict[str, Any] = {
         "program": root.get(GeodeAttributes.PROGRAM_NAME),

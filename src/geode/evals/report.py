@@ -493,6 +493,13 @@ class ProgramComparison:
             f"{cand.program} scores {_pct(cand.score)} against {base.program}'s {_pct(base.score)} "
             f"({self.delta:+.1f} points, tolerance {self.tolerance:g}) on {base.n} examples: "
         )
+        cached = base.cache_hits + cand.cache_hits
+        if cached:
+            # A cached answer takes no model time: calls and latency ratios would compare a replay.
+            cost = (
+                f" {cached} LM call(s) came from DSPy's response cache, so LM calls and latency are not "
+                "compared (run without --allow-cache)."
+            )
         return head + ("READY." if self.ready else "NOT ready.") + cost
 
 
@@ -519,7 +526,8 @@ def comparison_table(comparison: ProgramComparison) -> tuple[tuple[str, ...], li
                 r.program,
                 _pct(r.score),
                 f"{r.n - r.errors}/{r.n}",
-                f"{r.lm_calls / r.n:.2f}" if r.n else "0",
+                (f"{r.lm_calls / r.n:.2f}" if r.n else "0")
+                + (f" (+{r.cache_hits / r.n:.2f} cached)" if r.cache_hits and r.n else ""),
                 f"{r.total_tokens / r.n:,.0f}" if r.n else "0",
                 _ms(r.latency_p50_s),
                 _ms(r.latency_p95_s),

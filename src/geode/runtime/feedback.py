@@ -298,6 +298,9 @@ class FeedbackOutbox:
     def submit(self, record: FeedbackRecord, *, timeout_s: float = 0.0) -> FeedbackReceipt:
         """Store the record locally, queue it for Phoenix, and wait up to ``timeout_s`` for delivery.
 
+        The wait ends early when an attempt finds Phoenix unreachable or without the run yet: the
+        record then stays queued and the receipt says it is pending.
+
         Never raises because Phoenix is down; raises ``OSError`` only if the local disk refuses the
         write (then the feedback really is not stored, and the caller must know).
         """
@@ -306,8 +309,10 @@ class FeedbackOutbox:
             with self.outbox.open("a", encoding="utf-8") as fh:
                 fh.write(json.dumps(record.to_json(), ensure_ascii=False, default=str) + "\n")
         self._ensure_worker()
+        # A failure of an earlier attempt says nothing about this one; waiting stops at this one's.
+        self.last_error = None
         self._wake.set()
-        delivered = self.wait(record, timeout_s) if timeout_s > 0 else False
+        delivered = self.wait(record, timeout_s, while_reachable=True) if timeout_s > 0 else False
         return FeedbackReceipt(record=record, delivered=delivered, pending=self.pending, log=self.log.path)
 
     @property

@@ -155,8 +155,10 @@ class Runtime:
         if self._lm is None:
             with self._lock:
                 if self._lm is None:
-                    from geode.runtime.lm import build_lm
+                    from geode.runtime.lm import build_lm, use_response_cache
 
+                    if self.settings.lm.cache:
+                        use_response_cache(self.settings.cache_dir)
                     self._lm = build_lm(self.settings.lm)
         return self._lm
 
@@ -376,7 +378,7 @@ class Runtime:
         Raises:
             InputError: No score, label or comment, or ``run`` is not a traced run.
         """
-        from geode.runtime.feedback import FeedbackOutbox, make_feedback_record
+        from geode.runtime.feedback import make_feedback_record
 
         trace_id = run if isinstance(run, str) else trace_id_of(run)
         if trace_id is None:
@@ -393,10 +395,23 @@ class Runtime:
             annotator_kind=annotator_kind,
             program=program,
         )
+        return self.feedback_outbox.submit(record, timeout_s=wait_s)
+
+    @property
+    def feedback_outbox(self) -> FeedbackOutbox:
+        """Where :meth:`feedback` and ``POST /feedback`` put records: the local log, then Phoenix.
+
+        Built on first use under ``<home>/feedback``; it delivers to the Phoenix this runtime traces
+        to (the configured collector, else a local Phoenix that is up), re-sending until it is taken.
+        """
+        from geode.runtime.feedback import FeedbackOutbox
+
         with self._lock:
             if self._feedback is None:
-                self._feedback = FeedbackOutbox.for_settings(self.settings)
-        return self._feedback.submit(record, timeout_s=wait_s)
+                self._feedback = FeedbackOutbox.for_settings(
+                    self.settings, timeout_s=self.settings.serve.feedback_timeout_s
+                )
+            return self._feedback
 
     def close(self) -> None:
         """Flush telemetry (bounded by a deadline) and release the store."""

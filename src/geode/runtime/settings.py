@@ -52,7 +52,10 @@ class LMSettings(BaseSettings):
     """Per-call timeout for remote models."""
     num_retries: int = Field(default=3, ge=0, le=10)
     cache: bool = True
-    """Use DSPy's response cache (identical calls are answered from cache and flagged on the span)."""
+    """Use DSPy's response cache (identical calls are answered from cache and flagged on the span). It
+    lives under the Geode home (``<home>/dspy-cache``). Commands that measure (``geode eval``,
+    ``compare``, ``compile``, ``compare-models``, ``crystallize --dataset``) bypass it unless given
+    ``--allow-cache``."""
     adapter: Literal["auto", "small", "json", "chat"] = "auto"
     """How signatures become prompts: ``small`` (``geode.adapters.SmallModelAdapter``: plain chat prompts,
     plain-text or schema-constrained JSON replies), ``json`` (``dspy.JSONAdapter``), ``chat``
@@ -224,6 +227,11 @@ class Settings(BaseSettings):
     def reports_dir(self) -> Path:
         """Reports written by ``geode compile``, ``geode compare`` and ``geode demo``."""
         return self.home / "reports"
+
+    @property
+    def cache_dir(self) -> Path:
+        """DSPy's response cache for the LMs the runtime builds (see ``lm.cache``)."""
+        return self.home / "dspy-cache"
 
     @property
     def traces_dir(self) -> Path:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -12,7 +14,13 @@ from dspy.clients.engines.dummy_engine import AsyncDummyEngine, DummyEngine
 from dspy.lm15 import Message, Response, TextPart, Usage
 from dspy.utils.dummies import DummyLM
 
-__all__ = ["ScriptExhaustedError", "ScriptedCall", "ScriptedLM"]
+__all__ = [
+    "ScriptExhaustedError",
+    "ScriptedCall",
+    "ScriptedLM",
+    "isolated_response_cache",
+    "response_cache_dir",
+]
 
 Answer = Mapping[str, Any]
 AnswerFn = Callable[[list[dict[str, str]]], Answer]
@@ -70,6 +78,8 @@ class ScriptedLM(DummyLM):
         local: Declare what ``geode.LocalLM`` declares: a small local model (``small_local_model``, so
             the runtime pairs it with ``SmallModelAdapter``) that accepts a response schema. The script
             is not constrained by the schema; record it with a callback's ``on_lm_start``.
+        cache: Answer a repeated identical call from DSPy's response cache, as a real LM does by
+            default (``DummyLM`` never caches); for tests of what cache hits do to measurements.
 
     Example:
         >>> import dspy
@@ -90,9 +100,11 @@ class ScriptedLM(DummyLM):
         model: str = "scripted",
         strict: bool = True,
         local: bool = False,
+        cache: bool = False,
     ) -> None:
         super().__init__([], adapter=adapter)
         self.model = model
+        self._cache_responses = cache
         self.strict = strict
         self.local = local
         self.calls: list[ScriptedCall] = []
@@ -161,3 +173,24 @@ class ScriptedLM(DummyLM):
         """Append a call to :attr:`calls` (thread-safe)."""
         with self._lock:
             self.calls.append(call)
+
+
+@contextmanager
+def isolated_response_cache(folder: Path) -> Iterator[Path]:
+    """DSPy's response cache in ``folder`` for the block, then the process's previous cache again.
+
+    Tests of caching must neither read answers cached by other runs nor leave theirs in
+    ``~/.dspy_cache``.
+    """
+    # dspy.cache is resolved lazily by DSPy's module __getattr__; pyright does not know it.
+    saved = getattr(dspy, "cache")  # noqa: B009
+    dspy.configure_cache(disk_cache_dir=str(folder))
+    try:
+        yield folder
+    finally:
+        setattr(dspy, "cache", saved)  # noqa: B010
+
+
+def response_cache_dir() -> Path:
+    """The folder of DSPy's current disk cache (``dspy.cache``)."""
+    return Path(str(getattr(dspy, "cache").disk_cache.directory))  # noqa: B009

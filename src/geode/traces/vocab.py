@@ -47,6 +47,9 @@ class GeodeAttributes:
     """Content hash of the program version that answered; on every span of a run."""
     PROGRAM_KIND: Final = "geode.program.kind"
     """``agent`` or ``workflow``."""
+    OUTPUT_FIELDS: Final = "geode.output_fields"
+    """On an agent's span: its signature's output fields. The span's ``output.value`` also holds the
+    agent's bookkeeping (``steps``, ``termination``, ``trajectory``); mining keeps only these."""
     PREDICTOR_NAME: Final = "geode.predictor.name"
     """The predictor's name as in ``module.named_predictors()`` (``react``, ``extract.predict``)."""
     SIGNATURE: Final = "geode.signature"

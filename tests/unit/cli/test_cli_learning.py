@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import dspy
@@ -11,7 +12,7 @@ import pytest
 from geode.cli import _common, main
 from geode.runtime.programs import register_program
 from geode.runtime.settings import Settings, TracingSettings
-from geode.testing import ScriptedLM
+from geode.testing import ScriptedLM, isolated_response_cache
 
 
 def _exit_code(argv: list[str]) -> int:
@@ -185,3 +186,43 @@ def test_compare_models_table(
     assert _exit_code([*argv, "--report-dir", str(tmp_path / "m2")]) == 0
     out = capsys.readouterr().out
     assert "small" in out and "big" in out and "models.html" in out
+
+
+@pytest.fixture
+def caching(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[list[Settings]]:
+    """Runtimes whose scripted LM caches as a real LM does when the settings allow it (cache in tmp)."""
+    built: list[Settings] = []
+    real = _common.Runtime
+
+    def runtime(settings: Settings) -> object:
+        built.append(settings)
+        quiet = settings.model_copy(update={"tracing": TracingSettings(enabled=False)})
+        return real(quiet, lm=ScriptedLM(_always_right, cache=settings.lm.cache))
+
+    monkeypatch.setattr(_common, "Runtime", runtime)
+    with isolated_response_cache(tmp_path / "dspy-cache"):
+        yield built
+
+
+def test_measuring_commands_bypass_the_response_cache_unless_allowed(
+    tmp_path: Path, program: str, caching: list[Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _dataset(tmp_path, n=3)
+    argv = ["eval", program, "-d", str(data), "-m", "exact_match", "--json", "--no-phoenix"]
+    for _ in range(2):
+        assert _exit_code(argv) == 0
+        measured = json.loads(capsys.readouterr().out)
+        # Every call reached the model, the second time too: nothing was replayed from a cache.
+        assert (measured["lm_calls"], measured["cache_hits"]) == (3, 0) and measured["prompt_tokens"] > 0
+    assert [s.lm.cache for s in caching] == [False, False]
+
+    # --allow-cache: the first run fills the cache, the second is answered from it, and says so.
+    assert _exit_code([*argv, "--allow-cache"]) == 0
+    capsys.readouterr()
+    assert _exit_code([*argv, "--allow-cache"]) == 0
+    replayed = json.loads(capsys.readouterr().out)
+    assert (replayed["lm_calls"], replayed["cache_hits"], replayed["prompt_tokens"]) == (0, 3, 0)
+    assert replayed["score"] == 1.0
+    assert _exit_code([a for a in argv if a != "--json"] + ["--allow-cache"]) == 0
+    shown = capsys.readouterr().out
+    assert "3 LM call(s) were answered from DSPy's response cache" in " ".join(shown.split())

@@ -4,6 +4,7 @@ import re
 import socket
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import dspy
 import pytest
@@ -15,7 +16,7 @@ from geode.errors import DatasetError
 from geode.evals.dataset import Dataset
 from geode.evals.evaluate import Price, Pricing, evaluate, log_to_phoenix, percentile
 from geode.evals.metrics import exact_match, with_feedback
-from geode.testing import ScriptedLM
+from geode.testing import ScriptedLM, isolated_response_cache
 from geode.traces.context import RunIdentity, current_run
 from geode.traces.vocab import GeodeAttributes
 
@@ -186,3 +187,45 @@ def test_percentile_nearest_rank() -> None:
     assert percentile([], 50) == 0.0
     assert percentile([3.0, 1.0, 2.0], 50) == 2.0
     assert percentile([float(i) for i in range(1, 101)], 95) == 95.0
+
+
+def test_records_without_an_expected_output_are_left_out_and_counted() -> None:
+    data = Dataset.from_records(
+        [
+            {"inputs": {"question": "q1"}, "outputs": {"answer": "1"}},
+            {"inputs": {"question": "q2"}, "outputs": {}},  # mined from a run known to be bad
+            {"inputs": {"question": "q5"}, "outputs": {"answer": "5"}},
+        ]
+    )
+    lm = ScriptedLM(_answer_number)
+    with dspy.context(lm=lm):
+        result = evaluate(dspy.Predict("question -> answer"), data, exact_match)
+    # Scored 0 it would have pulled the score to 67% with every answer right; it is not run at all.
+    assert (result.score, result.n, result.unlabelled) == (1.0, 2, 1)
+    assert result.dataset_id == data.id and len(lm.calls) == 2
+    with pytest.raises(
+        DatasetError, match=r"none of the 2 records .* has an expected output for exact_match"
+    ):
+        evaluate(dspy.Predict("question -> answer"), data.with_records(data.records[1:2] * 2), exact_match)
+
+
+@pytest.fixture
+def fresh_dspy_cache(tmp_path: Path) -> Iterator[None]:
+    with isolated_response_cache(tmp_path / "dspy-cache"):
+        yield
+
+
+@pytest.mark.usefixtures("fresh_dspy_cache")
+def test_cache_hits_are_counted_apart_from_lm_calls() -> None:
+    lm = ScriptedLM(_answer_number, cache=True)
+    program = dspy.Predict("question -> answer")
+    data = _dataset(3)
+    with dspy.context(lm=lm):
+        first = evaluate(program, data, exact_match)
+        again = evaluate(program, data, exact_match)
+    assert (first.lm_calls, first.cache_hits) == (3, 0) and first.prompt_tokens > 0
+    # The model was not called again: no LM calls, no tokens, only cache hits, said as such.
+    assert len(lm.calls) == 3
+    assert (again.lm_calls, again.cache_hits, again.prompt_tokens) == (0, 3, 0)
+    assert [e.cache_hits for e in again.examples] == [1, 1, 1]
+    assert again.to_dict(examples=False)["cache_hits"] == 3

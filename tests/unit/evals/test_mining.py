@@ -7,6 +7,7 @@ import json
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import cast
 
 import dspy
 import pytest
@@ -332,6 +333,39 @@ def test_agent_runs_give_per_step_examples() -> None:
     react = result.predictors["react"].records
     assert len(react) == 2 and [r.outputs["next_tool_name"] for r in react] == ["calculate", "finish"]
     assert "trajectory" in react[1].inputs
+
+
+def test_a_geode_agent_is_mined_with_its_signature_outputs_only() -> None:
+    # geode.Agent's prediction also carries its step records and termination (with per-step
+    # latencies): as expected outputs they made an identical answer score 14% on re-evaluation.
+    def calculate(expression: str) -> str:
+        """Evaluate an arithmetic expression."""
+        return str(eval(expression, {"__builtins__": {}}))  # the test's own tool
+
+    lm = ScriptedLM(
+        [
+            {
+                "next_thought": "compute",
+                "next_tool_name": "calculate",
+                "next_tool_args": {"expression": "6*7"},
+            },
+            {"next_thought": "done", "next_tool_name": "finish", "next_tool_args": {}},
+            {"reasoning": "6*7=42", "answer": "42"},
+        ]
+    )
+    provider, exporter = in_memory_tracing()
+    rt = geode.Runtime(lm=lm, tracer_provider=provider)
+    agent = geode.Agent(Ask, tools=[calculate], name="calc")
+    pred = rt.run(agent, question="What is 6*7?")
+    rt.close()
+    assert {"steps", "termination"} <= set(pred.keys())
+    (record,) = mine(InMemoryTraceSource(exporter), "Agent").dataset
+    assert dict(record.outputs) == {"answer": "42"}
+    (span,) = [
+        s for s in exporter.get_finished_spans() if (s.attributes or {}).get(GeodeAttributes.OUTPUT_FIELDS)
+    ]
+    assert span.attributes is not None
+    assert list(cast(Sequence[str], span.attributes[GeodeAttributes.OUTPUT_FIELDS])) == ["answer"]
 
 
 def test_bad_arguments_are_refused(traced: tuple[InMemoryTraceSource, list[str]]) -> None:

@@ -2,14 +2,16 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import dspy
 import pytest
+from pydantic import SecretStr
 
 from geode.errors import InputError, LMError
 from geode.runtime.runtime import Runtime
-from geode.runtime.settings import Settings, TracingSettings
-from geode.testing import ScriptedLM
+from geode.runtime.settings import LMSettings, Settings, TracingSettings
+from geode.testing import ScriptedLM, isolated_response_cache, response_cache_dir
 from geode.traces.context import RunIdentity, current_run
 
 
@@ -88,3 +90,24 @@ def test_example_program_answers_from_its_facts() -> None:
     assert pred.answer == "Paris"
     prompt = "\n".join(m["content"] for m in lm.calls[0].messages)
     assert "Paris is the capital of France." in prompt
+
+
+def test_dspy_response_cache_lives_under_the_geode_home(tmp_path: Path) -> None:
+    # DSPy's default cache is ~/.dspy_cache, shared by every home on the machine: an answer cached
+    # for one project's runs would answer another's. LMs the runtime builds cache under its home.
+    settings = Settings(
+        home=tmp_path / "home",
+        lm=LMSettings(model="openai/gpt-4o-mini", api_key=SecretStr("sk-test")),
+        tracing=TracingSettings(enabled=False),
+    )
+    with isolated_response_cache(tmp_path / "before"):
+        with Runtime(settings) as rt:
+            assert rt.lm.cache is True
+        assert response_cache_dir() == (tmp_path / "home" / "dspy-cache").resolve()
+    # No cache wanted, nothing touched.
+    other = settings.model_copy(
+        update={"home": tmp_path / "other", "lm": settings.lm.model_copy(update={"cache": False})}
+    )
+    with Runtime(other) as rt:
+        assert rt.lm.cache is False
+    assert not (tmp_path / "other" / "dspy-cache").exists()

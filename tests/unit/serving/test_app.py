@@ -10,16 +10,21 @@ from typing import Any
 import dspy
 import pytest
 from dspy.signatures.signature import ensure_signature
+from fastapi.testclient import TestClient
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import SecretStr
 
 from geode.errors import ConfigError
-from geode.runtime.serving import Candidate, HostedProgram
+from geode.runtime.phoenix import find_free_port
+from geode.runtime.runtime import Runtime
+from geode.runtime.serving import Candidate, HostedProgram, create_app
+from geode.runtime.serving.feedback import read_feedback
+from geode.runtime.settings import PhoenixSettings, Settings, TracingSettings
 from geode.testing import ScriptedLM
 from geode.traces.vocab import GeodeAttributes, SpanAttributes
 
-from .conftest import AppFactory
+from .conftest import AppFactory, echo_lm
 
 KEY = "k" * 24
 
@@ -307,11 +312,42 @@ def test_feedback_is_stored_locally_and_reported(make_client: AppFactory, tmp_pa
     client, _ = make_client()
     trace_id = client.post("/programs/qa", json={"question": "q"}).json()["trace_id"]
     response = client.post("/feedback", json={"trace_id": trace_id, "score": 1, "label": "good"})
-    assert response.status_code == 202 and response.json()["stored"] == ["local"]
+    assert response.status_code == 202 and response.json()["delivered"] == ["local"]
     record = json.loads((tmp_path / "feedback.jsonl").read_text().splitlines()[0])
     assert record["trace_id"] == trace_id and record["program"] == "qa" and record["span_id"]
     bad = client.post("/feedback", json={"trace_id": "not-a-trace", "score": 1})
     assert bad.status_code == 422
+    # A bad feedback body is told what the feedback schema is, not about the program's inputs.
+    message = bad.json()["error"]["message"]
+    assert "feedback schema" in message and "trace_id (32 hex digits)" in message
+    assert "program" not in message
+    empty = client.post("/feedback", json={"trace_id": trace_id})
+    assert empty.status_code == 422 and "needs a score, a label or an explanation" in empty.text
+
+
+def test_feedback_goes_through_the_durable_outbox_by_default(
+    tracing: tuple[TracerProvider, InMemorySpanExporter], tmp_path: Any
+) -> None:
+    # No feedback sinks given: feedback takes the runtime's outbox, as rt.feedback does. With no
+    # Phoenix to take it, it is kept in the outbox (re-sent later) and the answer says it is pending.
+    home = tmp_path / "home"
+    settings = Settings(
+        home=home,
+        tracing=TracingSettings(enabled=False),
+        phoenix=PhoenixSettings(port=find_free_port()),  # never a Phoenix that happens to be running
+    )
+    rt = Runtime(settings, lm=echo_lm(), tracer_provider=tracing[0])
+    app = create_app(rt, [HostedProgram(dspy.Predict("question -> answer"), name="qa")])
+    with TestClient(app) as client:
+        trace_id = client.post("/programs/qa", json={"question": "q"}).json()["trace_id"]
+        body = client.post("/feedback", json={"trace_id": trace_id, "score": 1}).json()
+    rt.close()
+    assert body["delivered"] == ["local"] and body["pending"] == ["phoenix"], body
+    assert any("no Phoenix is running" in p for p in body["problems"]), body
+    (kept,) = read_feedback(home / "feedback" / "outbox.jsonl")
+    assert kept.trace_id == trace_id and kept.program == "qa" and kept.span_id
+    log = [json.loads(line) for line in (home / "feedback" / "feedback.jsonl").read_text().splitlines()]
+    assert [r["trace_id"] for r in log] == [trace_id]
 
 
 class _DownSink:
@@ -327,7 +363,7 @@ def test_feedback_with_phoenix_down_still_succeeds_locally(make_client: AppFacto
     client, _ = make_client(feedback_sinks=[FeedbackLog(tmp_path / "fb.jsonl"), _DownSink()])
     trace_id = client.post("/programs/qa", json={"question": "q"}).json()["trace_id"]
     body = client.post("/feedback", json={"trace_id": trace_id, "score": 0.5}).json()
-    assert body["stored"] == ["local"] and body["problems"] == ["phoenix: ConnectionRefusedError"]
+    assert body["delivered"] == ["local"] and body["problems"] == ["phoenix: ConnectionRefusedError"]
 
 
 def test_metrics_count_requests_errors_and_tokens(make_client: AppFactory) -> None:

@@ -11,7 +11,7 @@
 from geode.agents.crystallize.build import CrystallizeError, CrystallizeOptions, build_spec, choose_patterns
 from geode.agents.crystallize.codegen import emit_python
 from geode.agents.crystallize.cost import CostCheck, check_cost
-from geode.agents.crystallize.crystallization import Crystallization, crystallize
+from geode.agents.crystallize.crystallization import Crystallization, crystallize, score_runs
 from geode.agents.crystallize.patterns import (
     Analysis,
     Derivation,
@@ -51,5 +51,6 @@ __all__ = [
     "read_runs",
     "render_report",
     "runs_from_traces",
+    "score_runs",
     "workflow_route",
 ]

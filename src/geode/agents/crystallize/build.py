@@ -63,6 +63,9 @@ class CrystallizeOptions:
         max_routes: At most this many routes.
         min_route_runs: A pattern needs this many successful runs to become a route.
         success_threshold: A scored run succeeds when its score is at least this.
+        unscored_ok: A completed run nobody scored counts as a success. Off by default: such a run is
+            unknown (it may have answered wrongly), so only runs scored at least ``success_threshold``
+            (by feedback, a metric on a labelled dataset, or an evaluation) are learned from.
         agreement: Share of a pattern's runs a derivation rule must reproduce.
         min_rule_runs: Runs a rule other than an input copy must hold in.
         max_demos: Demos per LM step (router: per route, at most 2).
@@ -73,6 +76,7 @@ class CrystallizeOptions:
     max_routes: int = 3
     min_route_runs: int = 2
     success_threshold: float = 0.5
+    unscored_ok: bool = False
     agreement: float = 0.8
     min_rule_runs: int = 2
     max_demos: int = 3
@@ -98,7 +102,13 @@ def choose_patterns(analysis: Analysis, options: CrystallizeOptions) -> tuple[li
         reasons = ", ".join(f"{n} {why}" for why, n in sorted(analysis.failures.items())) or "none recorded"
         raise CrystallizeError(
             f"none of the {analysis.runs} recorded runs succeeded ({reasons})",
-            hint="record more runs of a working agent, or lower --success-threshold if scores are strict",
+            hint=(
+                "score the runs: give feedback (rt.feedback, POST /feedback, Phoenix annotations), or "
+                "--labels DATA --metric METRIC to score them against expected outputs; --trust-unscored "
+                "learns from completed runs nobody scored"
+                if analysis.failures.get("unscored")
+                else "record more runs of a working agent, or lower --success-threshold if scores are strict"
+            ),
         )
     eligible = [p for p in analysis.patterns if len(p.runs) >= options.min_route_runs]
     if not eligible:
@@ -541,6 +551,8 @@ def build_spec(
             runs=analysis.runs,
             successful=analysis.successful,
             failures=dict(analysis.failures),
+            learned_from=dict(analysis.learned_from),
+            unscored_ok=analysis.unscored_ok,
             min_share=opts.min_share,
             success_threshold=analysis.success_threshold,
             agreement=analysis.agreement,

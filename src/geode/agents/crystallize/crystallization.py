@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -17,12 +18,16 @@ from geode.agents.crystallize.report import render_report
 from geode.agents.crystallize.runs import AgentRun, RunScore, runs_from_traces
 from geode.agents.crystallize.spec import WorkflowSpec
 from geode.agents.crystallize.workflow import CrystallizedWorkflow
+from geode.evals.dataset import Dataset, Record
+from geode.evals.metrics import score_value
 from geode.traces.records import TraceRecord
 from geode.traces.sources import TraceFilter, TraceSource
 
-__all__ = ["Crystallization", "crystallize"]
+__all__ = ["Crystallization", "crystallize", "score_runs"]
 
 RunsSource = TraceSource | Iterable[TraceRecord] | Iterable[AgentRun]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,35 @@ class Crystallization:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the sealed spec as JSON."""
         return self.spec.save(path)
+
+
+def score_runs(
+    runs: Iterable[AgentRun], labelled: Dataset, metric: Callable[..., Any]
+) -> dict[str, RunScore]:
+    """Score recorded runs against a labelled dataset: the learning signal of ``--labels``.
+
+    A run whose inputs equal a record's (after the dataset's text normalisation) is scored with
+    ``metric(record, prediction)``, its outputs standing in for the prediction. Runs with no matching
+    record, or whose record has no expected output, stay unscored.
+
+    Returns:
+        Judgements keyed by the agent span's id (``source="metric"``), for :func:`crystallize`.
+    """
+    by_input = {r.input_key: r for r in labelled.records if r.outputs}
+    scores: dict[str, RunScore] = {}
+    for run in runs:
+        if run.problems:
+            continue
+        record = by_input.get(Record(inputs=dict(run.inputs)).input_key)
+        if record is None:
+            continue
+        try:
+            value = score_value(metric(record.to_example(), dspy.Prediction(**run.outputs)))
+        except Exception as err:  # a metric bug on one run leaves that run unscored, visibly
+            logger.warning("metric failed on run %s: %s", run.span_id, err)
+            continue
+        scores[run.span_id] = RunScore(score=value, source="metric")
+    return scores
 
 
 def _read(
@@ -151,6 +185,7 @@ def crystallize(
         mine,
         output_fields=list(signature.output_fields),
         success_threshold=opts.success_threshold,
+        unscored_ok=opts.unscored_ok,
         agreement=opts.agreement,
         min_rule_runs=opts.min_rule_runs,
     )

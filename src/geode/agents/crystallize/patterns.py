@@ -183,6 +183,11 @@ class Analysis:
     min_rule_runs: int
     input_fields: tuple[str, ...] = field(default=())
     output_fields: tuple[str, ...] = field(default=())
+    learned_from: Mapping[str, int] = field(default_factory=dict[str, int])
+    """Successful runs by how they are known to be good: ``feedback``, ``metric``, ``eval`` (scored at
+    least the threshold) and ``unscored`` (only when unscored runs were trusted)."""
+    unscored_ok: bool = False
+    """Whether completed runs nobody scored counted as successes."""
 
     @property
     def dominant(self) -> Pattern | None:
@@ -575,6 +580,7 @@ def analyze(
     success_threshold: float = 0.5,
     agreement: float = 0.8,
     min_rule_runs: int = 2,
+    unscored_ok: bool = False,
 ) -> Analysis:
     """Group successful runs into patterns and derive each argument and output.
 
@@ -582,14 +588,20 @@ def analyze(
         runs: Recorded runs of one agent.
         output_fields: The agent's outputs; default: every key found in the runs' outputs.
         success_threshold: A scored run succeeds when its score is at least this.
+        unscored_ok: A completed run nobody scored counts as a success (default: it is unknown, and
+            left out).
         agreement: Share of a pattern's runs a derivation rule must reproduce.
         min_rule_runs: Runs a rule other than an input copy must hold in.
     """
     if not 0.0 < agreement <= 1.0:
         raise ValueError(f"agreement must be in (0, 1], got {agreement}")
     all_runs = list(runs)
-    good = [r for r in all_runs if r.succeeded(success_threshold)]
-    failures = Counter(reason for r in all_runs if (reason := r.failure(success_threshold)) is not None)
+    good = [r for r in all_runs if r.succeeded(success_threshold, unscored_ok=unscored_ok)]
+    failures = Counter(
+        reason
+        for r in all_runs
+        if (reason := r.failure(success_threshold, unscored_ok=unscored_ok)) is not None
+    )
     fields = (
         list(output_fields) if output_fields is not None else sorted({k for r in good for k in r.outputs})
     )
@@ -616,4 +628,6 @@ def analyze(
         min_rule_runs=min_rule_runs,
         input_fields=tuple(inputs),
         output_fields=tuple(fields),
+        learned_from=dict(Counter(r.kind for r in good)),
+        unscored_ok=unscored_ok,
     )

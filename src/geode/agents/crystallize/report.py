@@ -8,11 +8,11 @@ regenerated without the runs.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from geode.agents.crystallize.spec import Binding, OutputStep, PredictStep, RouteSpec, ToolStep, WorkflowSpec
 
-__all__ = ["describe_binding", "pattern_rows", "render_report", "route_lm_calls"]
+__all__ = ["describe_binding", "learned_from_text", "pattern_rows", "render_report", "route_lm_calls"]
 
 
 def route_lm_calls(spec: WorkflowSpec, route: RouteSpec) -> int:
@@ -87,18 +87,46 @@ def pattern_rows(spec: WorkflowSpec) -> tuple[tuple[str, ...], list[list[str]]]:
     return headers, rows
 
 
+_KINDS = (
+    ("feedback", "scored correct by feedback"),
+    ("metric", "scored correct by the metric on labelled data"),
+    ("eval", "scored correct in an evaluation"),
+    ("unscored", "unscored but trusted (--trust-unscored)"),
+)
+
+
+def learned_from_text(learned_from: Mapping[str, int]) -> str:
+    """How many successful runs of each kind the workflow learned from, as one phrase.
+
+    Example:
+        >>> learned_from_text({"feedback": 3, "unscored": 1})
+        '3 runs scored correct by feedback, 1 run unscored but trusted (--trust-unscored)'
+    """
+    parts = [
+        f"{n} run{'s' if n != 1 else ''} {text}" for kind, text in _KINDS if (n := learned_from.get(kind, 0))
+    ]
+    return ", ".join(parts) or "no runs"
+
+
 def render_report(spec: WorkflowSpec) -> str:
     """The report as Markdown."""
     source = spec.source
     failures = ", ".join(f"{n} {why}" for why, n in sorted(source.failures.items())) or "none"
+    rule = (
+        f"completed, and scored at least {source.success_threshold:g} where scored (unscored runs trusted)"
+        if source.unscored_ok
+        else f"completed and scored at least {source.success_threshold:g}; an unscored run is unknown"
+    )
     lines = [
         f"# Crystallization: {spec.name}",
         "",
         f"Read {source.runs} runs"
         + (f" of `{source.program}`" if source.program else "")
         + f" from {source.description}: {source.successful} succeeded"
-        + f" (success: completed, and scored at least {source.success_threshold:g} where scored); "
-        + f"failed: {failures}.",
+        + f" (success: {rule}); "
+        + f"not learned from: {failures}.",
+        "",
+        f"**Learned from:** {learned_from_text(source.learned_from)}.",
         "",
         f"**Decision:** {source.decision}.",
         "",

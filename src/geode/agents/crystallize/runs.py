@@ -5,7 +5,12 @@ instrumentation) and everything below it. Its inputs and outputs are the span's 
 ``output.value`` (JSON), its tool calls the TOOL spans below it in start order (arguments from
 ``input.value``, observation from ``output.value``, error from the span status), and how it ended the
 ``geode.agent.termination`` attribute. A score comes from the evaluation span around the run
-(``geode.eval.score``) or from feedback the caller passes in (Phoenix annotations, the feedback log).
+(``geode.eval.score``) or from judgements the caller passes in (Phoenix annotations, the feedback log,
+a metric against a labelled dataset).
+
+What crystallization learns from: a run *succeeds* when it completed and was scored at least the
+threshold. A run nobody scored is *unknown*: it never counts as a success unless the caller says
+unscored runs may (``unscored_ok``), because a completed run can still be wrong.
 
 Only the outermost AGENT span of a trace counts as a run: a sub-agent called as a tool is part of its
 parent's run.
@@ -17,13 +22,13 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, Literal
 
 from geode.traces.records import SpanRecord, SpanStatus, TraceRecord
 from geode.traces.sources import TraceFilter, TraceSource
 from geode.traces.vocab import GeodeAttributes, SpanAttributes
 
-__all__ = ["AgentRun", "RunScore", "ToolCall", "read_runs", "runs_from_traces"]
+__all__ = ["AgentRun", "RunScore", "ScoreSource", "ToolCall", "read_runs", "runs_from_traces"]
 
 _AGENT = "AGENT"
 _TOOL = "TOOL"
@@ -34,12 +39,21 @@ _INTERNAL_OUTPUTS = frozenset({"trajectory", "steps", "termination", "reasoning"
 _COMPLETED = frozenset({"finish", "repeated_call"})
 
 
+ScoreSource = Literal["feedback", "metric", "eval"]
+"""Where a run's score came from: feedback (annotations, ``rt.feedback``, ``POST /feedback``), a metric
+against a labelled dataset, or the evaluation span the run was recorded under."""
+
+UNSCORED: Final = "unscored"
+"""The failure reason of a completed run nobody scored (unless unscored runs are trusted)."""
+
+
 @dataclass(frozen=True)
 class RunScore:
-    """A judgement of one run: a score in ``[0, 1]`` and/or an annotator's text."""
+    """A judgement of one run: a score in ``[0, 1]`` and/or an annotator's text, and where it came from."""
 
     score: float | None = None
     feedback: str | None = None
+    source: ScoreSource = "feedback"
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,8 @@ class AgentRun:
     score: float | None = None
     feedback: str | None = None
     problems: tuple[str, ...] = field(default=())
+    score_source: ScoreSource | None = None
+    """Where :attr:`score` came from (``None`` when unscored)."""
     """Why the run could not be read completely (truncated attributes, undecodable JSON)."""
 
     @property
@@ -96,11 +112,15 @@ class AgentRun:
             return False
         return bool(self.outputs) and all(_present(v) for v in self.outputs.values())
 
-    def succeeded(self, threshold: float = 0.5) -> bool:
-        """Completed, and scored at least ``threshold`` when it was scored at all."""
-        return self.completed and (self.score is None or self.score >= threshold)
+    def succeeded(self, threshold: float = 0.5, *, unscored_ok: bool = False) -> bool:
+        """Completed and scored at least ``threshold``; an unscored run only with ``unscored_ok``."""
+        if not self.completed:
+            return False
+        if self.score is None:
+            return unscored_ok
+        return self.score >= threshold
 
-    def failure(self, threshold: float = 0.5) -> str | None:
+    def failure(self, threshold: float = 0.5, *, unscored_ok: bool = False) -> str | None:
         """Why the run does not count as a success (``None`` when it does), for reports."""
         if self.problems:
             return "unreadable"
@@ -110,9 +130,16 @@ class AgentRun:
             return self.termination
         if not self.outputs or not all(_present(v) for v in self.outputs.values()):
             return "no outputs"
-        if self.score is not None and self.score < threshold:
+        if self.score is None:
+            return None if unscored_ok else UNSCORED
+        if self.score < threshold:
             return "low score"
         return None
+
+    @property
+    def kind(self) -> str:
+        """How the run is known to be good, for the report: ``feedback``, ``metric``, ``eval`` or ``unscored``."""
+        return self.score_source or UNSCORED
 
     @property
     def ok_calls(self) -> tuple[ToolCall, ...]:
@@ -224,6 +251,11 @@ def _run(trace: TraceRecord, span: SpanRecord, scores: Mapping[str, RunScore]) -
         )
     judged = scores.get(span.span_id) or scores.get(trace.trace_id)
     around = _score_around(trace, span)
+    source: ScoreSource | None = None
+    if judged is not None and judged.score is not None:
+        source = judged.source
+    elif around is not None:
+        source = "eval"
     termination = span.get(GeodeAttributes.AGENT_TERMINATION)
     program = span.get(GeodeAttributes.PROGRAM_NAME)
     agent = span.get(SpanAttributes.AGENT_NAME)
@@ -244,6 +276,7 @@ def _run(trace: TraceRecord, span: SpanRecord, scores: Mapping[str, RunScore]) -
         score=judged.score if judged is not None and judged.score is not None else around,
         feedback=judged.feedback if judged is not None else None,
         problems=tuple(problems),
+        score_source=source,
     )
 
 

@@ -246,6 +246,10 @@ class SourceSpec(_Model):
     runs: int
     successful: int
     failures: dict[str, int] = {}
+    learned_from: dict[str, int] = {}
+    """Successful runs by how they are known to be good: ``feedback``, ``metric``, ``eval``, ``unscored``."""
+    unscored_ok: bool = False
+    """Whether completed runs nobody scored were trusted as successes."""
     min_share: float
     success_threshold: float
     agreement: float

@@ -2,13 +2,41 @@
 
 from __future__ import annotations
 
+import threading
+from pathlib import Path
 from typing import Any
 
 import dspy
 
 from geode.runtime.settings import LMSettings
 
-__all__ = ["build_adapter", "build_lm", "is_local"]
+__all__ = ["build_adapter", "build_lm", "is_local", "use_response_cache"]
+
+_cache_lock = threading.Lock()
+
+
+def use_response_cache(folder: Path) -> Path:
+    """Point DSPy's response cache (memory and disk) at ``folder``; a no-op when it already is.
+
+    DSPy's default disk cache is ``~/.dspy_cache``, shared by every project and every Geode home
+    on the machine; a response cached by one home's runs would then answer
+    another's. The runtime calls this when it builds an LM from settings, so the cache lives under
+    the Geode home (``<home>/dspy-cache``). It replaces DSPy's process-wide ``dspy.cache``: a
+    process that builds runtimes for two homes caches under the last one's.
+
+    Returns:
+        The cache folder, resolved.
+    """
+    target = folder.expanduser().resolve()
+    with _cache_lock:
+        # Read without triggering DSPy's lazy default (it would open ~/.dspy_cache just to be replaced).
+        disk = getattr(dspy.__dict__.get("cache"), "disk_cache", None)
+        current = getattr(disk, "directory", None)
+        if current is not None and Path(str(current)).resolve() == target:
+            return target
+        target.mkdir(parents=True, exist_ok=True)
+        dspy.configure_cache(disk_cache_dir=str(target))
+    return target
 
 
 def is_local(lm: dspy.BaseLM) -> bool:

@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import dspy
 from fastapi import Depends, FastAPI, Request
@@ -29,7 +29,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider as SDKTracerProvider
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from geode.adapters import SmallModelStreamListener
@@ -46,7 +46,7 @@ from geode.runtime.serving.errors import (
     status_for,
     translate_program_errors,
 )
-from geode.runtime.serving.feedback import FeedbackLog, FeedbackRecord, FeedbackSink, PhoenixFeedback
+from geode.runtime.serving.feedback import FeedbackRecord, FeedbackSink
 from geode.runtime.serving.guard import ApiKeys, Quotas
 from geode.runtime.serving.limits import BodyLimitMiddleware
 from geode.runtime.serving.metrics import ServerMetrics
@@ -65,6 +65,10 @@ from geode.runtime.tracing import TracingPipeline
 from geode.traces.context import RunIdentity, run_identity
 from geode.traces.vocab import GeodeAttributes, OpenInferenceMimeTypeValues, SpanAttributes
 from geode.traces.vocab import SpanKind as OISpanKind
+
+if TYPE_CHECKING:
+    # Imported for types only: geode.runtime.feedback imports this package's feedback module.
+    from geode.runtime.feedback import FeedbackOutbox
 
 __all__ = ["HostedProgram", "create_app"]
 
@@ -166,13 +170,23 @@ class FeedbackIn(BaseModel):
     annotator_kind: Literal["HUMAN", "CODE", "LLM"] = "HUMAN"
     span_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")
 
+    @model_validator(mode="after")
+    def _says_something(self) -> FeedbackIn:
+        # Feedback with nothing in it would be an empty annotation: refuse it as rt.feedback does.
+        if self.score is None and self.label is None and not self.explanation:
+            raise ValueError("feedback needs a score, a label or an explanation")
+        return self
+
 
 class FeedbackOut(BaseModel):
-    """Where the feedback was stored."""
+    """Where the feedback is: each target either holds it now or will be sent it."""
 
     trace_id: str
-    stored: list[str]
-    """Sinks that accepted it: ``local`` (the Geode home) and/or ``phoenix``."""
+    delivered: list[str]
+    """Targets that hold it now: ``local`` (the feedback log under the Geode home), ``phoenix``."""
+    pending: list[str] = Field(default_factory=list)
+    """Targets it is queued for in the durable outbox, re-sent until they take it (``phoenix`` while
+    Phoenix is down or has not ingested the run yet)."""
     problems: list[str] = Field(default_factory=list)
 
 
@@ -254,9 +268,10 @@ class _Server:
         self.metrics = ServerMetrics(
             meter_provider=getattr(runtime, "meter_provider", None), dropped_spans=self._dropped_spans
         )
-        self.feedback_sinks: list[FeedbackSink] = (
-            list(feedback_sinks) if feedback_sinks is not None else self._default_sinks()
-        )
+        # Explicit sinks are tried once each; by default feedback goes through the runtime's durable
+        # outbox, as rt.feedback does (the local log, then Phoenix, re-sent until Phoenix takes it).
+        self.feedback_sinks: list[FeedbackSink] = list(feedback_sinks or ())
+        self.outbox: FeedbackOutbox | None = runtime.feedback_outbox if feedback_sinks is None else None
         self.recent: OrderedDict[str, _RecentRun] = OrderedDict()
         self.hosted: dict[str, _Hosted] = {}
         self.draining = False
@@ -277,18 +292,6 @@ class _Server:
             )
 
     # -- set-up --------------------------------------------------------------------------------
-
-    def _default_sinks(self) -> list[FeedbackSink]:
-        sinks: list[FeedbackSink] = [FeedbackLog(self.runtime.settings.home / "feedback" / "feedback.jsonl")]
-        endpoint = self.runtime.settings.tracing.endpoint
-        if endpoint:
-            from geode.traces.sources.phoenix import phoenix_base_url
-
-            with contextlib.suppress(Exception):
-                sinks.append(
-                    PhoenixFeedback(phoenix_base_url(endpoint), timeout_s=self.settings.feedback_timeout_s)
-                )
-        return sinks
 
     def _dropped_spans(self) -> Mapping[str, int]:
         stats = getattr(self.tracing, "stats", None)
@@ -637,6 +640,8 @@ class _Server:
             program=known.program if known else None,
             version=known.version if known else None,
         )
+        if self.outbox is not None:
+            return await self._to_outbox(self.outbox, record)
         stored: list[str] = []
         problems: list[str] = []
         for sink in self.feedback_sinks:
@@ -654,7 +659,28 @@ class _Server:
             raise ServiceUnavailableError(
                 "the feedback could not be stored anywhere", hint="; ".join(problems)
             )
-        return FeedbackOut(trace_id=body.trace_id, stored=stored, problems=problems)
+        return FeedbackOut(trace_id=body.trace_id, delivered=stored, problems=problems)
+
+    async def _to_outbox(self, outbox: FeedbackOutbox, record: FeedbackRecord) -> FeedbackOut:
+        try:
+            receipt = await asyncio.to_thread(
+                outbox.submit, record, timeout_s=self.settings.feedback_timeout_s
+            )
+        except OSError as err:
+            # Only the local disk refusing the write gets here: then the feedback is nowhere.
+            raise ServiceUnavailableError(
+                "the feedback could not be stored", hint=f"the Geode home refused the write: {err}"
+            ) from err
+        delivered = ["local", "phoenix"] if receipt.delivered else ["local"]
+        for target in delivered:
+            self.metrics.feedback(record.program or "unknown", record.version, target)
+        problems = [] if receipt.delivered or outbox.last_error is None else [f"phoenix: {outbox.last_error}"]
+        return FeedbackOut(
+            trace_id=record.trace_id,
+            delivered=delivered,
+            pending=[] if receipt.delivered else ["phoenix"],
+            problems=problems,
+        )
 
     async def drain(self) -> None:
         self.draining = True
@@ -744,8 +770,9 @@ def create_app(
             and ``POST /programs/<name>/stream``.
         settings: Server settings; default ``runtime.settings.serve``.
         sessions: Where sessions live; default an in-memory store bounded by the settings.
-        feedback_sinks: Where ``POST /feedback`` stores records; default a JSON-lines log under the
-            Geode home plus Phoenix when a collector endpoint is configured.
+        feedback_sinks: Where ``POST /feedback`` stores records, each tried once; default the
+            runtime's durable outbox (:attr:`Runtime.feedback_outbox`): the feedback log under the
+            Geode home, then the Phoenix the runtime traces to, re-sent until Phoenix takes it.
         host: The address the server binds (decides whether running without API keys is allowed);
             default ``settings.host``.
         tracer_provider: Where the request spans go; default ``tracing``'s, else the runtime's, else
@@ -815,7 +842,7 @@ def create_app(
     async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
         body = error_body(
             "invalid_input",
-            "the request does not match the program's inputs",
+            _invalid_message(request.url.path),
             request_id=request.headers.get(REQUEST_HEADER),
             extra={"details": _validation_details(err)},
         )
@@ -836,6 +863,18 @@ def create_app(
     for hosted in server.hosted.values():
         _add_program_routes(app, server, hosted, caller)
     return app
+
+
+def _invalid_message(path: str) -> str:
+    """What a body that fails validation should have matched, named after the endpoint's schema."""
+    if path.rstrip("/").endswith("/feedback"):
+        return (
+            "the request does not match the feedback schema: trace_id (32 hex digits) and at least one "
+            "of score, label, explanation; optional name, annotator_kind (HUMAN, LLM, CODE), span_id"
+        )
+    if path.startswith("/programs/"):
+        return "the request does not match the program's inputs"
+    return "the request does not match this endpoint's schema (see /docs)"
 
 
 _SECURITY_SCHEMES: dict[str, Any] = {

@@ -20,13 +20,14 @@ from typing import Any
 import dspy
 
 from geode.agents.agent import Agent
+from geode.agents.crystallize import CrystallizeOptions
 from geode.agents.inventory import STOCK, build_agent
 from geode.agents.steps import Budget
 from geode.runtime.instrumentation import instrument, uninstrument
 from geode.testing import ScriptedLM, in_memory_tracing
 from geode.traces.sources import InMemoryTraceSource
 
-__all__ = ["QUESTIONS", "Recorded", "notes_agent", "oracle", "record_runs"]
+__all__ = ["QUESTIONS", "TRUSTED", "Recorded", "notes_agent", "oracle", "record_runs"]
 
 QUESTIONS: tuple[str, ...] = (
     "How many widgets are in stock?",
@@ -44,6 +45,10 @@ QUESTIONS: tuple[str, ...] = (
     "How many widgets are in stock? (loop)",
     "What is 3 times 3? (wrong)",
 )
+
+TRUSTED = CrystallizeOptions(unscored_ok=True)
+"""Nobody scores the scenario's runs; tests about patterns, specs and workflows trust them (the rule
+that unscored runs are unknown is tested on its own)."""
 
 _ITEMS = tuple(STOCK)
 _OPS = {"times": "*", "plus": "+"}

@@ -44,13 +44,87 @@ def runner() -> CliRunner:
     return CliRunner()
 
 
+# The right answer to every recorded question (the "(wrong)" run answered 10).
+GOLD = {
+    "How many widgets are in stock?": "3",
+    "How many gadgets are in stock?": "14",
+    "How many sprockets do we have in stock?": "27",
+    "Is any gizmo in stock? Give the number of units.": "0",
+    "How many widgets do we have?": "3",
+    "How many gadgets do we have left?": "14",
+    "What is 12 times 7?": "84",
+    "What is 1234 plus 5678?": "6912",
+    "What is 9 times 9? (retry)": "81",
+    "How many widgets and gadgets are in stock together?": "17",
+    "How many sprockets and widgets are in stock together?": "30",
+    "How many gadgets and gizmos are in stock together?": "14",
+    "How many widgets are in stock? (loop)": "3",
+    "What is 3 times 3? (wrong)": "9",
+}
+
+
+@pytest.fixture
+def labels(tmp_path: Path) -> Path:
+    path = tmp_path / "labels.jsonl"
+    path.write_text(
+        "".join(
+            json.dumps({"inputs": {"question": q}, "outputs": {"answer": a}}) + "\n" for q, a in GOLD.items()
+        )
+    )
+    return path
+
+
+def test_unscored_runs_are_not_learned_from(runner: CliRunner, spans: Path, tmp_path: Path) -> None:
+    # Completed is not correct: the "(wrong)" run completed with a wrong answer. Nobody scored these
+    # runs, so crystallization refuses, and says how to score them.
+    result = runner.invoke(
+        app, ["crystallize", AGENT, "--source", str(spans), "--out", str(tmp_path / "w.json")]
+    )
+    assert result.exit_code != 0
+    message = str(result.exception)
+    assert "none of the 14 recorded runs succeeded (1 max_iters, 13 unscored)" in message
+    assert "--labels" in message and "--trust-unscored" in message
+    assert not (tmp_path / "w.json").exists()
+
+
+def test_runs_scored_by_a_metric_on_labels_are_learned_from(
+    runner: CliRunner, spans: Path, tmp_path: Path, labels: Path
+) -> None:
+    out = tmp_path / "wf.json"
+    args = ["crystallize", AGENT, "--source", str(spans), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--labels", str(labels), "--metric", "exact_match"])
+    assert result.exit_code == 0, result.output
+    spec = WorkflowSpec.load(out)
+    # 12 runs answered right; the wrong one is scored wrong, the looping one never finished.
+    assert spec.source.learned_from == {"metric": 12} and spec.source.successful == 12
+    assert spec.source.failures == {"low score": 1, "max_iters": 1}
+    assert "learned from: 12 runs scored correct by the metric on labelled data" in result.output
+    report = (tmp_path / "wf.md").read_text(encoding="utf-8")
+    assert "**Learned from:** 12 runs scored correct by the metric on labelled data." in report
+    half = runner.invoke(app, [*args, "--labels", str(labels)])
+    assert isinstance(half.exception, ConfigError) and "need --metric" in str(half.exception)
+
+
 def test_crystallize_from_a_trace_file(runner: CliRunner, spans: Path, tmp_path: Path) -> None:
     out, py = tmp_path / "wf.json", tmp_path / "wf.py"
     result = runner.invoke(
-        app, ["crystallize", AGENT, "--source", str(spans), "--out", str(out), "--emit-python", str(py)]
+        app,
+        [
+            "crystallize",
+            AGENT,
+            "--source",
+            str(spans),
+            "--out",
+            str(out),
+            "--emit-python",
+            str(py),
+            "--trust-unscored",
+        ],
     )
     assert result.exit_code == 0, result.output
+    assert "13 runs unscored but trusted" in result.output
     spec = WorkflowSpec.load(out)
+    assert spec.source.unscored_ok and spec.source.learned_from == {"unscored": 13}
     assert spec.agent_ref == AGENT and spec.source.program == AGENT
     assert [r.label for r in spec.routes] == ["lookup_stock", "calculate", "lookup_stock_each_then_calculate"]
     assert "lookup_stock_each_then_calculate" in result.output and "router over 3" in result.output
@@ -118,9 +192,8 @@ def scripted_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("scripted_runtime")
 def test_compare_agent_and_workflow(runner: CliRunner, spans: Path, tmp_path: Path, tasks: Path) -> None:
     out = tmp_path / "wf.json"
-    assert (
-        runner.invoke(app, ["crystallize", AGENT, "--source", str(spans), "--out", str(out)]).exit_code == 0
-    )
+    args = ["crystallize", AGENT, "--source", str(spans), "--out", str(out), "--trust-unscored"]
+    assert runner.invoke(app, args).exit_code == 0
     report = tmp_path / "report"
     result = runner.invoke(
         app,
@@ -153,7 +226,7 @@ def test_crystallize_and_compare_in_one_command(
 ) -> None:
     out = tmp_path / "wf.json"
     args = ["crystallize", AGENT, "--source", str(spans), "--out", str(out), "--dataset", str(tasks)]
-    result = runner.invoke(app, [*args, "--metric", "exact_match"])
+    result = runner.invoke(app, [*args, "--metric", "exact_match", "--trust-unscored"])
     assert result.exit_code == 0, result.output
     assert "READY" in result.output and "next: geode compare" not in result.output
     report = (tmp_path / "wf.md").read_text(encoding="utf-8")
@@ -161,7 +234,7 @@ def test_crystallize_and_compare_in_one_command(
     assert report.index("**Decision:**") < report.index("## Comparison with the agent")
     assert "READY" in report and "compare.html" in report
     half = runner.invoke(app, [*args])
-    assert isinstance(half.exception, ConfigError) and "go together" in str(half.exception)
+    assert isinstance(half.exception, ConfigError) and "need --metric" in str(half.exception)
 
 
 def _result(program: str, score: float, lm_calls: int) -> EvalResult:

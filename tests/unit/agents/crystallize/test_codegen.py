@@ -11,7 +11,7 @@ from typing import Any
 
 import dspy
 import pytest
-from tests.unit.agents.crystallize.scenario import Recorded, notes_agent, oracle, record_runs
+from tests.unit.agents.crystallize.scenario import TRUSTED, Recorded, notes_agent, oracle, record_runs
 
 import geode
 from geode.agents.crystallize import Crystallization, CrystallizeError, crystallize, emit_python
@@ -20,7 +20,9 @@ from geode.testing import ScriptedLM
 
 @pytest.fixture(scope="module")
 def result(recorded: Recorded) -> Crystallization:
-    return crystallize(recorded.agent, recorded.source, agent_ref="geode.agents.inventory:agent")
+    return crystallize(
+        recorded.agent, recorded.source, options=TRUSTED, agent_ref="geode.agents.inventory:agent"
+    )
 
 
 def _import(path: Path, source: str) -> ModuleType:
@@ -67,7 +69,11 @@ def test_generated_module_runs_like_the_spec(result: Crystallization, tmp_path: 
 
 def test_single_route_module(recorded: Recorded, tmp_path: Path) -> None:
     spec = crystallize(
-        recorded.agent, recorded.source, agent_ref="geode.agents.inventory:agent", min_share=0.4
+        recorded.agent,
+        recorded.source,
+        options=TRUSTED,
+        agent_ref="geode.agents.inventory:agent",
+        min_share=0.4,
     ).spec
     module = _import(tmp_path / "single.py", emit_python(spec))
     with dspy.context(lm=ScriptedLM(oracle)):
@@ -75,7 +81,7 @@ def test_single_route_module(recorded: Recorded, tmp_path: Path) -> None:
 
 
 def test_no_agent_no_module(recorded: Recorded) -> None:
-    spec = crystallize(recorded.agent, recorded.source).spec
+    spec = crystallize(recorded.agent, recorded.source, options=TRUSTED).spec
     with pytest.raises(CrystallizeError, match="names no agent_ref"):
         emit_python(spec)
 
@@ -96,7 +102,10 @@ def test_a_tool_without_a_reference_comes_from_the_agent(tmp_path: Path) -> None
         ]
     recorded = record_runs(questions, agent=notes_agent, lm=ScriptedLM(script))
     spec = crystallize(
-        notes_agent, recorded.source, agent_ref="tests.unit.agents.crystallize.scenario:notes_agent"
+        notes_agent,
+        recorded.source,
+        options=TRUSTED,
+        agent_ref="tests.unit.agents.crystallize.scenario:notes_agent",
     ).spec
     assert [t.ref for t in spec.tools] == [None]  # a closure: taken from the agent by name
     module = _import(tmp_path / "notes.py", emit_python(spec))

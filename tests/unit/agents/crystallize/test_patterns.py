@@ -44,12 +44,14 @@ def _run(
         duration_ms=1.0,
         lm_calls=3,
         tokens=10,
+        score=extra.pop("score", 1.0),
+        score_source=extra.pop("score_source", "feedback"),
         **extra,
     )
 
 
 def test_three_patterns_with_shares_success_rates_and_noise(recorded_runs: list[AgentRun]) -> None:
-    analysis = analyze(recorded_runs, output_fields=["answer"])
+    analysis = analyze(recorded_runs, output_fields=["answer"], unscored_ok=True)
     assert analysis.runs == 14 and analysis.successful == 13
     assert analysis.failures == {"max_iters": 1}
     by_label = {p.label: p for p in analysis.patterns}
@@ -78,7 +80,7 @@ def test_repeats_collapse_and_failed_calls_drop_out_of_the_pattern_key() -> None
 
 
 def test_argument_and_output_derivations(recorded_runs: list[AgentRun]) -> None:
-    analysis = analyze(recorded_runs, output_fields=["answer"])
+    analysis = analyze(recorded_runs, output_fields=["answer"], unscored_ok=True)
     by_label = {p.label: p for p in analysis.patterns}
     lookup = by_label["lookup_stock"]
     item = lookup.steps[0].args["item"]
@@ -100,7 +102,7 @@ def test_a_score_turns_a_wrong_run_into_a_failure_and_the_rule_holds(recorded: R
     traces = list(recorded.source.traces())
     wrong = next(t for t in traces if t.root is not None and "(wrong)" in str(t.root.input_value))
     runs = runs_from_traces(traces, scores={wrong.trace_id: RunScore(0.0)})
-    analysis = analyze(runs, output_fields=["answer"])
+    analysis = analyze(runs, output_fields=["answer"], unscored_ok=True)
     calc = next(p for p in analysis.patterns if p.label == "calculate")
     assert analysis.failures == {"max_iters": 1, "low score": 1}
     assert (len(calc.runs), calc.attempts) == (3, 4)
@@ -156,7 +158,7 @@ def test_learned_extractors() -> None:
 
 
 def test_choosing_routes(recorded_runs: list[AgentRun]) -> None:
-    analysis = analyze(recorded_runs, output_fields=["answer"])
+    analysis = analyze(recorded_runs, output_fields=["answer"], unscored_ok=True)
     routes, why = choose_patterns(analysis, CrystallizeOptions())
     assert [p.label for p in routes] == ["lookup_stock", "calculate", "lookup_stock_each_then_calculate"]
     assert "covers only 46%" in why and "router over 3" in why

@@ -33,7 +33,7 @@ def test_one_run_per_agent_trace_with_inputs_calls_and_outputs(recorded_runs: li
         "17",
     ]
     assert run.outputs == {"answer": "17"}
-    assert run.termination == "finish" and run.completed and run.succeeded()
+    assert run.termination == "finish" and run.completed and run.succeeded(unscored_ok=True)
     assert run.agent == "inventory" and run.program == "Agent"
     assert run.lm_calls == 5 and run.tokens > 0
     assert len(run.trace_id) == 32 and len(run.span_id) == 16
@@ -60,7 +60,11 @@ def test_scores_mark_runs_that_completed_but_were_judged_wrong(recorded_runs: li
     bad = judged["What is 3 times 3? (wrong)"]
     assert bad.completed and not bad.succeeded() and bad.failure() == "low score"
     assert bad.feedback == "3 x 3 is 9"
-    assert judged["What is 12 times 7?"].succeeded()
+    good = judged["What is 12 times 7?"]
+    # Completed but unscored: unknown, not a success, unless unscored runs are trusted.
+    assert not good.succeeded() and good.failure() == "unscored" and good.kind == "unscored"
+    assert good.succeeded(unscored_ok=True) and good.failure(unscored_ok=True) is None
+    assert bad.kind == "feedback"
 
 
 def test_score_of_the_evaluation_span_around_a_run() -> None:
@@ -80,6 +84,7 @@ def test_score_of_the_evaluation_span_around_a_run() -> None:
         uninstrument()
     runs = runs_from_traces(InMemoryTraceSource(exporter).traces())
     assert sorted((r.inputs["question"][9:16], r.score) for r in runs) == [("gadgets", 0.0), ("widgets", 1.0)]
+    assert {r.kind for r in runs} == {"eval"}
 
 
 def _exact(example: dspy.Example, pred: dspy.Prediction, trace: object = None) -> bool:
@@ -94,7 +99,7 @@ def test_dspy_react_runs_read_the_same_way() -> None:
     assert [(c.tool, dict(c.args), c.observation) for c in run.calls] == [
         ("lookup_stock", {"item": "gadget"}, "gadget: 14 units in stock")
     ]
-    assert run.outputs == {"answer": "14"} and run.termination == "finish" and run.succeeded()
+    assert run.outputs == {"answer": "14"} and run.termination == "finish" and run.succeeded(unscored_ok=True)
 
 
 def test_read_runs_filters_by_program_and_only_counts_the_outermost_agent() -> None:

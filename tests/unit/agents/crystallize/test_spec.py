@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.agents.crystallize.scenario import Recorded
+from tests.unit.agents.crystallize.scenario import TRUSTED, Recorded
 
 import geode
 from geode.agents.crystallize import (
@@ -24,7 +24,9 @@ from geode.errors import ProgramLoadError
 
 @pytest.fixture(scope="module")
 def result(recorded: Recorded) -> Crystallization:
-    return crystallize(recorded.agent, recorded.source, agent_ref="geode.agents.inventory:agent")
+    return crystallize(
+        recorded.agent, recorded.source, options=TRUSTED, agent_ref="geode.agents.inventory:agent"
+    )
 
 
 def test_routes_steps_bindings_demos_and_lineage(result: Crystallization) -> None:
@@ -75,7 +77,7 @@ def test_report_explains_the_choice(result: Crystallization) -> None:
 
 
 def test_single_route_above_min_share(recorded: Recorded) -> None:
-    spec = crystallize(recorded.agent, recorded.source, min_share=0.4).spec
+    spec = crystallize(recorded.agent, recorded.source, options=TRUSTED, min_share=0.4).spec
     assert spec.router is None and [r.label for r in spec.routes] == ["lookup_stock"]
     plan = spec.routes[0].steps[0]
     assert isinstance(plan, PredictStep) and plan.id == "plan"

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import dspy
 import pytest
-from tests.unit.agents.crystallize.scenario import Recorded, oracle, record_runs
+from tests.unit.agents.crystallize.scenario import TRUSTED, Recorded, oracle, record_runs
 
 import geode
 from geode.agents.calculator import calculate
@@ -38,7 +38,9 @@ NEW_QUESTIONS = {
 
 @pytest.fixture(scope="module")
 def result(recorded: Recorded) -> Crystallization:
-    return crystallize(recorded.agent, recorded.source, agent_ref="geode.agents.inventory:agent")
+    return crystallize(
+        recorded.agent, recorded.source, options=TRUSTED, agent_ref="geode.agents.inventory:agent"
+    )
 
 
 def _answers(program: dspy.Module, questions: list[str]) -> tuple[list[Any], int]:
@@ -193,7 +195,7 @@ def test_loading_from_a_file_and_as_a_program_reference(result: Crystallization,
 
 
 def test_a_spec_without_an_agent_or_with_a_changed_tool(recorded: Recorded, result: Crystallization) -> None:
-    spec = crystallize(recorded.agent, recorded.source).spec
+    spec = crystallize(recorded.agent, recorded.source, options=TRUSTED).spec
     with pytest.raises(ConfigError, match="names no agent_ref; pass agent="):
         CrystallizedWorkflow(spec)
     assert isinstance(CrystallizedWorkflow(spec, agent=recorded.agent).agent, geode.Agent)
@@ -209,7 +211,7 @@ def test_a_spec_without_an_agent_or_with_a_changed_tool(recorded: Recorded, resu
 def test_a_dspy_react_agent_crystallizes_and_guards_too() -> None:
     react = dspy.ReAct(cast(Any, "question -> answer"), tools=[lookup_stock, calculate], max_iters=4)
     recorded = record_runs(["How many widgets are in stock?", "How many gadgets do we have?"], agent=react)
-    result = crystallize(react, recorded.source)
+    result = crystallize(react, recorded.source, options=TRUSTED)
     assert [r.label for r in result.spec.routes] == ["lookup_stock"]
     workflow = result.workflow()
     (found, fell_back), _ = _answers(workflow, ["How many sprockets are in stock?", "What is 2 plus 2?"])
