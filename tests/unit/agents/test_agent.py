@@ -807,6 +807,7 @@ def test_each_iteration_is_a_child_module_call_holding_its_lm_and_tool_calls() -
     attributes = agent.geode_span_attributes({}, pred)
     assert attributes == {
         SpanAttributes.AGENT_NAME: "stock",
+        GeodeAttributes.OUTPUT_FIELDS: ("answer",),
         GeodeAttributes.AGENT_TERMINATION: "finish",
         GeodeAttributes.AGENT_TERMINATION_DETAIL: "the model called finish",
         GeodeAttributes.AGENT_ITERATIONS: 2,
@@ -822,7 +823,10 @@ def test_span_hooks_accept_flat_inputs_too() -> None:
     agent = Agent("q -> a", tools=[])
     assert agent.iteration.geode_span_name({"iteration_index": 4}) == "iteration 5"
     assert agent.iteration.geode_span_name({}) == "iteration"
-    assert agent.geode_span_attributes({}, None) == {SpanAttributes.AGENT_NAME: "agent"}
+    assert agent.geode_span_attributes({}, None) == {
+        SpanAttributes.AGENT_NAME: "agent",
+        GeodeAttributes.OUTPUT_FIELDS: ("a",),
+    }
 
 
 # -- async -----------------------------------------------------------------------------------------
