@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
-from tests.unit.agents.crystallize.scenario import Recorded
+from tests.unit.agents.crystallize.scenario import TRUSTED, Recorded
 
 from geode.agents.crystallize import AgentRun, CrystallizeOptions, check_cost, crystallize
 from geode.agents.crystallize.report import route_lm_calls
@@ -15,7 +15,7 @@ def test_a_router_workflow_is_weighed_by_route_shares_and_the_agent_pays_for_the
     recorded: Recorded, recorded_runs: list[AgentRun]
 ) -> None:
     found = crystallize(
-        recorded.agent, recorded_runs, options=CrystallizeOptions(min_share=0.9, max_routes=2)
+        recorded.agent, recorded_runs, options=CrystallizeOptions(min_share=0.9, max_routes=2, unscored_ok=True)
     )
     spec = found.spec
     assert spec.router is not None and len(spec.routes) >= 2
@@ -35,7 +35,7 @@ def test_a_router_workflow_is_weighed_by_route_shares_and_the_agent_pays_for_the
 def test_a_workflow_that_saves_nothing_is_reported_as_not_cheaper(
     recorded: Recorded, recorded_runs: list[AgentRun]
 ) -> None:
-    found = crystallize(recorded.agent, recorded_runs)
+    found = crystallize(recorded.agent, recorded_runs, options=TRUSTED)
     assert check_cost(found).cheaper  # the scripted agent spends 3+ calls a run; a route far fewer
 
     # The same spec against runs where the agent made a single LM call each: nothing to save.
