@@ -15,7 +15,9 @@ def test_a_router_workflow_is_weighed_by_route_shares_and_the_agent_pays_for_the
     recorded: Recorded, recorded_runs: list[AgentRun]
 ) -> None:
     found = crystallize(
-        recorded.agent, recorded_runs, options=CrystallizeOptions(min_share=0.9, max_routes=2, unscored_ok=True)
+        recorded.agent,
+        recorded_runs,
+        options=CrystallizeOptions(min_share=0.9, max_routes=2, unscored_ok=True),
     )
     spec = found.spec
     assert spec.router is not None and len(spec.routes) >= 2
