@@ -244,13 +244,13 @@ def test_an_unparseable_step_becomes_a_corrective_observation() -> None:
 
 
 def test_a_crystallized_workflow_runs_its_lm_steps_through_the_adapter() -> None:
-    from tests.unit.agents.crystallize.scenario import oracle, record_runs
+    from tests.unit.agents.crystallize.scenario import TRUSTED, oracle, record_runs
 
     from geode.agents.crystallize import crystallize, workflow_route
 
     recorded = record_runs()
     workflow = crystallize(
-        recorded.agent, recorded.source, agent_ref="geode.agents.inventory:agent"
+        recorded.agent, recorded.source, agent_ref="geode.agents.inventory:agent", options=TRUSTED
     ).workflow()
     lm = ScriptedLM(oracle, adapter=ADAPTER)
     with dspy.context(lm=lm, adapter=ADAPTER):
