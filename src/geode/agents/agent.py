@@ -783,7 +783,9 @@ class Agent(dspy.Module):
         signature: What the agent is for, e.g. ``"question -> answer"`` or a ``dspy.Signature``.
         tools: Typed functions (docstring = description), ``dspy.Tool`` or
             :class:`~geode.agents.tools.GuardedTool` objects. Only these can ever be called.
-        name: The agent's name (on its AGENT span).
+        name: The agent's name: on its AGENT span, and the program's name wherever it runs (spans,
+            registry, ``geode trace show``/``mine``/``crystallize``), whether run as an instance, by
+            reference or served. Default: ``agent`` on the span, and the reference as program name.
         allow: Optional allow-list of tool names: only these of ``tools`` are offered and callable
             (for agents built from a shared toolbox). Naming a tool that is not in ``tools`` is an error.
         budget: Limits per run; default ``Budget()`` (10 iterations, no other limit).
@@ -832,7 +834,7 @@ class Agent(dspy.Module):
         signature: str | type[dspy.Signature],
         tools: Sequence[ToolLike],
         *,
-        name: str = "agent",
+        name: str | None = None,
         allow: Collection[str] | None = None,
         budget: Budget | None = None,
         tool_timeout_s: float | None = DEFAULT_TOOL_TIMEOUT_S,
@@ -852,7 +854,10 @@ class Agent(dspy.Module):
                 f"Agent signature inputs may not be named {', '.join(clashes)}", hint="rename them"
             )
         self.signature: type[dspy.Signature] = resolved
-        self.name = name
+        self.name = name or "agent"
+        # A name given here is the program's name on spans, in the registry and in every command
+        # (geode.runtime.programs.declared_name); the default "agent" names no program in particular.
+        self.geode_program_name = name
         self.budget = budget if budget is not None else Budget()
         if max_parse_failures < 1:
             raise ConfigError(f"max_parse_failures must be at least 1, got {max_parse_failures}")

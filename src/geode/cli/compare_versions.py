@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from geode.cli._common import make_settings
+from geode.cli._names import no_runs_hint, one_program, program_name
 from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
 from geode.errors import InputError
 from geode.runtime.feedback import feedback_log_path
@@ -114,9 +115,12 @@ def compare(
     """
     window = parse_since(since)
     settings = make_settings()
+    name = program_name(name)
     with open_source(settings, source, project) as reader:
-        traces = list(reader.traces(TraceFilter(program=name, start=datetime.now(UTC) - window, limit=limit)))
+        wanted = TraceFilter(program=name, start=datetime.now(UTC) - window, limit=limit)
+        traces = one_program(reader.traces(wanted), name)
         feedback = run_feedback(settings, reader, traces)
+        hint = None if traces else no_runs_hint(reader)
     # The local log and Phoenix may both hold one record: count each (trace, name, score) once.
     unique = {(r.trace_id, r.name, r.score, r.label): r for r in feedback}
     rows = compare_versions(traces, unique.values(), feedback_name=feedback_name)
@@ -126,7 +130,7 @@ def compare(
     if not rows:
         raise InputError(
             f"no runs of {name!r} in the last {since} in {reader.description}",
-            hint="check the program name (see `geode trace show --last`) or widen --since",
+            hint=f"widen --since; {hint}" if hint else "widen --since",
         )
     Console().print(_table(name, rows, since))
 

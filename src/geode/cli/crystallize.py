@@ -14,6 +14,7 @@ from rich.table import Table
 
 from geode.agents.crystallize import (
     Crystallization,
+    CrystallizeError,
     CrystallizeOptions,
     RunScore,
     crystallize,
@@ -24,6 +25,7 @@ from geode.agents.crystallize import (
 from geode.agents.crystallize.report import learned_from_text, pattern_rows, render_report, route_lm_calls
 from geode.cli._common import ALLOW_CACHE_OPTION, LM_OPTION, make_runtime, make_settings
 from geode.cli._learning import REPORT_DIR_OPTION, THREADS_OPTION, load_data, load_metric
+from geode.cli._names import no_runs_hint, one_program
 from geode.cli.compare import print_comparison, run_comparison
 from geode.cli.compare_versions import parse_since, run_feedback
 from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
@@ -181,15 +183,24 @@ def crystallize_command(
     scorer = load_metric(metric) if metric is not None else None
     console = Console(stderr=True)
     settings = make_settings()
-    agent = resolve(program).module
-    program_name = None if any_program else (name or program)
+    resolved = resolve(program)
+    agent = resolved.module
+    # The agent's runs are filed under its one name, however they were started (by this reference,
+    # as an instance, or served); --program-name picks another name or alias.
+    program_name = None if any_program else (name or resolved.name)
     start = datetime.now(UTC) - parse_since(since) if since else None
     with open_source(settings, source, project) as reader:
         with console.status(f"reading runs from {reader.description}"):
-            traces: list[TraceRecord] = list(
-                reader.traces(TraceFilter(program=program_name, start=start, limit=limit))
-            )
+            wanted = TraceFilter(program=program_name, start=start, limit=limit)
+            traces: list[TraceRecord] = list(reader.traces(wanted))
+            if program_name is not None:
+                traces = one_program(traces, program_name)
             feedback = run_feedback(settings, reader, traces)
+            if not traces:
+                raise CrystallizeError(
+                    f"no runs of {program_name or 'any program'!r} in {reader.description}",
+                    hint=no_runs_hint(reader),
+                )
         console.print(f"[dim]·[/dim] {len(traces)} traces from {reader.description}", highlight=False)
         with console.status("finding patterns"):
             result = crystallize(

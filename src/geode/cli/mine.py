@@ -21,6 +21,7 @@ from rich.table import Table
 
 from geode.cli._common import make_settings
 from geode.cli._learning import phoenix_url
+from geode.cli._names import no_runs_hint, program_name
 from geode.cli.compare_versions import parse_since
 from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
 from geode.errors import InputError
@@ -187,7 +188,7 @@ def mine_command(
             progress.update(task, description=f"waiting for {len(ids)} trace(s)")
         result = mine(
             reader,
-            program,
+            program_name(program),
             since=datetime.now(UTC) - parse_since(since) if since else None,
             session_id=session,
             where=parse_where(where),
@@ -246,7 +247,7 @@ def _explain_empty(result: MiningResult, reader: TraceSource, console: Console) 
     if result.traces_read == 0 and not result.skipped:
         raise InputError(
             f"no runs of {result.program!r} in {reader.description}",
-            hint="check the program name (see `geode trace show --last`), the project, or widen --since",
+            hint=f"check the name, the project or --since; {no_runs_hint(reader)}",
         )
     console.print("[yellow]warning:[/yellow] no example passed; see the table for why", highlight=False)
 

@@ -14,6 +14,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from geode.cli._common import make_settings
+from geode.cli._names import no_runs_hint, program_name
 from geode.errors import InputError, TraceSourceError
 from geode.runtime.phoenix import local_phoenix_url
 from geode.runtime.settings import Settings
@@ -277,10 +278,13 @@ def show(
     settings = make_settings()
     with open_source(settings, source, project) as reader:
         if last:
-            trace = latest_trace(reader, TraceFilter(program=program))
+            wanted = program_name(program) if program else None
+            trace = latest_trace(reader, TraceFilter(program=wanted))
             if trace is None:
-                scope = f" of program {program!r}" if program else ""
-                raise TraceSourceError(f"no trace{scope} in {reader.description}")
+                scope = f" of program {wanted!r}" if wanted else ""
+                raise TraceSourceError(
+                    f"no trace{scope} in {reader.description}", hint=no_runs_hint(reader) if wanted else None
+                )
         else:
             normalized = normalize_trace_id(trace_id or "")
             patience = wait if wait is not None else (10.0 if isinstance(reader, PhoenixTraceSource) else 0.0)

@@ -437,7 +437,7 @@ class _Tally:
 def _program_root(trace: TraceRecord, program: str) -> SpanRecord | None:
     """The shallowest span of the run of ``program`` (the trace root, unless a caller's span wraps it)."""
     for span, _ in trace.walk():
-        if span.get(GeodeAttributes.PROGRAM_NAME) == program:
+        if program in span.program_names:
             return span
     return None
 

@@ -19,7 +19,15 @@ import dspy
 from geode.errors import ProgramNotFoundError
 from geode.refs import import_ref
 
-__all__ = ["Program", "ProgramRef", "ResolvedProgram", "register_program", "registered_programs", "resolve"]
+__all__ = [
+    "Program",
+    "ProgramRef",
+    "ResolvedProgram",
+    "declared_name",
+    "register_program",
+    "registered_programs",
+    "resolve",
+]
 
 Program: TypeAlias = dspy.Module
 ProgramRef: TypeAlias = "str | dspy.Module"
@@ -35,6 +43,34 @@ class ResolvedProgram:
 
     name: str
     module: dspy.Module
+    aliases: tuple[str, ...] = ()
+    """Other names the same program answers to (the reference it was loaded by, its class name);
+    recorded on spans so filters find the program by any of them."""
+
+
+def declared_name(module: object) -> str | None:
+    """The name a module gives itself: ``geode_program_name`` (``geode.Agent(name=...)`` sets it).
+
+    Example:
+        >>> import geode
+        >>> declared_name(geode.Agent("q -> a", tools=[], name="helper")), declared_name(dspy.Predict("q -> a"))
+        ('helper', None)
+    """
+    value = getattr(module, "geode_program_name", None)
+    return value if isinstance(value, str) and value else None
+
+
+def _named(name: str | None, module: dspy.Module, *fallbacks: str) -> ResolvedProgram:
+    """The program's one name: given > declared by the module > the first fallback; the rest are aliases."""
+    chosen = name or declared_name(module) or fallbacks[0]
+    aliases = tuple(dict.fromkeys(a for a in (*fallbacks, declared_name(module) or "") if a and a != chosen))
+    return ResolvedProgram(chosen, module, aliases)
+
+
+def _registered_name(module: dspy.Module) -> str | None:
+    """The name an instance was registered under (the same object), if any."""
+    with _LOCK:
+        return next((n for n, p in _REGISTRY.items() if p is module), None)
 
 
 def register_program(name: str, program: dspy.Module | ProgramFactory) -> None:
@@ -104,8 +140,10 @@ def resolve(ref: ProgramRef, *, name: str | None = None) -> ResolvedProgram:
 
     Args:
         ref: A ``dspy.Module``, a registered name, or ``module:attribute`` / ``file.py:attribute``.
-        name: Override the name spans and versions use (defaults to the reference, or the class name
-            for a module passed directly).
+        name: Override the name spans and versions use. Default, the program's one name wherever it
+            is run from: its registered name, else the name the module declares
+            (``geode.Agent(name=...)``), else the reference (the class name for a module passed
+            directly). The other names become :attr:`ResolvedProgram.aliases`.
 
     Returns:
         The resolved program.
@@ -114,13 +152,15 @@ def resolve(ref: ProgramRef, *, name: str | None = None) -> ResolvedProgram:
         ProgramNotFoundError: The reference names nothing usable; the message says why.
     """
     if isinstance(ref, dspy.Module):
-        return ResolvedProgram(name or type(ref).__name__, ref)
+        return _named(name or _registered_name(ref), ref, type(ref).__name__)
     if not isinstance(ref, str) or not ref:
         raise ProgramNotFoundError(f"a program reference must be a dspy.Module or a string, got {ref!r}")
     with _LOCK:
         registered = _REGISTRY.get(ref)
     if registered is not None:
-        return ResolvedProgram(name or ref, _instantiate(registered, ref))
+        # A registered name is given explicitly: it wins over the module's own.
+        module = _instantiate(registered, ref)
+        return _named(name or ref, module, type(module).__name__)
     if ref.endswith(".json"):
         return ResolvedProgram(name or ref, _workflow_spec(ref))
     if ":" not in ref:
@@ -130,4 +170,5 @@ def resolve(ref: ProgramRef, *, name: str | None = None) -> ResolvedProgram:
             hint="use 'package.module:attribute' or register it with geode.register_program",
         )
     obj = import_ref(ref, what="program", error=ProgramNotFoundError)
-    return ResolvedProgram(name or ref, _instantiate(obj, ref))
+    module = _instantiate(obj, ref)
+    return _named(name or _registered_name(module), module, ref, type(module).__name__)

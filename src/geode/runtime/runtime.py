@@ -257,6 +257,7 @@ class Runtime:
         served = self.serve(program)
         identity = RunIdentity(
             program=resolved.name,
+            aliases=resolved.aliases,
             version=served.version,
             session_id=session_id,
             user_id=user_id,

@@ -21,7 +21,7 @@ class RunIdentity:
     """The program and caller a span belongs to."""
 
     program: str
-    """The program's reference (``module:attr``) or registered name: ``geode.program.name``."""
+    """The program's name: ``geode.program.name`` (see :func:`geode.runtime.programs.resolve`)."""
     version: str | None = None
     """The program version that answered (a content hash), ``geode.program.version``."""
     session_id: str | None = None
@@ -30,6 +30,9 @@ class RunIdentity:
     tags: tuple[str, ...] = ()
     kind: str | None = None
     """``agent`` or ``workflow`` when known."""
+    aliases: tuple[str, ...] = ()
+    """Other names of the same program (the reference it was run by, its class name):
+    ``geode.program.aliases``; trace filters accept any of them."""
 
 
 _CURRENT: contextvars.ContextVar[RunIdentity | None] = contextvars.ContextVar("geode_run", default=None)

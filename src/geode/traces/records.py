@@ -28,6 +28,7 @@ from openinference.semconv.trace import SpanAttributes, ToolAttributes
 
 from geode.errors import TraceSourceError
 from geode.traces.otlp_json import decode_attributes
+from geode.traces.vocab import GeodeAttributes
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -147,6 +148,13 @@ class SpanRecord:
         if isinstance(value, float) and value.is_integer():
             return int(value)
         return None
+
+    @property
+    def program_names(self) -> tuple[str, ...]:
+        """``geode.program.name`` then ``geode.program.aliases``: every name the span's program answers to."""
+        return _program_names(
+            self.get(GeodeAttributes.PROGRAM_NAME), self.get(GeodeAttributes.PROGRAM_ALIASES)
+        )
 
     @property
     def input_value(self) -> str | None:
@@ -549,6 +557,13 @@ class TraceRecord:
             return root.status
         return "ERROR" if any(s.status == "ERROR" for s in self.spans) else "UNSET"
 
+    @property
+    def program_names(self) -> tuple[str, ...]:
+        """The run's program name then its aliases (as :meth:`attribute` finds them)."""
+        return _program_names(
+            self.attribute(GeodeAttributes.PROGRAM_NAME), self.attribute(GeodeAttributes.PROGRAM_ALIASES)
+        )
+
     def attribute(self, key: str) -> AttributeValue | None:
         """The value of ``key`` on the root, or else on the first span that has it."""
         root = self.root
@@ -560,6 +575,13 @@ class TraceRecord:
     def total_tokens(self) -> int:
         """Tokens summed over LLM spans (the way Phoenix counts a trace's tokens)."""
         return sum(s.total_tokens or 0 for s in self.spans if s.kind == "LLM")
+
+
+def _program_names(name: AttributeValue | None, aliases: AttributeValue | None) -> tuple[str, ...]:
+    names = [name] if isinstance(name, str) else []
+    if isinstance(aliases, list | tuple):
+        names += [a for a in aliases if isinstance(a, str)]
+    return tuple(dict.fromkeys(names))
 
 
 def group_traces(spans: Iterable[SpanRecord]) -> list[TraceRecord]:

@@ -42,7 +42,10 @@ class GeodeAttributes:
     """Geode's own span attribute keys, all under ``geode.``."""
 
     PROGRAM_NAME: Final = "geode.program.name"
-    """The program's reference (``module:attr``) or registered name; on every span of a run."""
+    """The program's one name (given, registered, declared by the module, else its reference); on every
+    span of a run."""
+    PROGRAM_ALIASES: Final = "geode.program.aliases"
+    """Other names of the program (the reference it was run by, its class name); filters match them too."""
     PROGRAM_VERSION: Final = "geode.program.version"
     """Content hash of the program version that answered; on every span of a run."""
     PROGRAM_KIND: Final = "geode.program.kind"

@@ -359,7 +359,7 @@ def test_a_geode_agent_is_mined_with_its_signature_outputs_only() -> None:
     pred = rt.run(agent, question="What is 6*7?")
     rt.close()
     assert {"steps", "termination"} <= set(pred.keys())
-    (record,) = mine(InMemoryTraceSource(exporter), "Agent").dataset
+    (record,) = mine(InMemoryTraceSource(exporter), "calc").dataset
     assert dict(record.outputs) == {"answer": "42"}
     (span,) = [
         s for s in exporter.get_finished_spans() if (s.attributes or {}).get(GeodeAttributes.OUTPUT_FIELDS)

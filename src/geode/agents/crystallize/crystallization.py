@@ -100,14 +100,14 @@ def _read(
     if all(isinstance(item, AgentRun) for item in items):
         runs = [item for item in items if isinstance(item, AgentRun)]
         if program is not None:
-            runs = [r for r in runs if r.program == program]
+            runs = [r for r in runs if r.runs_program(program)]
         return runs, "agent runs"
     traces = [item for item in items if isinstance(item, TraceRecord)]
     if len(traces) != len(items):
         raise CrystallizeError("source must be a TraceSource, TraceRecords or AgentRuns")
     runs = runs_from_traces(traces, scores=scores)
     if program is not None:
-        runs = [r for r in runs if r.program == program]
+        runs = [r for r in runs if r.runs_program(program)]
     return runs, f"{len(traces)} traces"
 
 

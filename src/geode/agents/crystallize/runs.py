@@ -101,6 +101,13 @@ class AgentRun:
     problems: tuple[str, ...] = field(default=())
     score_source: ScoreSource | None = None
     """Where :attr:`score` came from (``None`` when unscored)."""
+    aliases: tuple[str, ...] = ()
+    """``geode.program.aliases`` of the run: other names of its program."""
+
+    def runs_program(self, program: str) -> bool:
+        """Whether the run is of ``program`` (by its name or an alias)."""
+        return program == self.program or program in self.aliases
+
     """Why the run could not be read completely (truncated attributes, undecodable JSON)."""
 
     @property
@@ -277,6 +284,7 @@ def _run(trace: TraceRecord, span: SpanRecord, scores: Mapping[str, RunScore]) -
         feedback=judged.feedback if judged is not None else None,
         problems=tuple(problems),
         score_source=source,
+        aliases=tuple(n for n in span.program_names if n != program),
     )
 
 

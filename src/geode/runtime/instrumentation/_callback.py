@@ -278,6 +278,8 @@ def _identity_attributes(identity: RunIdentity) -> dict[str, Any]:
         attrs[GeodeAttributes.PROGRAM_VERSION] = identity.version
     if identity.kind:
         attrs[GeodeAttributes.PROGRAM_KIND] = identity.kind
+    if identity.aliases:
+        attrs[GeodeAttributes.PROGRAM_ALIASES] = identity.aliases
     if identity.session_id:
         attrs[SpanAttributes.SESSION_ID] = identity.session_id
     if identity.user_id:

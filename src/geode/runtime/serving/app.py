@@ -117,6 +117,7 @@ class HostedProgram:
 class _Hosted:
     name: str
     route: str
+    aliases: tuple[str, ...]
     program: ProgramRef
     interface: ProgramInterface
     request_model: type[BaseModel]
@@ -312,9 +313,11 @@ class _Server:
         model = "".join(
             part.capitalize() for part in route.replace("-", ".").replace("_", ".").split(".") if part
         )
+        aliases = tuple(a for a in dict.fromkeys((resolved.name, *resolved.aliases)) if a != name)
         return _Hosted(
             name=name,
             route=route,
+            aliases=aliases,
             program=spec.program,
             interface=interface,
             request_model=request_model(
@@ -385,6 +388,7 @@ class _Server:
         attrs: dict[str, Any] = {
             SpanAttributes.OPENINFERENCE_SPAN_KIND: OISpanKind.CHAIN.value,
             GeodeAttributes.PROGRAM_NAME: call.hosted.name,
+            **({GeodeAttributes.PROGRAM_ALIASES: call.hosted.aliases} if call.hosted.aliases else {}),
             GeodeAttributes.SERVE_ROLE: call.role,
             GeodeAttributes.SERVE_REQUEST_ID: call.request_id,
             SpanAttributes.INPUT_VALUE: json.dumps(_jsonable(_visible(call)), ensure_ascii=False),
@@ -412,6 +416,7 @@ class _Server:
         assert call.span is not None
         identity = RunIdentity(
             program=call.hosted.name,
+            aliases=call.hosted.aliases,
             version=call.version,
             session_id=call.session_id,
             user_id=call.user_id,

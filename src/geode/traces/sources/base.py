@@ -10,7 +10,7 @@ from typing import Protocol, runtime_checkable
 
 from geode.errors import TraceSourceError
 from geode.traces.records import SpanStatus, TraceRecord
-from geode.traces.vocab import GeodeAttributes, SpanAttributes
+from geode.traces.vocab import SpanAttributes
 
 __all__ = ["TraceFilter", "TraceSource", "TraceWait", "latest_trace"]
 
@@ -26,7 +26,8 @@ class TraceFilter:
     """
 
     program: str | None = None
-    """``geode.program.name`` of the run."""
+    """The run's program: its ``geode.program.name`` or one of its ``geode.program.aliases`` (Phoenix
+    matches the name only)."""
     session_id: str | None = None
     """``session.id`` of the run."""
     status: SpanStatus | None = None
@@ -58,7 +59,7 @@ class TraceFilter:
 
     def matches(self, trace: TraceRecord) -> bool:
         """Whether a trace passes every condition except :attr:`where` (which only Phoenix evaluates)."""
-        if self.program is not None and trace.attribute(GeodeAttributes.PROGRAM_NAME) != self.program:
+        if self.program is not None and self.program not in trace.program_names:
             return False
         if self.session_id is not None and trace.attribute(SpanAttributes.SESSION_ID) != self.session_id:
             return False

@@ -125,7 +125,8 @@ def test_crystallize_from_a_trace_file(runner: CliRunner, spans: Path, tmp_path:
     assert "13 runs unscored but trusted" in result.output
     spec = WorkflowSpec.load(out)
     assert spec.source.unscored_ok and spec.source.learned_from == {"unscored": 13}
-    assert spec.agent_ref == AGENT and spec.source.program == AGENT
+    # The agent's runs are filed under its one name, Agent(name="inventory"), whatever it was run by.
+    assert spec.agent_ref == AGENT and spec.source.program == "inventory"
     assert [r.label for r in spec.routes] == ["lookup_stock", "calculate", "lookup_stock_each_then_calculate"]
     assert "lookup_stock_each_then_calculate" in result.output and "router over 3" in result.output
     assert "2 LM call(s) per input" in result.output
@@ -152,7 +153,10 @@ def test_crystallize_errors_are_one_line(
             ]
         )
     assert exc.value.code == 2
-    assert "error: no runs of agent 'inventory' were found" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "error: no runs of 'nobody' in OTLP-JSON file" in err
+    # The error lists the programs that do have runs, with their aliases.
+    assert "programs with runs there: inventory (also geode.agents.inventory:agent, Agent)" in err
     with pytest.raises(SystemExit) as exc:
         main(["crystallize", AGENT, "--source", str(tmp_path / "nope.jsonl")])
     assert exc.value.code == 2
