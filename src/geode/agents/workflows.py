@@ -75,6 +75,8 @@ class RAG(dspy.Module):
         self.max_chars_per_passage = max_chars_per_passage
         self._context_is_text = resolved.input_fields["context"].annotation is str
         self.generate = dspy.ChainOfThought(resolved) if reasoning else dspy.Predict(resolved)
+        # What a caller passes and gets (the context is retrieved, never given): ``geode serve``'s schema.
+        self.geode_signature = resolved.delete("context")
 
     def _context(self, passages: list[Passage]) -> list[str] | str:
         texts = [p.text.strip()[: self.max_chars_per_passage] for p in passages]

@@ -120,8 +120,26 @@ def _forward_inputs(module: dspy.Module) -> list[FieldSpec] | None:
     return specs
 
 
+# Attributes of wrapper modules whose ``forward(**kwargs)`` passes everything to one inner module:
+# geode.Fallback's ``primary``, dspy.BestOfN's and dspy.Refine's ``module``, ChainOfThought's ``predict``.
+_DELEGATES = ("primary", "module", "predict")
+
+
+def _delegate(module: dspy.Module) -> dspy.Module | None:
+    for attr in _DELEGATES:
+        inner = getattr(module, attr, None)
+        if isinstance(inner, dspy.Module) and inner is not module:
+            return inner
+    return None
+
+
 def interface_of(module: dspy.Module) -> ProgramInterface:
     """Find a program's inputs and outputs.
+
+    In order: a ``geode_signature`` attribute, a ``signature`` attribute (``Predict``, ``ReAct``,
+    ``geode.Agent``), the typed parameters of ``forward`` (custom modules; outputs from the last
+    predictor), else the module it wraps (``ChainOfThought``'s predictor, with ``reasoning`` among the
+    outputs; ``geode.Fallback``'s primary; ``dspy.BestOfN``'s and ``dspy.Refine``'s module).
 
     Raises:
         ConfigError: The interface cannot be found, or an input uses a reserved name.
@@ -137,6 +155,9 @@ def interface_of(module: dspy.Module) -> ProgramInterface:
     else:
         predictors = module.predictors()
         found = _forward_inputs(module)
+        inner = _delegate(module) if found is None else None
+        if inner is not None:
+            return interface_of(inner)
         if found is None or not predictors:
             raise ConfigError(
                 f"cannot tell the inputs and outputs of {type(module).__name__}",
