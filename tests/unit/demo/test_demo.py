@@ -125,7 +125,14 @@ def test_the_whole_loop_runs_on_a_scripted_model(settings: Settings, parts: Demo
     # The scripted agent always searched with the question: the workflow copies it, no LM call for it.
     assert result.cost is not None and result.cost.cheaper and result.kept_agent is None
     # Demos do not help this model, so no candidate beats the workflow on the training runs.
-    assert [c["name"] for c in result.search] == ["as crystallized", "bootstrap demos"]
+    assert [c["name"] for c in result.search] == [
+        "as crystallized",
+        "demos: 1",
+        "demos: 0",
+        "instruction: terse",
+        "instruction: terse, demos: 1",
+        "instruction: terse, demos: 0",
+    ]
     assert [r.label for r in result.rows] == ["agent", "workflow"]
     agent, workflow = result.row("agent"), result.row("workflow")
     assert agent is not None and workflow is not None
@@ -444,3 +451,30 @@ def test_quick_sizes() -> None:
     assert (QUICK.questions, QUICK.held_out, QUICK.validation) == (6, 8, 6)
     assert DemoOptions().held_out == len(helpdesk.load_questions("heldout")) == 23
     assert DemoOptions().questions >= 12
+
+
+def test_variants_change_only_the_workflows_answer_steps(settings: Settings, parts: DemoParts) -> None:
+    from geode.demo.recompile import FALLBACK, TERSE, answer_predictors, variant_candidate
+    from geode.evals.dataset import Dataset
+
+    result = _run(settings, parts)
+    assert result.crystallization is not None
+    workflow = result.crystallization.workflow()
+    (answer,) = answer_predictors(workflow)
+    assert len(answer.demos) >= 2  # crystallization taught it the correct runs
+
+    def shape(program: Any) -> dict[str, tuple[str, int]]:
+        return {name: (str(p.signature.__doc__), len(p.demos)) for name, p in program.named_predictors()}
+
+    before = shape(workflow)
+
+    variant = variant_candidate(instructions=("terse", TERSE), demos=1)
+    program = variant.build(workflow, Dataset.from_records([]))
+    after = shape(program)
+    changed = {name for name in after if after[name] != before[name]}
+    assert len(changed) == 1 and not next(iter(changed)).startswith(f"{FALLBACK}.")
+    assert after[next(iter(changed))] == (TERSE, 1)
+    assert before == shape(workflow)
+    assert variant.name == "instruction: terse, demos: 1" and variant.optimizer == "instructions+demos"
+    with pytest.raises(ValueError, match="changes"):
+        variant_candidate()
