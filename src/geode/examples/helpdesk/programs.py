@@ -48,7 +48,7 @@ def build_agent(
     k: int = 2,
     max_chars_per_passage: int = 400,
     budget: Budget | None = None,
-    max_thought_chars: int = 40,
+    max_thought_chars: int = 160,
 ) -> Agent:
     """The helpdesk agent: ``search`` over the knowledge base and ``calculate``, then ``finish``.
 
@@ -59,7 +59,9 @@ def build_agent(
         budget: Limits per run; default: 3 iterations and 300 seconds (a run cut by the time budget
             has no answer, so the limit is for runaway runs, not to keep runs short).
         max_thought_chars: Cap on each step's thought (with grammar-constrained models), which bounds
-            the tokens a small model spends per step.
+            the tokens a small model spends per step. Room for a whole sentence: a cap that cuts the
+            thought mid-word (40 characters) left the model a stub ("The next-t") that it then copied
+            into the search argument.
     """
     passages = search_tool(retriever, k=k, max_chars_per_passage=max_chars_per_passage)
 
