@@ -36,11 +36,13 @@ from geode.runtime.settings import LMSettings, Settings, TracingSettings
 
 
 def _kind(arg: str, question: str, thought: str) -> str:
-    """``question`` (a near copy of it), ``thought stub`` (a prefix of the step's thought) or ``other``."""
+    """``question`` (a near copy), ``thought stub`` (a prefix of the step's thought), ``empty`` or ``other``."""
     a, q, t = normalize_text(arg), normalize_text(question), normalize_text(thought)
     if not a:
         return "empty"
-    if a == q or (len(a) >= 0.6 * len(q) and (a in q or q in a)):
+    aw, qw = set(a.split()), set(q.split())
+    # The question, or most of its words and little else (a truncated or trimmed copy).
+    if a == q or q in a or (len(aw & qw) >= 0.6 * len(qw) and len(aw - qw) <= 2):
         return "question"
     if t and (t.startswith(a) or a.startswith(t)):
         return "thought stub"
