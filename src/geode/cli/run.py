@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping
+from enum import Enum
 from typing import Any
 
 import dspy
@@ -16,17 +19,63 @@ __all__ = ["register"]
 
 
 def _jsonable(value: Any) -> Any:
-    try:
-        json.dumps(value)
+    """Plain JSON data, never a repr.
+
+    Records go by their ``to_dict``, dataclasses and pydantic models by field, enums by value,
+    containers element by element; only what has no structure becomes its text.
+    """
+    if value is None or isinstance(value, bool | int | float | str):
         return value
-    except TypeError:
-        if hasattr(value, "model_dump"):
-            return value.model_dump()
-        return str(value)
+    if isinstance(value, Enum):
+        return _jsonable(value.value)
+    to_dict = getattr(value, "to_dict", None)
+    if callable(to_dict) and not isinstance(value, type):
+        return _jsonable(to_dict())
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    dump = getattr(value, "model_dump", None)
+    if callable(dump) and not isinstance(value, type):
+        return _jsonable(dump(mode="json"))
+    if isinstance(value, dspy.Prediction):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_jsonable(v) for v in value]
+    return str(value)
 
 
 def _outputs(prediction: dspy.Prediction) -> dict[str, Any]:
     return {key: _jsonable(value) for key, value in prediction.items()}
+
+
+def _step_line(step: Mapping[str, Any]) -> str:
+    tool = step.get("tool") or "(unparsed)"
+    args = ", ".join(f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in (step.get("args") or {}).items())
+    line = (
+        f"{step.get('index', 0) + 1}. {tool}({args})"
+        if tool != "finish"
+        else f"{step.get('index', 0) + 1}. finish"
+    )
+    seen = step.get("error") or step.get("observation")
+    if seen and tool != "finish":
+        text = " ".join(str(seen).split())
+        line += f" → {text[:77] + '…' if len(text) > 78 else text}"
+    return line
+
+
+def _text_view(key: str, value: Any) -> str:
+    """How the text view shows one output: agent steps and termination summarised in a few lines."""
+    if key == "steps" and isinstance(value, list) and all(isinstance(v, dict) and "tool" in v for v in value):
+        return "\n".join(_step_line(step) for step in value) or "(no steps)"
+    if key == "termination" and isinstance(value, dict) and "reason" in value:
+        return (
+            f"{value['reason']}: {value.get('detail', '')} ({value.get('iterations', 0)} iterations, "
+            f"{value.get('lm_calls', 0)} LM calls, {value.get('seconds', 0.0):.1f} s)"
+        )
+    if key == "trajectory" and isinstance(value, dict):
+        return f"({len(value)} entries; --json shows them)"
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 def run(
@@ -64,10 +113,11 @@ def run(
     # rich loads here, after the answer: at the top it would delay the model load of every run.
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(show_header=False, box=None, pad_edge=False)
     for key, value in outputs.items():
-        table.add_row(f"[bold]{key}[/bold]", value if isinstance(value, str) else json.dumps(value))
+        table.add_row(f"[bold]{key}[/bold]", Text(_text_view(key, value)))
     console = Console()
     console.print(table)
     if trace_id is not None:

@@ -93,3 +93,36 @@ def test_run_prints_the_trace_id_and_where_the_spans_went(
     out = capsys.readouterr().out
     assert "Paris" in out
     assert re.search(r"trace [0-9a-f]{32}", out) and "geode trace show" in out
+
+
+def test_an_agent_run_is_json_end_to_end_and_summarised_as_text(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.unit.agents.crystallize.scenario import oracle
+
+    from geode.cli import _common
+
+    real = _common.Runtime
+    monkeypatch.setattr(_common, "Runtime", lambda settings: real(settings, lm=ScriptedLM(oracle)))
+    monkeypatch.setenv("GEODE_TRACING_ENABLED", "false")
+    argv = [
+        "run",
+        "geode.agents.inventory:agent",
+        "-i",
+        "question=How many widgets and gadgets are in stock together?",
+    ]
+    main([*argv, "--json"])
+    out = json.loads(capsys.readouterr().out)["outputs"]
+    # Step records and the termination are objects, not Python reprs.
+    assert out["answer"] == "17"
+    assert [s["tool"] for s in out["steps"]] == ["lookup_stock", "lookup_stock", "calculate", "finish"]
+    assert out["steps"][0]["args"] == {"item": "widget"} and out["steps"][0]["outcome"] == "ok"
+    assert out["termination"]["reason"] == "finish" and out["termination"]["iterations"] == 4
+    assert "AgentStep(" not in json.dumps(out) and "TerminationReason" not in json.dumps(out)
+
+    main(argv)
+    text = capsys.readouterr().out
+    assert '1. lookup_stock(item="widget") → widget: 3 units in stock' in text
+    assert "4. finish" in text
+    assert "finish: the model called finish (4 iterations, 5 LM calls" in " ".join(text.split())
+    assert "AgentStep(" not in text
