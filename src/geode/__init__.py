@@ -18,6 +18,7 @@ _EXPORTS: dict[str, str] = {
     "LocalLM": "geode.runtime.lm.local",
     "SmallModelAdapter": "geode.adapters",
     "Retriever": "geode.retrieval.retriever",
+    "open_retriever": "geode.runtime.stores",
     "Agent": "geode.agents.agent",
     "AgentStep": "geode.agents.steps",
     "Budget": "geode.agents.steps",
@@ -54,6 +55,7 @@ __all__ = [  # kept equal to _EXPORTS by tests/unit/test_public_api.py
     "fallback_choice",
     "instrument",
     "mine",
+    "open_retriever",
     "register_program",
     "search_tool",
     "tool",
@@ -84,6 +86,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first
     from geode.runtime.runtime import Runtime as Runtime
     from geode.runtime.runtime import trace_id_of as trace_id_of
     from geode.runtime.settings import Settings as Settings
+    from geode.runtime.stores import open_retriever as open_retriever
 
 
 def __getattr__(name: str) -> Any:

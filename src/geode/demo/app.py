@@ -8,32 +8,18 @@ stays open (and locked) for the life of the process.
 
 from __future__ import annotations
 
-import threading
-
 from geode.agents.agent import Agent
 from geode.agents.workflows import RAG
 from geode.examples import helpdesk
 from geode.retrieval import Retriever
-from geode.runtime.settings import Settings
-from geode.runtime.stores import build_embedder, build_store
+from geode.runtime.stores import open_retriever
 
 __all__ = ["agent", "rag", "retriever"]
 
-_lock = threading.Lock()
-_retriever: Retriever | None = None
-
 
 def retriever() -> Retriever:
-    """A retriever over the helpdesk collection of the embedded store (one per process)."""
-    global _retriever
-    with _lock:
-        if _retriever is None:
-            settings = Settings()
-            embedder = build_embedder(settings.retrieval)
-            # Load the embedding model now: loading it inside the first search can outlast the tool's timeout.
-            _ = embedder.dimension
-            _retriever = Retriever(build_store(settings), embedder, helpdesk.COLLECTION, k=2)
-        return _retriever
+    """A retriever over the helpdesk collection of the configured store (the documented way)."""
+    return open_retriever(helpdesk.COLLECTION, k=2)
 
 
 def agent() -> Agent:

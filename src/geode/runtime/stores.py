@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from geode.errors import ConfigError
@@ -31,7 +32,10 @@ from geode.retrieval import (
 )
 from geode.runtime.settings import RetrievalSettings, Settings
 
-__all__ = ["build_embedder", "build_retriever", "build_store", "embedded_engine"]
+__all__ = ["build_embedder", "build_retriever", "build_store", "embedded_engine", "open_retriever"]
+
+_opened: dict[tuple[str, str, str, str], tuple[Store, Embedder]] = {}
+_open_lock = threading.Lock()
 
 
 def embedded_engine(settings: RetrievalSettings, path: Path) -> str:
@@ -96,3 +100,50 @@ def build_retriever(
 ) -> Retriever:
     """A :class:`~geode.retrieval.Retriever` over ``collection`` (default: the configured collection)."""
     return Retriever(store, embedder, collection=collection or settings.collection, k=k)
+
+
+def open_retriever(
+    collection: str | None = None, *, k: int = 5, settings: Settings | None = None
+) -> Retriever:
+    """A retriever for a program file: what ``geode run`` and ``geode serve`` load needs no runtime.
+
+    The store and embedder are the ones the settings describe (``GEODE_HOME``, ``GEODE_RETRIEVAL_*``;
+    the same as ``geode ingest`` and ``rt.retriever`` use), opened once per process and shared by
+    every retriever this returns. The local embedding model is loaded here, when the program loads:
+    loaded inside the first search it would cost that search seconds, and an agent's tool timeout
+    counts them.
+
+    Args:
+        collection: The collection to search; default ``settings.retrieval.collection``.
+        k: Passages per search (a call may pass its own ``k``).
+        settings: Default: ``Settings()`` (environment variables, then defaults).
+
+    Raises:
+        StoreUnavailableError: The embedded store is locked by another process.
+        ModelFileError: The local embedding model cannot be loaded.
+
+    Example:
+        A program file (``app.py``), served with ``geode serve app.py:agent``::
+
+            import geode
+
+            help_centre = geode.open_retriever("help", k=3)
+            agent = geode.Agent("question -> answer", tools=[geode.search_tool(help_centre)], name="helpdesk")
+    """
+    settings = settings if settings is not None else Settings()
+    retrieval = settings.retrieval
+    key = (
+        str(settings.qdrant_path.resolve()),
+        retrieval.qdrant_url or "",
+        retrieval.engine,
+        retrieval.embedder,
+    )
+    with _open_lock:
+        parts = _opened.get(key)
+        if parts is None:
+            embedder = build_embedder(retrieval)
+            if retrieval.embedder == "local":
+                _ = embedder.dimension  # loads the model now (a remote embedder is left unprobed)
+            parts = _opened[key] = (build_store(settings), embedder)
+    store, embedder = parts
+    return build_retriever(store, embedder, retrieval, collection=collection, k=k)

@@ -96,3 +96,23 @@ def test_runtime_does_not_close_an_injected_store() -> None:
     with Runtime(Settings(), store=store, embedder=HashingEmbedder()) as rt:
         assert rt.store is store
     assert store.list_collections() == []  # still open
+
+
+def test_open_retriever_builds_from_settings_and_loads_the_embedder_at_once(tmp_path: Path) -> None:
+    # The documented way to put retrieval in a program file that `geode run`/`serve` load.
+    import geode
+    from geode.retrieval import Ingestor, sample_corpus_dir
+
+    s = settings(tmp_path)
+    with Runtime(s) as rt:
+        Ingestor(rt.store, rt.embedder).ingest([sample_corpus_dir()], "help")
+    retriever = geode.open_retriever("help", k=2, settings=s)
+    embedder = retriever.embedder
+    assert isinstance(embedder, SentenceTransformerEmbedder)
+    # Loaded when the program loads, not inside the first search (a tool timeout would count it).
+    assert embedder._model is not None
+    passages = retriever(query="Can I take stove fuel on a plane?").passages
+    assert len(passages) == 2 and (passages[0].source or "").endswith("stove-safety.md")
+    # One store and embedder per process and settings: a second retriever shares them.
+    again = geode.open_retriever("help", settings=s)
+    assert again.store is retriever.store and again.embedder is embedder and again.k == 5
