@@ -26,6 +26,7 @@ import httpx
 import pytest
 
 import geode
+from geode.cli.run import trace_link as geode_run_trace_link
 from geode.runtime.phoenix import PhoenixStatus, find_free_port
 from geode.runtime.settings import Settings, TracingSettings
 from geode.testing import ScriptedLM
@@ -124,11 +125,6 @@ def browser(tmp_path: Path) -> Iterator[DevTools]:
             process.wait()
 
 
-def _project_node_id(phoenix: PhoenixStatus, project: str) -> str:
-    projects = httpx.get(f"{phoenix.url}/v1/projects", timeout=10).json()["data"]
-    return next(p["id"] for p in projects if p["name"] == project)
-
-
 def lookup_stock(item: str) -> int:
     """Units of an item in stock."""
     return {"widget": 7, "gadget": 14}[item]
@@ -174,7 +170,9 @@ def test_trace_tree_renders_in_phoenix_ui(phoenix: PhoenixStatus, browser: DevTo
     trace_id, names = trace.trace_id, [span.name for span, _ in trace.walk()]
     assert trace.root is not None and trace.root.kind == "AGENT"
     root_span_id = trace.root.span_id
-    url = f"{phoenix.url}/projects/{_project_node_id(phoenix, project)}/traces/{trace_id}"
+    # The link `geode run` prints: Phoenix's redirect finds the trace's project and opens the trace.
+    url = geode_run_trace_link(f"{phoenix.url}/v1/traces", trace_id)
+    assert url == f"{phoenix.url}/redirects/traces/{trace_id}"
 
     browser.call(
         "Emulation.setDeviceMetricsOverride", width=1400, height=1100, deviceScaleFactor=1, mobile=False

@@ -36,6 +36,10 @@ def _call_from_openapi(base: str, operation_id: str, arguments: dict[str, Any]) 
 
 def test_geode_serve_answers_curl_openapi_clients_and_browsers(tmp_path: Path) -> None:
     with serve([f"qa={PROGRAMS}:qa", f"support={PROGRAMS}:injected_agent"], tmp_path / "home") as served:
+        # At start the server says where everything is.
+        started = served.output()
+        for path in ("/programs/qa", "/programs/qa/stream", "/programs/support", "/feedback", "/docs"):
+            assert f"{served.url}{path}" in started, started[-2000:]
         curl = shutil.which("curl")
         if curl is not None:
             out = subprocess.run(

@@ -2,12 +2,14 @@
 
 Each command group lives in its own module and registers itself on :data:`app` in
 :func:`_register_commands`. Errors Geode raises on purpose print as one line and exit 2; anything else
-exits 1. ``--debug`` (or ``GEODE_DEBUG=1``) shows the traceback.
+exits 1. ``--debug`` (or ``GEODE_DEBUG=1``) shows the traceback; ``--verbose`` shows DSPy's INFO logs;
+``--version`` prints the version.
 """
 
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import sys
 
@@ -55,15 +57,41 @@ _COMMAND_MODULES = tuple(dict.fromkeys(_COMMANDS.values()))
 _NEEDS_ALL: frozenset[str] = frozenset({"cli-reference"})
 """Commands that read the whole command tree."""
 
-_state = {"debug": False}
+_state = {"debug": False, "verbose": False}
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from geode import __version__
+
+        typer.echo(f"geode {__version__}")
+        raise typer.Exit(0)
 
 
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    verbose: bool = typer.Option(
+        False, "--verbose", help="Show DSPy's own progress logs (INFO), which are quiet otherwise."
+    ),
+    version: bool = typer.Option(
+        False, "--version", help="Print Geode's version and exit.", callback=_print_version, is_eager=True
+    ),
 ) -> None:
     """Run, trace, measure and improve DSPy programs."""
     _state["debug"] = debug or _state["debug"]
+    _state["verbose"] = verbose or _state["verbose"]
+    _quiet_dspy()
+
+
+def _quiet_dspy() -> None:
+    """DSPy logs INFO lines (``Average Metric: ...``, optimizer steps) into the command's output.
+
+    They repeat what the command prints, interleaved with it; ``--verbose`` keeps them. DSPy sets its
+    logger's level when it is imported, so this runs once the command's modules are loaded.
+    """
+    if "dspy" in sys.modules:
+        logging.getLogger("dspy").setLevel(logging.INFO if _state["verbose"] else logging.WARNING)
 
 
 def _register_commands(args: list[str] | None = None) -> None:
@@ -80,7 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``geode`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
     _state["debug"] = "--debug" in args or os.environ.get("GEODE_DEBUG", "") not in ("", "0")
+    _state["verbose"] = "--verbose" in args
     _register_commands(args)
+    _quiet_dspy()
     try:
         result = app(args=args, standalone_mode=False)
         if isinstance(result, int) and result != 0:

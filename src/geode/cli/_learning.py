@@ -128,15 +128,22 @@ def report_dir(settings: Settings, kind: str, name: str, explicit: Path | None) 
     return settings.reports_dir / f"{kind}-{slug}-{stamp}"
 
 
-def print_health(report: HealthReport, console: Console) -> None:
-    """The dataset's size and any health warnings, in a few lines."""
+def print_health(report: HealthReport, console: Console, *, compiling: bool = False) -> None:
+    """The dataset's size and any health warnings, in a few lines.
+
+    Args:
+        report: The dataset's health.
+        console: Where to print.
+        compiling: The command recompiles on the data: also say when it is too small for that.
+    """
     splits = ", ".join(f"{k} {v}" for k, v in sorted(report.splits.items()))
     console.print(
         f"dataset {report.dataset_id}: {report.size} examples ({splits}), {report.unique_inputs} distinct inputs, "
         f"outputs {', '.join(report.output_fields) or 'none'}",
         highlight=False,
     )
-    for warning in report.warnings:
+    warnings = [*report.warnings, *([report.compile_warning] if compiling and report.compile_warning else [])]
+    for warning in warnings:
         console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 
 

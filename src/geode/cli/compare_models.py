@@ -74,7 +74,7 @@ def compare_models_command(
     data = load_data(dataset)
     scorer = load_metric(metric)
     console = Console(stderr=as_json)
-    print_health(data.health(), console)
+    print_health(data.health(), console, compiling=optimizer is not None)
     data.require(1, purpose="compare models")
     if optimizer is not None:
         data.split(heldout_fraction=heldout, seed=seed).require(min_train=min_train, min_heldout=min_heldout)

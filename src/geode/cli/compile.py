@@ -105,7 +105,7 @@ def compile_command(
     data = load_data(trainset)
     scorer = load_metric(metric)
     console = Console(stderr=as_json)
-    print_health(data.health(), console)
+    print_health(data.health(), console, compiling=True)
     # Refuse small data before building anything (an LM can take a while to load).
     data.require(1, purpose="compile")
     data.split(heldout_fraction=heldout, seed=seed).require(min_train=min_train, min_heldout=min_heldout)

@@ -15,7 +15,7 @@ from geode.cli._common import LM_OPTION, make_runtime, parse_inputs
 from geode.errors import InputError
 from geode.runtime.runtime import trace_id_of
 
-__all__ = ["register"]
+__all__ = ["register", "trace_link"]
 
 
 def _jsonable(value: Any) -> Any:
@@ -103,7 +103,7 @@ def run(
         pipeline = rt.export_pipeline
         destination = None
         if pipeline is not None:
-            destination = _phoenix_ui(pipeline.endpoint) or (
+            destination = trace_link(pipeline.endpoint, trace_id) or (
                 str(pipeline.otlp_file) if pipeline.otlp_file else None
             )
     if as_json:
@@ -125,11 +125,15 @@ def run(
         console.print(f"[dim]trace {trace_id}{where}  (geode trace show {trace_id})[/dim]")
 
 
-def _phoenix_ui(endpoint: str | None) -> str | None:
-    """The collector's base URL (Phoenix's UI) from its OTLP traces URL."""
+def trace_link(endpoint: str | None, trace_id: str | None) -> str | None:
+    """The page of this trace in Phoenix's UI, from the collector's OTLP traces URL.
+
+    Phoenix's ``/redirects/traces/<trace id>`` finds the trace's project and opens the trace there.
+    """
     if not endpoint:
         return None
-    return endpoint.removesuffix("/v1/traces")
+    base = endpoint.removesuffix("/v1/traces").rstrip("/")
+    return f"{base}/redirects/traces/{trace_id}" if trace_id else base
 
 
 def register(app: typer.Typer) -> None:

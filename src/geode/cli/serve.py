@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import typer
 
@@ -145,6 +146,8 @@ def serve(
             instrument(tracer_provider=own_tracing.provider)
         app = create_app(rt, _hosted(rt, programs, canary, shadow, sample), serve_settings, tracing=tracing)
         logging.getLogger("geode").setLevel(log_level.upper())
+        for line in routes_banner(app, f"http://{_url_host(serve_settings.host)}:{serve_settings.port}"):
+            typer.echo(line, err=True)
         config = uvicorn.Config(
             app,
             host=serve_settings.host,
@@ -163,6 +166,23 @@ def serve(
             own_tracing.shutdown()
             uninstrument()
         rt.close()
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def routes_banner(app: Any, base_url: str) -> list[str]:
+    """What ``geode serve`` prints at start: each program's endpoints, feedback, and the API docs page."""
+    lines = [f"serving on {base_url}"]
+    for route in app.routes:
+        path = str(getattr(route, "path", ""))
+        if path.startswith("/programs/") and "{" not in path:
+            methods = ",".join(sorted(getattr(route, "methods", None) or ["POST"]))
+            lines.append(f"  {methods:<5} {base_url}{path}")
+    lines.append(f"  POST  {base_url}/feedback")
+    lines.append(f"  API docs (try it in a browser): {base_url}/docs")
+    return lines
 
 
 def register(app: typer.Typer) -> None:

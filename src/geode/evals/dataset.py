@@ -322,6 +322,9 @@ class HealthReport:
     label_balance: tuple[LabelBalance, ...]
     score_spread: ScoreSpread | None
     warnings: tuple[str, ...]
+    """What is wrong with the data for any use (scoring, comparing, mining)."""
+    compile_warning: str | None = None
+    """Why it is too small to recompile on (``geode compile`` refuses it); said only where compiling."""
 
     def to_dict(self) -> dict[str, Any]:
         """The report as plain JSON-able data."""
@@ -342,6 +345,7 @@ class HealthReport:
                 "label_balance": [b.__dict__ for b in self.label_balance],
                 "score_spread": self.score_spread.__dict__ if self.score_spread else None,
                 "warnings": list(self.warnings),
+                "compile_warning": self.compile_warning,
             }
         )
 
@@ -421,12 +425,8 @@ def _health_warnings(report: HealthReport) -> tuple[str, ...]:
     warnings: list[str] = []
     if size == 0:
         warnings.append("the dataset is empty")
-    elif size < MIN_TRAIN + MIN_HELDOUT:
-        warnings.append(
-            f"only {size} examples: compiling needs at least {MIN_TRAIN} to train and {MIN_HELDOUT} held out"
-        )
     elif size < 30:
-        warnings.append(f"only {size} examples: held-out scores will move by several points per example")
+        warnings.append(f"only {size} examples: one example moves the score by {100 / size:.0f} points")
     if report.exact_duplicates:
         warnings.append(f"{report.exact_duplicates} record(s) repeat earlier inputs")
     if report.conflicting_duplicates:
@@ -479,7 +479,12 @@ def _health(ds: Dataset) -> HealthReport:
         score_spread=_score_spread(records),
         warnings=(),
     )
-    return replace(report, warnings=_health_warnings(report))
+    compile_warning = (
+        f"only {report.size} examples: compiling needs at least {MIN_TRAIN} to train and {MIN_HELDOUT} held out"
+        if report.size < MIN_TRAIN + MIN_HELDOUT
+        else None
+    )
+    return replace(report, warnings=_health_warnings(report), compile_warning=compile_warning)
 
 
 # -- datasets -------------------------------------------------------------------------------------

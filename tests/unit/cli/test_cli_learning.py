@@ -226,3 +226,31 @@ def test_measuring_commands_bypass_the_response_cache_unless_allowed(
     assert _exit_code([a for a in argv if a != "--json"] + ["--allow-cache"]) == 0
     shown = capsys.readouterr().out
     assert "3 LM call(s) were answered from DSPy's response cache" in " ".join(shown.split())
+
+
+def test_each_warning_only_where_it_applies(
+    tmp_path: Path, program: str, scripted: dict[str, ScriptedLM], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _dataset(tmp_path, n=3)
+    assert _exit_code(["eval", program, "-d", str(data), "-m", "exact_match", "--no-phoenix"]) == 0
+    shown = " ".join(capsys.readouterr().out.split())
+    # Scoring 3 examples is fine, if coarse; only compiling needs more.
+    assert "one example moves the score by 33 points" in shown and "compiling needs" not in shown
+    assert _exit_code(["compile", program, "-d", str(data), "-m", "exact_match"]) == 2
+    captured = capsys.readouterr()
+    assert "compiling needs at least" in " ".join((captured.out + captured.err).split())
+
+
+def test_version_and_dspy_logs_only_when_verbose(
+    tmp_path: Path, program: str, scripted: dict[str, ScriptedLM], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import geode
+
+    assert _exit_code(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"geode {geode.__version__}"
+    data = _dataset(tmp_path, n=3)
+    argv = ["eval", program, "-d", str(data), "-m", "exact_match", "--no-phoenix", "--json"]
+    assert _exit_code(argv) == 0
+    assert "Average Metric" not in capsys.readouterr().err  # DSPy's INFO line repeats the score
+    assert _exit_code(["--verbose", *argv]) == 0
+    assert "Average Metric" in capsys.readouterr().err

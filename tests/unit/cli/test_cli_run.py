@@ -126,3 +126,28 @@ def test_an_agent_run_is_json_end_to_end_and_summarised_as_text(
     assert "4. finish" in text
     assert "finish: the model called finish (4 iterations, 5 LM calls" in " ".join(text.split())
     assert "AgentStep(" not in text
+
+
+def test_the_printed_phoenix_link_opens_the_trace(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dspy
+
+    from geode.cli import _common
+    from geode.runtime.phoenix import find_free_port
+
+    register_program("cli-test-linked", dspy.Predict("question -> answer"))
+    real = _common.Runtime
+    monkeypatch.setattr(
+        _common, "Runtime", lambda settings: real(settings, lm=ScriptedLM([{"answer": "Paris"}]))
+    )
+    # Nothing listens there: export fails quietly (telemetry never breaks a run), the link is still right.
+    collector = f"http://127.0.0.1:{find_free_port()}"
+    monkeypatch.setenv("GEODE_TRACING_ENDPOINT", collector)
+    monkeypatch.setenv("GEODE_TRACING_EXPORT_TIMEOUT_S", "0.5")
+    main(["run", "cli-test-linked", "-i", "question=Capital of France?"])
+    out = " ".join(capsys.readouterr().out.split())
+    trace_id = re.search(r"trace ([0-9a-f]{32})", out)
+    assert trace_id is not None
+    # Phoenix's /redirects/traces/<id> opens the trace in its project (not the home page).
+    assert f"{collector}/redirects/traces/{trace_id.group(1)}" in out.replace(" ", "")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import dspy
@@ -155,7 +156,7 @@ class _Slow(dspy.Module):
 def test_deadline_answers_504_and_marks_the_span(
     make_client: AppFactory, tracing: tuple[TracerProvider, InMemorySpanExporter]
 ) -> None:
-    client, _ = make_client([HostedProgram(_Slow(), name="slow")], serve={"request_timeout_s": 0.2})
+    client, _ = make_client([HostedProgram(_SlowToAnswer(), name="slow")], serve={"request_timeout_s": 0.2})
     started = time.perf_counter()
     response = client.post("/programs/slow", json={"question": "q"})
     assert time.perf_counter() - started < 3
@@ -211,13 +212,15 @@ def test_sessions_carry_history_between_turns(make_client: AppFactory) -> None:
     client, _ = make_client([HostedProgram(dspy.Predict(Chat), name="chat")], lm=ScriptedLM(answer))
     schema = client.get("/openapi.json").json()["components"]["schemas"]["ChatRequest"]
     assert "history" not in schema["properties"]
-    client.post("/programs/chat", json={"question": "my name is Ada", "session_id": "s-1"})
+    first = client.post("/programs/chat", json={"question": "my name is Ada", "session_id": "s-1"}).json()
     client.post("/programs/chat", json={"question": "who am I?", "session_id": "s-1"})
     client.post("/programs/chat", json={"question": "who am I?", "session_id": "s-2"})
     assert "my name is Ada" in seen[1] and "turn 1" in seen[1]
     assert "my name is Ada" not in seen[2]
     turns = client.get("/sessions/s-1").json()["turns"]
     assert [t["outputs"]["answer"] for t in turns] == ["turn 1", "turn 2"]
+    # Each turn names the version its response named.
+    assert first["version"] == "base" and [t["version"] for t in turns] == ["base", "base"]
     assert client.delete("/sessions/s-1").status_code == 204
     assert client.get("/sessions/s-1").json()["turns"] == []
 
@@ -236,7 +239,7 @@ def test_stream_sends_prediction_event_with_trace_id(make_client: AppFactory) ->
 
 
 def test_stream_errors_arrive_as_an_error_event(make_client: AppFactory) -> None:
-    client, _ = make_client([HostedProgram(_Slow(), name="slow")], serve={"request_timeout_s": 0.2})
+    client, _ = make_client([HostedProgram(_SlowToAnswer(), name="slow")], serve={"request_timeout_s": 0.2})
     with client.stream("POST", "/programs/slow/stream", json={"question": "q"}) as response:
         text = "".join(response.iter_text())
     assert "event: error" in text and "deadline_exceeded" in text
@@ -404,3 +407,74 @@ def test_lm_history_stays_empty_while_serving(make_client: AppFactory) -> None:
     with dspy.context(lm=lm):
         dspy.Predict("question -> answer")(question="direct")
     assert len(lm.history) == 1
+
+
+def test_serve_prints_every_route_and_the_docs_page(make_client: AppFactory) -> None:
+    from geode.cli.serve import routes_banner
+
+    _, app = make_client()
+    lines = routes_banner(app, "http://127.0.0.1:8000")
+    assert lines[0] == "serving on http://127.0.0.1:8000"
+    assert "  POST  http://127.0.0.1:8000/programs/qa" in lines
+    assert "  POST  http://127.0.0.1:8000/programs/qa/stream" in lines
+    assert lines[-1] == "  API docs (try it in a browser): http://127.0.0.1:8000/docs"
+
+
+class _SlowToAnswer(dspy.Module):
+    """Answers after a while, so a streaming client can leave first."""
+
+    geode_signature = "question -> answer"
+
+    def forward(self, question: str) -> dspy.Prediction:
+        time.sleep(2.0)
+        return dspy.Prediction(answer="late")
+
+    async def aforward(self, question: str) -> dspy.Prediction:
+        await asyncio.sleep(2.0)
+        return dspy.Prediction(answer="late")
+
+
+def test_a_stream_client_that_leaves_is_not_a_server_error(make_client: AppFactory) -> None:
+    _, app = make_client([HostedProgram(_SlowToAnswer(), name="slow")])
+    body = json.dumps({"question": "q"}).encode()
+    requests = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def scenario() -> None:
+        started = asyncio.Event()
+
+        async def receive() -> MutableMapping[str, Any]:
+            if requests:
+                return requests.pop(0)
+            await started.wait()
+            await asyncio.sleep(0.2)
+            return {"type": "http.disconnect"}  # the client closes the stream mid-run
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(dict(message))
+            if message["type"] == "http.response.start":
+                started.set()
+
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": "/programs/slow/stream",
+            "raw_path": b"/programs/slow/stream",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 8000),
+        }
+        await asyncio.wait_for(app(scope, receive, send), timeout=10)
+
+    asyncio.run(scenario())
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    metrics = app.state.geode.metrics
+    labels = {"program": "slow", "version": "base"}
+    assert metrics.value("geode_requests_total", {**labels, "status": "499"}) == 1
+    assert metrics.value("geode_requests_total", {**labels, "status": "500"}) == 0
+    assert metrics.value("geode_request_errors_total", {**labels, "code": "internal_error"}) == 0

@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import dspy
 from fastapi import Depends, FastAPI, Request
@@ -65,6 +65,9 @@ from geode.runtime.tracing import TracingPipeline
 from geode.traces.context import RunIdentity, run_identity
 from geode.traces.vocab import GeodeAttributes, OpenInferenceMimeTypeValues, SpanAttributes
 from geode.traces.vocab import SpanKind as OISpanKind
+
+CLIENT_CLOSED_REQUEST: Final = 499
+"""The status recorded for a stream whose client disconnected before the end (nginx's convention)."""
 
 if TYPE_CHECKING:
     # Imported for types only: geode.runtime.feedback imports this package's feedback module.
@@ -578,7 +581,9 @@ class _Server:
                 k: _jsonable(v) for k, v in call.inputs.items() if k != call.hosted.interface.history_field
             }
             self.sessions.append(
-                call.session_id, Turn(visible, outcome.outputs, trace_id=call.trace_id, version=call.version)
+                # The version the response named ("base" for the program as defined in code).
+                call.session_id,
+                Turn(visible, outcome.outputs, trace_id=call.trace_id, version=call.version or "base"),
             )
         candidate = call.hosted.candidate
         if (
@@ -1038,12 +1043,18 @@ def _add_program_routes(app: FastAPI, server: _Server, hosted: _Hosted, caller: 
             if data is not None:
                 await queue.put(data)
 
+        client_gone = asyncio.Event()
+
         async def produce() -> None:
             outcome: _Outcome | None = None
             try:
                 outcome = await server.execute(call, stream=emit)
             except BaseException as err:
                 server.finish_span(call, None, err)
+                if isinstance(err, asyncio.CancelledError) and client_gone.is_set():
+                    # The client closed the stream: no server error (nginx's 499), not a request error.
+                    server.account(call, None, CLIENT_CLOSED_REQUEST, None)
+                    raise
                 code, message = describe(err)
                 server.account(call, None, status_for(code), code)
                 if isinstance(err, asyncio.CancelledError):
@@ -1083,6 +1094,7 @@ def _add_program_routes(app: FastAPI, server: _Server, hosted: _Hosted, caller: 
             finally:
                 # The client went away (or we are done): stop the run; its span ends in produce().
                 if not task.done():
+                    client_gone.set()
                     task.cancel()
                     with contextlib.suppress(BaseException):
                         await task
