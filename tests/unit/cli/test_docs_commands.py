@@ -85,5 +85,6 @@ def test_documented_command_parses(where: str, line: str, fenced: bool) -> None:
             return
         if not fenced and kind in _FRAGMENT_ERRORS and "No such option" not in str(err):
             return
-        message = getattr(err, "format_message", lambda: str(err))()
+        formatter = getattr(err, "format_message", None)
+        message = formatter() if callable(formatter) else str(err)
         pytest.fail(f"{where}: `geode {line}` does not parse: {kind}: {message}")
