@@ -22,6 +22,7 @@ from geode.agents.crystallize import (
     runs_from_traces,
     score_runs,
 )
+from geode.agents.crystallize.cost import check_cost
 from geode.agents.crystallize.report import learned_from_text, pattern_rows, render_report, route_lm_calls
 from geode.cli._common import ALLOW_CACHE_OPTION, LM_OPTION, make_runtime, make_settings
 from geode.cli._learning import REPORT_DIR_OPTION, THREADS_OPTION, load_data, load_metric
@@ -244,6 +245,12 @@ def crystallize_command(
             f"{route_lm_calls(spec, route)} LM call(s) per input",
             highlight=False,
         )
+    # A workflow exists to be cheaper; say plainly when, on these runs, it would not be.
+    cost = check_cost(result)
+    if cost.cheaper:
+        stdout.print(f"[bold]cost:[/bold] {cost.describe()}", highlight=False)
+    else:
+        stdout.print(f"[yellow]warning:[/yellow] {cost.describe()}: keep the agent", highlight=False)
     stdout.print(f"wrote {out} ({spec.content_hash[:19]}…), report {report_path}", highlight=False)
     if emit_py is not None:
         stdout.print(f"wrote {emit_py}", highlight=False)

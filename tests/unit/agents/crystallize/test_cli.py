@@ -130,6 +130,8 @@ def test_crystallize_from_a_trace_file(runner: CliRunner, spans: Path, tmp_path:
     assert [r.label for r in spec.routes] == ["lookup_stock", "calculate", "lookup_stock_each_then_calculate"]
     assert "lookup_stock_each_then_calculate" in result.output and "router over 3" in result.output
     assert "2 LM call(s) per input" in result.output
+    # The router workflow's expected calls against the agent's on the same runs.
+    assert "cost: the workflow would make" in " ".join(result.output.split())
     assert (
         (tmp_path / "wf.md").read_text(encoding="utf-8").startswith("# Crystallization: inventory-workflow")
     )
