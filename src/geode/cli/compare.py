@@ -26,6 +26,7 @@ from geode.cli._learning import (
     report_dir,
     say,
 )
+from geode.cli._tables import print_table
 from geode.errors import ConfigError
 from geode.evals.dataset import Dataset
 from geode.evals.evaluate import evaluate
@@ -79,7 +80,7 @@ def print_comparison(
     """The comparison table, the verdict in colour, and where the report is."""
     headers, rows = comparison_table(comparison)
     title = f"{comparison.baseline.metric} on {data.id} ({len(data)} examples)"
-    console.print(headed_table(title, headers, rows, left=("", "program")))
+    print_table(console, headed_table(title, headers, rows, left=("", "program")))
     pairs = [(r.program, r) for r in (comparison.baseline, comparison.candidate)]
     for note in measurement_notes(pairs):
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False)

@@ -27,6 +27,7 @@ from geode.cli._learning import (
     report_dir,
     say,
 )
+from geode.cli._tables import print_table
 from geode.errors import ConfigError
 from geode.evals.compare import ModelRunner, compare_models
 from geode.evals.dataset import MIN_HELDOUT, MIN_TRAIN
@@ -124,7 +125,7 @@ def compare_models_command(
         return
     headers, table_rows = models_table(rows)
     title = f"{served.name}: {rows[0].baseline.metric} per model"
-    console.print(headed_table(title, headers, table_rows, left=("model", "program")))
+    print_table(console, headed_table(title, headers, table_rows, left=("model", "program")))
     console.print(f"report: {files.html}", highlight=False)
 
 

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from geode.cli._common import make_settings
 from geode.cli._names import no_runs_hint, one_program, program_name
+from geode.cli._tables import print_table
 from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
 from geode.errors import InputError
 from geode.runtime.feedback import feedback_log_path
@@ -132,7 +133,7 @@ def compare(
             f"no runs of {name!r} in the last {since} in {reader.description}",
             hint=f"widen --since; {hint}" if hint else "widen --since",
         )
-    Console().print(_table(name, rows, since))
+    print_table(Console(), _table(name, rows, since))
 
 
 def register(app: typer.Typer) -> None:

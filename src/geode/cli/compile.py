@@ -27,6 +27,7 @@ from geode.cli._learning import (
     report_dir,
     say,
 )
+from geode.cli._tables import print_table
 from geode.errors import VersionError
 from geode.evals.compile import CompileResult, compile_program
 from geode.evals.dataset import MIN_HELDOUT, MIN_TRAIN
@@ -192,12 +193,13 @@ def compile_command(
             )
         )
     else:
-        console.print(
+        print_table(
+            console,
             eval_summary_table(
                 [("baseline", result.baseline), ("candidate", result.candidate)],
                 f"{name}: {optimizer} on {result.candidate.model}, held-out {result.metric} "
                 f"({result.baseline.n} examples)",
-            )
+            ),
         )
         console.print(
             f"{result.delta * 100:+.1f} points; {result.candidate_demos} demos; compiled in "

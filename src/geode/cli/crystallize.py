@@ -27,6 +27,7 @@ from geode.agents.crystallize.report import learned_from_text, pattern_rows, ren
 from geode.cli._common import ALLOW_CACHE_OPTION, LM_OPTION, make_runtime, make_settings
 from geode.cli._learning import REPORT_DIR_OPTION, THREADS_OPTION, load_data, load_metric
 from geode.cli._names import no_runs_hint, one_program
+from geode.cli._tables import print_table
 from geode.cli.compare import print_comparison, run_comparison
 from geode.cli.compare_versions import parse_since, run_feedback
 from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
@@ -229,7 +230,7 @@ def crystallize_command(
         emit_py.parent.mkdir(parents=True, exist_ok=True)
         emit_py.write_text(emit_python(spec), encoding="utf-8")
     stdout = Console()
-    stdout.print(_summary(result))
+    print_table(stdout, _summary(result))
     stdout.print(f"[bold]learned from:[/bold] {learned_from_text(spec.source.learned_from)}", highlight=False)
     unscored = spec.source.failures.get("unscored", 0)
     if unscored:

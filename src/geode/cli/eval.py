@@ -23,6 +23,7 @@ from geode.cli._learning import (
     print_health,
     say,
 )
+from geode.cli._tables import print_table
 from geode.errors import ConfigError
 from geode.evals.evaluate import evaluate
 from geode.evals.metrics import metric_name
@@ -108,14 +109,15 @@ def eval_command(
     if as_json:
         typer.echo(json.dumps(result.to_dict(examples=False), indent=2, ensure_ascii=False))
         return
-    console.print(
-        eval_summary_table([(served.name, result)], f"{result.metric} on {result.dataset_id} ({split})")
+    print_table(
+        console,
+        eval_summary_table([(served.name, result)], f"{result.metric} on {result.dataset_id} ({split})"),
     )
     for note in measurement_notes([(served.name, result)]):
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     worst = examples_table(result, show) if show > 0 else None
     if worst is not None:
-        console.print(worst)
+        print_table(console, worst)
     if result.phoenix is not None:
         console.print(f"Phoenix experiment: {result.phoenix.url}", highlight=False)
     if out is not None:

@@ -22,6 +22,7 @@ from rich.table import Table
 from geode.cli._common import make_settings
 from geode.cli._learning import phoenix_url
 from geode.cli._names import no_runs_hint, program_name
+from geode.cli._tables import print_table
 from geode.cli.compare_versions import parse_since
 from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
 from geode.errors import InputError
@@ -218,8 +219,8 @@ def mine_command(
         return
     stdout = Console()
     stdout.print(f"source: {result.source_used}", highlight=False)
-    stdout.print(_accounting_table(result))
-    stdout.print(health_table(result.health))
+    print_table(stdout, _accounting_table(result))
+    print_table(stdout, health_table(result.health))
     for warning in result.health.warnings:
         stdout.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
     for path in written:

@@ -20,6 +20,7 @@ from geode.cli._learning import (
     pricing_for,
     say,
 )
+from geode.cli._tables import print_table
 from geode.errors import ConfigError, ProgramNotFoundError
 from geode.evals.evaluate import EvalResult, evaluate
 from geode.runtime.registry import ProgramRegistry, Score, VersionInfo, program_version
@@ -104,7 +105,7 @@ def versions_command(
     if not versions and not problems:
         console.print(f"program {name!r} has no stored versions (geode compile stores them)", highlight=False)
         return
-    console.print(_versions_table(name, versions, active))
+    print_table(console, _versions_table(name, versions, active))
     console.print(
         f"active: {active or 'the base program'}"
         + (f"; rollback goes to {history[-1] or 'the base program'}" if history else ""),
@@ -196,8 +197,9 @@ def promote_command(
             cand, act = _score_now(
                 rt, registry, name, module, [candidate, active], dataset, metric, heldout, seed
             )
-            console.print(
-                eval_summary_table([("candidate", cand), ("active", act)], f"{name}: held-out scores")
+            print_table(
+                console,
+                eval_summary_table([("candidate", cand), ("active", act)], f"{name}: held-out scores"),
             )
             cand_score, active_score = cand.score, act.score
         elif not force:

@@ -484,8 +484,12 @@ def _progress(
 ) -> tuple[AbstractContextManager[Any], Callable[[float | None], None]]:
     if not show:
         return nullcontext(), lambda _score: None
+    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    # On stderr, so stdout keeps only results; and only on a terminal: elsewhere nothing redraws a bar,
+    # and its last frame would be a line cut at 80 columns among the results.
+    console = Console(stderr=True)
     progress = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -493,6 +497,8 @@ def _progress(
         TextColumn("score {task.fields[score]}"),
         TimeElapsedColumn(),
         transient=False,
+        console=console,
+        disable=not console.is_terminal,
     )
     task = progress.add_task(description, total=total, score="-")
     totals = {"sum": 0.0, "n": 0}

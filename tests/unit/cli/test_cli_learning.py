@@ -254,3 +254,18 @@ def test_version_and_dspy_logs_only_when_verbose(
     assert "Average Metric" not in capsys.readouterr().err  # DSPy's INFO line repeats the score
     assert _exit_code(["--verbose", *argv]) == 0
     assert "Average Metric" in capsys.readouterr().err
+
+
+def test_tables_off_a_terminal_are_never_cut(
+    tmp_path: Path, scripted: dict[str, ScriptedLM], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Output captured here is not a terminal: rich used to squeeze the table into 80 columns.
+    name = f"a-program-with-a-rather-long-descriptive-name-{uuid.uuid4().hex[:6]}"
+    register_program(name, lambda: dspy.Predict("question -> answer"))
+    data = _dataset(tmp_path, n=3)
+    assert _exit_code(["eval", name, "-d", str(data), "-m", "exact_match", "--no-phoenix"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if name in line)
+    assert "…" not in out
+    assert "base" in row and "%" in row and " ms " in row
+    assert "LM calls" in out and "tokens" in out

@@ -129,6 +129,9 @@ def test_crystallize_from_a_trace_file(runner: CliRunner, spans: Path, tmp_path:
     assert spec.agent_ref == AGENT and spec.source.program == "inventory"
     assert [r.label for r in spec.routes] == ["lookup_stock", "calculate", "lookup_stock_each_then_calculate"]
     assert "lookup_stock_each_then_calculate" in result.output and "router over 3" in result.output
+    # The patterns table is laid out whole off a terminal: no pattern name is cut.
+    rows = [line for line in result.output.splitlines() if "│" in line]
+    assert any("lookup_stock_each_then_calculate" in row for row in rows)
     assert "2 LM call(s) per input" in result.output
     # The router workflow's expected calls against the agent's on the same runs.
     assert "cost: the workflow would make" in " ".join(result.output.split())
