@@ -17,7 +17,7 @@ from geode.traces.sources import TraceFilter, TraceSource
 
 __all__ = ["known_programs", "names_of", "no_runs_hint", "one_program", "program_name"]
 
-_LOOKED_AT = 500
+_LOOKED_AT = 200
 """Recent traces read to list the programs a source has runs of."""
 
 
