@@ -3,12 +3,13 @@
 `geode demo` crystallizes the agent's correct runs, so it needs an agent that succeeds often enough and
 searches with useful arguments. This runs the helpdesk agent (the demo's tools and corpus, code blocks left
 out) on training questions through ``geode.Runtime`` (response cache off, at most 128 tokens per call) once
-per ``--thought`` cap and reports, for each: correct answers, mean LM calls, p50 latency, and what the
+per ``--thought`` cap and ``--tools`` set and reports, for each: correct answers, mean LM calls, p50 latency, and what the
 search arguments were: the question (or a near copy of it), a cut-off copy of the step's own thought, or
 something else. A thought cap of 40 characters cut the model's thought mid-word and it copied the stub
 into the search argument (``"The next-t"``).
 
     .venv/bin/python benchmarks/bench_helpdesk_agent.py --thought 40 160 --n 12
+    .venv/bin/python benchmarks/bench_helpdesk_agent.py --thought 160 --tools search search+calculate
     .venv/bin/python benchmarks/bench_helpdesk_agent.py --thought 160          # all 48 training questions
 """
 
@@ -49,10 +50,13 @@ def _kind(arg: str, question: str, thought: str) -> str:
     return "other"
 
 
-def run(rt: Runtime, questions: list[helpdesk.Question], thought: int) -> dict[str, Any]:
+def run(rt: Runtime, questions: list[helpdesk.Question], thought: int, calculator: bool) -> dict[str, Any]:
     retriever = Retriever(rt.store, rt.embedder, helpdesk.COLLECTION, k=2)
     agent = helpdesk.build_agent(
-        retriever, max_thought_chars=thought, budget=Budget(max_iters=3, max_seconds=300)
+        retriever,
+        max_thought_chars=thought,
+        budget=Budget(max_iters=3, max_seconds=300),
+        calculator=calculator,
     )
     rows: list[dict[str, Any]] = []
     for q in questions:
@@ -81,6 +85,7 @@ def run(rt: Runtime, questions: list[helpdesk.Question], thought: int) -> dict[s
     kinds = [k for r in rows for k in r["searches"]]
     return {
         "thought": thought,
+        "tools": "search, calculate" if calculator else "search",
         "n": len(rows),
         "correct": sum(r["correct"] for r in rows),
         "lm_calls": statistics.mean(r["lm_calls"] for r in rows),
@@ -95,6 +100,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--thought", type=int, nargs="+", default=[40, 160])
+    parser.add_argument(
+        "--tools",
+        nargs="+",
+        choices=["search", "search+calculate"],
+        default=["search"],
+        help="Tool sets to try.",
+    )
     parser.add_argument("--n", type=int, help="Training questions (spread over the 48); default: all.")
     parser.add_argument("--json", type=Path)
     opts = parser.parse_args()
@@ -112,12 +124,17 @@ def main() -> None:
         )
         questions = helpdesk.pick(helpdesk.load_questions("train"), opts.n)
         load = os.getloadavg()[0]
-        results = [run(rt, questions, cap) for cap in opts.thought]
+        results = [
+            run(rt, questions, cap, tools == "search+calculate")
+            for tools in opts.tools
+            for cap in opts.thought
+        ]
         rt.close()
     table = Table(
         title=f"helpdesk agent, {len(questions)} training questions (load {load:.1f} -> {os.getloadavg()[0]:.1f})"
     )
     for column in [
+        "tools",
         "thought cap",
         "correct",
         "LM calls / run",
@@ -131,6 +148,7 @@ def main() -> None:
     for r in results:
         s = r["searches"]
         table.add_row(
+            r["tools"],
             str(r["thought"]),
             f"{r['correct']}/{r['n']}",
             f"{r['lm_calls']:.1f}",

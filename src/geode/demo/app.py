@@ -12,6 +12,7 @@ from geode.agents.agent import Agent
 from geode.agents.workflows import RAG
 from geode.examples import helpdesk
 from geode.retrieval import Retriever
+from geode.runtime.settings import Settings
 from geode.runtime.stores import open_retriever
 
 __all__ = ["agent", "rag", "retriever"]
@@ -23,8 +24,12 @@ def retriever() -> Retriever:
 
 
 def agent() -> Agent:
-    """The helpdesk agent (``geode.demo.app:agent``)."""
-    return helpdesk.build_agent(retriever())
+    """The helpdesk agent (``geode.demo.app:agent``), with the tools ``geode demo`` gives it for the LM in use.
+
+    On the embedded model the demo's agent has no calculator (see ``helpdesk.build_agent``), so the agent
+    a crystallized workflow falls back to is the one whose runs it was derived from.
+    """
+    return helpdesk.build_agent(retriever(), calculator=Settings().lm.model != "local")
 
 
 def rag() -> RAG:

@@ -608,7 +608,8 @@ def _open_run(run_dir: Path) -> None:
 
 def _loop(demo: _Demo, rt: Runtime, registry: ProgramRegistry, run_settings: Settings) -> None:
     retriever = Retriever(rt.store, rt.embedder, helpdesk.COLLECTION, k=2)
-    agent = helpdesk.build_agent(retriever)
+    # The embedded model misuses the calculator (sentences as expressions) instead of searching.
+    agent = helpdesk.build_agent(retriever, calculator=not is_local(rt.lm))
     register_program(AGENT_PROGRAM, agent)
     with demo.timed("agent runs"):
         demo.run_agent(rt)

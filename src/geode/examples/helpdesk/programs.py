@@ -49,8 +49,9 @@ def build_agent(
     max_chars_per_passage: int = 400,
     budget: Budget | None = None,
     max_thought_chars: int = 160,
+    calculator: bool = True,
 ) -> Agent:
-    """The helpdesk agent: ``search`` over the knowledge base and ``calculate``, then ``finish``.
+    """The helpdesk agent: ``search`` over the knowledge base (and ``calculate``), then ``finish``.
 
     Args:
         retriever: Searches the helpdesk collection (called as ``retriever(query=..., k=...)``).
@@ -62,6 +63,10 @@ def build_agent(
             the tokens a small model spends per step. Room for a whole sentence: a cap that cuts the
             thought mid-word (40 characters) left the model a stub ("The next-t") that it then copied
             into the search argument.
+        calculator: Offer the ``calculate`` tool (for the questions that need arithmetic). The demo
+            leaves it out on the embedded model: SmolLM2-135M called it with sentences instead of
+            searching ("The Squall rain jacket costs $1.00"), and the arithmetic questions are the ones
+            whose facts retrieval does not bring together in two passages anyway.
     """
     passages = search_tool(retriever, k=k, max_chars_per_passage=max_chars_per_passage)
 
@@ -73,7 +78,7 @@ def build_agent(
 
     return Agent(
         HelpdeskAnswer,
-        tools=[search, calculate],
+        tools=[search, calculate] if calculator else [search],
         name=AGENT_NAME,
         budget=budget or Budget(max_iters=3, max_seconds=300.0),
         max_thought_chars=max_thought_chars,
