@@ -15,12 +15,26 @@ install: $(STAMP) ## Create .venv and install Geode with every extra (idempotent
 demo: $(STAMP) ## Install, then run the whole learning loop offline (geode demo; ~10 min on 2 cores)
 	$(GEODE) demo
 
-.PHONY: test
-test: $(STAMP) ## Lint, type-check and run every test but the slow ones, real Phoenix included (what CI runs)
+# The test targets pick tests by marker with -m, which replaces the default in pyproject's addopts (that
+# default, for a bare `pytest`, leaves out slow, reliability, phoenix and browser). GEODE_REQUIRE=<tiers>
+# (tests/tiers.py) turns a skip of those tiers into a failure; .ci/run sets it for every tier it installs.
+.PHONY: lint
+lint: $(STAMP) ## Ruff (lint and format check) and pyright
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m ruff format --check src tests benchmarks
 	$(PY) -m pyright
+
+.PHONY: test
+test: lint ## Lint, type-check and run every test but the slow ones: Phoenix, browser, Ray, faults (what CI runs)
 	$(PY) -m pytest -m "not slow"
+
+.PHONY: test-slow
+test-slow: $(STAMP) ## Only the slow tier: the demo end to end, the local-model agent, GEPA and MIPROv2 compiles
+	$(PY) -m pytest -m slow
+
+.PHONY: test-all
+test-all: lint ## Every test, the slow tier included (make test + make test-slow in one run)
+	$(PY) -m pytest -m ""
 
 .PHONY: test-fast
 test-fast: $(STAMP) ## Unit tests only
@@ -42,6 +56,10 @@ bench: $(STAMP) ## Run every benchmark and print our figure beside the anchor's
 .PHONY: docs
 docs: $(STAMP) ## Build the docs with strict link checking
 	$(PY) -m mkdocs build --strict
+
+.PHONY: doc-images
+doc-images: $(STAMP) ## Retake docs/img/phoenix-trace.png (needs Chromium: GEODE_INSTALL_CHROMIUM=1 make install)
+	GEODE_REFRESH_DOC_IMAGES=1 GEODE_REQUIRE=browser $(PY) -m pytest -m browser tests/integration/test_phoenix_ui.py
 
 .PHONY: reference
 reference: $(STAMP) ## Regenerate the CLI and settings reference pages and deploy/env.example

@@ -17,6 +17,7 @@ from typing import Any
 import dspy
 import pytest
 from dspy.utils.callback import BaseCallback
+from tests.tiers import require_tier
 
 import geode
 from geode.agents.inventory import TASKS, build_agent
@@ -25,7 +26,7 @@ from geode.runtime.settings import TracingSettings
 
 pytestmark = [pytest.mark.localmodel, pytest.mark.slow]
 
-pytest.importorskip("llama_cpp", reason="needs the 'local' extra (llama-cpp-python)")
+require_tier("localmodel", import_name="llama_cpp")
 
 
 class ResponseFormats(BaseCallback):

@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tests.tiers import require_tier
 
 import geode
 from geode.agents.crystallize import WorkflowSpec
@@ -26,7 +27,7 @@ from geode.traces.sources import PhoenixTraceSource
 # Not `slow`: it is the acceptance test, so CI runs it (about 3 minutes on 2 idle cores).
 pytestmark = [pytest.mark.localmodel, pytest.mark.phoenix]
 
-pytest.importorskip("llama_cpp", reason="needs the 'local' extra (llama-cpp-python)")
+require_tier("localmodel", import_name="llama_cpp")
 
 AGENT = "geode.agents.inventory:agent"
 WAIT_S = 120.0

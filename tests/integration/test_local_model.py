@@ -13,6 +13,7 @@ from typing import Any, Literal
 import dspy
 import pytest
 from dspy.lm15 import Config, Message, Request, Response
+from tests.tiers import require_tier
 
 import geode
 from geode.errors import OutputParseError
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.localmodel
 
 _NO_TRACING = geode.Settings(tracing=TracingSettings(enabled=False))
 
-pytest.importorskip("llama_cpp", reason="needs the 'local' extra (llama-cpp-python)")
+require_tier("localmodel", import_name="llama_cpp")
 
 
 class CapitalQA(dspy.Signature):

@@ -1,9 +1,10 @@
-"""Open a trace in the Phoenix UI with headless Chromium and save the screenshot the docs show.
+"""Open a trace in the Phoenix UI with headless Chromium and check the span tree it renders.
 
 Drives Debian's ``chromium`` over the DevTools protocol (no Playwright download): navigates to the
-trace, waits until the span tree has rendered every span, checks it, and writes
-``docs/img/phoenix-trace.png``. Install the browser with ``apt-get install chromium`` (see
-scripts/install.sh, optional step).
+trace, waits until the span tree has rendered every span, checks it, and saves a screenshot in the test's
+temp folder. With ``GEODE_REFRESH_DOC_IMAGES=1`` (``make doc-images``) the screenshot also replaces
+``docs/img/phoenix-trace.png``, the picture docs/phoenix.md shows; a plain test run never writes into the
+checkout. Install the browser with ``apt-get install chromium`` (see scripts/install.sh, optional step).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.tiers import require_tier, skip_tier
 
 import geode
 from geode.cli.run import trace_link as geode_run_trace_link
@@ -46,7 +48,9 @@ def _chromium() -> str:
         path = shutil.which(name)
         if path:
             return path
-    pytest.skip("no Chromium found: apt-get install chromium")
+    skip_tier(
+        "browser", "no Chromium found: apt-get install chromium (or GEODE_INSTALL_CHROMIUM=1 make install)"
+    )
 
 
 class DevTools:
@@ -80,7 +84,9 @@ class DevTools:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[DevTools]:
-    pytest.importorskip("websockets", reason="the DevTools session uses the websockets package")
+    require_tier(
+        "browser", import_name="websockets", reason="the DevTools session uses the websockets package"
+    )
     port = find_free_port()
     process = subprocess.Popen(
         [
@@ -196,5 +202,6 @@ def test_trace_tree_renders_in_phoenix_ui(phoenix: PhoenixStatus, browser: DevTo
     shot = browser.call("Page.captureScreenshot", format="png")
     png = base64.b64decode(shot["data"])
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
-    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    SCREENSHOT.write_bytes(png)
+    (tmp_path / "phoenix-trace.png").write_bytes(png)
+    if os.environ.get("GEODE_REFRESH_DOC_IMAGES") == "1":
+        SCREENSHOT.write_bytes(png)

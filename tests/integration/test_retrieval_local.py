@@ -10,6 +10,7 @@ from typing import Any
 
 import dspy
 import pytest
+from tests.tiers import require_tier
 
 from geode.cli import main
 from geode.retrieval import Ingestor, SentenceTransformerEmbedder, sample_corpus_dir
@@ -19,7 +20,8 @@ from geode.runtime.settings import Settings, TracingSettings
 from geode.testing import ScriptedLM, in_memory_tracing
 from geode.traces.vocab import DocumentAttributes, SpanAttributes
 
-pytest.importorskip("sentence_transformers")
+pytestmark = pytest.mark.embeddings
+require_tier("embeddings", import_name="sentence_transformers")
 
 
 class QA(dspy.Signature):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dspy
 import pytest
+from tests.tiers import require_tier
 
 import geode
 from geode.retrieval import Ingestor, sample_corpus_dir
@@ -17,8 +18,8 @@ from geode.runtime.settings import Settings, TracingSettings
 from geode.testing import ScriptedLM
 from geode.traces.sources import OtlpFileTraceSource, PhoenixTraceSource
 
-pytestmark = pytest.mark.phoenix
-pytest.importorskip("sentence_transformers")
+pytestmark = [pytest.mark.phoenix, pytest.mark.embeddings]
+require_tier("embeddings", import_name="sentence_transformers")
 
 WAIT_S = 120.0
 

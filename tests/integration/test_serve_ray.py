@@ -13,13 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from tests.tiers import require_tier
 
 from .serve_helpers import PROGRAMS, REPO, free_port
 
 pytestmark = pytest.mark.ray
 
-ray = pytest.importorskip("ray")
-serve = pytest.importorskip("ray.serve")
+ray = require_tier("ray", import_name="ray")
+serve = require_tier("ray", import_name="ray.serve")
 
 
 @pytest.fixture

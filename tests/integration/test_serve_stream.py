@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.tiers import require_tier
 
 from .serve_helpers import PROGRAMS, serve
 
@@ -69,7 +70,7 @@ def test_output_fields_arrive_as_the_lm_streams_them(tmp_path: Path) -> None:
 
 @pytest.mark.localmodel
 def test_the_embedded_model_streams_tokens_over_sse(tmp_path: Path) -> None:
-    pytest.importorskip("llama_cpp", reason="needs the 'local' extra (llama-cpp-python)")
+    require_tier("localmodel", import_name="llama_cpp")
     with serve(
         [f"qa={PROGRAMS}:plain_qa"], tmp_path / "home", args=["--lm", "local"], ready_timeout_s=180
     ) as served:

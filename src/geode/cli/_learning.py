@@ -12,6 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from geode.cli._console import make_console
 from geode.errors import ConfigError
 from geode.evals.compile import AutoBudget, OptimizerName
 from geode.evals.dataset import Dataset, HealthReport, load_dataset
@@ -59,7 +60,7 @@ THREADS_OPTION = typer.Option(
     None, "--threads", help="Parallel examples. Default: 1 for the embedded model, else 4."
 )
 
-err_console = Console(stderr=True)
+err_console = make_console(stderr=True)
 
 
 def say(message: str) -> None:

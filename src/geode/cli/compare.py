@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from geode.cli._common import ALLOW_CACHE_OPTION, LM_OPTION, make_runtime
+from geode.cli._console import make_console
 from geode.cli._learning import (
     LABELLED_DATASET_OPTION,
     METRIC_OPTION,
@@ -116,7 +117,7 @@ def compare_command(
     data = load_data(dataset)
     data.require(1, purpose="compare programs")
     scorer = load_metric(metric)
-    console = Console(stderr=as_json)
+    console = make_console(stderr=as_json)
     if not as_json:
         print_health(data.health(), console)
     with make_runtime(lm=lm, measure=True, allow_cache=allow_cache) as rt:

@@ -8,9 +8,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from geode.cli._common import ALLOW_CACHE_OPTION, make_runtime
+from geode.cli._console import make_console
 from geode.cli._learning import (
     LABELLED_DATASET_OPTION,
     METRIC_OPTION,
@@ -74,7 +74,7 @@ def compare_models_command(
     budget = auto_budget(auto)
     data = load_data(dataset)
     scorer = load_metric(metric)
-    console = Console(stderr=as_json)
+    console = make_console(stderr=as_json)
     print_health(data.health(), console, compiling=optimizer is not None)
     data.require(1, purpose="compare models")
     if optimizer is not None:

@@ -8,10 +8,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from geode.cli._common import make_settings
+from geode.cli._console import make_console
 from geode.cli._names import no_runs_hint, one_program, program_name
 from geode.cli._tables import print_table
 from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
@@ -133,7 +133,7 @@ def compare(
             f"no runs of {name!r} in the last {since} in {reader.description}",
             hint=f"widen --since; {hint}" if hint else "widen --since",
         )
-    print_table(Console(), _table(name, rows, since))
+    print_table(make_console(), _table(name, rows, since))
 
 
 def register(app: typer.Typer) -> None:

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from geode.cli._common import ALLOW_CACHE_OPTION, LM_OPTION, make_runtime, make_settings
+from geode.cli._console import make_console
 from geode.cli._learning import (
     METRIC_OPTION,
     REPORT_DIR_OPTION,
@@ -105,7 +105,7 @@ def compile_command(
     budget = auto_budget(auto)
     data = load_data(trainset)
     scorer = load_metric(metric)
-    console = Console(stderr=as_json)
+    console = make_console(stderr=as_json)
     print_health(data.health(), console, compiling=True)
     # Refuse small data before building anything (an LM can take a while to load).
     data.require(1, purpose="compile")

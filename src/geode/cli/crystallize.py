@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from geode.agents.crystallize import (
@@ -25,6 +24,7 @@ from geode.agents.crystallize import (
 from geode.agents.crystallize.cost import check_cost
 from geode.agents.crystallize.report import learned_from_text, pattern_rows, render_report, route_lm_calls
 from geode.cli._common import ALLOW_CACHE_OPTION, LM_OPTION, make_runtime, make_settings
+from geode.cli._console import make_console
 from geode.cli._learning import REPORT_DIR_OPTION, THREADS_OPTION, load_data, load_metric
 from geode.cli._names import no_runs_hint, one_program
 from geode.cli._tables import print_table
@@ -183,7 +183,7 @@ def crystallize_command(
     if data is not None:
         data.require(1, purpose="compare agent and workflow")
     scorer = load_metric(metric) if metric is not None else None
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     settings = make_settings()
     resolved = resolve(program)
     agent = resolved.module
@@ -229,7 +229,7 @@ def crystallize_command(
     if emit_py is not None:
         emit_py.parent.mkdir(parents=True, exist_ok=True)
         emit_py.write_text(emit_python(spec), encoding="utf-8")
-    stdout = Console()
+    stdout = make_console()
     print_table(stdout, _summary(result))
     stdout.print(f"[bold]learned from:[/bold] {learned_from_text(spec.source.learned_from)}", highlight=False)
     unscored = spec.source.failures.get("unscored", 0)

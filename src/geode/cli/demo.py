@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, SpinnerColumn, TextColu
 from rich.progress import Progress as RichBar
 
 from geode.cli._common import make_settings
+from geode.cli._console import make_console
 from geode.demo.pipeline import run_demo
 from geode.demo.report import by_hand_commands, summary_table, write_demo_report
 from geode.demo.result import (
@@ -118,7 +119,7 @@ def demo(
     (GEODE_HOME, default .geode). Example: geode demo --quick
     """
     # With --json, stdout carries the JSON document only; everything a person reads goes to stderr.
-    console = Console(stderr=as_json)
+    console = make_console(stderr=as_json)
     settings = make_settings(lm=lm)
     sizes = QUICK if quick else DemoOptions()
     options = DemoOptions(

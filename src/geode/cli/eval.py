@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from geode.cli._common import ALLOW_CACHE_OPTION, LM_OPTION, make_runtime
+from geode.cli._console import make_console
 from geode.cli._learning import (
     METRIC_OPTION,
     THREADS_OPTION,
@@ -77,7 +77,7 @@ def eval_command(
         parts = data.split(heldout_fraction=heldout, seed=seed)
         data = parts.train if split == "train" else parts.heldout
         data.require(1, purpose=f"evaluate the {split} split")
-    console = Console(stderr=as_json)
+    console = make_console(stderr=as_json)
     with make_runtime(lm=lm, measure=True, allow_cache=allow_cache) as rt:
         served = rt.serve(program)
         if not as_json:

@@ -19,6 +19,7 @@ from rich.progress import (
 from rich.table import Table
 
 from geode.cli._common import make_settings
+from geode.cli._console import make_console
 from geode.cli.search import parse_pairs
 from geode.errors import InputError
 from geode.retrieval import Chunker, Ingestor, IngestReport
@@ -99,7 +100,7 @@ def ingest(
     chunker = Chunker(max_chars=chunk_size, overlap_chars=overlap, code=not no_code)
     settings = make_settings()
     name = collection or settings.retrieval.collection
-    err = Console(stderr=True)
+    err = make_console(stderr=True)
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -153,7 +154,7 @@ def ingest(
         }
         typer.echo(json.dumps(out, indent=2))
     else:
-        _summary(report, Console())
+        _summary(report, make_console())
     if report.files == 0 and report.unchanged == 0:
         raise InputError(f"none of the {len(files)} file(s) could be ingested (see the warnings above)")
 

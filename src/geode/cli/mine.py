@@ -20,6 +20,7 @@ from rich.progress import (
 from rich.table import Table
 
 from geode.cli._common import make_settings
+from geode.cli._console import make_console
 from geode.cli._learning import phoenix_url
 from geode.cli._names import no_runs_hint, program_name
 from geode.cli._tables import print_table
@@ -167,7 +168,7 @@ def mine_command(
         raise InputError(f"bad --outputs {outputs!r}", hint="use auto, traced or none")
     ids = [normalize_trace_id(t) for t in wait_for]
     settings = make_settings()
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     progress = Progress(
         SpinnerColumn(),
         TextColumn("[progress.description]{task.description}"),
@@ -217,7 +218,7 @@ def mine_command(
             summary["phoenix_dataset"] = link.__dict__
         typer.echo(json.dumps(summary, indent=2))
         return
-    stdout = Console()
+    stdout = make_console()
     stdout.print(f"source: {result.source_used}", highlight=False)
     print_table(stdout, _accounting_table(result))
     print_table(stdout, health_table(result.health))

@@ -6,6 +6,7 @@ import typer
 from rich.console import Console
 
 from geode.cli._common import make_settings
+from geode.cli._console import make_console
 from geode.errors import ConfigError
 from geode.runtime.phoenix import PhoenixServer, PhoenixStatus
 
@@ -76,7 +77,7 @@ def phoenix(
         update={k: v for k, v in overrides.items() if v is not None}
     )
     server = PhoenixServer(phoenix_settings, working_dir=settings.phoenix_dir)
-    console = Console()
+    console = make_console()
 
     if stop:
         before = server.status()

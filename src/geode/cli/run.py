@@ -111,14 +111,15 @@ def run(
         typer.echo(json.dumps(document, ensure_ascii=False, indent=2))
         return
     # rich loads here, after the answer: at the top it would delay the model load of every run.
-    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
+
+    from geode.cli._console import make_console
 
     table = Table(show_header=False, box=None, pad_edge=False)
     for key, value in outputs.items():
         table.add_row(f"[bold]{key}[/bold]", Text(_text_view(key, value)))
-    console = Console()
+    console = make_console()
     console.print(table)
     if trace_id is not None:
         where = f" → {destination}" if destination else ""

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.padding import Padding
 from rich.text import Text
 
 from geode.cli._common import make_settings
+from geode.cli._console import make_console
 from geode.errors import InputError
 from geode.retrieval import Passage
 from geode.retrieval.base import FilterValue
@@ -103,7 +103,7 @@ def search(
     """
     payload_filter = _filter(filters)
     settings = make_settings()
-    err = Console(stderr=True)
+    err = make_console(stderr=True)
     with Runtime(settings) as rt:
         retriever = rt.retriever(collection=collection, k=k)
         with err.status("searching (the first search loads the embedding model)...", spinner="dots"):
@@ -116,7 +116,7 @@ def search(
         }
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
         return
-    console = Console()
+    console = make_console()
     if not passages:
         console.print(f"no passages in collection {retriever.collection!r} match {query!r}", markup=False)
         return

@@ -9,11 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.text import Text
 from rich.tree import Tree
 
 from geode.cli._common import make_settings
+from geode.cli._console import make_console
 from geode.cli._names import no_runs_hint, program_name
 from geode.errors import InputError, TraceSourceError
 from geode.runtime.phoenix import local_phoenix_url
@@ -294,7 +294,7 @@ def show(
     if as_json:
         typer.echo(json.dumps([_span_json(s) for s, _ in trace.walk()], ensure_ascii=False, indent=2))
         return
-    console = Console()
+    console = make_console()
     console.print(render_trace(trace, attributes=attributes))
     console.print(Text(f"from {reader.description}", style="dim"))
 

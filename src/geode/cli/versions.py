@@ -7,10 +7,10 @@ from pathlib import Path
 
 import dspy
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from geode.cli._common import LM_OPTION, make_runtime
+from geode.cli._console import make_console
 from geode.cli._learning import (
     METRIC_HELP,
     default_threads,
@@ -72,7 +72,7 @@ def versions_command(
     as_json: bool = typer.Option(False, "--json", help="Print versions as JSON."),
 ) -> None:
     """List a program's stored versions, the active one, and files that failed validation."""
-    console = Console()
+    console = make_console()
     with make_runtime() as rt:
         registry = rt.registry
         if import_file is not None:
@@ -177,7 +177,7 @@ def promote_command(
     """
     if (dataset is None) != (metric is None):
         raise ConfigError("--dataset and --metric go together")
-    console = Console()
+    console = make_console()
     with make_runtime(lm=lm) as rt:
         registry = rt.registry
         candidate = registry.resolve_version(name, version)
@@ -238,7 +238,7 @@ def rollback_command(
     with make_runtime() as rt:
         module = _program_module(rt, name)
         event = rt.registry.rollback(name, module=module)
-    Console().print(
+    make_console().print(
         f"rolled back {name}: {event.version or 'the base program'} is active (was {event.previous})",
         highlight=False,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,17 @@ class ScriptExhaustedError(RuntimeError):
 
 @dataclass(frozen=True)
 class ScriptedCall:
-    """One call the program made: the messages it sent and the fields the script answered with."""
+    """One call the program made: its messages, the script's answer fields and the LM's settings.
+
+    ``lm_kwargs`` are the settings of the LM (copy) that answered, e.g. ``{"temperature": 0.7}`` when the
+    program ran on ``lm.copy(temperature=0.7)``.
+    """
 
     messages: list[dict[str, str]]
     answer: dict[str, Any]
     prompt_tokens: int
     completion_tokens: int
+    lm_kwargs: dict[str, Any] = field(default_factory=dict[str, Any])
 
 
 def _count_tokens(text: str) -> int:
@@ -53,7 +58,8 @@ class _ScriptedEngine(DummyEngine):
         output = self.owner._format_answer_fields(dict(answer)) or ""
         prompt_tokens = sum(_count_tokens(m.get("content") or "") for m in messages)
         completion_tokens = _count_tokens(output)
-        self.owner.record(ScriptedCall(messages, dict(answer), prompt_tokens, completion_tokens))
+        settings = dict(self.owner.kwargs)
+        self.owner.record(ScriptedCall(messages, dict(answer), prompt_tokens, completion_tokens, settings))
         return Response(
             id=None,
             model=self.owner.model,

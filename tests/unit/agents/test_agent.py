@@ -14,6 +14,7 @@ import pytest
 from dspy.utils import callback as callback_context
 from dspy.utils.callback import BaseCallback
 from dspy.utils.exceptions import ContextWindowExceededError
+from tests.tiers import require_tier
 
 from geode.agents import Agent, AgentStep, Budget, Termination, TerminationReason, tool
 from geode.agents.calculator import calculate
@@ -340,8 +341,9 @@ def test_free_text_is_parsed_verbatim_in_grammar_mode() -> None:
     assert [s.outcome for s in pred.steps] == [StepOutcome.OK, StepOutcome.OK, StepOutcome.FINISH]
 
 
+@pytest.mark.localmodel
 def test_the_joint_step_schema_compiles_to_a_llama_cpp_grammar() -> None:
-    pytest.importorskip("llama_cpp")
+    require_tier("localmodel", import_name="llama_cpp")
     from geode.runtime.lm._llama import json_schema_grammar
 
     agent = Agent("question -> answer", tools=[lookup_stock, calculate], grammar_schema=True)

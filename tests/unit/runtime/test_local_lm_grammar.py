@@ -10,6 +10,7 @@ import dspy
 import pydantic
 import pytest
 from dspy.lm15 import Message, Request, Response, TextPart, UnsupportedFeatureError, Usage
+from tests.tiers import require_tier
 
 from geode.errors import ModelFileError
 from geode.runtime.lm._llama import (
@@ -20,7 +21,8 @@ from geode.runtime.lm._llama import (
     load_model,
 )
 
-pytest.importorskip("llama_cpp", reason="needs the 'local' extra (llama-cpp-python)")
+pytestmark = pytest.mark.localmodel
+require_tier("localmodel", import_name="llama_cpp")
 
 
 class Person(pydantic.BaseModel):

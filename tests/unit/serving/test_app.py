@@ -379,16 +379,11 @@ def test_metrics_count_requests_errors_and_tokens(make_client: AppFactory) -> No
 
 
 def test_per_request_options_apply_to_that_request_only(make_client: AppFactory) -> None:
-    temperatures: list[Any] = []
-
-    class Recording(ScriptedLM):
-        def forward(self, prompt: Any = None, messages: Any = None, **kwargs: Any) -> Any:
-            temperatures.append(kwargs.get("temperature", self.kwargs.get("temperature")))
-            return super().forward(prompt=prompt, messages=messages, **kwargs)
-
-    client, _ = make_client(lm=Recording(lambda m: {"answer": "x"}))
+    lm = ScriptedLM(lambda m: {"answer": "x"})
+    client, _ = make_client(lm=lm)
     client.post("/programs/qa", json={"question": "q", "options": {"temperature": 0.7}})
     client.post("/programs/qa", json={"question": "q"})
+    temperatures = [call.lm_kwargs.get("temperature") for call in lm.calls]
     assert temperatures[0] == 0.7 and temperatures[1] != 0.7
 
 
