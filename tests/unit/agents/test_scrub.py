@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -71,3 +72,38 @@ def test_extra_patterns() -> None:
         scrub("customer ACME-1234 failed", patterns=(re.compile(r"ACME-\d+"),))
         == "customer [REDACTED] failed"
     )
+
+
+# Inputs that made the old path pattern backtrack exponentially ('/' + 'a' * 26 + '!' took ~4 s), and
+# other shapes that are worst cases for the name=value and URL patterns. A tool name the model invents,
+# a tool error or a tool argument can be any of them.
+_ADVERSARIAL = [
+    "/" + "a" * 24 + "!",
+    "/" + "a/" * 5_000 + "!",
+    "~" + "a" * 5_000 + "!",
+    "a-" * 50_000 + "=",
+    "x://" + "a" * 20_000 + ":" + "b" * 20_000,
+    "password" + " " * 50_000 + "x",
+    "/" + "a" * 1_000_000,
+]
+
+
+@pytest.mark.parametrize("text", _ADVERSARIAL, ids=lambda t: f"{t[:12]!r}...{len(t)}")
+def test_adversarial_input_is_scrubbed_in_bounded_time(text: str) -> None:
+    start = time.perf_counter()
+    out = scrub(text)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 0.25, f"scrub took {elapsed:.3f} s on {len(text)} characters"
+    assert len(out) < 600
+
+
+def test_long_input_is_cut_before_the_patterns_without_leaking_a_cut_secret() -> None:
+    # The patterns read the first 2,048 characters here. A redacted key block shrinks the text, pulling
+    # what lay near that edge into the result; a secret straddling the edge must be dropped whole, not
+    # left as a prefix too short for its pattern ("sk-aaaaa").
+    block = "-----BEGIN RSA PRIVATE KEY-----\n" + "A" * 1_900 + "\n-----END RSA PRIVATE KEY-----"
+    text = block + " " * (2_040 - len(block)) + "sk-" + "a" * 40
+    out = scrub(text, max_chars=100)
+    assert "sk-" not in out and "A" * 10 not in out
+    assert out.startswith("[REDACTED]")
+    assert scrub("x" * 5_000, max_chars=100).endswith("[4900 more characters]")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import time
 
 import pytest
 
@@ -113,3 +114,12 @@ def test_code_blocks_can_be_left_out_of_the_chunks() -> None:
     assert prose == ["Guide\n\nInstall it first.\n\nThen run it: It starts at once.\n\nThe end."]
     # A section that is only code has no chunk at all.
     assert Chunker(code=False).chunk(Section("```\nx = 1\n```", heading="Code")) == []
+
+
+def test_heading_closing_hashes_are_stripped_in_linear_time() -> None:
+    _, sections = split_markdown("# Title ##\n\nBody.\n\n## C# tips #\n\nMore.\n")
+    assert [s.heading for s in sections] == ["Title", "Title > C# tips"]
+    # A heading line of spaces ending in a word took 11 s at 2,000 characters (cubic backtracking).
+    start = time.perf_counter()
+    split_markdown("# a" + " " * 20_000 + "x\n\nbody\n")
+    assert time.perf_counter() - start < 0.5

@@ -21,7 +21,7 @@ MAX_NUMBERS = 3
 """An answer stating more distinct numbers than this scores 0 on a numeric question."""
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d[\d,]*(?:\.\d+)?")
-_GOLD_NUMBER = re.compile(r"\s*\$?\s*(-?\d[\d,]*(?:\.\d+)?)\s*")
+_GOLD_NUMBER = re.compile(r"\s*(?:\$\s*)?(-?\d[\d,]*(?:\.\d+)?)\s*")  # no two quantifiers share a space
 
 
 def numbers_in(text: str) -> list[float]:
