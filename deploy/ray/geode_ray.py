@@ -9,6 +9,8 @@ Run it with the config next to this file::
     serve run deploy/ray/serve_config.yaml
 
 or from Python (``app = build({"programs": ["geode.examples.qa:program"]})``; ``serve.run(app)``).
+Replicas refuse to start without ``GEODE_SERVE_API_KEYS`` (Ray's proxy is treated as public), unless
+``GEODE_SERVE_ALLOW_UNAUTHENTICATED=true`` says a proxy in front of Ray authenticates callers.
 Sessions live in each replica's memory: with more than one replica, route a session to one replica
 (Ray Serve's request router does not do it) or give ``create_app`` a shared
 :class:`~geode.runtime.serving.SessionStore`.
@@ -24,7 +26,10 @@ from ray.serve import Application
 
 from geode.runtime.serving import HostedProgram
 
-__all__ = ["GeodeDeployment", "build"]
+__all__ = ["PUBLIC_HOST", "GeodeDeployment", "build"]
+
+PUBLIC_HOST = "0.0.0.0"
+"""The address the app's exposure check is given: Ray's proxy may serve any interface of any node."""
 
 
 @serve.deployment(
@@ -50,11 +55,11 @@ class GeodeDeployment:
         from geode.runtime.serving import HostedProgram, create_app
 
         programs = [HostedProgram.parse(text) for text in self.programs]
-        # Ray's proxy is the public face; replicas listen on Ray's internal network only, so the
-        # loopback rule for keyless serving does not apply here: keys are checked when configured.
-        serve_settings = self.runtime.settings.serve
-        host = serve_settings.host if serve_settings.api_keys else "127.0.0.1"
-        return create_app(self.runtime, programs, serve_settings, host=host)
+        # Ray's HTTP proxy is the public face (the shipped config binds 0.0.0.0 on every node) and a
+        # replica cannot see where it is bound, so the app is told it is public: without API keys it
+        # refuses to start, as `geode serve` does on a public address, unless
+        # GEODE_SERVE_ALLOW_UNAUTHENTICATED says a proxy in front authenticates.
+        return create_app(self.runtime, programs, self.runtime.settings.serve, host=PUBLIC_HOST)
 
     def check_health(self) -> None:
         """Ray calls this periodically; raising marks the replica unhealthy and replaces it."""

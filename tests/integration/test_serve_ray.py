@@ -21,6 +21,7 @@ pytestmark = pytest.mark.ray
 
 ray = require_tier("ray", import_name="ray")
 serve = require_tier("ray", import_name="ray.serve")
+_KEY = "ray-test-key-0123456789"
 
 
 @pytest.fixture
@@ -40,6 +41,7 @@ def ray_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
         "GEODE_HOME": str(tmp_path / "home"),
         "GEODE_LM_MODEL": "openai/unused",
         "GEODE_TRACING_ENABLED": "false",
+        "GEODE_SERVE_API_KEYS": f'["{_KEY}"]',  # Ray's proxy counts as public: no keys, no replica
         "RAY_USAGE_STATS_ENABLED": "0",
     }
     ray.init(
@@ -66,6 +68,8 @@ def test_ray_serve_deployment_answers_like_geode_serve(ray_head: int) -> None:
     serve.run(app, name="geode", route_prefix="/", blocking=False)
     base = f"http://127.0.0.1:{ray_head}"
     with httpx.Client(base_url=base, timeout=60) as client:
+        assert client.post("/programs/qa", json={"question": "no key"}).status_code == 401
+        client.headers["Authorization"] = f"Bearer {_KEY}"
         answers = [client.post("/programs/qa", json={"question": f"ray {n}"}) for n in range(8)]
         assert [r.status_code for r in answers] == [200] * 8, answers[0].text
         assert [r.json()["outputs"]["answer"] for r in answers] == [f"echo: ray {n}" for n in range(8)]
