@@ -636,7 +636,9 @@ def _observation_text(value: Any, limit: int) -> str:
 
 
 def _short_args(args: Mapping[str, Any]) -> str:
-    return scrub(", ".join(f"{k}={v!r}" for k, v in args.items()), max_chars=120)
+    # Names only: the detail goes on the span as a diagnostic, outside what hide_inputs hides, and a
+    # tool argument can carry anything the user or the model wrote (a secret, an email address).
+    return scrub(", ".join(str(k) for k in args), max_chars=120)
 
 
 def _call_kwargs(inputs: Mapping[str, Any]) -> Mapping[str, Any]:

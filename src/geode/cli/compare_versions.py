@@ -42,12 +42,10 @@ def parse_since(text: str) -> timedelta:
 
 
 def _phoenix_feedback(reader: PhoenixTraceSource, traces: list[TraceRecord]) -> list[FeedbackRecord]:
-    from phoenix.client import Client
-
     roots = {t.root.span_id: t.trace_id for t in traces if t.root is not None}
     if not roots:
         return []
-    client = Client(base_url=reader.url)
+    client = reader.client  # shares the reader's connections and its API key
     ids = list(roots)
     annotations: list[Any] = []
     for start in range(0, len(ids), 100):

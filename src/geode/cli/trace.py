@@ -233,7 +233,10 @@ def _source(settings: Settings, source: str, project: str | None) -> TraceSource
             "no Phoenix is running and no collector endpoint is configured",
             hint="start one with `geode phoenix`, set PHOENIX_COLLECTOR_ENDPOINT, or read a file with --source PATH",
         )
-    return PhoenixTraceSource(url, project or settings.tracing.project)
+    key = settings.phoenix.api_key
+    return PhoenixTraceSource(
+        url, project or settings.tracing.project, api_key=key.get_secret_value() if key is not None else None
+    )
 
 
 @contextmanager

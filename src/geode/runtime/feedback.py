@@ -201,6 +201,10 @@ class PhoenixTarget:
             raise TargetUnavailable("no Phoenix is running and no collector endpoint is configured")
         return phoenix_base_url(endpoint)
 
+    def _api_key(self) -> str | None:
+        key = self.settings.phoenix.api_key
+        return key.get_secret_value() if key is not None else None
+
     def project(self, program: str | None) -> str | None:
         """The Phoenix project of a program's runs; ``None`` for per-program projects without a program."""
         template = self.settings.tracing.project
@@ -215,7 +219,9 @@ class PhoenixTarget:
         project = self.project(record.program)
         if project is None:
             return None
-        with PhoenixTraceSource(self.url(), project, timeout_s=self.timeout_s) as source:
+        with PhoenixTraceSource(
+            self.url(), project, api_key=self._api_key(), timeout_s=self.timeout_s
+        ) as source:
             try:
                 spans = source.spans([record.trace_id])
             except TraceSourceError as err:
@@ -232,7 +238,7 @@ class PhoenixTarget:
         url = self.url()
         sink = self._sinks.get(url)
         if sink is None:
-            sink = self._sinks[url] = PhoenixFeedback(url, timeout_s=self.timeout_s)
+            sink = self._sinks[url] = PhoenixFeedback(url, api_key=self._api_key(), timeout_s=self.timeout_s)
         return sink
 
     def close(self) -> None:

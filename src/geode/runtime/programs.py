@@ -117,10 +117,12 @@ def _instantiate(obj: object, ref: str) -> dspy.Module:
 def _workflow_spec(ref: str) -> dspy.Module:
     """A crystallized workflow from its spec file; the guard agent is resolved like any reference.
 
-    Nothing runs but imports: the spec is JSON checked against its schema and content hash, its tools
-    and agent are ``module:attr`` references.
+    The spec is JSON checked against its schema, content hash and signature; its agent is imported
+    only if the spec is signed with the operator's key, allow-listed, or a registered program name,
+    and its tools only if they are the agent's own or allow-listed (see ``geode.agents.crystallize.trust``).
     """
     from geode.agents.crystallize import CrystallizedWorkflow, WorkflowSpec
+    from geode.agents.crystallize.workflow import check_agent_ref
 
     path = Path(ref)
     if not path.is_file():
@@ -131,6 +133,8 @@ def _workflow_spec(ref: str) -> dspy.Module:
             f"workflow spec {ref!r} names no agent_ref, so it has no agent to fall back to",
             hint="re-create it with `geode crystallize REF`, which records the agent's reference",
         )
+    if spec.agent_ref not in registered_programs():
+        check_agent_ref(spec)
     agent = resolve(spec.agent_ref).module
     return CrystallizedWorkflow(spec, agent=agent)
 

@@ -20,6 +20,7 @@ __all__ = [
     "ServeSettings",
     "Settings",
     "TracingSettings",
+    "WorkflowSettings",
 ]
 
 
@@ -81,11 +82,20 @@ class TracingSettings(BaseSettings):
     otlp_file: Path | None = None
     """Also write every span as OTLP-JSON lines to this file (offline mining and crystallization)."""
     hide_inputs: bool = False
+    """Export ``__REDACTED__`` instead of inputs, LLM input messages and prompt variables (and exception
+    messages, which quote them). Off by default: mining and crystallization read inputs from traces."""
     hide_outputs: bool = False
+    """Export ``__REDACTED__`` instead of outputs, LLM output messages and retrieved documents' content
+    (and exception messages). Off by default: mining reads outputs from traces."""
     hide_messages: bool = False
+    """Hide LLM input and output messages only (the program's own inputs and outputs stay visible)."""
     redact_patterns: tuple[str, ...] = ()
     """Extra regular expressions whose matches are replaced by ``[REDACTED]`` in every span attribute,
-    retrieved document and exception message (common secret shapes are always redacted)."""
+    retrieved document and exception message (common secret shapes and secret ``name=value`` pairs
+    are always redacted)."""
+    redact_pii: bool = False
+    """Replace email addresses, payment card numbers (Luhn-checked) and phone numbers in every exported
+    string with ``[EMAIL]``, ``[CARD]`` and ``[PHONE]``."""
     max_attribute_length: int = Field(default=32_000, ge=64)
     """Longer string attributes are truncated, never dropped with their batch."""
     queue_size: int = Field(default=4096, ge=64)
@@ -125,6 +135,12 @@ class PhoenixSettings(BaseSettings):
     grpc_port: int = Field(default=4317, ge=1, le=65_535)
     start_timeout_s: float = Field(default=300.0, gt=0)
     """How long `geode phoenix` waits for a new server to answer (start-up imports are slow on small machines)."""
+    api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("GEODE_PHOENIX_API_KEY", "PHOENIX_API_KEY")
+    )
+    """API key of a Phoenix with authentication enabled (``PHOENIX_ENABLE_AUTH``), sent as
+    ``Authorization: Bearer`` with exported spans, feedback annotations and trace reads. Without it such
+    a Phoenix refuses them all."""
 
 
 class ServeSettings(BaseSettings):
@@ -180,6 +196,35 @@ class ServeSettings(BaseSettings):
     """How long an unsampled trace waits in memory for feedback that would keep it."""
 
 
+class WorkflowSettings(BaseSettings):
+    """Which crystallized workflow specs load, and what they may import (a spec names code to run)."""
+
+    model_config = _config("GEODE_WORKFLOWS_")
+
+    signing_key: SecretStr | None = None
+    """HMAC key (hex, at least 32 digits) that signs specs written here and must verify specs loaded.
+    Default: a key generated into ``GEODE_HOME/keys/workflow-signing.key`` on first use, so specs made
+    on this machine load with no set-up; set this to share one key between machines."""
+    allow_unsigned: bool = False
+    """Load specs that are unsigned or signed with another key (their tools must still be the agent's
+    own or in ``allowed_modules``, and so must the agent)."""
+    allowed_modules: tuple[str, ...] = ()
+    """Module prefixes (JSON list) a spec's tool references may import from besides the agent's own
+    tools, and an unsigned spec's agent."""
+
+    @field_validator("signing_key")
+    @classmethod
+    def _hex_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                key = bytes.fromhex(value.get_secret_value())
+            except ValueError:
+                raise ValueError("the signing key must be hex digits") from None
+            if len(key) < 16:
+                raise ValueError("the signing key must be at least 32 hex digits (16 bytes)")
+        return value
+
+
 class Settings(BaseSettings):
     """Everything Geode can be told, in one frozen object.
 
@@ -198,8 +243,9 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
     phoenix: PhoenixSettings = Field(default_factory=PhoenixSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
+    workflows: WorkflowSettings = Field(default_factory=WorkflowSettings)
 
-    @field_validator("lm", "tracing", "retrieval", "phoenix", "serve", mode="before")
+    @field_validator("lm", "tracing", "retrieval", "phoenix", "serve", "workflows", mode="before")
     @classmethod
     def _merge_group(cls, value: Any, info: Any) -> Any:
         # A dict passed for a group overrides only the fields it names; the rest still come from env.
@@ -237,3 +283,8 @@ class Settings(BaseSettings):
     def traces_dir(self) -> Path:
         """OTLP-JSON span files written by the runtime."""
         return self.home / "traces"
+
+    @property
+    def workflow_key_path(self) -> Path:
+        """The generated workflow signing key (when ``GEODE_WORKFLOWS_SIGNING_KEY`` is not set)."""
+        return self.home / "keys" / "workflow-signing.key"

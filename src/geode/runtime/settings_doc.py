@@ -21,6 +21,7 @@ from geode.runtime.settings import (
     ServeSettings,
     Settings,
     TracingSettings,
+    WorkflowSettings,
 )
 
 __all__ = ["SettingDoc", "describe_settings", "env_example", "settings_reference_markdown"]
@@ -32,6 +33,7 @@ _GROUPS: tuple[tuple[str, type[BaseSettings]], ...] = (
     ("retrieval", RetrievalSettings),
     ("phoenix", PhoenixSettings),
     ("serve", ServeSettings),
+    ("workflows", WorkflowSettings),
 )
 
 

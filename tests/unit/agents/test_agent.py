@@ -578,7 +578,7 @@ def test_a_repeated_identical_call_ends_the_loop_with_what_it_has() -> None:
     pred = run(agent, lm, question="Widgets?")
     assert calls == ["item"]  # the repeat was not executed
     assert pred.termination.reason is TerminationReason.REPEATED_CALL
-    assert pred.termination.detail == "repeated call lookup(item='item')"
+    assert pred.termination.detail == "repeated call lookup(item)"  # argument values never leave
     assert pred.steps[1].error == "repeated an identical tool call"
     assert pred.steps[1].outcome is StepOutcome.REPEATED
     assert pred.answer == "3" and pred.termination.extracted

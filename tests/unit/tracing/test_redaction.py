@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -206,3 +207,44 @@ def test_a_clean_span_is_passed_through_unchanged() -> None:
 def test_invalid_pattern_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="not a valid regular expression"):
         SpanRedactor(patterns=("(unclosed",))
+
+
+def test_secret_name_values_in_invocation_parameters_are_redacted() -> None:
+    params = json.dumps(
+        {"aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG", "max_tokens": 512, "author": "ann"}
+    )
+    cleaned = json.loads(SpanRedactor().clean_text(params))
+    assert cleaned == {"aws_secret_access_key": REDACTED, "max_tokens": 512, "author": "ann"}
+    assert SpanRedactor().clean_text("db_password=hunter2 temperature=0.1") == (
+        f"db_password={REDACTED} temperature=0.1"
+    )
+
+
+def test_pii_is_redacted_only_when_asked() -> None:
+    text = "mail ana.b@example.co.uk or +44 20 7946 0958, card 4111-1111-1111-1111, order 1234567890123"
+    assert SpanRedactor().clean_text(text) == text
+    assert SpanRedactor(redact_pii=True).clean_text(text) == (
+        "mail [EMAIL] or [PHONE], card [CARD], order 1234567890123"  # not a Luhn number: kept
+    )
+    spans = _run(_settings(redact_pii=True))
+    docs = _attrs(_span(spans, "Docs"))
+    assert json.loads(docs["retrieval.documents.0.document.metadata"]) == {"owner": "[EMAIL]"}
+    assert docs["geode.redacted"] is True
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a-" * 100_000 + "=",
+        "password" + " " * 100_000,
+        "x" * 200_000 + "@" + "a." * 50_000,
+        "1 " * 100_000,
+        "+1" + " 2" * 100_000,
+    ],
+    ids=["dashes", "spaces", "email", "digits", "phone"],
+)
+def test_redaction_time_is_linear_in_adversarial_input(text: str) -> None:
+    redactor = SpanRedactor(redact_pii=True)
+    start = time.perf_counter()
+    redactor.clean_text(text)
+    assert time.perf_counter() - start < 1.0

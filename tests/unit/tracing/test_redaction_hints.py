@@ -124,3 +124,27 @@ def test_spans_that_need_nothing_come_back_untouched_and_others_as_before(
         assert quick.attributes == full.attributes and quick.status == full.status
         untouched += quick is span
     assert 0 < untouched < len(spans)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "password",
+        "DB_PASSWORD",
+        "aws_secret_access_key",
+        "x-api-key",
+        "apiKey",
+        "AccessKey",
+        "private-key",
+        "Authorization",
+        "refresh_token",
+        "sessionid",
+        "cookie",
+        "client_credentials",
+    ],
+)
+def test_every_secret_name_value_has_a_hint_and_is_redacted(name: str) -> None:
+    for text in (f"{name}=s3cr3tvalue", f'{{"{name}": "s3cr3tvalue"}}', f"{name}: 's3cr3tvalue'"):
+        assert may_hold_secret(text), text
+        cleaned = SpanRedactor().clean_text(text)
+        assert "s3cr3tvalue" not in cleaned and REDACTED in cleaned, text

@@ -561,4 +561,5 @@ def build_spec(
             created_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         ),
     )
-    return spec.sealed()
+    # Hashed now (reports quote it); signed when saved, with the key in force then.
+    return spec.model_copy(update={"content_hash": spec.compute_hash()})

@@ -17,6 +17,7 @@ from geode.agents.crystallize.refs import agent_parts, import_ref
 from geode.agents.crystallize.report import render_report
 from geode.agents.crystallize.runs import AgentRun, RunScore, runs_from_traces
 from geode.agents.crystallize.spec import WorkflowSpec
+from geode.agents.crystallize.trust import SpecTrust
 from geode.agents.crystallize.workflow import CrystallizedWorkflow
 from geode.evals.dataset import Dataset, Record
 from geode.evals.metrics import score_value
@@ -51,9 +52,9 @@ class Crystallization:
         """Which pattern(s) the workflow took and why, as Markdown."""
         return render_report(self.spec)
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the sealed spec as JSON."""
-        return self.spec.save(path)
+    def save(self, path: str | os.PathLike[str], *, trust: SpecTrust | None = None) -> Path:
+        """Write the spec as JSON, hashed and signed (by ``trust``'s key; default: the process's)."""
+        return self.spec.save(path, trust=trust)
 
 
 def score_runs(

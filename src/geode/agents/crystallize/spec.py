@@ -11,9 +11,11 @@ optional router and one route per tool pattern. A route is a fixed list of steps
 - ``output``: the agent's outputs, each bound the same way.
 
 Loading is strict: unknown fields, dangling references, unknown type names, a regex without exactly one
-group, or a content hash that does not match the content are refused with a
-:class:`WorkflowSpecError`. Nothing in a spec is executed: tools are imported by reference, types come
-from a fixed list, regular expressions are data.
+group, a content hash that does not match the content, or a signature that the operator's key does not
+verify (:mod:`~geode.agents.crystallize.trust`) are refused with a :class:`WorkflowSpecError`. Types
+come from a fixed list and regular expressions are data, run with a time limit
+(:data:`PATTERN_TIMEOUT_S`); the agent and tools a spec names are imported only when the trust rules
+allow it.
 """
 
 from __future__ import annotations
@@ -21,18 +23,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+import regex
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
+from geode.agents.crystallize.trust import SpecTrust, current_spec_trust
 from geode.errors import ProgramLoadError
 
 __all__ = [
+    "PATTERN_TIMEOUT_S",
     "SCHEMA_VERSION",
     "TYPE_NAMES",
     "Binding",
@@ -50,6 +54,7 @@ __all__ = [
     "ToolStep",
     "WorkflowSpec",
     "WorkflowSpecError",
+    "compile_pattern",
     "python_type",
 ]
 
@@ -77,12 +82,25 @@ TYPE_NAMES: Final[dict[str, Any]] = {
 _IDENT = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _REF = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_.]*$"
 _MAX_PATTERN = 500
+PATTERN_TIMEOUT_S: Final = 0.25
+"""How long one of a spec's regular expressions may run on one text; past it the step fails (and the
+workflow's guard hands the input to the agent). A spec's patterns are learned from data, and a spec may
+come from elsewhere: a pattern that backtracks badly must cost a bounded time, not freeze the server."""
 
 
 class WorkflowSpecError(ProgramLoadError):
     """A workflow spec is malformed, refers to something that does not exist, or was tampered with."""
 
     code = "workflow_spec_invalid"
+
+
+def compile_pattern(pattern: str) -> regex.Pattern[str]:
+    """A spec's regular expression, compiled with the ``regex`` module (its searches take ``timeout=``).
+
+    Raises:
+        regex.error: The pattern is invalid.
+    """
+    return regex.compile(pattern)
 
 
 def python_type(name: str) -> Any:
@@ -137,8 +155,8 @@ class Binding(_Model):
             raise ValueError("a step binding needs 'step' and 'field'")
         if self.pattern is not None:
             try:
-                groups = re.compile(self.pattern).groups
-            except re.error as err:
+                groups = compile_pattern(self.pattern).groups
+            except regex.error as err:
                 raise ValueError(f"invalid regular expression {self.pattern!r}: {err}") from None
             if groups != 1:
                 raise ValueError(f"the regular expression {self.pattern!r} must have exactly one group")
@@ -275,7 +293,17 @@ class WorkflowSpec(_Model):
     guard: GuardSpec = GuardSpec()
     source: SourceSpec
     content_hash: str = ""
-    """``sha256:`` of the canonical JSON of everything else; checked when the spec is loaded."""
+    """``sha256:`` of the canonical JSON of everything but itself and ``hmac``; checked on load."""
+    hmac: str = ""
+    """``hmac-sha256:`` of the same JSON under the operator's key (:class:`SpecTrust`); checked on load."""
+    _unvouched: bool = PrivateAttr(default=False)
+    # Read from text whose signature did not verify (let in by `allow_unsigned`): its agent_ref may
+    # then name only an allowed module. Specs built in code, or loaded signed, are vouched for.
+
+    @property
+    def unvouched(self) -> bool:
+        """Whether this spec was read from text without a valid signature (``allow_unsigned``)."""
+        return self._unvouched
 
     @pydantic.model_validator(mode="after")
     def _check_references(self) -> WorkflowSpec:
@@ -286,28 +314,44 @@ class WorkflowSpec(_Model):
 
     # -- hashing and files -------------------------------------------------------------------------
 
+    def _canonical(self) -> bytes:
+        data = self.model_dump(mode="json", exclude={"content_hash", "hmac"})
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
     def compute_hash(self) -> str:
-        """The content hash of this spec (everything but ``content_hash`` itself)."""
-        data = self.model_dump(mode="json", exclude={"content_hash"})
-        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return "sha256:" + hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+        """The content hash of this spec (everything but ``content_hash`` and ``hmac``)."""
+        return "sha256:" + hashlib.sha256(self._canonical()).hexdigest()
 
-    def sealed(self) -> WorkflowSpec:
-        """This spec with its content hash filled in."""
-        return self.model_copy(update={"content_hash": self.compute_hash()})
+    def sealed(self, trust: SpecTrust | None = None) -> WorkflowSpec:
+        """This spec with its content hash and signature filled in.
 
-    def to_json(self) -> str:
-        """The sealed spec as indented JSON."""
-        return json.dumps(self.sealed().model_dump(mode="json"), indent=2, ensure_ascii=False) + "\n"
+        Args:
+            trust: Whose key signs it; default: the process's (:func:`current_spec_trust`). Without a
+                key the signature stays empty.
+        """
+        signer = trust if trust is not None else current_spec_trust()
+        return self.model_copy(
+            update={"content_hash": self.compute_hash(), "hmac": signer.sign(self._canonical())}
+        )
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write the sealed spec to ``path`` atomically; returns the path."""
+    def signed_by(self, trust: SpecTrust) -> bool:
+        """Whether this spec's ``hmac`` verifies under ``trust``'s key."""
+        return trust.verifies(self._canonical(), self.hmac)
+
+    def to_json(self, trust: SpecTrust | None = None) -> str:
+        """The sealed (hashed and signed, see :meth:`sealed`) spec as indented JSON."""
+        data = self.sealed(trust).model_dump(mode="json")
+        return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+    def save(self, path: str | os.PathLike[str], *, trust: SpecTrust | None = None) -> Path:
+        """Write the sealed (hashed and signed) spec to ``path`` atomically; returns the path."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        text = self.to_json(trust)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self.to_json())
+                fh.write(text)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -315,12 +359,21 @@ class WorkflowSpec(_Model):
         return target
 
     @classmethod
-    def from_json(cls, text: str, *, where: str = "workflow spec") -> WorkflowSpec:
+    def from_json(
+        cls, text: str, *, where: str = "workflow spec", trust: SpecTrust | None = None
+    ) -> WorkflowSpec:
         """Parse and check a spec.
+
+        Args:
+            text: The spec's JSON.
+            where: What to call it in messages.
+            trust: The key its signature must verify under, and whether unsigned specs are allowed;
+                default: the process's (:func:`current_spec_trust`).
 
         Raises:
             WorkflowSpecError: Not JSON, not a workflow spec, an unsupported schema version, a field
-                that is unknown, missing or invalid, a dangling reference, or a hash mismatch.
+                that is unknown, missing or invalid, a dangling reference, a hash mismatch, or a
+                signature that is missing or does not verify (unless unsigned specs are allowed).
         """
         try:
             data = json.loads(text)
@@ -352,10 +405,20 @@ class WorkflowSpec(_Model):
                 f"{spec.content_hash[:19]}…)",
                 hint="re-create it with `geode crystallize`, or edit the generated Python module instead",
             )
+        checker = trust if trust is not None else current_spec_trust()
+        spec._unvouched = not spec.signed_by(checker)
+        if spec._unvouched and not checker.allow_unsigned:
+            state = "is not signed" if not spec.hmac else "has a signature this machine's key does not verify"
+            raise WorkflowSpecError(
+                f"{where} {state}: a spec names code to import and run, so only specs signed with "
+                "the operator's key load",
+                hint="re-create it here with `geode crystallize`, set GEODE_WORKFLOWS_SIGNING_KEY to the "
+                "key it was signed with, or (trusting its author) set GEODE_WORKFLOWS_ALLOW_UNSIGNED=true",
+            )
         return spec
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> WorkflowSpec:
+    def load(cls, path: str | os.PathLike[str], *, trust: SpecTrust | None = None) -> WorkflowSpec:
         """Read and check a spec file (see :meth:`from_json`)."""
         source = Path(path)
         try:
@@ -364,7 +427,7 @@ class WorkflowSpec(_Model):
             raise WorkflowSpecError(f"workflow spec {str(source)!r} does not exist") from None
         except (OSError, UnicodeDecodeError) as err:
             raise WorkflowSpecError(f"cannot read workflow spec {str(source)!r}: {err}") from None
-        return cls.from_json(text, where=f"workflow spec {str(source)!r}")
+        return cls.from_json(text, where=f"workflow spec {str(source)!r}", trust=trust)
 
     # -- queries -----------------------------------------------------------------------------------
 

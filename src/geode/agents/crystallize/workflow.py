@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -27,8 +26,9 @@ import pydantic
 from dspy.signatures.signature import make_signature
 
 from geode.agents.agent import _observation_text
-from geode.agents.crystallize.refs import agent_parts, import_ref
+from geode.agents.crystallize.refs import agent_parts, import_ref, ref_of
 from geode.agents.crystallize.spec import (
+    PATTERN_TIMEOUT_S,
     Binding,
     FieldSpec,
     OutputStep,
@@ -37,15 +37,17 @@ from geode.agents.crystallize.spec import (
     ToolStep,
     WorkflowSpec,
     WorkflowSpecError,
+    compile_pattern,
     python_type,
 )
+from geode.agents.crystallize.trust import SpecTrust, current_spec_trust, module_allowed
 from geode.agents.fallback import Fallback, Validator
 from geode.agents.scrub import scrub
 from geode.agents.tools import GuardedTool, guard
 from geode.errors import ConfigError, GeodeError
 from geode.traces.vocab import GeodeAttributes
 
-__all__ = ["CrystallizedWorkflow", "WorkflowGuardError", "workflow_route"]
+__all__ = ["CrystallizedWorkflow", "WorkflowGuardError", "check_agent_ref", "workflow_route"]
 
 _ROUTE_ATTR = "_geode_workflow_route"
 _MAX_OBSERVATION_CHARS = 2000
@@ -117,13 +119,19 @@ class _Values:
         if binding.pattern is None:
             return value
         text = value if isinstance(value, str) else "\n\n".join(str(v) for v in value or ())
-        pattern = re.compile(binding.pattern)
-        if binding.all_matches:
-            found = pattern.findall(text)
-            if not found:
-                raise WorkflowGuardError(f"{where}: /{binding.pattern}/ found nothing in {binding.step}")
-            return found
-        match = pattern.search(text)
+        pattern = compile_pattern(binding.pattern)
+        try:
+            if binding.all_matches:
+                found = pattern.findall(text, timeout=PATTERN_TIMEOUT_S)
+                if not found:
+                    raise WorkflowGuardError(f"{where}: /{binding.pattern}/ found nothing in {binding.step}")
+                return found
+            match = pattern.search(text, timeout=PATTERN_TIMEOUT_S)
+        except TimeoutError:
+            raise WorkflowGuardError(
+                f"{where}: /{binding.pattern}/ ran past {PATTERN_TIMEOUT_S} s on {binding.step}'s "
+                f"{len(text)} characters"
+            ) from None
         if match is None:
             raise WorkflowGuardError(f"{where}: /{binding.pattern}/ found nothing in {binding.step}")
         return match.group(1)
@@ -327,24 +335,32 @@ class SpecProgram(dspy.Module):
 
 
 def _resolve_tools(
-    spec: WorkflowSpec, agent: dspy.Module, given: Mapping[str, Any] | None
+    spec: WorkflowSpec, agent: dspy.Module, given: Mapping[str, Any] | None, trust: SpecTrust
 ) -> dict[str, GuardedTool]:
     _, agent_tools = agent_parts(agent)
     resolved: dict[str, GuardedTool] = {}
     for ref in spec.tools:
+        own = agent_tools.get(ref.name)
         if given is not None and ref.name in given:
             source: Any = given[ref.name]
             where = f"tools[{ref.name!r}]"
-        elif ref.ref is not None:
+        elif ref.ref is None or (own is not None and ref.ref == ref_of(own.func)):
+            # The agent's own tool: nothing is imported that the agent did not already bring.
+            if own is None:
+                raise WorkflowSpecError(
+                    f"tool {ref.name!r} has no reference and the agent has no tool of that name",
+                    hint="pass tools={...} to CrystallizedWorkflow",
+                )
+            source = own
+            where = f"the agent's tool {ref.name!r}"
+        elif module_allowed(ref.ref.partition(":")[0], trust.allowed_modules):
             source = import_ref(ref.ref, what=f"tool {ref.name!r}")
             where = ref.ref
-        elif ref.name in agent_tools:
-            source = agent_tools[ref.name]
-            where = f"the agent's tool {ref.name!r}"
         else:
             raise WorkflowSpecError(
-                f"tool {ref.name!r} has no reference and the agent has no tool of that name",
-                hint="pass tools={...} to CrystallizedWorkflow",
+                f"tool {ref.name!r} refers to {ref.ref!r}, which is not the agent's tool of that name "
+                "nor in a module the operator allows: a spec may not import other code",
+                hint="add its module to GEODE_WORKFLOWS_ALLOWED_MODULES, or pass tools={...}",
             )
         try:
             tool = guard(source, timeout_s=ref.timeout_s)
@@ -360,12 +376,35 @@ def _resolve_tools(
     return resolved
 
 
-def _load_agent(spec: WorkflowSpec) -> dspy.Module:
+def check_agent_ref(spec: WorkflowSpec, trust: SpecTrust | None = None) -> str:
+    """The spec's ``agent_ref``, if the trust rules let it be imported.
+
+    A signed spec's agent is the one the operator crystallized, and a spec built in code is the
+    code's; a spec read without a valid signature (let in because unsigned specs are allowed) may name
+    only an agent in an allowed module.
+
+    Raises:
+        ConfigError: The spec names no agent.
+        WorkflowSpecError: The reference is neither signed for nor in an allowed module.
+    """
     if spec.agent_ref is None:
         raise ConfigError(
             f"workflow {spec.name!r} names no agent_ref; pass agent=... (the agent it falls back to)"
         )
-    found = import_ref(spec.agent_ref, what="agent_ref")
+    checker = trust if trust is not None else current_spec_trust()
+    module = spec.agent_ref.rpartition(":")[0]
+    if spec.unvouched and not module_allowed(module, checker.allowed_modules):
+        raise WorkflowSpecError(
+            f"workflow {spec.name!r} is not signed with this machine's key, and its agent_ref "
+            f"{spec.agent_ref!r} is not in a module the operator allows: a spec may not import other code",
+            hint="pass agent=..., add the module to GEODE_WORKFLOWS_ALLOWED_MODULES, or re-create the "
+            "spec here with `geode crystallize`",
+        )
+    return spec.agent_ref
+
+
+def _load_agent(spec: WorkflowSpec, trust: SpecTrust) -> dspy.Module:
+    found = import_ref(check_agent_ref(spec, trust), what="agent_ref")
     if isinstance(found, dspy.Module):
         return found
     if callable(found):
@@ -385,10 +424,12 @@ class CrystallizedWorkflow(Fallback):
             (``package.module:attribute``).
         tools: Tools by name, overriding the spec's references (e.g. tools built at run time).
         validate: An extra check of the workflow's prediction; failing it sends the input to the agent.
+        trust: The key a spec file's signature must verify under and the modules its references may
+            import from (:mod:`~geode.agents.crystallize.trust`); default: the process's.
 
     Raises:
-        WorkflowSpecError: The spec file is invalid, or a tool it references cannot be imported or
-            has lost an argument.
+        WorkflowSpecError: The spec file is invalid or not signed with the operator's key, a reference
+            it makes is not allowed, or a tool it references cannot be imported or has lost an argument.
         ConfigError: No agent is given and the spec names none.
 
     Example:
@@ -406,10 +447,12 @@ class CrystallizedWorkflow(Fallback):
         agent: dspy.Module | None = None,
         tools: Mapping[str, Callable[..., Any] | dspy.Tool] | None = None,
         validate: Validator | None = None,
+        trust: SpecTrust | None = None,
     ) -> None:
-        loaded = spec if isinstance(spec, WorkflowSpec) else WorkflowSpec.load(Path(spec))
-        guard_agent = agent if agent is not None else _load_agent(loaded)
-        resolved = _resolve_tools(loaded, guard_agent, tools)
+        checker = trust if trust is not None else current_spec_trust()
+        loaded = spec if isinstance(spec, WorkflowSpec) else WorkflowSpec.load(Path(spec), trust=checker)
+        guard_agent = agent if agent is not None else _load_agent(loaded, checker)
+        resolved = _resolve_tools(loaded, guard_agent, tools, checker)
         super().__init__(
             SpecProgram(loaded, resolved), guard_agent, validate=validate, catch=(WorkflowGuardError,)
         )

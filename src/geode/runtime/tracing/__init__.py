@@ -58,6 +58,7 @@ __all__ = [
     "build_tracing",
     "make_provider",
     "make_redactor",
+    "phoenix_headers",
     "phoenix_reachable",
     "resolve_endpoint",
 ]
@@ -80,6 +81,7 @@ def make_redactor(tracing: TracingSettings) -> SpanRedactor:
         hide_messages=tracing.hide_messages,
         patterns=tracing.redact_patterns,
         max_attribute_length=tracing.max_attribute_length,
+        redact_pii=tracing.redact_pii,
     )
 
 
@@ -111,6 +113,12 @@ def phoenix_reachable(phoenix: PhoenixSettings, *, timeout_s: float = 0.05) -> b
             return True
     except OSError:
         return False
+
+
+def phoenix_headers(settings: Settings) -> dict[str, str]:
+    """The headers every request to Phoenix carries: its API key, when one is set."""
+    key = settings.phoenix.api_key
+    return {"authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
 
 
 def resolve_endpoint(settings: Settings) -> str | None:
@@ -194,7 +202,9 @@ def build_tracing(
     url = traces_url(endpoint) if endpoint else None
     routed = _PROGRAM_FIELD in tracing.project
     if url is not None:
-        exporter: SpanExporter = OtlpHttpSpanExporter(url, timeout_s=tracing.export_timeout_s)
+        exporter: SpanExporter = OtlpHttpSpanExporter(
+            url, headers=phoenix_headers(settings), timeout_s=tracing.export_timeout_s
+        )
         if routed:
             exporter = ProjectRoutingExporter(exporter, tracing.project, default=_project(tracing))
         destinations.append(Destination(url, exporter))

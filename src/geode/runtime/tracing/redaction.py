@@ -19,7 +19,17 @@ from opentelemetry.trace.status import Status
 from geode.errors import ConfigError
 from geode.traces.vocab import GeodeAttributes, SpanAttributes
 
-__all__ = ["HIDDEN", "REDACTED", "SECRET_HINTS", "SECRET_PATTERNS", "SpanRedactor", "may_hold_secret"]
+__all__ = [
+    "HIDDEN",
+    "NAME_VALUE_HINTS",
+    "REDACTED",
+    "SECRET_HINTS",
+    "SECRET_PATTERNS",
+    "SpanRedactor",
+    "may_hold_secret",
+    "redact_name_values",
+    "redact_pii",
+]
 
 HIDDEN: Final = "__REDACTED__"
 """Replaces a whole value hidden by ``hide_inputs``/``hide_outputs``/``hide_messages`` (OpenInference's
@@ -60,6 +70,95 @@ whose strings contains any of them cannot match, and skips the patterns: running
 0.5 µs per character, most of the export thread's time, on spans that almost never hold a secret."""
 
 _CASED_HINTS: Final = tuple(h for hints in SECRET_HINTS for h in hints if h != "bearer")
+
+# `name=value`, `name: value` and JSON's `"name": "value"` where the name says the value is a secret
+# (`password`, `aws_secret_access_key`, `x-api-key`...). Linear by construction: a name may start only
+# where no name character precedes it and is at most 64 characters, and whether it is a secret's is
+# decided afterwards, on the name alone.
+_NAME_VALUE: Final = re.compile(
+    r"(?<![A-Za-z0-9_-])(?P<name>[A-Za-z][A-Za-z0-9_-]{0,63})(?P<sep>['\"]?[ \t]*[=:][ \t]*['\"]?)"
+    r"(?P<value>[^\s'\",;&{}\[\]]+)"
+)
+_SECRET_NAME: Final = re.compile(
+    r"(?i)(?:^|[_-])(?:password|passwd|passphrase|pwd|secret|token|api[_-]?key|apikey|access[_-]?key"
+    r"|private[_-]?key|auth|authorization|credentials?|session[_-]?id|cookie)(?:$|[_-])"
+)
+NAME_VALUE_HINTS: Final[tuple[str, ...]] = (
+    "pass",
+    "pwd",
+    "secret",
+    "token",
+    "apikey",
+    "api_key",
+    "api-key",
+    "accesskey",
+    "access_key",
+    "access-key",
+    "privatekey",
+    "private_key",
+    "private-key",
+    "auth",
+    "credential",
+    "sessionid",
+    "session_id",
+    "session-id",
+    "cookie",
+)
+"""Lower-case substrings one of which every secret ``name=value`` contains (see :data:`SECRET_HINTS`)."""
+
+
+def _redact_value(match: re.Match[str]) -> str:
+    if not _SECRET_NAME.search(match.group("name")):
+        return match.group(0)
+    return f"{match.group('name')}{match.group('sep')}{REDACTED}"
+
+
+def redact_name_values(text: str) -> str:
+    """Redact the values of ``name=value`` pairs whose name says they are secret.
+
+    Example:
+        >>> redact_name_values('{"aws_secret_access_key": "wJalrXUtnFEMI", "max_tokens": 512}')
+        '{"aws_secret_access_key": "[REDACTED]", "max_tokens": 512}'
+    """
+    return _NAME_VALUE.sub(_redact_value, text)
+
+
+# Personal data, redacted only when asked (`GEODE_TRACING_REDACT_PII`): mining reads these spans, and
+# an address or a number may be what a question is about. Each pattern starts only where the thing it
+# matches can start, and bounds every repetition, so none backtracks more than a constant per start.
+_EMAIL: Final = re.compile(r"(?<![\w.%+-])[\w.%+-]{1,64}@(?:[A-Za-z0-9-]{1,63}\.){1,8}[A-Za-z]{2,24}\b")
+_CARD: Final = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?!\d)")
+_PHONE: Final = re.compile(
+    r"(?<![\w+])(?:\+\d{1,3}(?:[ .-]?\d{1,4}){2,5}|(?:\(\d{3}\)|\d{3})[ .-]?\d{3}[ .-]?\d{4})(?![\d])"
+)
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, char in enumerate(reversed(digits)):
+        d = int(char)
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def _card(match: re.Match[str]) -> str:
+    digits = "".join(c for c in match.group(0) if c.isdigit())
+    return "[CARD]" if _luhn(digits) else match.group(0)
+
+
+def redact_pii(text: str) -> str:
+    """Replace email addresses, payment card numbers (Luhn-checked) and phone numbers.
+
+    Example:
+        >>> redact_pii("mail ana@example.com, card 4111 1111 1111 1111, call +1 415 555 0100")
+        'mail [EMAIL], card [CARD], call [PHONE]'
+    """
+    text = _EMAIL.sub("[EMAIL]", text)
+    text = _CARD.sub(_card, text)
+    return _PHONE.sub("[PHONE]", text)
+
 
 _INPUT = SpanAttributes.INPUT_VALUE
 _OUTPUT = SpanAttributes.OUTPUT_VALUE
@@ -106,7 +205,8 @@ def may_hold_secret(text: str) -> bool:
     for hint in _CASED_HINTS:
         if hint in text:
             return True
-    return "bearer" in text.lower()
+    lower = text.lower()
+    return "bearer" in lower or any(hint in lower for hint in NAME_VALUE_HINTS)
 
 
 def _strings_of(span: ReadableSpan) -> tuple[str, int]:
@@ -141,8 +241,10 @@ class SpanRedactor:
             and metadata.
         hide_messages: Hide LLM input and output messages (and the LLM span's input/output value,
             which repeat them).
-        patterns: Extra regular expressions to redact, on top of :data:`SECRET_PATTERNS`.
+        patterns: Extra regular expressions to redact, on top of :data:`SECRET_PATTERNS` and secret
+            ``name=value`` pairs (:func:`redact_name_values`).
         max_attribute_length: Longer strings are cut to this many characters (marker included).
+        redact_pii: Also replace email addresses, card numbers and phone numbers (:func:`redact_pii`).
 
     Hiding inputs or outputs also hides exception messages (they routinely quote the values that
     caused them); secret patterns apply to every string, exception messages and stack traces included.
@@ -160,6 +262,7 @@ class SpanRedactor:
         hide_messages: bool = False,
         patterns: Sequence[str] = (),
         max_attribute_length: int = 32_000,
+        redact_pii: bool = False,
     ) -> None:
         if max_attribute_length < 32:
             raise ConfigError(f"max_attribute_length must be at least 32, got {max_attribute_length}")
@@ -167,26 +270,30 @@ class SpanRedactor:
         self.hide_outputs = hide_outputs
         self.hide_messages = hide_messages
         self.max_attribute_length = max_attribute_length
+        self.redact_pii = redact_pii
         self._patterns = _compile(patterns)
         self._hide_exceptions = hide_inputs or hide_outputs
-        # Whether anything but secrets and length can change a span (hiding, the user's patterns).
-        self._rewrites = hide_inputs or hide_outputs or hide_messages or len(self._patterns) > 1
+        # Whether anything but secrets and length can change a span (hiding, the user's patterns, PII).
+        self._rewrites = hide_inputs or hide_outputs or hide_messages or redact_pii or len(self._patterns) > 1
         self._hidden_cache: dict[tuple[str, bool], bool] = {}
 
     # -- values --------------------------------------------------------------------------------
 
     def clean_text(self, text: str, outcome: _Outcome | None = None, *, scan: bool = True) -> str:
-        """Redact secret patterns in one string, then truncate it to the limit.
+        """Redact secret patterns (and PII, if asked) in one string, then truncate it to the limit.
 
-        ``scan=False`` skips :data:`SECRET_PATTERNS` (user patterns still apply): for text that
-        :func:`may_hold_secret` cleared.
+        ``scan=False`` skips :data:`SECRET_PATTERNS` and ``name=value`` secrets (user patterns and PII
+        still apply): for text that :func:`may_hold_secret` cleared.
         """
+        before = text
         for pattern in self._patterns if scan else self._patterns[1:]:
-            cleaned, count = pattern.subn(REDACTED, text)
-            if count:
-                text = cleaned
-                if outcome is not None:
-                    outcome.redacted = True
+            text = pattern.sub(REDACTED, text)
+        if scan:
+            text = redact_name_values(text)
+        if self.redact_pii:
+            text = redact_pii(text)
+        if text != before and outcome is not None:
+            outcome.redacted = True
         limit = self.max_attribute_length
         if len(text) > limit:
             marker = f"…[truncated {len(text) - limit} chars]"

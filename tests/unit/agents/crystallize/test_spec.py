@@ -19,6 +19,7 @@ from geode.agents.crystallize import (
     render_report,
 )
 from geode.agents.crystallize.spec import OutputStep, PredictStep, ToolStep
+from geode.agents.crystallize.trust import SpecTrust
 from geode.errors import ProgramLoadError
 
 
@@ -88,7 +89,8 @@ def test_single_route_above_min_share(recorded: Recorded) -> None:
 def test_round_trip(result: Crystallization, tmp_path: Path) -> None:
     path = result.save(tmp_path / "wf.json")
     loaded = WorkflowSpec.load(path)
-    assert loaded == result.spec
+    assert loaded.hmac.startswith("hmac-sha256:")  # signed when saved
+    assert loaded.model_copy(update={"hmac": ""}) == result.spec
     assert loaded.to_json() == path.read_text(encoding="utf-8")
 
 
@@ -149,3 +151,59 @@ def test_crystallize_refuses_an_unknown_agent_or_no_runs(recorded: Recorded) -> 
         crystallize(geode.Agent("topic -> summary", tools=[], name="other"), recorded.source)
     with pytest.raises(geode.errors.ConfigError, match=r"needs a geode\.Agent or dspy\.ReAct"):
         crystallize(geode.Fallback(recorded.agent, recorded.agent), recorded.source)
+
+
+# -- signatures: a spec names code to run, so only the operator's specs load -----------------------
+
+
+def test_a_tampered_spec_resealed_with_the_public_hash_is_refused(
+    result: Crystallization, tmp_path: Path
+) -> None:
+    # The attack: point agent_ref elsewhere and recompute the (public, unkeyed) content hash.
+    path = result.save(tmp_path / "wf.json")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    forged = WorkflowSpec.model_validate({**data, "agent_ref": "os:system", "content_hash": ""})
+    data.update(agent_ref="os:system", content_hash=forged.compute_hash())
+    path.write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(WorkflowSpecError, match="signature this machine's key does not verify"):
+        WorkflowSpec.load(path)
+
+
+def test_unsigned_and_foreign_specs_load_only_when_allowed(result: Crystallization, tmp_path: Path) -> None:
+    mine = SpecTrust(key=b"k" * 32)
+    theirs = SpecTrust(key=b"t" * 32)
+    unsigned = result.save(tmp_path / "unsigned.json", trust=SpecTrust())
+    foreign = result.save(tmp_path / "foreign.json", trust=theirs)
+    assert json.loads(unsigned.read_text(encoding="utf-8"))["hmac"] == ""
+    with pytest.raises(WorkflowSpecError, match="is not signed"):
+        WorkflowSpec.load(unsigned, trust=mine)
+    with pytest.raises(WorkflowSpecError, match="does not verify"):
+        WorkflowSpec.load(foreign, trust=mine)
+    assert WorkflowSpec.load(foreign, trust=theirs).hmac.startswith("hmac-sha256:")
+    lenient = SpecTrust(key=mine.key, allow_unsigned=True)
+    assert WorkflowSpec.load(unsigned, trust=lenient).unvouched
+    assert not WorkflowSpec.load(foreign, trust=theirs).unvouched
+
+
+def test_the_default_key_is_generated_once_into_geode_home(
+    result: Crystallization, tmp_path: Path, geode_home: Path
+) -> None:
+    path = result.save(tmp_path / "wf.json")  # no trust given: the runtime's, from settings
+    key_path = geode_home / "keys" / "workflow-signing.key"
+    assert key_path.stat().st_mode & 0o777 == 0o600
+    first = key_path.read_text()
+    assert WorkflowSpec.load(path).signed_by(SpecTrust(key=bytes.fromhex(first.strip())))
+    assert key_path.read_text() == first  # loading reuses it
+
+
+def test_a_key_from_settings_signs_and_checks(
+    result: Crystallization, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = result.save(tmp_path / "wf.json")  # signed with the generated key
+    monkeypatch.setenv("GEODE_WORKFLOWS_SIGNING_KEY", "ab" * 32)
+    with pytest.raises(WorkflowSpecError, match="does not verify"):
+        WorkflowSpec.load(path)
+    resigned = result.save(tmp_path / "wf2.json")
+    assert WorkflowSpec.load(resigned).signed_by(SpecTrust(key=bytes.fromhex("ab" * 32)))
+    monkeypatch.setenv("GEODE_WORKFLOWS_ALLOW_UNSIGNED", "true")
+    assert WorkflowSpec.load(path).unvouched
