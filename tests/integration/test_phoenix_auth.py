@@ -13,12 +13,13 @@ from pathlib import Path
 
 import dspy
 import pytest
+from pydantic import SecretStr
 
 from geode.errors import TraceSourceError
 from geode.runtime.feedback import FeedbackOutbox, make_feedback_record
 from geode.runtime.phoenix import PhoenixServer, find_free_port
 from geode.runtime.runtime import Runtime, trace_id_of
-from geode.runtime.settings import PhoenixSettings, Settings
+from geode.runtime.settings import PhoenixSettings, Settings, TracingSettings
 from geode.testing import ScriptedLM
 from geode.traces.sources import PhoenixTraceSource
 
@@ -53,8 +54,8 @@ def auth_phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def _settings(home: Path, url: str, key: str | None) -> Settings:
     return Settings(
         home=home,
-        tracing={"endpoint": url, "project": _PROJECT},
-        phoenix={"api_key": key},
+        tracing=TracingSettings(endpoint=url, project=_PROJECT),
+        phoenix=PhoenixSettings(api_key=SecretStr(key) if key else None),
     )
 
 
