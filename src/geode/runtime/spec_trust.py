@@ -1,13 +1,13 @@
 """The process's workflow-spec trust, from settings: the signing key, unsigned specs, allowed modules.
 
 ``geode.runtime`` installs :func:`spec_trust_from_environment` as the default of
-:func:`geode.agents.crystallize.trust.use_spec_trust` when it is imported, so every spec saved or
+:func:`geode.refs.use_spec_trust` when it is imported, so every spec saved or
 loaded without an explicit trust uses the operator's settings as they are at that moment.
 """
 
 from __future__ import annotations
 
-from geode.agents.crystallize.trust import SpecTrust, key_file, use_spec_trust
+from geode.refs import SpecTrust, key_file, use_spec_trust
 from geode.runtime.settings import Settings
 
 __all__ = ["install_spec_trust", "spec_trust", "spec_trust_from_environment"]
