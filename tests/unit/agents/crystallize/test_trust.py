@@ -10,7 +10,7 @@ from typing import Any
 
 import dspy
 import pytest
-from tests.unit.agents.crystallize.scenario import Recorded, oracle
+from tests.unit.agents.crystallize.scenario import TRUSTED, Recorded, oracle
 
 import geode
 from geode.agents.crystallize import (
@@ -29,7 +29,7 @@ AGENT_REF = "geode.agents.inventory:agent"
 
 @pytest.fixture(scope="module")
 def result(recorded: Recorded) -> Crystallization:
-    return crystallize(recorded.agent, recorded.source, agent_ref=AGENT_REF)
+    return crystallize(recorded.agent, recorded.source, options=TRUSTED, agent_ref=AGENT_REF)
 
 
 def _edited(spec: WorkflowSpec, change: Any) -> WorkflowSpec:
