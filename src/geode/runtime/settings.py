@@ -164,9 +164,17 @@ class ServeSettings(BaseSettings):
     max_json_depth: int = Field(default=32, ge=2, le=1_000)
     """JSON bodies nested deeper are refused with 422 before they are parsed."""
     request_timeout_s: float = Field(default=120.0, gt=0)
-    """Per-request deadline; a request still running then gets 504 ``deadline_exceeded``."""
-    rate_limit_per_minute: int | None = Field(default=None, ge=1)
-    """Requests per minute per API key (per client address without keys); unset: no limit."""
+    """Per-request deadline; a request still running then gets 504 ``deadline_exceeded`` (and its
+    program makes no further LM call)."""
+    max_in_flight: int = Field(default=16, ge=1)
+    """Program runs at once (served requests; shadow runs have their own limit). A request that finds
+    them all busy waits up to ``queue_timeout_s`` for one."""
+    queue_timeout_s: float = Field(default=5.0, gt=0)
+    """How long a request waits to start before it is refused with 503 ``overloaded`` and
+    ``Retry-After``, rather than queuing until its deadline."""
+    rate_limit_per_minute: int | None = Field(default=600, ge=0)
+    """Requests per minute per API key (per client address without keys), with bursts up to the same
+    number; 0 (or null): no limit."""
     token_budget_per_hour: int | None = Field(default=None, ge=1)
     """LM tokens per hour per API key; a key over budget gets 429 until it refills; unset: no limit."""
     session_ttl_s: float = Field(default=3600.0, gt=0)

@@ -34,11 +34,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from geode.adapters import SmallModelStreamListener
 from geode.agents.tools import run_deadline
-from geode.errors import GeodeError, VersionError
+from geode.errors import GeodeError, InputError, VersionError
 from geode.runtime.programs import ProgramRef
 from geode.runtime.runtime import Runtime
+from geode.runtime.serving.abandon import AbandonedRunGuard, Abandonment, RunAbandoned, abandonment
 from geode.runtime.serving.errors import (
     DeadlineExceededError,
+    NotFoundError,
+    OverloadedError,
     ServiceUnavailableError,
     describe,
     error_body,
@@ -134,6 +137,8 @@ class _RecentRun:
     span_id: str
     program: str
     version: str | None
+    caller: str
+    """Who ran it: only that API key may send feedback on it."""
 
 
 @dataclass
@@ -158,6 +163,9 @@ class _Call:
     request_id: str
     caller: str
     lm_overrides: dict[str, Any] = field(default_factory=dict[str, Any])
+    background: bool = False
+    """A shadow run the server started itself (not charged to the caller)."""
+    abandoned: Abandonment = field(default_factory=Abandonment)
     span: Span | None = None
     trace_id: str | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -281,6 +289,8 @@ class _Server:
         self.draining = False
         self.background: set[asyncio.Task[None]] = set()
         self.shadow_slots = asyncio.Semaphore(settings.shadow_max_in_flight)
+        self.run_slots = asyncio.Semaphore(settings.max_in_flight)
+        self.guard = AbandonedRunGuard()
         self.gate: TraceGate | None = None
         for spec in programs:
             hosted = self._host(spec if isinstance(spec, HostedProgram) else HostedProgram(spec))
@@ -379,11 +389,38 @@ class _Server:
             return candidate.module, candidate.version, "canary"
         return module, version, "primary"
 
-    def inputs_of(self, hosted: _Hosted, body: BaseModel, session_id: str | None) -> dict[str, Any]:
+    @staticmethod
+    def session_key(caller: str, session_id: str) -> str:
+        """Where a caller's session lives in the store.
+
+        Each API key has its own sessions, so one caller can neither read nor continue another's,
+        whatever id it sends.
+        """
+        return f"{caller}\x1f{session_id}"
+
+    async def admit(self) -> None:
+        """Take a run slot, waiting at most ``queue_timeout_s``.
+
+        Raises:
+            OverloadedError: Every slot stayed busy (503 with ``Retry-After``).
+        """
+        wait = self.settings.queue_timeout_s
+        try:
+            async with asyncio.timeout(wait):
+                await self.run_slots.acquire()
+        except TimeoutError:
+            self.metrics.shed()
+            raise OverloadedError(
+                f"all {self.settings.max_in_flight} run slots stayed busy for {wait:g} s",
+                retry_after_s=max(1.0, wait),
+                hint="retry after Retry-After seconds; the operator sets GEODE_SERVE_MAX_IN_FLIGHT",
+            ) from None
+
+    def inputs_of(self, hosted: _Hosted, body: BaseModel, session_key: str | None) -> dict[str, Any]:
         inputs = {name: getattr(body, name) for name in hosted.interface.input_names}
         inputs = {k: v for k, v in inputs.items() if v is not None or k in body.model_fields_set}
         if hosted.interface.history_field is not None:
-            turns = self.sessions.turns(session_id) if session_id else ()
+            turns = self.sessions.turns(session_key) if session_key else ()
             inputs[hosted.interface.history_field] = dspy.History(messages=[t.message() for t in turns])
         return inputs
 
@@ -433,6 +470,9 @@ class _Server:
                 # The runtime's LM, adapter and callbacks, with its spans routed to its provider, and
                 # this request's own overrides. LM history stays off so memory stays flat.
                 self.runtime.batch(disable_history=True, **call.lm_overrides),
+                # First of the callbacks: an abandoned run's next LM call stops before any span opens.
+                dspy.context(callbacks=[self.guard, *dspy.settings.callbacks]),
+                abandonment(call.abandoned),
                 run_deadline(time.monotonic() + timeout),
                 translate_program_errors(call.hosted.name),
             ):
@@ -440,10 +480,14 @@ class _Server:
                     async with asyncio.timeout(timeout):
                         prediction = await self._run(call, stream)
                 except TimeoutError as err:
+                    # A sync program's thread runs on; it makes no further LM call.
+                    call.abandoned.set()
                     raise DeadlineExceededError(
                         f"{call.hosted.name!r} did not answer within {timeout:g} s",
                         hint="retry later, shorten the input, or raise GEODE_SERVE_REQUEST_TIMEOUT_S",
                     ) from err
+        except RunAbandoned as err:  # the run outlived its request (it never should reach here)
+            raise DeadlineExceededError(f"{call.hosted.name!r} was abandoned at its deadline") from err
         finally:
             otel_context.detach(token)
         prompt, completion, cost = _usage_of(prediction)
@@ -493,7 +537,7 @@ class _Server:
         if call.span is None or call.trace_id is None:
             return
         span_id = format(call.span.get_span_context().span_id, "016x")
-        self.recent[call.trace_id] = _RecentRun(span_id, call.hosted.name, call.version)
+        self.recent[call.trace_id] = _RecentRun(span_id, call.hosted.name, call.version, call.caller)
         while len(self.recent) > self.settings.max_recent_runs:
             self.recent.popitem(last=False)
 
@@ -510,7 +554,7 @@ class _Server:
             completion_tokens=completion,
             cost_usd=outcome.cost_usd if outcome else None,
         )
-        if call.role != "shadow":
+        if not call.background:  # a request naming the shadow version pays like any other
             self.quotas.charge(call.caller, prompt + completion)
 
     def headers(self, call: _Call) -> dict[str, str]:
@@ -555,6 +599,12 @@ class _Server:
         overrides: dict[str, Any] = {}
         if options is not None:
             changes = options.model_dump(exclude_none=True)
+            cap = self.runtime.settings.lm.max_tokens
+            if changes.get("max_tokens", 0) > cap:
+                raise InputError(
+                    f"options.max_tokens may be at most {cap} here",
+                    hint="the operator's limit is GEODE_LM_MAX_TOKENS",
+                )
             if changes:
                 overrides["lm"] = self.runtime.lm.copy(**changes)
         call = _Call(
@@ -562,7 +612,7 @@ class _Server:
             module=module,
             version=version,
             role=role,
-            inputs=self.inputs_of(hosted, body, session_id),
+            inputs=self.inputs_of(hosted, body, self.session_key(caller, session_id) if session_id else None),
             session_id=session_id,
             user_id=getattr(body, "user_id", None),
             request_id=request_id,
@@ -582,7 +632,7 @@ class _Server:
             }
             self.sessions.append(
                 # The version the response named ("base" for the program as defined in code).
-                call.session_id,
+                self.session_key(call.caller, call.session_id),
                 Turn(visible, outcome.outputs, trace_id=call.trace_id, version=call.version or "base"),
             )
         candidate = call.hosted.candidate
@@ -609,6 +659,7 @@ class _Server:
             request_id=primary.request_id,
             caller=primary.caller,
             lm_overrides=dict(primary.lm_overrides),
+            background=True,
         )
 
         async def run() -> None:
@@ -635,10 +686,17 @@ class _Server:
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
-    async def feedback(self, body: FeedbackIn) -> FeedbackOut:
+    async def feedback(self, body: FeedbackIn, caller: str) -> FeedbackOut:
+        known = self.recent.get(body.trace_id)
+        if known is None or known.caller != caller:
+            # Feedback feeds mining and promotion: only the caller a run was served to may score it.
+            raise NotFoundError(
+                f"no run with trace id {body.trace_id} was served to this API key",
+                hint="send the X-Trace-Id of a run this key made, while this server remembers it "
+                "(GEODE_SERVE_MAX_RECENT_RUNS)",
+            )
         if self.gate is not None:
             self.gate.keep(body.trace_id)
-        known = self.recent.get(body.trace_id)
         record = FeedbackRecord(
             trace_id=body.trace_id,
             name=body.name,
@@ -965,14 +1023,14 @@ def _add_operation_routes(app: FastAPI, server: _Server, caller: Callable[..., A
     @app.post(
         "/feedback", tags=["feedback"], response_model=FeedbackOut, status_code=202, openapi_extra=_SECURED
     )
-    async def feedback(body: FeedbackIn, _: str = Depends(caller)) -> FeedbackOut:
-        """Record a score or label on a served run (a Phoenix annotation on its root span)."""
-        return await server.feedback(body)
+    async def feedback(body: FeedbackIn, who: str = Depends(caller)) -> FeedbackOut:
+        """Record a score or label on a run served to this API key (a Phoenix annotation on its root span)."""
+        return await server.feedback(body, who)
 
     @app.get("/sessions/{session_id}", tags=["sessions"], openapi_extra=_SECURED)
-    async def get_session(session_id: str, _: str = Depends(caller)) -> dict[str, Any]:
-        """A session's turns, oldest first."""
-        turns = server.sessions.turns(session_id)
+    async def get_session(session_id: str, who: str = Depends(caller)) -> dict[str, Any]:
+        """One of this API key's sessions: its turns, oldest first."""
+        turns = server.sessions.turns(server.session_key(who, session_id))
         return {
             "session_id": session_id,
             "turns": [
@@ -987,9 +1045,9 @@ def _add_operation_routes(app: FastAPI, server: _Server, caller: Callable[..., A
         }
 
     @app.delete("/sessions/{session_id}", tags=["sessions"], status_code=204, openapi_extra=_SECURED)
-    async def delete_session(session_id: str, _: str = Depends(caller)) -> Response:
-        """Forget a session."""
-        server.sessions.delete(session_id)
+    async def delete_session(session_id: str, who: str = Depends(caller)) -> Response:
+        """Forget one of this API key's sessions."""
+        server.sessions.delete(server.session_key(who, session_id))
         return Response(status_code=204)
 
 
@@ -1007,15 +1065,19 @@ def _add_program_routes(app: FastAPI, server: _Server, hosted: _Hosted, caller: 
     }
 
     async def run_json(request: Request, body: BaseModel, who: str) -> Response:
-        call = server.begin(hosted, body, who, request)
-        outcome: _Outcome | None = None
+        await server.admit()
         try:
-            outcome = await server.execute(call)
-        except Exception as err:
-            server.finish_span(call, None, err)
-            code, _ = describe(err)
-            server.account(call, None, status_for(code), code)
-            return server.error_response(call, err)
+            call = server.begin(hosted, body, who, request)
+            outcome: _Outcome | None = None
+            try:
+                outcome = await server.execute(call)
+            except Exception as err:
+                server.finish_span(call, None, err)
+                code, _ = describe(err)
+                server.account(call, None, status_for(code), code)
+                return server.error_response(call, err)
+        finally:
+            server.run_slots.release()
         server.finish_span(call, outcome, None)
         server.account(call, outcome, 200, None)
         server.after_success(call, outcome)
@@ -1035,7 +1097,12 @@ def _add_program_routes(app: FastAPI, server: _Server, hosted: _Hosted, caller: 
         return JSONResponse(payload, headers=server.headers(call))
 
     async def run_stream(request: Request, body: BaseModel, who: str) -> Response:
-        call = server.begin(hosted, body, who, request)
+        await server.admit()  # released when the run ends (in produce), not when the response starts
+        try:
+            call = server.begin(hosted, body, who, request)
+        except BaseException:
+            server.run_slots.release()
+            raise
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
 
         async def emit(item: Any) -> None:
@@ -1081,6 +1148,7 @@ def _add_program_routes(app: FastAPI, server: _Server, hosted: _Hosted, caller: 
                     )
                 )
             finally:
+                server.run_slots.release()
                 with contextlib.suppress(asyncio.QueueFull):
                     queue.put_nowait(None)
 

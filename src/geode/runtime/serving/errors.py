@@ -23,6 +23,8 @@ __all__ = [
     "DeadlineExceededError",
     "LMRateLimitedError",
     "LMTimeoutGeodeError",
+    "NotFoundError",
+    "OverloadedError",
     "PayloadTooLargeError",
     "RateLimitedError",
     "ServiceUnavailableError",
@@ -69,6 +71,22 @@ class ServiceUnavailableError(GeodeError):
     code = "unavailable"
 
 
+class NotFoundError(GeodeError):
+    """The thing asked for does not exist for this caller (another caller's is not shown either)."""
+
+    code = "not_found"
+
+
+class OverloadedError(ServiceUnavailableError):
+    """Every run slot stayed busy for the whole queue wait (``GEODE_SERVE_QUEUE_TIMEOUT_S``)."""
+
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: float, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after_s = retry_after_s
+
+
 class LMRateLimitedError(LMError):
     """The LM provider kept answering 429 after the configured retries."""
 
@@ -92,6 +110,7 @@ STATUS_BY_CODE: Final[Mapping[str, int]] = {
     "rate_limited": 429,
     "deadline_exceeded": 504,
     "unavailable": 503,
+    "overloaded": 503,
     "not_found": 404,
     "program_not_found": 404,
     "version_error": 404,

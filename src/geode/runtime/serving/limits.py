@@ -1,8 +1,8 @@
 """Request size and shape limits, enforced before a body is parsed (uvicorn has no body-size flag).
 
 :class:`BodyLimitMiddleware` refuses a body larger than the limit with 413 (from ``Content-Length``
-when it is sent, else while reading a chunked body) and a JSON body nested deeper than the limit with
-422, so neither the JSON parser nor the program ever sees it.
+when it is sent, else while reading a chunked body) and a body nested deeper than the limit with 422
+(whatever its ``Content-Type``), so neither the JSON parser nor the program ever sees it.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def json_depth_exceeds(body: bytes, limit: int) -> bool:
 
 
 class BodyLimitMiddleware:
-    """ASGI middleware: cap the body size of every request and the JSON depth of JSON bodies.
+    """ASGI middleware: cap the body size and the JSON nesting depth of every request body.
 
     Args:
         app: The wrapped application.
@@ -102,8 +102,9 @@ class BodyLimitMiddleware:
             chunks.append(chunk)
             more = bool(message.get("more_body", False))
         body = b"".join(chunks)
-        content_type = headers.get(b"content-type", b"")
-        if b"json" in content_type and json_depth_exceeds(body, self.max_json_depth):
+        # Every body, whatever its Content-Type says: FastAPI parses a body sent without one (or
+        # with another) as JSON all the same, so the header is no reason to skip the check.
+        if json_depth_exceeds(body, self.max_json_depth):
             await _reject(
                 send,
                 422,

@@ -98,6 +98,11 @@ class ServerMetrics:
             ["program", "version", "sink"],
             registry=self.registry,
         )
+        self._shed = Counter(
+            "geode_requests_shed",
+            "Requests refused with 503 because no run slot freed up within the queue wait",
+            registry=self.registry,
+        )
         if dropped_spans is not None:
             self.registry.register(_DropCollector(dropped_spans))
         self._series: dict[tuple[str, str, int], _Series] = {}
@@ -171,6 +176,10 @@ class ServerMetrics:
     def shadow(self, program: str, outcome: str) -> None:
         """A shadow run ended: ``ok``, ``error`` or ``skipped`` (too many in flight)."""
         self._shadow.labels(program, outcome).inc()
+
+    def shed(self) -> None:
+        """A request was refused because every run slot stayed busy (load shedding)."""
+        self._shed.inc()
 
     def feedback(self, program: str, version: str | None, sink: str) -> None:
         """A feedback record was stored in ``sink`` (``phoenix`` or ``local``)."""
