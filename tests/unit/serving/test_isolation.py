@@ -97,9 +97,11 @@ def test_per_request_max_tokens_is_capped_by_the_operator(make_client: AppFactor
 
 def test_the_default_rate_limit_refuses_a_burst_past_600_per_key(make_client: AppFactory) -> None:
     client, _ = make_client()
+    started = time.monotonic()
     statuses = [client.get("/programs").status_code for _ in range(700)]
-    # 600 at once, plus what the bucket refills meanwhile (10 a second).
-    assert statuses[:600] == [200] * 600 and 429 in statuses and statuses.count(200) < 650
+    refilled = (time.monotonic() - started) * 10  # the bucket refills 600 a minute meanwhile
+    assert statuses[:600] == [200] * 600 and 429 in statuses
+    assert statuses.count(200) <= 600 + refilled + 1
 
 
 @pytest.mark.parametrize("content_type", [None, "text/plain", "application/octet-stream"])
