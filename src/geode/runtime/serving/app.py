@@ -416,6 +416,18 @@ class _Server:
                 hint="retry after Retry-After seconds; the operator sets GEODE_SERVE_MAX_IN_FLIGHT",
             ) from None
 
+    async def admit_and_begin(self, hosted: _Hosted, body: BaseModel, caller: str, request: Request) -> _Call:
+        """:meth:`admit`, then :meth:`begin`; the slot is given back if the call cannot begin.
+
+        The caller releases the slot (``run_slots``) when the run ends.
+        """
+        await self.admit()
+        try:
+            return self.begin(hosted, body, caller, request)
+        except BaseException:
+            self.run_slots.release()
+            raise
+
     def inputs_of(self, hosted: _Hosted, body: BaseModel, session_key: str | None) -> dict[str, Any]:
         inputs = {name: getattr(body, name) for name in hosted.interface.input_names}
         inputs = {k: v for k, v in inputs.items() if v is not None or k in body.model_fields_set}
@@ -1065,9 +1077,8 @@ def _add_program_routes(app: FastAPI, server: _Server, hosted: _Hosted, caller: 
     }
 
     async def run_json(request: Request, body: BaseModel, who: str) -> Response:
-        await server.admit()
+        call = await server.admit_and_begin(hosted, body, who, request)
         try:
-            call = server.begin(hosted, body, who, request)
             outcome: _Outcome | None = None
             try:
                 outcome = await server.execute(call)
@@ -1097,12 +1108,8 @@ def _add_program_routes(app: FastAPI, server: _Server, hosted: _Hosted, caller: 
         return JSONResponse(payload, headers=server.headers(call))
 
     async def run_stream(request: Request, body: BaseModel, who: str) -> Response:
-        await server.admit()  # released when the run ends (in produce), not when the response starts
-        try:
-            call = server.begin(hosted, body, who, request)
-        except BaseException:
-            server.run_slots.release()
-            raise
+        # The slot is released when the run ends (in produce), not when the response starts.
+        call = await server.admit_and_begin(hosted, body, who, request)
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=64)
 
         async def emit(item: Any) -> None:
