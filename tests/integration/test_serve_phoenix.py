@@ -43,6 +43,8 @@ def test_feedback_lands_as_an_annotation_on_the_served_run(
         body = client.post(
             "/programs/qa", json={"question": "Capital of France?", "session_id": "s-1"}
         ).json()
+        pipeline = rt.export_pipeline
+        assert pipeline is not None and pipeline.force_flush()  # the run's spans are on their way to Phoenix
         feedback = client.post(
             "/feedback", json={"trace_id": body["trace_id"], "score": 1, "label": "correct"}
         )
@@ -51,7 +53,7 @@ def test_feedback_lands_as_an_annotation_on_the_served_run(
         # Delivered at once, or queued and re-sent by the outbox: never only local.
         assert sorted([*answer["delivered"], *answer["pending"]]) == ["local", "phoenix"], answer
         assert rt.feedback_outbox.wait(timeout_s=60), rt.feedback_outbox.last_error
-        rt.close()  # flushes the spans to Phoenix (bounded by the export deadline)
+        rt.close()
 
     source = PhoenixTraceSource(phoenix.url, project)
     waited = source.wait_for([body["trace_id"]], timeout_s=120)
