@@ -374,7 +374,9 @@ class Runtime:
             name: The annotation's name in Phoenix.
             annotator_kind: ``HUMAN``, ``LLM`` (a judge) or ``CODE`` (a check).
             program: The run's program, needed only with per-program Phoenix projects.
-            wait_s: Wait up to this long for Phoenix to store it (default: return at once).
+            wait_s: Wait up to this long for Phoenix to store it (default: return at once). Waiting first
+                sends this runtime's queued spans; it still ends early while Phoenix has not ingested the
+                run (the record stays queued and is re-sent).
 
         Raises:
             InputError: No score, label or comment, or ``run`` is not a traced run.
@@ -396,6 +398,11 @@ class Runtime:
             annotator_kind=annotator_kind,
             program=program,
         )
+        pipeline = self._tracing.pipeline
+        if wait_s > 0 and pipeline is not None:
+            # The run's spans may still sit in this runtime's export queue; Phoenix can only attach the
+            # annotation once it has them, so a caller who waits gets them sent first.
+            pipeline.force_flush(timeout_s=wait_s)
         return self.feedback_outbox.submit(record, timeout_s=wait_s)
 
     @property
