@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 GEODE := $(VENV)/bin/geode
 STAMP := $(VENV)/.geode-installed
 
-$(STAMP): pyproject.toml scripts/install.sh
+$(STAMP): pyproject.toml requirements.lock scripts/install.sh
 	./scripts/install.sh
 
 .PHONY: install
@@ -60,6 +60,10 @@ docs: $(STAMP) ## Build the docs with strict link checking
 .PHONY: doc-images
 doc-images: $(STAMP) ## Retake docs/img/phoenix-trace.png (needs Chromium: GEODE_INSTALL_CHROMIUM=1 make install)
 	GEODE_REFRESH_DOC_IMAGES=1 GEODE_REQUIRE=browser $(PY) -m pytest -m browser tests/integration/test_phoenix_ui.py
+
+.PHONY: lock
+lock: $(STAMP) ## Re-resolve pyproject's dependencies (every extra) into requirements.lock, with pip
+	./scripts/lock.sh
 
 .PHONY: reference
 reference: $(STAMP) ## Regenerate the CLI and settings reference pages and deploy/env.example

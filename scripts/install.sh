@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up Geode in ./.venv with every extra: the embedded LM (llama.cpp, built portably), local
 # embeddings (CPU torch), the Phoenix server, serving and the dev tools. Idempotent and offline-safe
-# after the first run (pip caches the llama.cpp wheel it builds).
+# after the first run (pip caches the llama.cpp wheel it builds). Every version comes from
+# requirements.lock (a pip constraints file, `make lock` regenerates it), so a fresh clone installs what
+# CI tested.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,21 +16,23 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q --upgrade pip
+LOCK=(-c requirements.lock)
+"${PIP[@]}" install -q "${LOCK[@]}" --upgrade pip
 
 # CPU-only torch first: an unpinned torch resolves to a multi-GB CUDA build. Elsewhere, use the
 # CPU-only wheel index that PyTorch documents (PIP_INDEX_URL / PIP_EXTRA_INDEX_URL).
-"${PIP[@]}" install -q "torch==2.13.0"
+"${PIP[@]}" install -q "${LOCK[@]}" "torch==2.13.0"
 
 # llama.cpp with runtime-portable CPU flags: a native build picks up instructions (AVX-512/AMX) that
 # crash with "Illegal instruction" on other CPUs of the same family.
-if ! "$VENV/bin/python" -c 'import llama_cpp' 2>/dev/null; then
+llama_pin="$(grep -E '^llama-cpp-python==' requirements.lock)"
+if ! "$VENV/bin/python" -m pip show llama-cpp-python 2>/dev/null | grep -qx "Version: ${llama_pin#*==}"; then
   echo "building llama-cpp-python (about 9 minutes on 2 cores the first time; cached afterwards)..."
   CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}" \
-    "${PIP[@]}" install -q "llama-cpp-python>=0.3.30,<0.4"
+    "${PIP[@]}" install -q "${LOCK[@]}" "$llama_pin"
 fi
 
-"${PIP[@]}" install -q -e ".[all,dev]"
+"${PIP[@]}" install -q "${LOCK[@]}" -e ".[all,dev]"
 touch "$VENV/.geode-installed"
 echo "geode installed in $VENV"
 
