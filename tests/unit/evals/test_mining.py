@@ -308,22 +308,21 @@ def test_waiting_for_given_trace_ids(tmp_path: Path) -> None:
     assert seen[-1] == MiningProgress(traces=2, spans=seen[-1].spans, records=2, expected=3)
 
 
-def test_agent_runs_give_per_step_examples() -> None:
-    def calculate(expression: str) -> str:
-        """Evaluate an arithmetic expression."""
-        return str(eval(expression, {"__builtins__": {}}))  # the test's own tool
+def calculate(expression: str) -> str:
+    """Evaluate an arithmetic expression."""
+    return str(eval(expression, {"__builtins__": {}}))  # the tests' own tool
 
-    lm = ScriptedLM(
-        [
-            {
-                "next_thought": "compute",
-                "next_tool_name": "calculate",
-                "next_tool_args": {"expression": "6*7"},
-            },
-            {"next_thought": "done", "next_tool_name": "finish", "next_tool_args": {}},
-            {"reasoning": "6*7=42", "answer": "42"},
-        ]
-    )
+
+_CALCULATE_42 = [
+    {"next_thought": "compute", "next_tool_name": "calculate", "next_tool_args": {"expression": "6*7"}},
+    {"next_thought": "done", "next_tool_name": "finish", "next_tool_args": {}},
+    {"reasoning": "6*7=42", "answer": "42"},
+]
+"""An agent's script: one calculator step, finish, then the extracted answer."""
+
+
+def test_agent_runs_give_per_step_examples() -> None:
+    lm = ScriptedLM(_CALCULATE_42)
     provider, exporter = in_memory_tracing()
     rt = geode.Runtime(lm=lm, tracer_provider=provider)
     rt.run(dspy.ReAct(Ask, tools=[calculate]), question="What is 6*7?")
@@ -338,21 +337,7 @@ def test_agent_runs_give_per_step_examples() -> None:
 def test_a_geode_agent_is_mined_with_its_signature_outputs_only() -> None:
     # geode.Agent's prediction also carries its step records and termination (with per-step
     # latencies): as expected outputs they made an identical answer score 14% on re-evaluation.
-    def calculate(expression: str) -> str:
-        """Evaluate an arithmetic expression."""
-        return str(eval(expression, {"__builtins__": {}}))  # the test's own tool
-
-    lm = ScriptedLM(
-        [
-            {
-                "next_thought": "compute",
-                "next_tool_name": "calculate",
-                "next_tool_args": {"expression": "6*7"},
-            },
-            {"next_thought": "done", "next_tool_name": "finish", "next_tool_args": {}},
-            {"reasoning": "6*7=42", "answer": "42"},
-        ]
-    )
+    lm = ScriptedLM(_CALCULATE_42)
     provider, exporter = in_memory_tracing()
     rt = geode.Runtime(lm=lm, tracer_provider=provider)
     agent = geode.Agent(Ask, tools=[calculate], name="calc")
