@@ -2,20 +2,29 @@
 
 A program is recorded under one name (see :func:`geode.runtime.programs.resolve`), with the reference it
 was run by and its class name as aliases. ``trace show --program``, ``mine``, ``crystallize`` and
-``compare-versions`` accept any of them: a reference that imports is turned into the program's name
-first, so ``app.py:agent`` finds the runs of ``Agent(name="helper")`` however they were started.
+``compare-versions`` accept any of them, from any trace source (Phoenix included): a reference that
+imports is turned into the program's name first, so ``app.py:agent`` finds the runs of
+``Agent(name="helper")`` however they were started; an alias two programs share is refused, naming both.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from geode.errors import ConfigError, GeodeError
 from geode.runtime.programs import resolve
 from geode.traces.records import TraceRecord
-from geode.traces.sources import TraceFilter, TraceSource
+from geode.traces.sources import TraceFilter, TraceSource, programs_with_runs
 
-__all__ = ["known_programs", "names_of", "no_runs_hint", "one_program", "program_name"]
+__all__ = [
+    "known_programs",
+    "names_of",
+    "no_runs_hint",
+    "one_program",
+    "program_name",
+    "require_one_program",
+]
 
 _LOOKED_AT = 200
 """Recent traces read to list the programs a source has runs of."""
@@ -37,15 +46,9 @@ def program_name(ref: str) -> str:
 def known_programs(reader: TraceSource, limit: int = _LOOKED_AT) -> list[str]:
     """Program names (with aliases in brackets) of the source's recent runs, most recent first."""
     try:
-        traces = list(reader.traces(TraceFilter(limit=limit)))
+        return [str(p) for p in programs_with_runs(reader, TraceFilter(limit=limit))]
     except GeodeError:
         return []
-    seen: dict[str, tuple[str, ...]] = {}
-    for trace in traces:
-        names = trace.program_names
-        if names and names[0] not in seen:
-            seen[names[0]] = names[1:]
-    return [f"{name} (also {', '.join(aliases)})" if aliases else name for name, aliases in seen.items()]
 
 
 def no_runs_hint(reader: TraceSource) -> str:
@@ -57,6 +60,19 @@ def no_runs_hint(reader: TraceSource) -> str:
     return f"programs with runs there: {shown}"
 
 
+def require_one_program(reader: TraceSource, asked: str, within: TraceFilter | None = None) -> None:
+    """Refuse ``asked`` when it is an alias of two or more programs with runs in ``reader``.
+
+    Reads only which programs the runs belong to (root spans, on Phoenix), over the runs ``within``
+    selects (its program is replaced by ``asked``) or else the newest :data:`_LOOKED_AT` runs.
+
+    Raises:
+        ConfigError: ``asked`` names runs of several programs (the message lists them).
+    """
+    window = replace(within or TraceFilter(limit=_LOOKED_AT), program=asked)
+    _refuse_several(asked, [p.name for p in programs_with_runs(reader, window)])
+
+
 def one_program(traces: Iterable[TraceRecord], asked: str) -> list[TraceRecord]:
     """The traces, refusing when ``asked`` is an alias shared by runs of two or more programs.
 
@@ -64,20 +80,18 @@ def one_program(traces: Iterable[TraceRecord], asked: str) -> list[TraceRecord]:
         ConfigError: The runs found belong to several programs (the message lists them).
     """
     found = list(traces)
-    names: dict[str, None] = {}
-    for trace in found:
-        program = trace.program_names
-        if program:
-            names.setdefault(program[0])
-    if len(names) > 1:
-        listed = ", ".join(sorted(names))
-        raise ConfigError(
-            f"{asked!r} names runs of {len(names)} programs: {listed}",
-            hint="use one of these names",
-        )
+    _refuse_several(asked, names_of(found))
     return found
 
 
 def names_of(traces: Sequence[TraceRecord]) -> list[str]:
     """Distinct program names of ``traces``, in order."""
     return list(dict.fromkeys(t.program_names[0] for t in traces if t.program_names))
+
+
+def _refuse_several(asked: str, names: Sequence[str]) -> None:
+    if len(set(names)) > 1:
+        listed = ", ".join(sorted(set(names)))
+        raise ConfigError(
+            f"{asked!r} names runs of {len(set(names))} programs: {listed}", hint="use one of these names"
+        )

@@ -20,6 +20,7 @@ from rich.table import Table
 
 from geode.cli._common import make_settings
 from geode.cli._console import make_console
+from geode.cli._tables import print_table
 from geode.cli.search import parse_pairs
 from geode.errors import InputError
 from geode.retrieval import Chunker, Ingestor, IngestReport
@@ -48,7 +49,7 @@ def _summary(report: IngestReport, console: Console) -> None:
         table.add_row("stale chunks deleted", str(report.deleted))
     table.add_row("seconds (total)", f"{report.seconds:.1f}")
     table.add_row("chunks / second (embedding + writing)", f"{report.chunks_per_second:.1f}")
-    console.print(table)
+    print_table(console, table)
 
 
 def ingest(

@@ -22,7 +22,7 @@ from rich.table import Table
 from geode.cli._common import make_settings
 from geode.cli._console import make_console
 from geode.cli._learning import phoenix_url
-from geode.cli._names import no_runs_hint, program_name
+from geode.cli._names import no_runs_hint, program_name, require_one_program
 from geode.cli._tables import print_table
 from geode.cli.compare_versions import parse_since
 from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
@@ -31,7 +31,14 @@ from geode.evals.dataset import HealthReport
 from geode.evals.mining import MiningProgress, MiningResult, OutputPolicy, mine, upload_to_phoenix
 from geode.runtime.feedback import feedback_annotations
 from geode.runtime.settings import Settings
-from geode.traces.sources import PhoenixTraceSource, TraceSource, normalize_trace_id, phoenix_base_url
+from geode.traces.sources import (
+    PhoenixTraceSource,
+    TraceFilter,
+    TraceSource,
+    normalize_trace_id,
+    phoenix_base_url,
+    programs_with_runs,
+)
 
 __all__ = ["health_table", "parse_where", "register"]
 
@@ -185,13 +192,16 @@ def mine_command(
     def on_progress(p: MiningProgress) -> None:
         progress.update(task, completed=p.traces, total=p.expected, spans=p.spans, records=p.records)
 
+    name = program_name(program)
+    start = datetime.now(UTC) - parse_since(since) if since else None
     with open_source(settings, source, project) as reader, progress:
+        require_one_program(reader, name, TraceFilter(session_id=session, start=start))
         if ids:
             progress.update(task, description=f"waiting for {len(ids)} trace(s)")
         result = mine(
             reader,
-            program_name(program),
-            since=datetime.now(UTC) - parse_since(since) if since else None,
+            name,
+            since=start,
             session_id=session,
             where=parse_where(where),
             failures=failures,
@@ -247,10 +257,17 @@ def _phoenix_url(settings: Settings) -> str:
 def _explain_empty(result: MiningResult, reader: TraceSource, console: Console) -> None:
     """Say why nothing was mined; a run filter that matched nothing is not an error, a typo may be."""
     if result.traces_read == 0 and not result.skipped:
-        raise InputError(
-            f"no runs of {result.program!r} in {reader.description}",
-            hint=f"check the name, the project or --since; {no_runs_hint(reader)}",
+        if not programs_with_runs(reader, TraceFilter(program=result.program, limit=1)):
+            raise InputError(
+                f"no runs of {result.program!r} in {reader.description}",
+                hint=f"check the name, the project or --since; {no_runs_hint(reader)}",
+            )
+        # The program has runs; the filters (--failures, --since, --session) left none of them.
+        console.print(
+            f"[yellow]warning:[/yellow] {result.program!r} has runs there, but none matched the filters",
+            highlight=False,
         )
+        return
     console.print("[yellow]warning:[/yellow] no example passed; see the table for why", highlight=False)
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 from collections.abc import Mapping
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import dspy
@@ -101,29 +103,47 @@ def run(
         outputs = _outputs(prediction)
         trace_id = trace_id_of(prediction)
         pipeline = rt.export_pipeline
-        destination = None
-        if pipeline is not None:
-            destination = trace_link(pipeline.endpoint, trace_id) or (
-                str(pipeline.otlp_file) if pipeline.otlp_file else None
-            )
+        hint = _trace_hint(
+            trace_id, pipeline.endpoint if pipeline else None, pipeline.otlp_file if pipeline else None
+        )
     if as_json:
         document = {"program": program, "outputs": outputs, "trace_id": trace_id}
         typer.echo(json.dumps(document, ensure_ascii=False, indent=2))
         return
     # rich loads here, after the answer: at the top it would delay the model load of every run.
+    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
     from geode.cli._console import make_console
+    from geode.cli._tables import print_table
 
     table = Table(show_header=False, box=None, pad_edge=False)
     for key, value in outputs.items():
         table.add_row(f"[bold]{key}[/bold]", Text(_text_view(key, value)))
     console = make_console()
-    console.print(table)
-    if trace_id is not None:
-        where = f" → {destination}" if destination else ""
-        console.print(f"[dim]trace {trace_id}{where}  (geode trace show {trace_id})[/dim]")
+    print_table(console, table)
+    if hint is not None:
+        console.print(f"[dim]{escape(hint)}[/dim]")
+
+
+def _trace_hint(trace_id: str | None, endpoint: str | None, otlp_file: Path | None) -> str | None:
+    """Where the run's trace went and the command that shows it, or that it went nowhere.
+
+    The command must work as printed: ``geode trace show`` reads Phoenix unless given ``--source``, so a
+    trace kept only in the span file is shown from the file.
+    """
+    if trace_id is None:
+        return None
+    if endpoint:
+        return f"trace {trace_id} → {trace_link(endpoint, trace_id)}  (geode trace show {trace_id})"
+    if otlp_file is not None:
+        show = f"geode trace show {trace_id} --source {shlex.quote(str(otlp_file))}"
+        return f"trace {trace_id} → {otlp_file}  ({show})"
+    return (
+        f"trace {trace_id} was not recorded: no Phoenix is running and no span file is set "
+        "(start one with `geode phoenix`, or set GEODE_TRACING_OTLP_FILE)"
+    )
 
 
 def trace_link(endpoint: str | None, trace_id: str | None) -> str | None:

@@ -14,7 +14,8 @@ from rich.tree import Tree
 
 from geode.cli._common import make_settings
 from geode.cli._console import make_console
-from geode.cli._names import no_runs_hint, program_name
+from geode.cli._names import no_runs_hint, program_name, require_one_program
+from geode.cli._tables import print_table
 from geode.errors import InputError, TraceSourceError
 from geode.runtime.phoenix import local_phoenix_url
 from geode.runtime.settings import Settings
@@ -82,6 +83,10 @@ _SHORT_NAMES = {
 }
 
 
+_NAME_WIDTH = 200
+"""Longest key attribute shown inline; only values (arguments, outputs, messages) are cut shorter."""
+
+
 def _short(value: AttributeValue | None, width: int) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     text = " ".join(text.split())
@@ -125,7 +130,8 @@ def _label(span: SpanRecord, *, width: int) -> Text:
     for key in _KEY_ATTRIBUTES.get(span.kind, ()):
         value = span.get(key)
         if value is not None and value != "" and value is not False:
-            details.append(f"{_SHORT_NAMES.get(key, key)}={_short(value, 40)}")
+            # Key attributes are names (program, model, predictor) a user looks up or copies: whole.
+            details.append(f"{_SHORT_NAMES.get(key, key)}={_short(value, _NAME_WIDTH)}")
     if span.kind == "TOOL" and span.input_value:
         details.append(f"args={_short(span.input_value, width)}")
     if span.kind == "TOOL" and span.output_value and span.status != "ERROR":
@@ -282,6 +288,8 @@ def show(
     with open_source(settings, source, project) as reader:
         if last:
             wanted = program_name(program) if program else None
+            if wanted is not None:
+                require_one_program(reader, wanted)
             trace = latest_trace(reader, TraceFilter(program=wanted))
             if trace is None:
                 scope = f" of program {wanted!r}" if wanted else ""
@@ -298,7 +306,7 @@ def show(
         typer.echo(json.dumps([_span_json(s) for s, _ in trace.walk()], ensure_ascii=False, indent=2))
         return
     console = make_console()
-    console.print(render_trace(trace, attributes=attributes))
+    print_table(console, render_trace(trace, attributes=attributes))
     console.print(Text(f"from {reader.description}", style="dim"))
 
 

@@ -125,3 +125,24 @@ def test_mine_user_errors_are_one_line(
             main(argv)
         assert exc.value.code == 2, argv
         assert message in capsys.readouterr().err, argv
+
+
+def test_mine_filters_that_match_no_run_are_a_warning_not_no_runs(
+    tmp_path: Path, geode_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    name = f"fine-{uuid.uuid4().hex[:8]}"
+    register_program(name, TicketTriage)
+    spans = tmp_path / "spans.jsonl"
+    settings = Settings(
+        home=geode_home,
+        tracing=TracingSettings(otlp_file=spans),
+        phoenix=PhoenixSettings(port=find_free_port()),
+    )
+    with geode.Runtime(settings, lm=ScriptedLM(triage_answers)) as rt:
+        rt.run(name, ticket="I was charged twice")
+    out = tmp_path / "failures.jsonl"
+    # The program has runs, none failed: an empty dataset and a warning, not "no runs of <name>".
+    main(["mine", name, "--source", str(spans), "--out", str(out), "--failures"])
+    printed = capsys.readouterr()
+    assert "has runs there, but none matched the filters" in " ".join(printed.err.split())
+    assert len(load_dataset(out)) == 0

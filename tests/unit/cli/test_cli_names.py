@@ -107,3 +107,17 @@ def test_an_alias_of_two_programs_is_an_error_naming_both(
     argv = ["crystallize", f"{app}:agent", "--source", str(spans), "--program-name", "Agent"]
     with pytest.raises(ConfigError, match="'Agent' names runs of 2 programs: other-agent, trial-agent"):
         main(["--debug", *argv, "--out", str(tmp_path / "w.json")])
+
+
+def test_trace_show_and_mine_refuse_an_alias_of_two_programs(
+    recorded: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, spans = recorded
+    out = tmp_path / "mined.jsonl"
+    for argv in (
+        ["trace", "show", "--last", "--program", "Agent", "--source", str(spans)],
+        ["mine", "Agent", "--source", str(spans), "--out", str(out)],
+    ):
+        with pytest.raises(ConfigError, match="'Agent' names runs of 2 programs: other-agent, trial-agent"):
+            main(["--debug", *argv])
+    assert not out.exists()

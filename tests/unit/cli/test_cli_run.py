@@ -103,7 +103,10 @@ def test_run_prints_the_trace_id_and_where_the_spans_went(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["answer", "Paris"]
     # The whole hint on one line, exactly: a user copies the command (and the path) from it.
-    hint = re.compile(rf"trace ([0-9a-f]{{32}}) → {re.escape(spans_file)}  \(geode trace show \1\)")
+    # The command shown reads the file the trace is in (trace show reads Phoenix unless told otherwise).
+    hint = re.compile(
+        rf"trace ([0-9a-f]{{32}}) → {re.escape(spans_file)}  \(geode trace show \1 --source {re.escape(spans_file)}\)"
+    )
     assert [line for line in lines if hint.fullmatch(line)] == lines[1:], lines
 
 
@@ -163,3 +166,22 @@ def test_the_printed_phoenix_link_opens_the_trace(
     assert trace_id is not None
     # Phoenix's /redirects/traces/<id> opens the trace in its project (not the home page).
     assert f"{collector}/redirects/traces/{trace_id.group(1)}" in out.replace(" ", "")
+
+
+def test_the_trace_hint_is_a_command_that_works_where_the_trace_went() -> None:
+    from pathlib import Path
+
+    from geode.cli.run import _trace_hint
+
+    tid = "0123456789abcdef0123456789abcdef"
+    assert _trace_hint(tid, "http://127.0.0.1:6006/v1/traces", Path("/x/spans.jsonl")) == (
+        f"trace {tid} → http://127.0.0.1:6006/redirects/traces/{tid}  (geode trace show {tid})"
+    )
+    # Only in a file: the command reads that file (quoted for the shell when it needs to be).
+    assert _trace_hint(tid, None, Path("/my traces/spans.jsonl")) == (
+        f"trace {tid} → /my traces/spans.jsonl  (geode trace show {tid} --source '/my traces/spans.jsonl')"
+    )
+    # Nowhere: no command that would fail, but what to do to keep traces.
+    nowhere = _trace_hint(tid, None, None)
+    assert nowhere is not None and "was not recorded" in nowhere and "trace show" not in nowhere
+    assert _trace_hint(None, None, None) is None

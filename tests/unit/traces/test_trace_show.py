@@ -108,6 +108,25 @@ def test_cli_shows_last_and_by_id_from_a_file(
     assert spans[2]["attributes"]["llm.token_count.prompt"] == 100
 
 
+def test_cli_tree_is_never_cut_off_a_terminal(
+    builder: SpanTreeBuilder,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Off a terminal rich lays out at 80 columns unless told; a tree must not be cut mid-name there.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    program = "a.rather.long.package.name.for_the_program:" + "program_" * 8
+    trace_id = builder.emit(agent_run_tree(program=program))
+    path = tmp_path / "spans.jsonl"
+    _write(builder, path)
+    assert _run(["trace", "show", "--last", "--source", str(path)]) == 0
+    out = capsys.readouterr().out
+    header = out.splitlines()[0]
+    assert f"trace {trace_id}  program {program} · " in header and header.endswith("tokens"), header
+    assert "…" not in out
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

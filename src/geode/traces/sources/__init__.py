@@ -8,7 +8,15 @@ Code that reads right after a run should call :meth:`TraceSource.wait_for` with 
 expects and a deadline: Phoenix ingests asynchronously and can lag by many seconds.
 """
 
-from geode.traces.sources.base import TraceFilter, TraceSource, TraceWait, latest_trace, normalize_trace_id
+from geode.traces.sources.base import (
+    ProgramRuns,
+    TraceFilter,
+    TraceSource,
+    TraceWait,
+    latest_trace,
+    normalize_trace_id,
+    programs_with_runs,
+)
 from geode.traces.sources.memory import InMemoryTraceSource
 from geode.traces.sources.otlp_file import OtlpFileTraceSource, iter_otlp_spans
 from geode.traces.sources.phoenix import PhoenixTraceSource, phoenix_base_url
@@ -17,6 +25,7 @@ __all__ = [
     "InMemoryTraceSource",
     "OtlpFileTraceSource",
     "PhoenixTraceSource",
+    "ProgramRuns",
     "TraceFilter",
     "TraceSource",
     "TraceWait",
@@ -24,4 +33,5 @@ __all__ = [
     "latest_trace",
     "normalize_trace_id",
     "phoenix_base_url",
+    "programs_with_runs",
 ]

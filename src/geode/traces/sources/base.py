@@ -12,7 +12,7 @@ from geode.errors import TraceSourceError
 from geode.traces.records import SpanStatus, TraceRecord
 from geode.traces.vocab import SpanAttributes
 
-__all__ = ["TraceFilter", "TraceSource", "TraceWait", "latest_trace"]
+__all__ = ["ProgramRuns", "TraceFilter", "TraceSource", "TraceWait", "latest_trace", "programs_with_runs"]
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,9 @@ class TraceFilter:
     """
 
     program: str | None = None
-    """The run's program: its ``geode.program.name`` or one of its ``geode.program.aliases`` (Phoenix
-    matches the name only)."""
+    """The run's program: its ``geode.program.name`` or one of its ``geode.program.aliases``. Every source
+    matches both; Phoenix cannot match a list attribute server-side, so it pages through root spans and
+    matches them here (see :class:`~geode.traces.sources.PhoenixTraceSource`)."""
     session_id: str | None = None
     """``session.id`` of the run."""
     status: SpanStatus | None = None
@@ -59,7 +60,7 @@ class TraceFilter:
 
     def matches(self, trace: TraceRecord) -> bool:
         """Whether a trace passes every condition except :attr:`where` (which only Phoenix evaluates)."""
-        if self.program is not None and self.program not in trace.program_names:
+        if not self.matches_program(trace.program_names):
             return False
         if self.session_id is not None and trace.attribute(SpanAttributes.SESSION_ID) != self.session_id:
             return False
@@ -68,6 +69,10 @@ class TraceFilter:
         if self.start is not None and trace.start_time < self.start:
             return False
         return not (self.end is not None and trace.start_time >= self.end)
+
+    def matches_program(self, names: tuple[str, ...]) -> bool:
+        """Whether a run with these program names (name first, then aliases) passes :attr:`program`."""
+        return self.program is None or self.program in names
 
     def require_no_where(self, source: str) -> None:
         """Raise if :attr:`where` is set: ``source`` cannot evaluate Phoenix query conditions."""
@@ -117,6 +122,14 @@ class TraceSource(Protocol):
         """
         ...
 
+    def run_programs(self, filter: TraceFilter | None = None) -> Iterator[tuple[str, ...]]:
+        """The program names (name first, then aliases) of each run matching ``filter``, newest first.
+
+        Cheaper than :meth:`traces` where a source can answer from root spans alone (Phoenix): used to
+        list the programs that have runs and to tell which programs an alias names.
+        """
+        ...
+
     def wait_for(
         self, trace_ids: Iterable[str], *, timeout_s: float = 60.0, poll_s: float = 0.25
     ) -> TraceWait:
@@ -134,6 +147,42 @@ def latest_trace(source: TraceSource, filter: TraceFilter | None = None) -> Trac
     """The newest trace matching ``filter`` in ``source``, or ``None`` if there is none."""
     narrowed = replace(filter or TraceFilter(), limit=1)
     return next(source.traces(narrowed), None)
+
+
+@dataclass(frozen=True)
+class ProgramRuns:
+    """A program that has runs in a source: its recorded name, every alias seen, how many runs were read."""
+
+    name: str
+    """``geode.program.name`` of its runs."""
+    aliases: tuple[str, ...]
+    """Every ``geode.program.aliases`` value seen on its runs, in first-seen order."""
+    runs: int
+    """Runs of it among those read."""
+
+    def __str__(self) -> str:
+        return f"{self.name} (also {', '.join(self.aliases)})" if self.aliases else self.name
+
+
+def programs_with_runs(source: TraceSource, filter: TraceFilter | None = None) -> list[ProgramRuns]:
+    """The programs with runs matching ``filter`` in ``source``, the most recently run first.
+
+    With ``filter.program`` set this says which programs that name or alias stands for: more than one
+    means the alias is ambiguous. ``filter.limit`` bounds the runs read.
+
+    Example:
+        >>> from geode.traces.sources import InMemoryTraceSource
+        >>> programs_with_runs(InMemoryTraceSource([]))
+        []
+    """
+    found: dict[str, tuple[list[str], int]] = {}
+    for names in source.run_programs(filter):
+        if not names:
+            continue
+        aliases, runs = found.get(names[0], ([], 0))
+        aliases.extend(a for a in names[1:] if a not in aliases)
+        found[names[0]] = (aliases, runs + 1)
+    return [ProgramRuns(name, tuple(aliases), runs) for name, (aliases, runs) in found.items()]
 
 
 def normalize_trace_id(trace_id: str) -> str:

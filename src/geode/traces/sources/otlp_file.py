@@ -109,6 +109,10 @@ class OtlpFileTraceSource:
                 count += 1
                 yield trace
 
+    def run_programs(self, filter: TraceFilter | None = None) -> Iterator[tuple[str, ...]]:
+        """The program names of each run matching ``filter``, newest first."""
+        return (trace.program_names for trace in self.traces(filter))
+
     def trace(self, trace_id: str) -> TraceRecord:
         """One trace by id.
 

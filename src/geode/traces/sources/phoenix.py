@@ -2,7 +2,9 @@
 
 Runs are found by their root spans, paged through newest first with Phoenix's cursor (its REST API,
 ``GET /v1/projects/{project}/spans``), so a large project streams in pages instead of loading at once;
-each page's traces are then fetched whole by trace id. ``where`` filters go through the client's
+each page's traces are then fetched whole by trace id. A program filter accepts the program's name or
+any of its aliases (``geode.program.aliases``, a list Phoenix's ``attribute`` filter cannot match), so it
+is checked on each root span here while Phoenix applies the session, status and time conditions. ``where`` filters go through the client's
 ``SpanQuery`` DSL (``Client.spans.get_spans_dataframe``). Phoenix ingests asynchronously (about
 125 spans/s on a small machine), so code that reads right after a run uses :meth:`wait_for`.
 """
@@ -18,12 +20,12 @@ import httpx
 from geode.errors import TraceSourceError
 from geode.traces.records import SpanRecord, TraceRecord, group_traces
 from geode.traces.sources.base import TraceFilter, TraceWait, normalize_trace_id, poll_until_complete
-from geode.traces.vocab import GeodeAttributes, SpanAttributes
+from geode.traces.vocab import SpanAttributes
 
 if TYPE_CHECKING:
     from phoenix.client import Client
 
-__all__ = ["PhoenixTraceSource", "phoenix_base_url"]
+__all__ = ["PhoenixTraceSource", "phoenix_base_url", "root_params"]
 
 _MAX_PAGE: Final = 1000
 """Phoenix's largest page for ``GET /v1/projects/{project}/spans``."""
@@ -52,6 +54,8 @@ class PhoenixTraceSource:
         api_key: For a Phoenix with authentication enabled.
         timeout_s: Per-request timeout.
         page_size: Spans per request while paging (at most 1000).
+        transport: An ``httpx`` transport to send requests through (a proxy, custom TLS, an in-process
+            Phoenix in tests); default: plain HTTP.
 
     Example:
         >>> source = PhoenixTraceSource("http://127.0.0.1:6006", project="geode")
@@ -67,6 +71,7 @@ class PhoenixTraceSource:
         api_key: str | None = None,
         timeout_s: float = 30.0,
         page_size: int = _MAX_PAGE,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         if not 1 <= page_size <= _MAX_PAGE:
             raise TraceSourceError(f"page_size must be between 1 and {_MAX_PAGE}, got {page_size}")
@@ -76,7 +81,7 @@ class PhoenixTraceSource:
         self.project = project
         self.page_size = page_size
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s)
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout_s, transport=transport)
         self._client: Client | None = None
 
     @property
@@ -121,12 +126,29 @@ class PhoenixTraceSource:
             yield from self._traces_where(wanted)
             return
         count = 0
-        root_page = min(self.page_size, wanted.limit or self.page_size)
-        for roots in self._pages(self._root_params(wanted), page_size=root_page):
+        for roots in self._root_pages(wanted):
             for trace in self._fetch_ordered([s.trace_id for s in roots]):
                 if not wanted.matches(trace):
                     continue
                 yield trace
+                count += 1
+                if wanted.limit is not None and count >= wanted.limit:
+                    return
+
+    def run_programs(self, filter: TraceFilter | None = None) -> Iterator[tuple[str, ...]]:
+        """The program names of each run matching ``filter``, newest first, read from root spans only.
+
+        Raises:
+            TraceSourceError: Phoenix is unreachable, the project does not exist, or it rejected the filter.
+        """
+        wanted = filter or TraceFilter()
+        if wanted.where is not None:
+            yield from (trace.program_names for trace in self._traces_where(wanted))
+            return
+        count = 0
+        for roots in self._root_pages(wanted):
+            for root in roots:
+                yield root.program_names
                 count += 1
                 if wanted.limit is not None and count >= wanted.limit:
                     return
@@ -188,22 +210,19 @@ class PhoenixTraceSource:
 
     # -- internals ---------------------------------------------------------------------------------
 
-    def _root_params(self, wanted: TraceFilter) -> dict[str, Any]:
-        params: dict[str, Any] = {"parent_id": "null", "sort": "start_time", "order": "desc"}
-        attributes: dict[str, str] = {}
-        if wanted.program is not None:
-            attributes[GeodeAttributes.PROGRAM_NAME] = wanted.program
-        if wanted.session_id is not None:
-            attributes[SpanAttributes.SESSION_ID] = wanted.session_id
-        if attributes:
-            params["attribute"] = [f"{k}:{_attribute_param(v)}" for k, v in attributes.items()]
-        if wanted.status is not None:
-            params["status_code"] = [wanted.status]
-        if wanted.start is not None:
-            params["start_time"] = wanted.start.isoformat()
-        if wanted.end is not None:
-            params["end_time"] = wanted.end.isoformat()
-        return params
+    def _root_pages(self, wanted: TraceFilter) -> Iterator[list[SpanRecord]]:
+        """Pages of the root spans that pass ``wanted`` (except ``where``), newest first.
+
+        Phoenix's ``attribute`` filter matches scalars only, and a program's aliases are a list, so the
+        program condition is checked here on each root span; the others are Phoenix's to apply.
+        """
+        local = wanted.program is not None
+        # Without a local condition every root read is a run wanted: read no more than asked for.
+        page = self.page_size if local else min(self.page_size, wanted.limit or self.page_size)
+        for roots in self._pages(root_params(wanted), page_size=page):
+            kept = [s for s in roots if wanted.matches_program(s.program_names)] if local else roots
+            if kept:
+                yield kept
 
     def _pages(
         self, params: Mapping[str, Any], *, page_size: int | None = None
@@ -293,6 +312,28 @@ class PhoenixTraceSource:
             return self.projects()
         except TraceSourceError:
             return []
+
+
+def root_params(wanted: TraceFilter) -> dict[str, Any]:
+    """Query parameters of ``GET /v1/projects/{project}/spans`` for the root spans of runs ``wanted`` reads.
+
+    Everything but the program (matched on each root span, see :meth:`PhoenixTraceSource.traces`) and
+    ``where`` (a ``SpanQuery``) is left to Phoenix.
+
+    Example:
+        >>> root_params(TraceFilter(program="qa", session_id="s-1"))["attribute"]
+        ['session.id:s-1']
+    """
+    params: dict[str, Any] = {"parent_id": "null", "sort": "start_time", "order": "desc"}
+    if wanted.session_id is not None:
+        params["attribute"] = [f"{SpanAttributes.SESSION_ID}:{_attribute_param(wanted.session_id)}"]
+    if wanted.status is not None:
+        params["status_code"] = [wanted.status]
+    if wanted.start is not None:
+        params["start_time"] = wanted.start.isoformat()
+    if wanted.end is not None:
+        params["end_time"] = wanted.end.isoformat()
+    return params
 
 
 class _NoSuchProjectError(TraceSourceError):
