@@ -194,29 +194,31 @@ def mine_command(
 
     name = program_name(program)
     start = datetime.now(UTC) - parse_since(since) if since else None
-    with open_source(settings, source, project) as reader, progress:
-        require_one_program(reader, name, TraceFilter(session_id=session, start=start))
-        if ids:
-            progress.update(task, description=f"waiting for {len(ids)} trace(s)")
-        result = mine(
-            reader,
-            name,
-            since=start,
-            session_id=session,
-            where=parse_where(where),
-            failures=failures,
-            max_score=max_score,
-            annotation_names=annotation or None,
-            annotations=feedback_annotations(settings) if local_feedback else (),
-            wait_for=ids or None,
-            wait_timeout_s=wait_timeout,
-            outputs=cast(OutputPolicy, outputs),
-            near_duplicates=not keep_near,
-            limit=limit,
-            progress=on_progress,
-        )
-    if not result.dataset.records:
-        _explain_empty(result, reader, console)
+    with open_source(settings, source, project) as reader:
+        with progress:
+            require_one_program(reader, name, TraceFilter(session_id=session, start=start))
+            if ids:
+                progress.update(task, description=f"waiting for {len(ids)} trace(s)")
+            result = mine(
+                reader,
+                name,
+                since=start,
+                session_id=session,
+                where=parse_where(where),
+                failures=failures,
+                max_score=max_score,
+                annotation_names=annotation or None,
+                annotations=feedback_annotations(settings) if local_feedback else (),
+                wait_for=ids or None,
+                wait_timeout_s=wait_timeout,
+                outputs=cast(OutputPolicy, outputs),
+                near_duplicates=not keep_near,
+                limit=limit,
+                progress=on_progress,
+            )
+        # Explained while the source is open: the hint lists the programs that do have runs there.
+        if not result.dataset.records:
+            _explain_empty(result, reader, console)
     written = result.save(out, predictors_dir=per_predictor)
     link = None
     if phoenix_dataset:
