@@ -3,8 +3,8 @@
 Fenced shell blocks are commands a reader copies, so each must parse: the command exists, every option
 exists and takes the values given, required arguments are there. Inline mentions (`` `geode mine
 --since 1d` ``) are often fragments, so only what they do say is checked: the options they name exist
-and their values fit. Running them needs a model, data or Phoenix; the Python samples run in
-tests/integration/test_docs.py, and each command's behaviour has its own tests.
+and their values fit. The blocks marked ``<!-- doc-run -->`` also run, as shown, in
+tests/integration/test_doc_commands.py; the Python samples run in tests/integration/test_docs.py.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import typer
 from geode.cli import _register_commands, app
 
 ROOT = Path(__file__).resolve().parents[3]
-_FENCE = re.compile(r"```(?:bash|sh|shell|console)?\n(.*?)```", re.DOTALL)
+_SHELL = frozenset({"", "bash", "sh", "shell", "console"})
 _INLINE = re.compile(r"(?<!`)`(?:\.venv/bin/)?geode ([^`]+)`")
 _LINE = re.compile(r"^(?:\$ )?(?:\S*/)?geode (.*)$")
 _FRAGMENT_ERRORS = frozenset({"MissingParameter", "UsageError", "BadOptionUsage"})
@@ -35,7 +35,7 @@ def _commands() -> list[tuple[str, str, bool]]:
             continue
         content = page.read_text(encoding="utf-8")
         where = str(page.relative_to(ROOT))
-        for block in _FENCE.findall(content):
+        for block in _shell_blocks(content):
             for line in block.replace("\\\n", " ").splitlines():
                 match = _LINE.match(line.strip())
                 if match:
@@ -45,6 +45,29 @@ def _commands() -> list[tuple[str, str, bool]]:
             if len(text.split()) >= 2:
                 found.append((where, text, False))
     return found
+
+
+def _shell_blocks(content: str) -> list[str]:
+    """The bodies of the page's fenced shell blocks (untagged ones too).
+
+    Fences are paired line by line: a regex over the page pairs a block's closing fence with the next
+    block's opening one when blocks carry no language tag, and then reads prose as commands and skips
+    commands.
+    """
+    blocks: list[str] = []
+    body: list[str] | None = None
+    lang = ""
+    for line in content.splitlines():
+        if line.startswith("```"):
+            if body is None:
+                body, lang = [], line[3:].strip()
+            else:
+                if lang in _SHELL:
+                    blocks.append("\n".join(body))
+                body = None
+        elif body is not None:
+            body.append(line)
+    return blocks
 
 
 @functools.cache
@@ -70,7 +93,8 @@ COMMANDS = _commands()
 
 
 def test_the_docs_show_commands() -> None:
-    assert sum(1 for _, _, fenced in COMMANDS if fenced) >= 15
+    # 37 when fences were first paired line by line (a regex had paired them wrongly and saw 18).
+    assert sum(1 for _, _, fenced in COMMANDS if fenced) >= 30
 
 
 @pytest.mark.parametrize(
