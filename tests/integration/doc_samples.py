@@ -104,7 +104,12 @@ def homes() -> dict[str, list[Sample]]:
 
 
 def _page_samples(page: str) -> list[Sample]:
-    lines = (ROOT / page).read_text(encoding="utf-8").splitlines()
+    return parse_samples(page, (ROOT / page).read_text(encoding="utf-8"))
+
+
+def parse_samples(page: str, markdown: str) -> list[Sample]:
+    """The marked blocks of one page's ``markdown``, with the output shown for each."""
+    lines = markdown.splitlines()
     found: list[Sample] = []
     pending_run: dict[str, str] | None = None
     pending_output = False
@@ -249,16 +254,18 @@ class Walkthrough:
         log = (self.folder / f"serve-{len(self.servers)}.log").open("wb")
         server = subprocess.Popen(argv, cwd=self.folder, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         self.servers.append(server)
+        log.close()  # the child holds its own descriptor
         deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline and server.poll() is None:
+        ready = False
+        while not ready and time.monotonic() < deadline and server.poll() is None:
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=2).status_code == 200:
-                    break
+                ready = httpx.get(f"http://127.0.0.1:{self.port}/ready", timeout=2).status_code == 200
             except httpx.HTTPError:
                 pass
-            time.sleep(0.25)
+            if not ready:
+                time.sleep(0.25)
         printed = (self.folder / f"serve-{len(self.servers) - 1}.log").read_text(errors="replace")
-        return Ran(command, 0 if server.poll() is None else server.returncode or 1, printed, "")
+        return Ran(command, 0 if ready else (server.poll() or 1), printed, "")
 
     def _localise(self, arg: str) -> str:
         if self.port is not None:

@@ -196,7 +196,7 @@ def mine_command(
     start = datetime.now(UTC) - parse_since(since) if since else None
     with open_source(settings, source, project) as reader:
         with progress:
-            require_one_program(reader, name, TraceFilter(session_id=session, start=start))
+            require_one_program(reader, name, TraceFilter(session_id=session, start=start, limit=limit))
             if ids:
                 progress.update(task, description=f"waiting for {len(ids)} trace(s)")
             result = mine(
