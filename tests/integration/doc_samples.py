@@ -13,7 +13,13 @@ A fenced shell block runs when an HTML comment (invisible on the rendered page) 
   The others show placeholders (a trace id, ``myapp:agent``) or need what the suite does not have.
 - ``slow``: the whole home is a slow test (``make test-slow``).
 - ``tier=localmodel,embeddings``: the test tiers (tests/tiers.py) the block needs; the home skips, naming
-  the tier, without them.
+  the tier, without them. A home with the ``phoenix`` tier traces to the suite's Phoenix, in a project of
+  its own, and after each command that printed a new trace id waits until Phoenix shows that trace (it
+  ingests asynchronously; a reader types the next command seconds later).
+- ``nooutput``: the output shown after the block is not checked in this home (it prints otherwise
+  there, e.g. a Phoenix link instead of a file path).
+
+A block may carry several marks, one per home it runs in.
 
 A fenced block right after ``<!-- doc-output -->`` is what the last command run before it printed. Text is
 compared line by line, in order, with every number, 32-hex-digit id and ``…`` standing for any value and
@@ -44,6 +50,7 @@ from typing import Any
 import httpx
 
 from geode.runtime.phoenix import find_free_port
+from geode.traces.sources import PhoenixTraceSource
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES: tuple[str, ...] = (
@@ -108,40 +115,48 @@ def _page_samples(page: str) -> list[Sample]:
 
 
 def parse_samples(page: str, markdown: str) -> list[Sample]:
-    """The marked blocks of one page's ``markdown``, with the output shown for each."""
+    """The marked blocks of one page's ``markdown``, with the output shown for each.
+
+    A block may carry several marks (it runs in several homes); the output shown after it is checked in
+    each of them but those marked ``nooutput``.
+    """
     lines = markdown.splitlines()
     found: list[Sample] = []
-    pending_run: dict[str, str] | None = None
+    last_block: list[tuple[Sample, bool]] = []
+    marks: list[dict[str, str]] = []
     pending_output = False
     index = 0
     while index < len(lines):
         text = lines[index]
         if match := _RUN.match(text.strip()):
-            pending_run = _options(match.group("options"))
+            marks.append(_options(match.group("options")))
         elif _OUTPUT.match(text.strip()):
             pending_output = True
         elif text.startswith("```"):
             lang = text[3:].strip() or "text"
             end = next(i for i in range(index + 1, len(lines)) if lines[i].startswith("```"))
             body = "\n".join(lines[index + 1 : end])
-            if pending_run is not None:
+            if marks:
                 commands = _command_lines(body)
-                chosen = _chosen(pending_run.get("lines"), len(commands))
-                found.append(
-                    Sample(
+                last_block = []
+                for mark in marks:
+                    sample = Sample(
                         page=page,
                         line=index + 1,
-                        home=pending_run.get("home") or Path(page).stem,
-                        commands=[commands[i] for i in chosen],
-                        slow="slow" in pending_run,
-                        tiers=tuple(t for t in pending_run.get("tier", "").split(",") if t),
+                        home=mark.get("home") or Path(page).stem,
+                        commands=[commands[i] for i in _chosen(mark.get("lines"), len(commands))],
+                        slow="slow" in mark,
+                        tiers=tuple(t for t in mark.get("tier", "").split(",") if t),
                     )
-                )
+                    found.append(sample)
+                    last_block.append((sample, "nooutput" in mark))
             elif pending_output:
-                if not found:
+                if not last_block:
                     raise ValueError(f"{page}:{index + 1}: doc-output before any doc-run block")
-                found[-1].expected, found[-1].expected_lang = body, lang
-            pending_run, pending_output = None, False
+                for sample, ignored in last_block:
+                    if not ignored:
+                        sample.expected, sample.expected_lang = body, lang
+            marks, pending_output = [], False
             index = end
         index += 1
     return found
@@ -192,10 +207,14 @@ class Walkthrough:
     port: int | None = None
     last_trace_id: str | None = None
     timeout_s: float = 600.0
+    phoenix: PhoenixTraceSource | None = None
 
     @classmethod
-    def create(cls, folder: Path, extra_env: dict[str, str] | None = None) -> Walkthrough:
-        """A walkthrough in ``folder`` (with ``benchmarks/`` and ``docs/`` of this checkout linked in)."""
+    def create(cls, folder: Path, phoenix_url: str | None = None) -> Walkthrough:
+        """A walkthrough in ``folder`` (with ``benchmarks/`` and ``docs/`` of this checkout linked in).
+
+        With ``phoenix_url`` its runs trace to that Phoenix, in a project named after the folder.
+        """
         for name in ("benchmarks", "docs"):
             (folder / name).symlink_to(ROOT / name, target_is_directory=True)
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(("GEODE_", "PHOENIX_"))}
@@ -206,9 +225,12 @@ class Walkthrough:
             # Never a Phoenix that happens to run on this machine's default port: a home traces only
             # where its test points it.
             "GEODE_PHOENIX_PORT": str(find_free_port()),
-            **(extra_env or {}),
         }
-        return cls(folder, env)
+        if phoenix_url is None:
+            return cls(folder, env)
+        project = f"docs-{folder.name}"[:60]
+        env |= {"GEODE_TRACING_ENDPOINT": phoenix_url, "GEODE_TRACING_PROJECT": project}
+        return cls(folder, env, phoenix=PhoenixTraceSource(phoenix_url, project))
 
     def run(self, command: str) -> Ran:
         """Run one documented command line (see the module docstring for how each kind runs)."""
@@ -233,11 +255,19 @@ class Walkthrough:
         if argv[0] == "curl" and ran.returncode == 0 and _is_error_body(ran.stdout):
             # `curl -s` exits 0 whatever the status; the server's error envelope says it failed.
             ran.returncode = 22
+        before = self.last_trace_id
         self._remember_trace(ran.stdout + ran.stderr)
+        if self.phoenix is not None and self.last_trace_id not in (None, before):
+            arrived = self.phoenix.wait_for([str(self.last_trace_id)], timeout_s=120)
+            if not arrived.complete:
+                ran.stderr += f"\n(doc-run: Phoenix did not show trace {self.last_trace_id} within 120 s)"
+                ran.returncode = ran.returncode or 1
         return ran
 
     def close(self) -> None:
-        """Stop the servers this walkthrough started."""
+        """Stop the servers this walkthrough started and close its Phoenix reader."""
+        if self.phoenix is not None:
+            self.phoenix.close()
         for server in self.servers:
             server.terminate()
             try:

@@ -13,8 +13,10 @@ import pytest
 from tests.integration.doc_samples import Sample, Walkthrough, homes, output_problems
 from tests.tiers import require_tier
 
+from geode.runtime.phoenix import PhoenixStatus
+
 HOMES = homes()
-_IMPORTS = {"localmodel": "llama_cpp", "embeddings": "sentence_transformers"}
+_IMPORTS = {"localmodel": "llama_cpp", "embeddings": "sentence_transformers", "phoenix": "phoenix.server"}
 
 
 def _params() -> list[object]:
@@ -34,11 +36,14 @@ def test_the_docs_mark_samples_to_run() -> None:
 
 
 @pytest.mark.parametrize("home", _params())
-def test_documented_commands_run_as_shown(home: str, tmp_path: Path) -> None:
+def test_documented_commands_run_as_shown(home: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     blocks: list[Sample] = HOMES[home]
-    for tier in dict.fromkeys(t for b in blocks for t in b.tiers):
+    tiers = list(dict.fromkeys(t for b in blocks for t in b.tiers))
+    for tier in tiers:
         require_tier(tier, import_name=_IMPORTS.get(tier, tier))
-    walk = Walkthrough.create(tmp_path)
+    # The suite's one Phoenix (tests/integration/conftest.py), started only for a home that needs it.
+    phoenix: PhoenixStatus | None = request.getfixturevalue("phoenix") if "phoenix" in tiers else None
+    walk = Walkthrough.create(tmp_path, phoenix_url=phoenix.url if phoenix else None)
     try:
         for block in blocks:
             last = None
