@@ -76,3 +76,16 @@ def test_json_output_matches_the_keys_and_values_shown() -> None:
     assert output_problems(shown, "json", printed.replace("99", '"99"'))
     assert output_problems(shown, "json", printed.replace("0123456789abcdef0123456789abcdef", "none"))
     assert output_problems(shown, "json", "error: not JSON")
+
+
+def test_a_block_runs_in_several_homes_and_nooutput_skips_the_shown_output() -> None:
+    page = (
+        "<!-- doc-run home=qa -->\n"
+        "<!-- doc-run home=phoenix tier=phoenix nooutput -->\n"
+        "```bash\ngeode run app:qa -i q=x\n```\n\n"
+        "<!-- doc-output -->\n```text\nanswer  x → spans.jsonl\n```\n"
+    )
+    qa, phoenix = parse_samples("p.md", page)
+    assert (qa.home, qa.expected) == ("qa", "answer  x → spans.jsonl")
+    assert (phoenix.home, phoenix.tiers, phoenix.expected) == ("phoenix", ("phoenix",), None)
+    assert qa.commands == phoenix.commands == ["geode run app:qa -i q=x"]
