@@ -21,13 +21,16 @@ A fenced shell block runs when an HTML comment (invisible on the rendered page) 
 
 A block may carry several marks, one per home it runs in.
 
+A fenced block right after ``<!-- doc-file NAME -->`` is a file the reader saves as ``NAME`` (a program, a
+dataset): it is written into the folder before the page's next marked block runs.
+
 A fenced block right after ``<!-- doc-output -->`` is what the last command run before it printed. Text is
 compared line by line, in order, with every number, 32-hex-digit id and ``…`` standing for any value and
 whitespace runs for any whitespace; JSON is compared as data: every key shown must be there, strings
 equal (ids of 16+ hex digits only in form), numbers only in type.
 
 Commands run in a subprocess each: ``geode``/``.venv/bin/geode`` as ``python -m geode`` on this checkout's
-sources; ``geode serve`` in the background on a free port (waiting for ``/ready``), with the documented
+sources; ``python`` as this interpreter; ``geode serve`` in the background on a free port (waiting for ``/ready``), with the documented
 port in later ``curl`` lines changed to it; ``curl`` as is, with a documented trace id changed to the
 trace id of the newest answer (the server takes feedback only on runs it served); an answer that is the
 server's error envelope fails the sample, since ``curl -s`` exits 0 on any HTTP status.
@@ -69,6 +72,7 @@ PAGES: tuple[str, ...] = (
 
 _RUN = re.compile(r"^<!--\s*doc-run\b(?P<options>[^>]*)-->\s*$")
 _OUTPUT = re.compile(r"^<!--\s*doc-output\s*-->\s*$")
+_FILE = re.compile(r"^<!--\s*doc-file\s+(?P<name>\S+)\s*-->\s*$")
 _HEX_ID = re.compile(r"\b[0-9a-f]{32}\b")
 _SERVE_PORT = 8000
 """The port ``geode serve`` listens on by default, as the docs' ``curl`` lines use it."""
@@ -86,6 +90,8 @@ class Sample:
     tiers: tuple[str, ...] = ()
     expected: str | None = None
     expected_lang: str = "text"
+    files: dict[str, str] = field(default_factory=dict[str, str])
+    """Files the page shows before this block (``<!-- doc-file NAME -->``), written into the folder first."""
 
     @property
     def where(self) -> str:
@@ -124,7 +130,9 @@ def parse_samples(page: str, markdown: str) -> list[Sample]:
     found: list[Sample] = []
     last_block: list[tuple[Sample, bool]] = []
     marks: list[dict[str, str]] = []
+    files: dict[str, str] = {}
     pending_output = False
+    pending_file: str | None = None
     index = 0
     while index < len(lines):
         text = lines[index]
@@ -132,11 +140,15 @@ def parse_samples(page: str, markdown: str) -> list[Sample]:
             marks.append(_options(match.group("options")))
         elif _OUTPUT.match(text.strip()):
             pending_output = True
+        elif match := _FILE.match(text.strip()):
+            pending_file = match.group("name")
         elif text.startswith("```"):
             lang = text[3:].strip() or "text"
             end = next(i for i in range(index + 1, len(lines)) if lines[i].startswith("```"))
             body = "\n".join(lines[index + 1 : end])
-            if marks:
+            if pending_file is not None:
+                files[pending_file] = body + "\n"
+            elif marks:
                 commands = _command_lines(body)
                 last_block = []
                 for mark in marks:
@@ -147,6 +159,7 @@ def parse_samples(page: str, markdown: str) -> list[Sample]:
                         commands=[commands[i] for i in _chosen(mark.get("lines"), len(commands))],
                         slow="slow" in mark,
                         tiers=tuple(t for t in mark.get("tier", "").split(",") if t),
+                        files=dict(files),
                     )
                     found.append(sample)
                     last_block.append((sample, "nooutput" in mark))
@@ -156,7 +169,7 @@ def parse_samples(page: str, markdown: str) -> list[Sample]:
                 for sample, ignored in last_block:
                     if not ignored:
                         sample.expected, sample.expected_lang = body, lang
-            marks, pending_output = [], False
+            marks, pending_output, pending_file = [], False, None
             index = end
         index += 1
     return found
@@ -232,6 +245,13 @@ class Walkthrough:
         env |= {"GEODE_TRACING_ENDPOINT": phoenix_url, "GEODE_TRACING_PROJECT": project}
         return cls(folder, env, phoenix=PhoenixTraceSource(phoenix_url, project))
 
+    def write_files(self, files: dict[str, str]) -> None:
+        """Write the files a page showed (``<!-- doc-file NAME -->``) into the folder, as a reader saves them."""
+        for name, text in files.items():
+            path = self.folder / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+
     def run(self, command: str) -> Ran:
         """Run one documented command line (see the module docstring for how each kind runs)."""
         argv = shlex.split(command, comments=True)
@@ -244,10 +264,12 @@ class Walkthrough:
             argv = [sys.executable, "-m", "geode", *argv[1:]]
             if argv[3:4] == ["serve"]:
                 return self._serve(command, argv)
+        elif argv[:1] == ["python"]:
+            argv = [sys.executable, *argv[1:]]
         elif argv and argv[0] == "curl":
             argv = [self._localise(a) for a in argv]
         else:
-            raise ValueError(f"doc-run cannot run {command!r}: only geode, curl and export lines")
+            raise ValueError(f"doc-run cannot run {command!r}: only geode, python, curl and export lines")
         done = subprocess.run(
             argv, cwd=self.folder, env=self.env, capture_output=True, text=True, timeout=self.timeout_s
         )

@@ -31,7 +31,13 @@ def _params() -> list[object]:
 def test_the_docs_mark_samples_to_run() -> None:
     # Every command page the README sends a reader to has at least one sample that runs.
     pages = {s.page for blocks in HOMES.values() for s in blocks}
-    assert {"docs/quickstart.md", "docs/phoenix.md", "docs/learning-loop.md", "docs/serving.md"} <= pages
+    assert {
+        "docs/quickstart.md",
+        "docs/phoenix.md",
+        "docs/learning-loop.md",
+        "docs/serving.md",
+        "docs/crystallize.md",
+    } <= pages
     assert sum(len(s.commands) for blocks in HOMES.values() for s in blocks) >= 10
 
 
@@ -46,6 +52,7 @@ def test_documented_commands_run_as_shown(home: str, tmp_path: Path, request: py
     walk = Walkthrough.create(tmp_path, phoenix_url=phoenix.url if phoenix else None)
     try:
         for block in blocks:
+            walk.write_files(block.files)
             last = None
             for command in block.commands:
                 last = walk.run(command)
