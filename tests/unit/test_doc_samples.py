@@ -89,3 +89,17 @@ def test_a_block_runs_in_several_homes_and_nooutput_skips_the_shown_output() -> 
     assert (qa.home, qa.expected) == ("qa", "answer  x → spans.jsonl")
     assert (phoenix.home, phoenix.tiers, phoenix.expected) == ("phoenix", ("phoenix",), None)
     assert qa.commands == phoenix.commands == ["geode run app:qa -i q=x"]
+
+
+def test_doc_files_are_handed_to_the_blocks_after_them() -> None:
+    page = (
+        "<!-- doc-file app.py -->\n```python\nagent = 1\n```\n"
+        "<!-- doc-run home=h -->\n```bash\npython app.py\n```\n"
+        "<!-- doc-file data.jsonl -->\n```json\n{}\n```\n"
+        "<!-- doc-run home=h -->\n```bash\ngeode eval app.py:agent --dataset data.jsonl\n```\n"
+    )
+    first, second = parse_samples("p.md", page)
+    assert first.files == {"app.py": "agent = 1\n"}
+    assert second.files == {"app.py": "agent = 1\n", "data.jsonl": "{}\n"}
+    # A file block is not a command block, and not an output.
+    assert first.commands == ["python app.py"] and first.expected is None
