@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.padding import Padding
 from rich.text import Text
 
 from geode.cli._common import make_settings
@@ -130,7 +130,9 @@ def search(
         )
         console.print(header)
         console.print(Text.assemble(("   id ", "dim"), p.id), overflow="ignore", crop=False)
-        console.print(Padding(Text(text), (0, 0, 0, 3), expand=False))
+        # Indented as plain lines: a Padding is laid out at the console's width (80 off a terminal)
+        # and cropped each line of the passage there.
+        console.print(Text(textwrap.indent(text, "   ")), overflow="ignore", crop=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -142,3 +142,17 @@ def test_ingest_a_folder_of_pdf_jsonl_and_binary_files(
     assert run(["search", "gift cards", "-c", "mixed", "--filter", "lang=de", "--json"]) == 0
     (record,) = json.loads(capsys.readouterr().out)["passages"]
     assert record["text"] == "Geschenkkarten verfallen nie." and record["metadata"]["line"] == 2
+
+
+def test_search_text_off_a_terminal_is_never_cut(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Off a terminal rich lays out at 80 columns; a passage's long lines must come out whole there.
+    monkeypatch.delenv("COLUMNS", raising=False)
+    line = "The warranty covers " + " ".join(f"part-{i}" for i in range(30)) + " for two years."
+    (tmp_path / "warranty.md").write_text(f"# Warranty\n\n{line}\n")
+    assert run(["ingest", str(tmp_path / "warranty.md"), "-c", "long", "--json"]) == 0
+    capsys.readouterr()
+    assert run(["search", "warranty", "-c", "long", "--k", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"   {line}" in out.splitlines(), out
