@@ -16,6 +16,7 @@ from rich.progress import Progress as RichBar
 
 from geode.cli._common import make_settings
 from geode.cli._console import make_console
+from geode.cli._tables import print_table
 from geode.demo.pipeline import run_demo
 from geode.demo.report import by_hand_commands, summary_table, write_demo_report
 from geode.demo.result import (
@@ -146,7 +147,7 @@ def demo(
     with quiet:
         result = run_demo(settings, options, progress=progress, write_report=write_demo_report)
     console.print()
-    console.print(summary_table(result))
+    print_table(console, summary_table(result))  # never squeezed to 80 columns off a terminal
     if result.promotion:
         console.print(f"gate: {result.promotion}", highlight=False)
     for stage, why in result.skipped.items():
