@@ -1,8 +1,8 @@
 """Agents on the embedded model: valid-step rate and task success on the bundled inventory task.
 
 Both sides run the same questions (``geode.agents.inventory.TASKS``: stock lookups, arithmetic, and both
-combined) with the same tools, the same ``geode.LocalLM`` (SmolLM2-135M by default), ``dspy.JSONAdapter``,
-greedy decoding, no response cache and at most 5 iterations:
+combined) with the same tools, the same ``geode.LocalLM`` (SmolLM2-135M by default), the adapter
+``geode.Runtime`` picks for it (``geode.SmallModelAdapter`` for a local model), greedy decoding, no response cache and at most 5 iterations:
 
 * ours: ``geode.Agent``. Each step is schema-constrained (tool-name enum, union of the tools' argument
   schemas), a repeated identical call ends the loop, unparseable replies become corrective observations;
@@ -46,6 +46,7 @@ from rich.table import Table
 from geode.agents.calculator import calculate
 from geode.agents.inventory import TASKS, InventoryTask, build_agent, is_correct, lookup_stock
 from geode.agents.steps import Budget
+from geode.runtime.lm import build_adapter
 from geode.runtime.lm.local import LocalLM
 
 Side = Literal["ours", "ours-per-field", "react"]
@@ -79,7 +80,7 @@ class _LMCalls(dspy.utils.callback.BaseCallback):
 def run_ours(task: InventoryTask, lm: LocalLM, *, grammar_schema: bool | None = None) -> RunResult:
     agent = build_agent(Budget(max_iters=MAX_ITERS), grammar_schema=grammar_schema)
     started = time.perf_counter()
-    with dspy.context(lm=lm, adapter=dspy.JSONAdapter()):
+    with dspy.context(lm=lm, adapter=build_adapter("auto", lm)):
         pred = agent(question=task.question)
     seconds = time.perf_counter() - started
     model_steps = [s for s in pred.steps if s.outcome != "budget"]
@@ -115,7 +116,7 @@ def run_react(task: InventoryTask, lm: LocalLM) -> RunResult:
     trajectory: dict[str, Any] = {}
     crashed = False
     try:
-        with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), callbacks=[counter]):
+        with dspy.context(lm=lm, adapter=build_adapter("auto", lm), callbacks=[counter]):
             pred = react(question=task.question)
         answer = None if pred.answer is None else str(pred.answer)
         trajectory = dict(pred.trajectory)

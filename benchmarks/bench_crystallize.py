@@ -57,6 +57,7 @@ from geode.agents.crystallize import (
 from geode.agents.inventory import STOCK, TASKS, build_agent, is_correct
 from geode.agents.steps import Budget
 from geode.retrieval.ingest import Ingestor
+from geode.runtime.lm import build_adapter
 from geode.runtime.lm.local import LocalLM
 from geode.runtime.settings import Settings, TracingSettings
 from geode.testing import ScriptedLM, in_memory_tracing
@@ -217,9 +218,8 @@ def answer(
     started = time.perf_counter()
     error: str | None = None
     pred: Any = None
-    # The runtime's choice: JSON (schema-constrained) for local models, DSPy's default otherwise.
-    adapter = dspy.JSONAdapter() if isinstance(lm, LocalLM) else dspy.ChatAdapter()
-    with dspy.context(lm=lm, adapter=adapter, callbacks=[counter]):
+    # The runtime's choice: geode.SmallModelAdapter for local models, DSPy's default otherwise.
+    with dspy.context(lm=lm, adapter=build_adapter("auto", lm), callbacks=[counter]):
         try:
             pred = program(question=question)
         except Exception as err:  # a crash is a wrong answer, counted honestly

@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import dspy
 import json_repair
@@ -61,10 +61,29 @@ _FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```\s*$", re.DOTALL)
 _OBJECT = regex.compile(r"\{(?:[^{}]|(?R))*\}", regex.DOTALL)
 
 
+# The rationale field `dspy.ChainOfThought` prepends to a signature's outputs (DSPy's name, not a user's).
+RATIONALE = "reasoning"
+
+Reasoning = Literal["auto", "omit", "keep"]
+
+
 def _is_plain(signature: type[Signature]) -> bool:
     """Whether the reply is plain text: exactly one output field, and it is a ``str``."""
     outputs = list(signature.output_fields.values())
     return len(outputs) == 1 and outputs[0].annotation is str
+
+
+def _rationale(signature: type[Signature]) -> str | None:
+    """The name of ``ChainOfThought``'s rationale field when ``signature`` has one before its outputs.
+
+    It is the first output, a ``str``, followed by at least one other output: the shape ChainOfThought
+    builds. A user's own first output of that name that is the only output is an answer, not a rationale.
+    """
+    outputs = list(signature.output_fields.items())
+    if len(outputs) < 2:
+        return None
+    name, info = outputs[0]
+    return name if name == RATIONALE and info.annotation is str else None
 
 
 class SmallModelAdapter(dspy.Adapter):
@@ -85,6 +104,14 @@ class SmallModelAdapter(dspy.Adapter):
             itself then still closes the field and reaches the answer. ``None``: no cap.
         stop_at_labels: Stop a plain-text reply when the model starts a line with one of the input labels
             (it is inventing the next turn).
+        reasoning: What becomes of ``dspy.ChainOfThought``'s ``reasoning`` field. ``"omit"``: the model
+            is not asked for it (the prompt and reply are those of the same signature without it, so a
+            single text answer is a plain-text reply) and the prediction carries ``reasoning=""``, so
+            programs that read it still run. ``"keep"``: it is the reply's first JSON field, capped by
+            ``lead_text_max_chars`` on grammar-decoding LMs. ``"auto"`` (default): ``"omit"`` for LMs that
+            declare ``small_local_model`` (``geode.LocalLM``), ``"keep"`` for any other LM. Measured on
+            SmolLM2-135M (``benchmarks/bench_fidelity.py --module cot``), a 135M model's reasoning costs
+            answers and several times the time.
 
     Example:
         >>> import dspy
@@ -107,6 +134,7 @@ class SmallModelAdapter(dspy.Adapter):
         text_max_tokens: int | None = None,
         lead_text_max_chars: int | None = 400,
         stop_at_labels: bool = True,
+        reasoning: Reasoning = "auto",
     ) -> None:
         super().__init__(callbacks=callbacks, use_native_function_calling=False)
         if text_max_tokens is not None and text_max_tokens < 1:
@@ -116,11 +144,15 @@ class SmallModelAdapter(dspy.Adapter):
         self.text_max_tokens = text_max_tokens
         self.lead_text_max_chars = lead_text_max_chars
         self.stop_at_labels = stop_at_labels
+        if reasoning not in ("auto", "omit", "keep"):
+            raise ValueError(f"reasoning must be 'auto', 'omit' or 'keep', got {reasoning!r}")
+        self.reasoning: Reasoning = reasoning
 
     def __repr__(self) -> str:
         return (
             f"SmallModelAdapter(text_max_tokens={self.text_max_tokens}, "
-            f"lead_text_max_chars={self.lead_text_max_chars}, stop_at_labels={self.stop_at_labels})"
+            f"lead_text_max_chars={self.lead_text_max_chars}, stop_at_labels={self.stop_at_labels}, "
+            f"reasoning={self.reasoning!r})"
         )
 
     # -- the call --------------------------------------------------------------------------------
@@ -135,8 +167,8 @@ class SmallModelAdapter(dspy.Adapter):
         inputs: dict[str, Any],
     ) -> list[dict[str, Any]]:
         """Format, call the LM with this signature's decoding settings, and parse every completion."""
-        self.prepare_request(lm, lm_kwargs, signature)
-        return super().__call__(lm, lm_kwargs, signature, demos, inputs)
+        self.prepare_request(lm, lm_kwargs, self.asked_signature(signature, lm))
+        return self._fill_omitted(signature, lm, super().__call__(lm, lm_kwargs, signature, demos, inputs))
 
     @with_capability_planning
     async def acall(
@@ -148,8 +180,44 @@ class SmallModelAdapter(dspy.Adapter):
         inputs: dict[str, Any],
     ) -> list[dict[str, Any]]:
         """Async :meth:`__call__`."""
-        self.prepare_request(lm, lm_kwargs, signature)
-        return await super().acall(lm, lm_kwargs, signature, demos, inputs)
+        self.prepare_request(lm, lm_kwargs, self.asked_signature(signature, lm))
+        results = await super().acall(lm, lm_kwargs, signature, demos, inputs)
+        return self._fill_omitted(signature, lm, results)
+
+    def asked_signature(self, signature: type[Signature], lm: dspy.BaseLM | None) -> type[Signature]:
+        """The signature the model is actually prompted with: ``signature`` less an omitted rationale.
+
+        See the ``reasoning`` argument. ``lm`` decides ``"auto"``; ``None`` reads as a non-local LM.
+        """
+        name = _rationale(signature)
+        if name is None or not self._omits_reasoning(lm):
+            return signature
+        return signature.delete(name)
+
+    def _omits_reasoning(self, lm: dspy.BaseLM | None) -> bool:
+        if self.reasoning == "auto":
+            return bool(getattr(lm, "small_local_model", False))
+        return self.reasoning == "omit"
+
+    def _call_preprocess(
+        self,
+        lm: dspy.BaseLM,
+        lm_kwargs: dict[str, Any],
+        signature: type[Signature],
+        inputs: dict[str, Any],
+    ) -> type[Signature]:
+        # DSPy's hook for the signature that is formatted and parsed; its postprocessing then sets every
+        # field of the caller's signature that the reply lacks to None (refilled by _fill_omitted).
+        return self.asked_signature(super()._call_preprocess(lm, lm_kwargs, signature, inputs), lm)
+
+    def _fill_omitted(
+        self, signature: type[Signature], lm: dspy.BaseLM, results: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """An omitted rationale as ``""`` (it is a ``str`` field; programs may read or concatenate it)."""
+        name = _rationale(signature)
+        if name is None or not self._omits_reasoning(lm):
+            return results
+        return [{name: "", **{k: v for k, v in result.items() if k != name}} for result in results]
 
     def prepare_request(self, lm: dspy.BaseLM, lm_kwargs: dict[str, Any], signature: type[Signature]) -> None:
         """Set the call's decoding settings: stops and token cap for text, a response schema for JSON.

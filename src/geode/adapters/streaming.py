@@ -41,6 +41,7 @@ class SmallModelStreamListener(dspy.streaming.StreamListener):
         super().__init__(signature_field_name, predict, predict_name, allow_reuse)
         self._reply = ""
         self._sent = 0
+        self._asked: tuple[Any, Any] | None = None  # (predictor's signature, the signature asked), per stream
 
     def receive(self, chunk: Any) -> StreamResponse | None:
         """The next piece of the field's value in ``chunk``, if any (``None`` while there is none)."""
@@ -71,11 +72,20 @@ class SmallModelStreamListener(dspy.streaming.StreamListener):
         return self._emit(value, True, force=True)
 
     def _signature(self) -> Any:
-        return getattr(self.predict, "signature", None)
+        # The signature the model was prompted with: ChainOfThought's rationale may have been left out.
+        signature = getattr(self.predict, "signature", None)
+        adapter = settings.adapter
+        if signature is None or not isinstance(adapter, SmallModelAdapter):
+            return signature
+        if self._asked is None or self._asked[0] is not signature:
+            self._asked = (signature, adapter.asked_signature(signature, settings.lm))
+        return self._asked[1]
 
     def _value(self, final: bool = False) -> tuple[str, bool]:
         """The field's text so far (what may be sent) and whether it is complete."""
         signature = self._signature()
+        if signature is not None and self.signature_field_name not in signature.output_fields:
+            return "", False  # a field the model was not asked for (an omitted rationale) never streams
         if signature is None or _is_plain(signature):
             return self._plain_value(signature, final), False
         return self._json_value(final)

@@ -196,9 +196,10 @@ def test_text_max_tokens_caps_a_text_reply_below_the_lms_own_cap() -> None:
 def test_typed_outputs_send_the_schema_in_field_order_and_cap_leading_text_on_local_lms() -> None:
     calls = LMCalls()
     reply = {"reasoning": "because", "answer": 3}
+    keep = SmallModelAdapter(reasoning="keep")
     for local in (True, False):
-        lm = ScriptedLM([reply], adapter=ADAPTER, local=local)
-        with dspy.context(lm=lm, adapter=ADAPTER, callbacks=[calls]):
+        lm = ScriptedLM([reply], adapter=keep, local=local)
+        with dspy.context(lm=lm, adapter=keep, callbacks=[calls]):
             assert dspy.ChainOfThought("question -> answer: int")(question="?").answer == 3
     local_format = calls.kwargs[0]["response_format"]
     schema = local_format.model_json_schema()
@@ -315,8 +316,9 @@ def test_optional_outputs_may_be_missing() -> None:
 # -- modules ---------------------------------------------------------------------------------------
 
 
-def test_async_calls_go_through_the_adapter() -> None:
-    lm = ScriptedLM([{"answer": "Reno"}], adapter=ADAPTER)
+@pytest.mark.parametrize("local", [False, True], ids=["hosted", "local"])
+def test_async_calls_go_through_the_adapter(local: bool) -> None:
+    lm = ScriptedLM([{"answer": "Reno"}], adapter=ADAPTER, local=local)
 
     async def go() -> dspy.Prediction:
         with dspy.context(lm=lm, adapter=ADAPTER):
@@ -327,8 +329,73 @@ def test_async_calls_go_through_the_adapter() -> None:
 
 
 def test_chain_of_thought_reasons_first_then_answers() -> None:
+    # Not a small local model: "auto" keeps the rationale as the reply's first field.
     lm = ScriptedLM([{"reasoning": "Reno ships.", "answer": "Reno"}], adapter=ADAPTER)
     with dspy.context(lm=lm, adapter=ADAPTER):
         pred = dspy.ChainOfThought(ContextQA)(context="Reno ships.", question="Who ships?")
     assert (pred.reasoning, pred.answer) == ("Reno ships.", "Reno")
     assert '"reasoning" (text), "answer" (text)' in lm.calls[0].messages[0]["content"]
+
+
+@pytest.mark.parametrize(
+    ("reasoning", "local", "omitted"),
+    [("auto", True, True), ("auto", False, False), ("omit", False, True), ("keep", True, False)],
+)
+def test_chain_of_thought_rationale_is_left_out_for_small_local_models(
+    reasoning: Literal["auto", "omit", "keep"], local: bool, omitted: bool
+) -> None:
+    adapter = SmallModelAdapter(reasoning=reasoning)
+    reply = {"answer": "Reno"} if omitted else {"reasoning": "Reno ships.", "answer": "Reno"}
+    lm = ScriptedLM([reply], adapter=adapter, local=local)
+    calls = LMCalls()
+    with dspy.context(lm=lm, adapter=adapter, callbacks=[calls]):
+        pred = dspy.ChainOfThought(ContextQA)(context="Reno ships.", question="Who ships?")
+    system = lm.calls[0].messages[0]["content"]
+    if omitted:
+        # The prompt and reply of the signature without the rationale: one text answer, plain text, the
+        # stops of a text reply; the prediction still has the field, empty, for programs that read it.
+        assert system == ContextQA.instructions and "reasoning" not in lm.calls[0].messages[-1]["content"]
+        assert "response_format" not in calls.kwargs[0] and "stop" in calls.kwargs[0]
+        assert (pred.reasoning, pred.answer) == ("", "Reno")
+    else:
+        assert '"reasoning" (text), "answer" (text)' in system
+        assert (pred.reasoning, pred.answer) == ("Reno ships.", "Reno")
+
+
+def test_an_omitted_rationale_keeps_typed_answers_under_the_schema_and_demos_without_it() -> None:
+    calls = LMCalls()
+    lm = ScriptedLM([{"answer": 3}], adapter=ADAPTER, local=True)
+    program = dspy.ChainOfThought("question -> answer: int")
+    program.predict.demos = [dspy.Example(question="1+1?", reasoning="One and one.", answer=2)]
+    with dspy.context(lm=lm, adapter=ADAPTER, callbacks=[calls]):
+        pred = program(question="1+2?")
+    assert (pred.reasoning, pred.answer) == ("", 3)
+    schema = calls.kwargs[0]["response_format"].model_json_schema()
+    assert list(schema["properties"]) == ["answer"]
+    # The bootstrapped demo's rationale is not shown either: the model would imitate it.
+    assert lm.calls[0].messages[1:3] == [
+        {"role": "user", "content": "Question: 1+1?"},
+        {"role": "assistant", "content": '{"answer": 2}'},
+    ]
+
+
+def test_a_lone_output_named_like_the_rationale_is_an_answer() -> None:
+    lm = ScriptedLM([{"reasoning": "Because."}], adapter=ADAPTER, local=True)
+    with dspy.context(lm=lm, adapter=ADAPTER):
+        assert dspy.Predict("question -> reasoning")(question="Why?").reasoning == "Because."
+
+
+def test_async_chain_of_thought_omits_the_rationale_too() -> None:
+    lm = ScriptedLM([{"answer": "Reno"}], adapter=ADAPTER, local=True)
+
+    async def go() -> dspy.Prediction:
+        with dspy.context(lm=lm, adapter=ADAPTER):
+            return await dspy.ChainOfThought(ContextQA).acall(context="c", question="q")
+
+    pred = asyncio.run(go())
+    assert (pred.reasoning, pred.answer) == ("", "Reno")
+
+
+def test_the_reasoning_option_is_checked() -> None:
+    with pytest.raises(ValueError, match="reasoning must be"):
+        SmallModelAdapter(reasoning="short")  # type: ignore[arg-type]

@@ -125,3 +125,28 @@ def test_with_dspys_adapters_it_is_dspys_listener() -> None:
             listener.receive(_chunk(p)) for p in ["[[ ## answer ## ]]\n", "Reno", "\n\n[[ ## completed ## ]]"]
         ]
     assert "".join(o.chunk for o in outputs if o is not None) == "Reno"
+
+
+def test_chain_of_thought_on_a_small_local_model_streams_the_answer_as_plain_text() -> None:
+    # The rationale is left out for a small local model: the reply is the answer as plain text, which
+    # streams as such; a listener on the rationale gets no text.
+    program = dspy.ChainOfThought("question -> answer")
+    answer_listener = SmallModelStreamListener("answer", predict=program.predict, predict_name="predict")
+    reason_listener = SmallModelStreamListener("reasoning", predict=program.predict, predict_name="predict")
+    streamer: Any = dspy.streamify(program, stream_listeners=[answer_listener, reason_listener])
+
+    async def collect() -> tuple[dict[str, str], Any]:
+        texts: dict[str, str] = {}
+        prediction = None
+        async for item in streamer(question="Who ships?"):
+            if isinstance(item, dspy.streaming.StreamResponse):
+                texts[item.signature_field_name] = texts.get(item.signature_field_name, "") + item.chunk
+            elif isinstance(item, dspy.Prediction):
+                prediction = item
+        return texts, prediction
+
+    lm = StreamingScriptedLM([{"answer": "Reno, Nevada"}], adapter=ADAPTER, local=True)
+    with dspy.context(lm=lm, adapter=ADAPTER):
+        texts, prediction = asyncio.run(collect())
+    assert texts.get("answer") == "Reno, Nevada" and not texts.get("reasoning")
+    assert prediction is not None and (prediction.reasoning, prediction.answer) == ("", "Reno, Nevada")

@@ -20,8 +20,9 @@ def _attrs(span: Any) -> dict[str, Any]:
     return dict(span.attributes or {})
 
 
-def test_the_llm_span_shows_the_plain_prompt_and_the_raw_reply(traced: Traced) -> None:
-    lm = ScriptedLM([{"answer": "Paris"}], adapter=ADAPTER)
+@pytest.mark.parametrize("local", [False, True], ids=["hosted", "local"])
+def test_the_llm_span_shows_the_plain_prompt_and_the_raw_reply(traced: Traced, local: bool) -> None:
+    lm = ScriptedLM([{"answer": "Paris"}], adapter=ADAPTER, local=local)
     with dspy.context(lm=lm, adapter=ADAPTER):
         dspy.Predict("context, question -> answer")(context="Paris is in France.", question="Capital?")
     llm = _attrs(traced.one("scripted"))
@@ -31,10 +32,14 @@ def test_the_llm_span_shows_the_plain_prompt_and_the_raw_reply(traced: Traced) -
     assert traced.one("Predict").status.status_code is StatusCode.OK
 
 
-def test_an_unparseable_reply_is_on_the_llm_span_and_the_error_on_the_module_span(traced: Traced) -> None:
-    lm = ScriptedLM([{"count": "many", "unit": "x"}], adapter=ADAPTER)
-    with dspy.context(lm=lm, adapter=ADAPTER), pytest.raises(AdapterParseError):
+@pytest.mark.parametrize("local", [False, True], ids=["hosted", "local"])
+def test_an_unparseable_reply_is_on_the_llm_span_and_the_error_on_the_module_span(
+    traced: Traced, local: bool
+) -> None:
+    lm = ScriptedLM([{"count": "many", "unit": "x"}], adapter=ADAPTER, local=local)
+    with dspy.context(lm=lm, adapter=ADAPTER), pytest.raises(AdapterParseError) as raised:
         dspy.Predict("text -> count: int, unit")(text="t")
+    assert raised.value.lm_response == '{"count": "many", "unit": "x"}'
     llm = _attrs(traced.one("scripted"))
     assert llm["llm.output_messages.0.message.content"] == '{"count": "many", "unit": "x"}'
     module = traced.one("Predict")
