@@ -53,7 +53,8 @@ class ParkLookup(dspy.Signature):
 
     excerpts: str = dspy.InputField(desc="excerpts from the park handbook")
     query: str = dspy.InputField()
-    reply: str = dspy.OutputField(desc="a number or a few words copied from the excerpts")
+    # Declares the answer's length, as the raw side's max_tokens does (docs/benchmarks.md, Fidelity).
+    reply: str = dspy.OutputField(desc="a number or a few words copied from the excerpts", max_length=100)
 
 
 @dataclass(frozen=True)
@@ -173,14 +174,18 @@ def load_average() -> str:
 class Sides:
     """Every side, over one loaded model."""
 
-    def __init__(self, model_path: str | None, otlp_file: Path) -> None:
+    def __init__(
+        self, model_path: str | None, otlp_file: Path, adapter_options: dict[str, Any] | None = None
+    ) -> None:
         import geode
         from geode.runtime.settings import LMSettings, Settings, TracingSettings
 
         self.lm = geode.LocalLM(model_path, cache=False)
         settings = Settings(lm=LMSettings(cache=False), tracing=TracingSettings(otlp_file=otlp_file))
+        # Options change the geode side's SmallModelAdapter (to measure them); none: the runtime's default.
+        ours = geode.SmallModelAdapter(**adapter_options) if adapter_options else None
         self.runtimes = {
-            "geode": geode.Runtime(settings, lm=self.lm),
+            "geode": geode.Runtime(settings, lm=self.lm, adapter=ours),
             "json": geode.Runtime(settings, lm=self.lm, adapter=dspy.JSONAdapter()),
             "chat": geode.Runtime(settings, lm=self.lm, adapter=dspy.ChatAdapter()),
         }
@@ -238,6 +243,18 @@ def main() -> None:
         default="predict",
         help="the program the Geode sides run: dspy.Predict (default) or dspy.ChainOfThought",
     )
+    parser.add_argument(
+        "--reasoning",
+        choices=("auto", "omit", "keep"),
+        default=None,
+        help="SmallModelAdapter(reasoning=...) on the geode side (with --module cot); default: the runtime's",
+    )
+    parser.add_argument(
+        "--lead-text-max-chars",
+        type=int,
+        default=None,
+        help="SmallModelAdapter(lead_text_max_chars=...) on the geode side: the cap on a kept rationale",
+    )
     parser.add_argument("--show", action="store_true", help="print every answer")
     parser.add_argument("--json", dest="json_out", default=None, help="also write the results to this file")
     args = parser.parse_args()
@@ -253,7 +270,12 @@ def main() -> None:
     console = Console()
     load_before = load_average()
     with tempfile.TemporaryDirectory() as tmp:
-        bench = Sides(args.model_path, Path(tmp) / "spans.jsonl")
+        options: dict[str, Any] = {}
+        if args.reasoning is not None:
+            options["reasoning"] = args.reasoning
+        if args.lead_text_max_chars is not None:
+            options["lead_text_max_chars"] = args.lead_text_max_chars
+        bench = Sides(args.model_path, Path(tmp) / "spans.jsonl", options)
         if args.module == "cot":
             bench.module = dspy.ChainOfThought
         try:

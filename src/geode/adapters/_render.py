@@ -12,7 +12,7 @@ import enum
 import json
 import types
 from collections.abc import Mapping
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pydantic
 from dspy.adapters.types.base_type import Type as DspyType
@@ -148,9 +148,11 @@ def output_schema(fields: Mapping[str, FieldInfo]) -> dict[str, Any]:
         pydantic.PydanticSchemaGenerationError: A field type has no JSON schema.
         pydantic.PydanticInvalidForJsonSchema: Likewise.
     """
-    definitions: dict[str, Any] = {
-        name: (info.annotation if info.annotation is not None else str, ...) for name, info in fields.items()
-    }
+    definitions: dict[str, Any] = {}
+    for name, info in fields.items():
+        annotation = info.annotation if info.annotation is not None else str
+        # Declared constraints (max_length, ge, pattern...) are part of the field's type in the schema.
+        definitions[name] = (Annotated[annotation, *info.metadata] if info.metadata else annotation, ...)
     model = pydantic.create_model("Outputs", __config__=pydantic.ConfigDict(extra="forbid"), **definitions)
     schema = copy.deepcopy(model.model_json_schema())
     for prop in (schema.get("properties") or {}).values():

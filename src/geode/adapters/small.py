@@ -54,9 +54,13 @@ from geode.adapters._render import (
     type_hint,
 )
 
-__all__ = ["SmallModelAdapter"]
+__all__ = ["SmallModelAdapter", "text_token_cap"]
 
 _MAX_STOPS = 4  # OpenAI-compatible APIs accept at most four stop sequences
+# Characters per token when a declared max_length becomes a token cap. English BPE averages about 4
+# (3.7 on SmolLM2's replies in benchmarks/bench_fidelity.py); 3 leaves room, so a reply that fits the
+# declared length is rarely cut.
+_CHARS_PER_TOKEN = 3
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```\s*$", re.DOTALL)
 _OBJECT = regex.compile(r"\{(?:[^{}]|(?R))*\}", regex.DOTALL)
 
@@ -71,6 +75,21 @@ def _is_plain(signature: type[Signature]) -> bool:
     """Whether the reply is plain text: exactly one output field, and it is a ``str``."""
     outputs = list(signature.output_fields.values())
     return len(outputs) == 1 and outputs[0].annotation is str
+
+
+def text_token_cap(signature: type[Signature]) -> int | None:
+    """The token cap a plain-text reply gets from its field's declared length, if it declares one.
+
+    A field declares its length the pydantic way, ``dspy.OutputField(max_length=100)`` (DSPy keeps the
+    constraint; a JSON reply's schema carries it as ``maxLength``). The cap is enough tokens for that many
+    characters: a small model then stops where the signature says the answer ends, instead of running
+    on into a second paragraph at a decoding cost per token. The text itself is not cut to ``max_length``.
+    """
+    if not _is_plain(signature):
+        return None
+    info = next(iter(signature.output_fields.values()))
+    limits = [m.max_length for m in info.metadata if isinstance(getattr(m, "max_length", None), int)]
+    return -(-min(limits) // _CHARS_PER_TOKEN) if limits else None
 
 
 def _rationale(signature: type[Signature]) -> str | None:
@@ -95,9 +114,11 @@ class SmallModelAdapter(dspy.Adapter):
 
     Args:
         callbacks: DSPy callbacks run around ``format`` and ``parse``.
-        text_max_tokens: Cap on generated tokens for a plain-text reply (a single ``str`` output);
+        text_max_tokens: Cap on generated tokens for every plain-text reply (a single ``str`` output);
             ``None`` keeps the LM's own ``max_tokens``. A smaller cap bounds the time a rambling small
-            model can spend; the LM's own setting still applies when it is lower.
+            model can spend; the LM's own setting still applies when it is lower. Independently, an
+            output field that declares ``max_length`` (``dspy.OutputField(max_length=100)``) caps its
+            reply at ``max_length / 3`` tokens (:func:`text_token_cap`).
         lead_text_max_chars: For LMs that decode under a grammar (they declare ``small_local_model``,
             as ``geode.LocalLM`` does), the most characters of a free-text field that is followed by
             other fields, such as ``ChainOfThought``'s ``reasoning``. A small model that starts repeating
@@ -232,11 +253,10 @@ class SmallModelAdapter(dspy.Adapter):
                 stops = [f"\n{field_label(n, f)}:" for n, f in signature.input_fields.items()]
                 if stops:
                     lm_kwargs["stop"] = stops[:_MAX_STOPS]
-            if self.text_max_tokens is not None:
+            caps = [c for c in (self.text_max_tokens, text_token_cap(signature)) if c is not None]
+            if caps:
                 current = lm_kwargs.get("max_tokens") or getattr(lm, "kwargs", {}).get("max_tokens")
-                lm_kwargs["max_tokens"] = (
-                    self.text_max_tokens if current is None else min(int(current), self.text_max_tokens)
-                )
+                lm_kwargs["max_tokens"] = min(caps) if current is None else min(int(current), *caps)
             return
         if "response_format" in lm_kwargs or "response_format" not in lm.supported_params:
             return

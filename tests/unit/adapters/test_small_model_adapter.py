@@ -15,6 +15,7 @@ from dspy.utils.callback import BaseCallback
 from dspy.utils.exceptions import AdapterParseError
 
 from geode.adapters import SmallModelAdapter
+from geode.adapters.small import text_token_cap
 from geode.testing import ScriptedLM
 
 
@@ -191,6 +192,55 @@ def test_text_max_tokens_caps_a_text_reply_below_the_lms_own_cap() -> None:
         with dspy.context(lm=lm, adapter=SmallModelAdapter(text_max_tokens=cap), callbacks=[calls]):
             dspy.Predict(ContextQA, max_tokens=lm_cap)(context="c", question="q")
         assert calls.kwargs[-1]["max_tokens"] == expected
+
+
+class ShortQA(dspy.Signature):
+    """Answer from the passages with a few words."""
+
+    context: str = dspy.InputField()
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField(max_length=100)
+
+
+@pytest.mark.parametrize(
+    ("adapter", "lm_cap", "expected"),
+    [
+        (SmallModelAdapter(), 512, 34),  # 100 characters at 3 per token, rounded up
+        (SmallModelAdapter(), 20, 20),  # the LM's own lower cap stays
+        (SmallModelAdapter(text_max_tokens=10), 512, 10),  # so does the adapter's
+    ],
+)
+def test_a_declared_max_length_caps_a_text_reply(
+    adapter: SmallModelAdapter, lm_cap: int, expected: int
+) -> None:
+    calls = LMCalls()
+    lm = ScriptedLM([{"answer": "Reno"}], adapter=adapter, local=True)
+    with dspy.context(lm=lm, adapter=adapter, callbacks=[calls]):
+        assert dspy.Predict(ShortQA, max_tokens=lm_cap)(context="c", question="q").answer == "Reno"
+    assert calls.kwargs[0]["max_tokens"] == expected
+
+
+def test_without_a_declared_length_a_text_reply_keeps_the_lms_cap() -> None:
+    calls = LMCalls()
+    lm = ScriptedLM([{"answer": "Reno"}], adapter=ADAPTER, local=True)
+    with dspy.context(lm=lm, adapter=ADAPTER, callbacks=[calls]):
+        dspy.Predict(ContextQA, max_tokens=512)(context="c", question="q")
+    assert calls.kwargs[0]["max_tokens"] == 512
+    assert text_token_cap(ContextQA) is None
+
+
+def test_a_declared_length_of_a_json_field_is_in_the_schema_not_a_token_cap() -> None:
+    signature = make_signature(
+        {
+            "question": (str, dspy.InputField()),
+            "answer": (str, dspy.OutputField(max_length=50)),
+            "sure": (bool, dspy.OutputField()),
+        },
+        "Answer.",
+    )
+    assert text_token_cap(signature) is None
+    schema = ADAPTER.response_schema(signature, ScriptedLM([], local=True))
+    assert schema["properties"]["answer"]["maxLength"] == 50
 
 
 def test_typed_outputs_send_the_schema_in_field_order_and_cap_leading_text_on_local_lms() -> None:

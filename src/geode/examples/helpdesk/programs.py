@@ -39,7 +39,8 @@ class HelpdeskContextAnswer(dspy.Signature):
 
     context: str = dspy.InputField(desc="passages from the knowledge base")
     question: str = dspy.InputField()
-    answer: str = dspy.OutputField(desc="a number or a few words copied from the passages")
+    # max_length: "a few words" as a length; SmallModelAdapter stops a plain-text reply there.
+    answer: str = dspy.OutputField(desc="a number or a few words copied from the passages", max_length=100)
 
 
 def build_agent(
