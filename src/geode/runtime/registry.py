@@ -31,14 +31,14 @@ import re
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dspy
 
-from geode.errors import ProgramLoadError, VersionError
+from geode.errors import GeodeError, ProgramLoadError, VersionError
 from geode.runtime.programs import ResolvedProgram
 
 if TYPE_CHECKING:
@@ -78,6 +78,7 @@ _METADATA_KEYS = frozenset(
         "predictors",
         "demos",
         "note",
+        "lm_artifact",
     }
 )
 _SCORE_KEYS = frozenset(
@@ -116,9 +117,31 @@ def _state_of(module: dspy.Module) -> dict[str, Any]:
         ) from err
 
 
-def program_version(module: dspy.Module) -> str:
-    """The version id of a program's current state: 16 hex digits of the SHA-256 of its canonical JSON."""
-    return _sha256(_canonical(_state_of(module)))[:16]
+def program_version(module: dspy.Module, lm_artifact: str | None = None) -> str:
+    """The version id of a program's current state: 16 hex digits of the SHA-256 of its canonical JSON.
+
+    A version that names an LM artifact (fine-tuned weights) hashes the artifact id with the state: the
+    same prompts on other weights are another version.
+    """
+    state = _state_of(module)
+    return _version_id(_without_lm(state) if lm_artifact else state, lm_artifact)
+
+
+def _version_id(state: Mapping[str, Any], lm_artifact: str | None) -> str:
+    if lm_artifact is None:
+        return _sha256(_canonical(state))[:16]
+    return _sha256(_canonical({"lm_artifact": lm_artifact, "state": state}))[:16]
+
+
+def _without_lm(state: Mapping[str, Any]) -> dict[str, Any]:
+    # The LM a version runs on is named by its artifact id, not by the predictors' LM state (which would
+    # hold this machine's file path and could not be loaded safely anyway).
+    if _is_flat(state):
+        return {**state, "lm": None} if "lm" in state else dict(state)
+    return {
+        name: ({**pstate, "lm": None} if isinstance(pstate, dict) and "lm" in pstate else pstate)
+        for name, pstate in state.items()
+    }
 
 
 def _checksum(version: str, metadata: Mapping[str, Any], state: Mapping[str, Any]) -> str:
@@ -293,6 +316,8 @@ class VersionInfo:
     demos: int
     note: str | None
     path: Path
+    lm_artifact: str | None = None
+    """The LM artifact (fine-tuned weights) this version runs on; ``None``: the runtime's LM."""
 
     def score_on(self, dataset_id: str, metric: str) -> Score | None:
         """The latest score on exactly these examples with this metric."""
@@ -311,6 +336,7 @@ class VersionInfo:
 
     def metadata(self) -> dict[str, Any]:
         """The metadata header as stored in the version file."""
+        extra = {"lm_artifact": self.lm_artifact} if self.lm_artifact else {}
         return {
             "program": self.program,
             "parent": self.parent,
@@ -324,6 +350,7 @@ class VersionInfo:
             "predictors": dict(self.predictors),
             "demos": self.demos,
             "note": self.note,
+            **extra,
         }
 
 
@@ -391,6 +418,7 @@ def _build_info(version: str, meta: Mapping[str, Any], path: Path, where: str) -
         demos=int(meta.get("demos", 0) or 0),
         note=meta.get("note"),
         path=path,
+        lm_artifact=meta.get("lm_artifact"),
     )
 
 
@@ -554,16 +582,21 @@ class ProgramRegistry:
         optimizer: str | None = None,
         optimizer_settings: Mapping[str, Any] | None = None,
         note: str | None = None,
+        lm_artifact: str | None = None,
     ) -> VersionInfo:
         """Store a program's current state as a version (idempotent: the same state is the same version).
 
         Saving a state that is already stored keeps its original metadata and adds any new scores.
+        ``lm_artifact`` names the fine-tuned weights the version runs on (an
+        :class:`~geode.runtime.finetune.LMArtifactStore` id); it is part of the version id.
 
         Returns:
             The stored version's metadata.
         """
         state = _state_of(module)
-        version = _sha256(_canonical(state))[:16]
+        if lm_artifact is not None:
+            state = _without_lm(state)
+        version = _version_id(state, lm_artifact)
         path = self._versions_dir(name) / f"{version}.json"
         with self._locked(name):
             info = None
@@ -596,6 +629,8 @@ class ProgramRegistry:
                     "demos": sum(len(getattr(p, "demos", []) or []) for _, p in module.named_predictors()),
                     "note": note,
                 }
+                if lm_artifact is not None:
+                    meta["lm_artifact"] = lm_artifact
             self._write_version(path, version, meta, state)
         return _info(version, meta, path)
 
@@ -727,7 +762,10 @@ class ProgramRegistry:
                 f"{where}: checksum mismatch: the file was modified after it was written (tampered or corrupted)",
                 hint="roll back to another version (geode rollback) or recompile",
             )
-        if _sha256(_canonical(state))[:16] != version:
+        lm_artifact = meta.get("lm_artifact")
+        if lm_artifact is not None and not isinstance(lm_artifact, str):
+            raise ProgramLoadError(f"{where}: metadata.lm_artifact must be an artifact id")
+        if _version_id(state, lm_artifact) != version:
             raise ProgramLoadError(
                 f"{where}: the state does not hash to its version id {version}; the file was altered"
             )
@@ -1015,12 +1053,42 @@ class ActivePrograms:
     the version served before keeps serving; on a first load, the most recent loadable version of the
     rollback history serves, else the base program. The problem is logged once and kept on
     :attr:`ServedProgram.problem`.
+
+    A version that names an LM artifact is bound to the LM ``lm_loader`` builds for it (the runtime's
+    loader reads the artifact store); without a loader, or when the artifact cannot be loaded, the
+    version counts as not loadable.
     """
 
-    def __init__(self, registry: ProgramRegistry) -> None:
+    def __init__(
+        self, registry: ProgramRegistry, *, lm_loader: Callable[[str], dspy.BaseLM] | None = None
+    ) -> None:
         self.registry = registry
+        self.lm_loader = lm_loader
         self._slots: dict[str, _Slot] = {}
         self._lock = threading.Lock()
+
+    def load_version(self, name: str, version: str, base: dspy.Module) -> dspy.Module:
+        """A copy of ``base`` with the version's state, bound to its LM artifact if it names one.
+
+        Raises:
+            VersionError: No such version.
+            ProgramLoadError: The file is invalid, or its LM artifact cannot be loaded.
+        """
+        module = self.registry.load_into(name, version, base)
+        artifact = self.registry.info(name, version).lm_artifact
+        if artifact:
+            if self.lm_loader is None:
+                raise ProgramLoadError(
+                    f"version {version} runs on LM artifact {artifact}; nothing here loads one"
+                )
+            try:
+                lm = self.lm_loader(artifact)
+            except GeodeError as err:
+                raise ProgramLoadError(
+                    f"version {version}: its LM artifact {artifact} cannot be loaded ({err})"
+                ) from err
+            module.set_lm(lm)
+        return module
 
     def get(self, resolved: ResolvedProgram) -> ServedProgram:
         """The served program for a resolved reference."""
@@ -1052,7 +1120,7 @@ class ActivePrograms:
         if active is None:
             return ServedProgram(name, resolved.module, None)
         try:
-            module = self.registry.load_into(name, active, resolved.module)
+            module = self.load_version(name, active, resolved.module)
             return ServedProgram(name, module, active)
         except (ProgramLoadError, VersionError) as err:
             return self._fallback(
@@ -1076,7 +1144,7 @@ class ActivePrograms:
             if candidate is None:
                 break
             try:
-                module = self.registry.load_into(name, candidate, resolved.module)
+                module = self.load_version(name, candidate, resolved.module)
             except (ProgramLoadError, VersionError):
                 continue
             logger.error("program %r: %s; serving the previously active version %s", name, problem, candidate)

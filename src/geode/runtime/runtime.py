@@ -131,6 +131,7 @@ class Runtime:
         self._lock = threading.RLock()  # re-entrant: lazy parts build other lazy parts
         self._programs: dict[str, ResolvedProgram] = {}
         self._feedback: FeedbackOutbox | None = None
+        self._artifact_lms: dict[str, dspy.BaseLM] = {}
 
     # -- parts -------------------------------------------------------------------------------------
 
@@ -236,8 +237,27 @@ class Runtime:
         if self._active is None:
             with self._lock:
                 if self._active is None:
-                    self._active = ActivePrograms(self.registry)
+                    self._active = ActivePrograms(self.registry, lm_loader=self.artifact_lm)
         return self._active.get(resolved)
+
+    def artifact_lm(self, artifact_id: str) -> dspy.BaseLM:
+        """The embedded LM on a stored LM artifact's weights (loaded once per artifact, with ``settings.lm``).
+
+        Raises:
+            ModelFileError: The artifact is missing, or its weights changed since they were stored.
+        """
+        with self._lock:
+            lm = self._artifact_lms.get(artifact_id)
+            if lm is None:
+                from geode.runtime.finetune.artifacts import LMArtifactStore
+                from geode.runtime.lm import build_lm
+
+                artifact = LMArtifactStore(self.settings.lm_artifacts_dir).get(artifact_id)
+                lm_settings = self.settings.lm.model_copy(
+                    update={"model": "local", "model_path": artifact.path}
+                )
+                lm = self._artifact_lms[artifact_id] = build_lm(lm_settings)
+        return lm
 
     @contextmanager
     def _call(

@@ -278,6 +278,11 @@ class Settings(BaseSettings):
         return self.home / "programs"
 
     @property
+    def lm_artifacts_dir(self) -> Path:
+        """Fine-tuned model weights (GGUF) with their lineage, by content hash (``geode compile -o finetune``)."""
+        return self.home / "lms"
+
+    @property
     def reports_dir(self) -> Path:
         """Reports written by ``geode compile``, ``geode compare`` and ``geode demo``."""
         return self.home / "reports"

@@ -1,0 +1,175 @@
+"""The fine-tune's data collection, tokenization and training loop, on scripted LMs and a tiny llama."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import dspy
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("gguf")
+
+import torch
+from tests.unit.runtime.test_finetune_gguf import write_tiny_llama
+
+from geode.adapters import SmallModelAdapter
+from geode.runtime.finetune.data import ChatExample, collect_examples, dataset_id
+from geode.runtime.finetune.gguf_io import load_llama
+from geode.runtime.finetune.train import FinetuneOptions, Progress, Tokenized, encode, train
+from geode.testing import ScriptedLM
+
+
+class Capital(dspy.Signature):
+    """Name the capital city."""
+
+    question: str = dspy.InputField()
+    answer: str = dspy.OutputField()
+
+
+def _exact(example: dspy.Example, prediction: Any, trace: Any = None) -> float:
+    return float(example.answer == prediction.answer)
+
+
+def _examples() -> list[dspy.Example]:
+    rows = [("France?", "Paris"), ("Italy?", "Rome"), ("Spain?", "Madrid")]
+    return [
+        dspy.Example(id=f"q{i}", question=q, answer=a).with_inputs("question")
+        for i, (q, a) in enumerate(rows)
+    ]
+
+
+def test_collect_keeps_correct_runs_in_the_adapters_prompt_format() -> None:
+    lm = ScriptedLM(
+        {"France": {"answer": "Paris"}, "Italy": {"answer": "Rome"}, "Spain": {"answer": "Lisbon"}},
+        adapter=SmallModelAdapter(),
+    )
+    with dspy.context(lm=lm, adapter=SmallModelAdapter()):
+        collected = collect_examples(dspy.Predict(Capital), _examples(), _exact)
+        with_labels = collect_examples(dspy.Predict(Capital), _examples(), _exact, use_labels=True)
+    assert (collected.runs, collected.correct, collected.failed) == (3, 2, 0)
+    assert [e.completion for e in collected.examples] == ["Paris", "Rome"]
+    first = collected.examples[0]
+    assert first.messages[0] == {"role": "system", "content": "Name the capital city."}
+    assert first.messages[-1] == {"role": "user", "content": "Question: France?"}
+    assert (first.source, first.origin) == ("q0", "correct")
+    # A wrong run's last call is kept with the gold answer when asked.
+    assert [(e.completion, e.origin) for e in with_labels.examples][-1] == ("Madrid", "label")
+    assert collected.dataset_id != with_labels.dataset_id
+    assert dataset_id(collected.examples) == collected.dataset_id
+
+
+class ChatTemplateTokenizer:
+    """A character-level stand-in for a Hugging Face tokenizer with a ChatML template."""
+
+    eos_token = "<|im_end|>"
+    specials = ("<|im_start|>", "<|im_end|>")
+
+    def apply_chat_template(
+        self, messages: list[dict[str, str]], *, tokenize: bool, add_generation_prompt: bool = False
+    ) -> str:
+        text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+        return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+    def _ids(self, text: str) -> list[int]:
+        ids: list[int] = []
+        i = 0
+        while i < len(text):
+            for n, special in enumerate(self.specials):
+                if text.startswith(special, i):
+                    ids.append(1000 + n)
+                    i += len(special)
+                    break
+            else:
+                ids.append(ord(text[i]))
+                i += 1
+        return ids
+
+    def __call__(self, text: str, *, add_special_tokens: bool) -> dict[str, list[int]]:
+        return {"input_ids": self._ids(text)}
+
+
+def test_encode_puts_labels_on_the_reply_only() -> None:
+    tok = ChatTemplateTokenizer()
+    example = ChatExample(
+        ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}), "Yo", "s", "p"
+    )
+    item = encode(tok, example, max_length=512)
+    learned = [x for x in item.labels if x != -100]
+    assert learned == tok._ids("Yo<|im_end|>\n")
+    assert len(item.labels) == len(item.input_ids)
+    # Too long: the prompt loses its oldest tokens, the reply stays whole.
+    short = encode(tok, example, max_length=20)
+    assert len(short.input_ids) == 20
+    assert [x for x in short.labels if x != -100] == learned
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny") / "tiny.gguf"
+    write_tiny_llama(path)
+    return path
+
+
+def _items() -> list[Tokenized]:
+    # "a b c -> d" patterns over the tiny vocabulary; the loss is on the last two tokens.
+    out = []
+    for start in range(1, 9):
+        ids = tuple((start + k) % 40 for k in range(8))
+        out.append(Tokenized(ids, (-100,) * 6 + ids[6:]))
+    return out
+
+
+def test_training_lowers_validation_loss_and_returns_the_best_epochs_weights(tiny_path: Path) -> None:
+    torch.manual_seed(0)
+    model, _ = load_llama(tiny_path)
+    seen: list[Progress] = []
+    options = FinetuneOptions(
+        rank=4, alpha=8.0, dropout=0.0, learning_rate=5e-2, epochs=3, batch_size=4, patience=3
+    )
+    result = train(model, _items(), _items()[:4], options, pad_id=0, progress=seen.append)
+    losses = [h.val_loss for h in result.history]
+    assert losses[-1] < losses[0]
+    assert result.best_epoch > 0 and result.improved and result.stopped == "epochs"
+    assert len(result.changed) == 2 * 7
+    assert all(name.endswith("_proj.weight") for name in result.changed)
+    assert [p.step for p in seen] == list(range(1, 7))
+    assert seen[-1].eta_s == pytest.approx(0.0, abs=1e-9) or seen[-1].eta_s >= 0
+    assert seen[0].steps_total == 6 and seen[0].eta_s > 0
+    assert result.trainable_parameters > 0 and result.peak_rss_mb > 0
+
+
+def test_no_improvement_on_validation_stops_early_and_changes_nothing(tiny_path: Path) -> None:
+    model, _ = load_llama(tiny_path)
+    options = FinetuneOptions(rank=4, learning_rate=1e-2, epochs=5, batch_size=4, patience=2)
+    result = train(model, _items(), _items()[:2], options, pad_id=0, val_score=lambda m: 0.5)
+    assert result.stopped == "early_stop"
+    assert [h.epoch for h in result.history] == [0, 1, 2]
+    assert result.best_epoch == 0 and not result.improved
+    assert result.changed == {}
+
+
+def test_the_time_budget_stops_training_before_it_is_overrun(tiny_path: Path) -> None:
+    model, _ = load_llama(tiny_path)
+    now = [0.0]
+
+    def clock() -> float:
+        now[0] += 1.0  # every look at the clock costs a second
+        return now[0]
+
+    options = FinetuneOptions(rank=4, epochs=50, batch_size=2, time_budget_s=30.0)
+    result = train(model, _items(), _items()[:2], options, pad_id=0, clock=clock)
+    assert result.stopped == "time_budget"
+    assert result.seconds <= 30.0 + 5.0
+    assert len(result.history) < 50
+
+
+def test_options_refuse_nonsense() -> None:
+    with pytest.raises(ValueError, match="method"):
+        FinetuneOptions(method="qlora")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="val_fraction"):
+        FinetuneOptions(val_fraction=1.0)
+    with pytest.raises(ValueError, match="time_budget_s"):
+        FinetuneOptions(time_budget_s=0)
