@@ -88,7 +88,7 @@ def pricing_for(rt: Runtime) -> Pricing:
 def optimizer_name(text: str) -> OptimizerName:
     """Check ``--optimizer``."""
     if text not in get_args(OptimizerName):
-        raise ConfigError(f"unknown optimizer {text!r}", hint="choose bootstrap, mipro or gepa")
+        raise ConfigError(f"unknown optimizer {text!r}", hint="choose bootstrap, mipro, gepa or finetune")
     return cast(OptimizerName, text)
 
 

@@ -42,9 +42,17 @@ _TRAINSET = typer.Option(
 
 
 def save_versions(
-    registry: ProgramRegistry, name: str, result: CompileResult, *, baseline_is_base: bool = False
+    registry: ProgramRegistry,
+    name: str,
+    result: CompileResult,
+    *,
+    baseline_is_base: bool = False,
+    lm_artifact: str | None = None,
 ) -> tuple[str, str]:
-    """Store baseline and candidate with their held-out scores; returns their version ids."""
+    """Store baseline and candidate with their held-out scores; returns their version ids.
+
+    ``lm_artifact``: the fine-tuned weights the candidate runs on (``--optimizer finetune``).
+    """
     baseline = registry.save(
         name,
         result.baseline_program,
@@ -60,6 +68,7 @@ def save_versions(
         scores=[Score.heldout(result.candidate, source_dataset_id=result.dataset_id)],
         optimizer=result.optimizer.name,
         optimizer_settings={**result.optimizer.to_dict(), "model": result.candidate.model},
+        lm_artifact=lm_artifact,
     )
     return baseline.version, candidate.version
 
@@ -71,7 +80,11 @@ def compile_command(
     trainset: Path = _TRAINSET,
     metric: str = METRIC_OPTION,
     optimizer: str = typer.Option(
-        "bootstrap", "--optimizer", "-o", help="bootstrap (BootstrapFewShot), mipro (MIPROv2) or gepa (GEPA)."
+        "bootstrap",
+        "--optimizer",
+        "-o",
+        help="bootstrap (BootstrapFewShot), mipro (MIPROv2), gepa (GEPA) or finetune (LoRA on the embedded "
+        "model's weights; needs the finetune extra).",
     ),
     auto: str = typer.Option("light", "--auto", help="MIPROv2 / GEPA budget: light, medium or heavy."),
     heldout: float = typer.Option(0.3, "--heldout", help="Share of the dataset held out for the comparison."),
@@ -90,6 +103,19 @@ def compile_command(
         0.05, "--margin", help="Promotion gate: points the candidate must gain (0.05 = 5)."
     ),
     promote: bool = typer.Option(False, "--promote", help="Promote the candidate if it passes the gate."),
+    epochs: int = typer.Option(
+        3, "--epochs", help="finetune: most training epochs (early stopping may end sooner)."
+    ),
+    time_budget: float = typer.Option(
+        1200.0, "--time-budget", help="finetune: hard limit on training seconds."
+    ),
+    lora_rank: int = typer.Option(8, "--lora-rank", help="finetune: rank of the LoRA adapters."),
+    learning_rate: float = typer.Option(2e-4, "--learning-rate", help="finetune: AdamW learning rate."),
+    qtype: str | None = typer.Option(
+        None,
+        "--qtype",
+        help="finetune: GGUF type of the changed tensors (Q8_0, Q4_1, F16...); default: the base's.",
+    ),
     report: Path | None = REPORT_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),
     lm: str | None = LM_OPTION,
@@ -120,6 +146,20 @@ def compile_command(
             from geode.runtime.lm import build_lm
 
             reflection = build_lm(make_settings(lm=reflection_lm, measure=True, allow_cache=allow_cache).lm)
+        tuner = None
+        if chosen == "finetune":
+            from geode.cli._finetune import make_finetuner
+
+            tuner = make_finetuner(
+                rt,
+                scorer,
+                epochs=epochs,
+                time_budget_s=time_budget,
+                rank=lora_rank,
+                learning_rate=learning_rate,
+                qtype=qtype,
+                say=say,
+            )
         # Optimizers print progress to stdout; keep stdout for results (--json).
         with rt.batch(), contextlib.redirect_stdout(sys.stderr):
             result = compile_program(
@@ -135,16 +175,21 @@ def compile_command(
                 max_labeled_demos=max_labeled,
                 reflection_lm=reflection,
                 program_name=name,
-                version_of=program_version,
+                version_of=tuner.version_of if tuner is not None else program_version,
                 min_train=min_train,
                 min_heldout=min_heldout,
                 pricing=pricing_for(rt),
                 show_progress=not as_json,
                 log=say,
+                finetune=tuner,
             )
         registry = rt.registry
         base_version, cand_version = save_versions(
-            registry, name, result, baseline_is_base=served.version is None
+            registry,
+            name,
+            result,
+            baseline_is_base=served.version is None,
+            lm_artifact=tuner.artifact_id if tuner is not None else None,
         )
         active = registry.active(name)
         files = write_compile_report(

@@ -34,8 +34,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-OptimizerName = Literal["bootstrap", "mipro", "gepa"]
+OptimizerName = Literal["bootstrap", "mipro", "gepa", "finetune"]
 AutoBudget = Literal["light", "medium", "heavy"]
+Finetuner = Callable[[dspy.Module, Sequence[dspy.Example], Sequence[dspy.Example] | None], dspy.Module]
+"""``finetune(student, trainset, valset)``: weight-level recompilation (the runtime's ``LocalFinetune``)."""
 
 
 @dataclass(frozen=True)
@@ -124,12 +126,12 @@ def demo_count(program: dspy.Module) -> int:
     return sum(len(getattr(p, "demos", []) or []) for _, p in program.named_predictors())
 
 
-def _validation_split(train: Dataset, seed: int) -> tuple[Dataset, Dataset | None]:
-    # MIPROv2 and GEPA choose between candidates on a validation set; carving it from the train split
-    # keeps the held-out split untouched until the final comparison.
+def _validation_split(train: Dataset, seed: int, fraction: float = 0.5) -> tuple[Dataset, Dataset | None]:
+    # MIPROv2 and GEPA choose between candidates on a validation set, the fine-tune its epoch; carving it
+    # from the train split keeps the held-out split untouched until the final comparison.
     if len(train) < 4:
         return train, None
-    parts = train.split(heldout_fraction=0.5, seed=seed + 1)
+    parts = train.split(heldout_fraction=fraction, seed=seed + 1)
     return parts.train, parts.heldout
 
 
@@ -140,7 +142,15 @@ def _run_optimizer(
     train: Sequence[dspy.Example],
     val: Sequence[dspy.Example] | None,
     reflection_lm: dspy.BaseLM | None,
+    finetune: Finetuner | None = None,
 ) -> dspy.Module:
+    if settings.name == "finetune":
+        if finetune is None:
+            raise ConfigError(
+                "the finetune optimizer trains the embedded model's weights; this command cannot",
+                hint="use geode compile --optimizer finetune (with the embedded LM)",
+            )
+        return finetune(student, train, val)
     if settings.name == "bootstrap":
         optimizer = dspy.BootstrapFewShot(
             metric=metric,
@@ -208,6 +218,7 @@ def compile_program(
     show_progress: bool = False,
     tracer: Any = None,
     log: Callable[[str], None] | None = None,
+    finetune: Finetuner | None = None,
 ) -> CompileResult:
     """Optimize ``program`` on the train split and score baseline vs candidate on the held-out split.
 
@@ -233,6 +244,8 @@ def compile_program(
         show_progress: Progress bars for the evaluations.
         tracer: OpenTelemetry tracer for evaluation example spans.
         log: Receives one-line progress messages (the CLI prints them).
+        finetune: Runs ``optimizer="finetune"`` (fine-tunes the LM's weights on the train split, with a
+            validation part carved out of it for early stopping); the CLI passes the runtime's.
 
     Raises:
         DatasetError: The dataset is empty or too small to split into train and held-out data.
@@ -247,7 +260,10 @@ def compile_program(
     split = dataset.split(heldout_fraction=heldout_fraction, seed=seed)
     split.require(min_train=min_train, min_heldout=min_heldout, purpose="compile")
     name = program_name or type(program).__name__
-    fit, val = _validation_split(split.train, seed) if optimizer in ("mipro", "gepa") else (split.train, None)
+    carve = optimizer in ("mipro", "gepa", "finetune")
+    # A fine-tune learns from every example it trains on: give it the larger share.
+    fraction = 0.25 if optimizer == "finetune" else 0.5
+    fit, val = _validation_split(split.train, seed, fraction) if carve else (split.train, None)
     reflection_model = None
     if optimizer == "gepa":
         chosen = reflection_lm or dspy.settings.lm
@@ -304,6 +320,7 @@ def compile_program(
             fit.examples(),
             val.examples() if val is not None else None,
             reflection_lm,
+            finetune,
         )
     compile_seconds = time.perf_counter() - t0
     totals = usage.get_total_tokens()

@@ -30,7 +30,9 @@ HIDDEN, N_HEAD, N_HEAD_KV, FFN, VOCAB, LAYERS = 64, 4, 2, 96, 40, 2
 KV_DIM = HIDDEN // N_HEAD * N_HEAD_KV
 
 
-def write_tiny_llama(path: Path, *, arch: str = "llama", seed: int = 0) -> dict[str, np.ndarray]:
+def write_tiny_llama(
+    path: Path, *, arch: str = "llama", seed: int = 0, vocab: int = VOCAB
+) -> dict[str, np.ndarray]:
     """A two-block llama GGUF with random weights; blk.0.attn_q is Q8_0, the rest F32.
 
     Returns the tensors as llama.cpp holds them (rows permuted for q/k; the Q8_0 one dequantised).
@@ -45,10 +47,10 @@ def write_tiny_llama(path: Path, *, arch: str = "llama", seed: int = 0) -> dict[
     writer.add_head_count_kv(N_HEAD_KV)
     writer.add_rope_freq_base(10000.0)
     writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_vocab_size(VOCAB)
+    writer.add_vocab_size(vocab)
     writer.add_string("general.name", "tiny")
     shapes: dict[str, tuple[int, ...]] = {
-        "token_embd.weight": (VOCAB, HIDDEN),
+        "token_embd.weight": (vocab, HIDDEN),
         "output_norm.weight": (HIDDEN,),
     }
     for b in range(LAYERS):

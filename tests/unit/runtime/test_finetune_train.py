@@ -62,10 +62,18 @@ def test_collect_keeps_correct_runs_in_the_adapters_prompt_format() -> None:
 
 
 class ChatTemplateTokenizer:
-    """A character-level stand-in for a Hugging Face tokenizer with a ChatML template."""
+    """A character-level stand-in for a Hugging Face tokenizer with a ChatML template (ids below 128)."""
 
     eos_token = "<|im_end|>"
+    eos_token_id = 2
+    pad_token_id = 0
     specials = ("<|im_start|>", "<|im_end|>")
+
+    def convert_tokens_to_ids(self, token: str) -> int:
+        return 1 + self.specials.index(token)
+
+    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
+        return "".join(chr(int(i)) for i in ids if int(i) >= 3)
 
     def apply_chat_template(
         self, messages: list[dict[str, str]], *, tokenize: bool, add_generation_prompt: bool = False
@@ -79,16 +87,19 @@ class ChatTemplateTokenizer:
         while i < len(text):
             for n, special in enumerate(self.specials):
                 if text.startswith(special, i):
-                    ids.append(1000 + n)
+                    ids.append(1 + n)
                     i += len(special)
                     break
             else:
-                ids.append(ord(text[i]))
+                ids.append(min(ord(text[i]), 127))
                 i += 1
         return ids
 
-    def __call__(self, text: str, *, add_special_tokens: bool) -> dict[str, list[int]]:
-        return {"input_ids": self._ids(text)}
+    def __call__(
+        self, text: str, *, add_special_tokens: bool, return_tensors: str | None = None
+    ) -> dict[str, Any]:
+        ids = self._ids(text)
+        return {"input_ids": torch.tensor([ids]) if return_tensors == "pt" else ids}
 
 
 def test_encode_puts_labels_on_the_reply_only() -> None:
@@ -109,7 +120,7 @@ def test_encode_puts_labels_on_the_reply_only() -> None:
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny") / "tiny.gguf"
-    write_tiny_llama(path)
+    write_tiny_llama(path, vocab=128)
     return path
 
 
@@ -144,7 +155,8 @@ def test_training_lowers_validation_loss_and_returns_the_best_epochs_weights(tin
 def test_no_improvement_on_validation_stops_early_and_changes_nothing(tiny_path: Path) -> None:
     model, _ = load_llama(tiny_path)
     options = FinetuneOptions(rank=4, learning_rate=1e-2, epochs=5, batch_size=4, patience=2)
-    result = train(model, _items(), _items()[:2], options, pad_id=0, val_score=lambda m: 0.5)
+    scores = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.0])  # every epoch worse than the untrained model
+    result = train(model, _items(), _items()[:2], options, pad_id=0, val_score=lambda m: next(scores))
     assert result.stopped == "early_stop"
     assert [h.epoch for h in result.history] == [0, 1, 2]
     assert result.best_epoch == 0 and not result.improved
@@ -173,3 +185,52 @@ def test_options_refuse_nonsense() -> None:
         FinetuneOptions(val_fraction=1.0)
     with pytest.raises(ValueError, match="time_budget_s"):
         FinetuneOptions(time_budget_s=0)
+
+
+def test_local_finetune_trains_on_correct_runs_stores_the_weights_and_binds_the_program(
+    tiny_path: Path, tmp_path: Path
+) -> None:
+    gguf = pytest.importorskip("gguf")
+    from geode.runtime.finetune import LMArtifactStore, LocalFinetune
+
+    answers = {"France": {"answer": "Paris"}, "Italy": {"answer": "Rome"}, "Spain": {"answer": "Madrid"}}
+    rows = [(f"{c} {i}?", answers[c]["answer"]) for i in range(3) for c in answers]
+    trainset = [dspy.Example(question=q, answer=a).with_inputs("question") for q, a in rows]
+    lm = ScriptedLM(
+        lambda messages: answers[next(c for c in answers if c in messages[-1]["content"])],
+        adapter=SmallModelAdapter(),
+    )
+    built: list[Path] = []
+
+    def factory(path: Path) -> dspy.BaseLM:
+        built.append(path)
+        return ScriptedLM([{"answer": "tuned"}], adapter=SmallModelAdapter())
+
+    store = LMArtifactStore(tmp_path / "lms")
+    options = FinetuneOptions(
+        rank=4, alpha=8.0, dropout=0.0, learning_rate=5e-2, epochs=2, batch_size=4, patience=2
+    )
+    tuner = LocalFinetune(
+        _exact,
+        store=store,
+        options=options,
+        base_model=tiny_path,
+        lm_factory=factory,
+        tokenizer=ChatTemplateTokenizer(),
+        adapter=SmallModelAdapter(),
+    )
+    program = dspy.Predict(Capital)
+    with dspy.context(lm=lm, adapter=SmallModelAdapter()):
+        tuned = tuner.compile(program, trainset=trainset)
+    report = tuner.report
+    assert report is not None and report.collected["correct"] == len(trainset) - report.n_val
+    assert tuner.artifact is not None and built == [tuner.artifact.path]
+    assert store.get(tuner.artifact.id).dataset_id == report.collected["dataset_id"]
+    assert tuner.artifact.hyperparameters["rank"] == 4 and tuner.artifact.method == "lora"
+    # The written GGUF differs from the base only in the trained projections.
+    assert tuner.artifact.path is not None
+    changed = {t.name for t in gguf.GGUFReader(str(tuner.artifact.path)).tensors}
+    assert "blk.0.attn_q.weight" in changed
+    assert program.lm is None and tuned.lm is not None
+    with dspy.context(lm=lm, adapter=SmallModelAdapter()):
+        assert tuned(question="France?").answer == "tuned"

@@ -139,6 +139,8 @@ class LocalFinetune:
         adapter: Renders calls into prompts; default: the context's adapter, else ``SmallModelAdapter``.
         log: Receives one-line progress messages (the CLI prints them).
         progress: Receives training progress after every step (epoch, step, loss, ETA).
+        tokenizer: A ``transformers`` tokenizer with the model's chat template; default: read from the
+            GGUF by ``transformers``.
 
     Attributes:
         artifact: The stored LM artifact after :meth:`compile` (``None`` when training did not help).
@@ -157,6 +159,7 @@ class LocalFinetune:
         adapter: dspy.Adapter | None = None,
         log: Callable[[str], None] | None = None,
         progress: Callable[[Progress], None] | None = None,
+        tokenizer: Any | None = None,
     ) -> None:
         self.metric = metric
         self.store = store
@@ -167,6 +170,7 @@ class LocalFinetune:
         self.adapter = adapter
         self.log = log or (lambda message: logger.info("%s", message))
         self.progress = progress
+        self.tokenizer = tokenizer
         self.artifact: LMArtifact | None = None
         self.report: FinetuneReport | None = None
         self.train_result: TrainResult | None = None
@@ -232,7 +236,7 @@ class LocalFinetune:
         t1 = time.perf_counter()
         self.log(f"loading {base.name} into torch")
         model, _ = load_llama(base)
-        tokenizer = load_tokenizer(base)
+        tokenizer = self.tokenizer if self.tokenizer is not None else load_tokenizer(base)
         timings["load_s"] = time.perf_counter() - t1
         train_items = [encode(tokenizer, e, options.max_length) for e in collected.examples]
         val_tokens = [encode(tokenizer, v.chat, options.max_length) for v in val_items]

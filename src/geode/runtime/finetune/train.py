@@ -1,10 +1,12 @@
 """The training loop: LoRA (or full) fine-tuning on CPU with a validation split, early stopping and a time budget.
 
 Loss is on the reply tokens only (the prompt is context, not something to learn). After every epoch the
-model is scored on the validation examples; the best epoch's weights are kept and training stops when
-``patience`` epochs in a row did not improve, when the epochs run out, or before a step would overrun
-the time budget. Epoch 0 is the untrained model: when no epoch beats it, the result says so and the
-changed weights are empty, so a fine-tune that does not help is never mistaken for one that does.
+model is scored on the validation examples (a score such as the metric on greedy replies, ties broken
+by the validation loss); the best epoch's weights are kept and training stops when ``patience`` epochs
+in a row did not improve, when the epochs run out, or before a step would overrun the time budget.
+Epoch 0 is the untrained model: when no epoch beats it, the result says so and the changed weights are
+empty. An epoch that only lowers the loss at an equal score is kept, so the held-out comparison and
+the promotion gate, not this loop, decide whether the fine-tune is better than the base.
 """
 
 from __future__ import annotations
@@ -263,7 +265,8 @@ def train(
         options: Method, hyper-parameters, epochs, patience and the time budget.
         pad_id: Token id used for padding (masked out of the loss and attention).
         val_score: Scores the current model on validation (higher is better, e.g. the metric on greedy
-            replies); early stopping uses it, else the negative validation loss.
+            replies). Epochs are compared on it, ties broken by the lower validation loss; without it,
+            on the validation loss alone.
         progress: Called after every optimisation step.
         clock: Time source (tests pass a fake one).
 
@@ -289,10 +292,11 @@ def train(
     trainable = sum(p.numel() for p in params)
     optimizer = torch.optim.AdamW(params, lr=options.learning_rate, weight_decay=options.weight_decay)
 
-    def judge() -> tuple[float, float | None, float]:
+    def judge() -> tuple[float, float | None, tuple[float, float]]:
         loss = _val_loss(model, val_items, pad_id, options.batch_size)
         score = val_score(model) if val_score is not None else None
-        return loss, score, (score if score is not None else -loss)
+        # The score decides; on a tie (frequent with a dozen validation questions) the lower loss does.
+        return loss, score, (score if score is not None else 0.0, -loss)
 
     t0 = clock()
     val_loss, score, best_key = judge()
@@ -351,7 +355,7 @@ def train(
             val_loss,
             score,
         )
-        if key > best_key + 1e-9:
+        if _better(key, best_key):
             best_key, best_epoch, best_state = key, epoch, _snapshot(params)
             since_best = 0
         else:
@@ -379,6 +383,12 @@ def train(
         n_val=len(val_items),
         trainable_parameters=trainable,
     )
+
+
+def _better(key: tuple[float, float], best: tuple[float, float]) -> bool:
+    if key[0] > best[0] + 1e-9:
+        return True
+    return abs(key[0] - best[0]) <= 1e-9 and key[1] > best[1] + 1e-6
 
 
 def _snapshot(params: Sequence[torch.nn.Parameter]) -> list[torch.Tensor]:
