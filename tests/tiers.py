@@ -31,6 +31,7 @@ TIERS: dict[str, str] = {
     "phoenix": "a real `phoenix serve` process: the `phoenix` extra",
     "browser": "headless Chromium (apt-get install chromium) driven over DevTools with `websockets`",
     "ray": "a local Ray head and Ray Serve: the `ray` extra",
+    "finetune": "fine-tuning the embedded model: the `finetune` extra (CPU torch, transformers, gguf)",
     # Reserved for later issues; no test uses them yet.
     "postgres": "a PostgreSQL server (reserved)",
     "fuzz": "coverage-guided fuzzing (reserved)",

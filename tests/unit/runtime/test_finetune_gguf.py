@@ -7,10 +7,11 @@ from typing import Any
 
 import numpy as np
 import pytest
+from tests.tiers import require_tier
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-gguf = pytest.importorskip("gguf")
+require_tier("finetune", import_name="torch")
+require_tier("finetune", import_name="transformers")
+gguf = require_tier("finetune", import_name="gguf")
 
 import torch  # noqa: E402
 

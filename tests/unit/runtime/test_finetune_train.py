@@ -1,4 +1,5 @@
 """The fine-tune's data collection, tokenization and training loop, on scripted LMs and a tiny llama."""
+# ruff: noqa: E402
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ from typing import Any
 
 import dspy
 import pytest
+from tests.tiers import require_tier
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("gguf")
+require_tier("finetune", import_name="torch")
+require_tier("finetune", import_name="transformers")
+require_tier("finetune", import_name="gguf")
 
 import torch
 from tests.unit.runtime.test_finetune_gguf import write_tiny_llama
@@ -190,7 +192,7 @@ def test_options_refuse_nonsense() -> None:
 def test_local_finetune_trains_on_correct_runs_stores_the_weights_and_binds_the_program(
     tiny_path: Path, tmp_path: Path
 ) -> None:
-    gguf = pytest.importorskip("gguf")
+    gguf = require_tier("finetune", import_name="gguf")
     from geode.runtime.finetune import LMArtifactStore, LocalFinetune
 
     answers = {"France": {"answer": "Paris"}, "Italy": {"answer": "Rome"}, "Spain": {"answer": "Madrid"}}
