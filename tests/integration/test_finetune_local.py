@@ -93,14 +93,12 @@ def test_fine_tuned_weights_serve_as_a_program_version(tmp_path: Path) -> None:
             options=FinetuneOptions(epochs=1, time_budget_s=240, learning_rate=2e-4),
         )
         with rt.batch():
-            tuned = tuner.compile(program, trainset=examples[:8], valset=examples[8:12])
+            # Validation on questions it trains on: this test checks the path, bench_finetune the quality.
+            tuned = tuner.compile(program, trainset=examples[:8], valset=examples[:4])
         report = tuner.report
         assert report is not None and report.collected["examples"] > 0
         assert report.training["history"][0]["epoch"] == 0
-        if tuner.artifact is None:
-            pytest.skip(
-                "one epoch did not beat the untrained model on 4 validation questions (reported, not written)"
-            )
+        assert tuner.artifact is not None, report.training
         artifact = LMArtifactStore(settings.lm_artifacts_dir).get(tuner.artifact.id)
         assert artifact.base_sha256 and artifact.dataset_id == report.collected["dataset_id"]
         version = rt.registry.save("answer", tuned, lm_artifact=artifact.id)

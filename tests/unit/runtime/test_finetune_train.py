@@ -140,7 +140,7 @@ def test_training_lowers_validation_loss_and_returns_the_best_epochs_weights(tin
     model, _ = load_llama(tiny_path)
     seen: list[Progress] = []
     options = FinetuneOptions(
-        rank=4, alpha=8.0, dropout=0.0, learning_rate=5e-2, epochs=3, batch_size=4, patience=3
+        rank=4, alpha=8.0, dropout=0.0, learning_rate=5e-2, epochs=3, batch_size=4, patience=3, threads=1
     )
     result = train(model, _items(), _items()[:4], options, pad_id=0, progress=seen.append)
     losses = [h.val_loss for h in result.history]
@@ -156,7 +156,7 @@ def test_training_lowers_validation_loss_and_returns_the_best_epochs_weights(tin
 
 def test_no_improvement_on_validation_stops_early_and_changes_nothing(tiny_path: Path) -> None:
     model, _ = load_llama(tiny_path)
-    options = FinetuneOptions(rank=4, learning_rate=1e-2, epochs=5, batch_size=4, patience=2)
+    options = FinetuneOptions(rank=4, learning_rate=1e-2, epochs=5, batch_size=4, patience=2, threads=1)
     scores = iter([0.5, 0.4, 0.3, 0.2, 0.1, 0.0])  # every epoch worse than the untrained model
     result = train(model, _items(), _items()[:2], options, pad_id=0, val_score=lambda m: next(scores))
     assert result.stopped == "early_stop"
@@ -173,7 +173,7 @@ def test_the_time_budget_stops_training_before_it_is_overrun(tiny_path: Path) ->
         now[0] += 1.0  # every look at the clock costs a second
         return now[0]
 
-    options = FinetuneOptions(rank=4, epochs=50, batch_size=2, time_budget_s=30.0)
+    options = FinetuneOptions(rank=4, epochs=50, batch_size=2, time_budget_s=30.0, threads=1)
     result = train(model, _items(), _items()[:2], options, pad_id=0, clock=clock)
     assert result.stopped == "time_budget"
     assert result.seconds <= 30.0 + 5.0
@@ -210,7 +210,7 @@ def test_local_finetune_trains_on_correct_runs_stores_the_weights_and_binds_the_
 
     store = LMArtifactStore(tmp_path / "lms")
     options = FinetuneOptions(
-        rank=4, alpha=8.0, dropout=0.0, learning_rate=5e-2, epochs=2, batch_size=4, patience=2
+        rank=4, alpha=8.0, dropout=0.0, learning_rate=5e-2, epochs=2, batch_size=4, patience=2, threads=1
     )
     tuner = LocalFinetune(
         _exact,
@@ -223,9 +223,9 @@ def test_local_finetune_trains_on_correct_runs_stores_the_weights_and_binds_the_
     )
     program = dspy.Predict(Capital)
     with dspy.context(lm=lm, adapter=SmallModelAdapter()):
-        tuned = tuner.compile(program, trainset=trainset)
+        tuned = tuner.compile(program, trainset=trainset[2:], valset=trainset[:2])
     report = tuner.report
-    assert report is not None and report.collected["correct"] == len(trainset) - report.n_val
+    assert report is not None and report.collected["correct"] == len(trainset) - 2 and report.n_val == 2
     assert tuner.artifact is not None and built == [tuner.artifact.path]
     assert store.get(tuner.artifact.id).dataset_id == report.collected["dataset_id"]
     assert tuner.artifact.hyperparameters["rank"] == 4 and tuner.artifact.method == "lora"

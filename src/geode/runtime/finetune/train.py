@@ -277,8 +277,25 @@ def train(
         raise ValueError(
             f"need training and validation examples, got {len(train_items)} and {len(val_items)}"
         )
+    threads = torch.get_num_threads()
     if options.threads:
         torch.set_num_threads(options.threads)
+    try:
+        return _train(model, train_items, val_items, options, pad_id, val_score, progress, clock)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    model: Any,
+    train_items: Sequence[Tokenized],
+    val_items: Sequence[Tokenized],
+    options: FinetuneOptions,
+    pad_id: int,
+    val_score: Callable[[Any], float] | None,
+    progress: Callable[[Progress], None] | None,
+    clock: Callable[[], float],
+) -> TrainResult:
     torch.manual_seed(options.seed)
     order = random.Random(options.seed)
     start = clock()
