@@ -213,11 +213,12 @@ class _GrammarAdapter(dspy.JSONAdapter):
     Only for local models: hosted structured-output APIs reject a top-level ``anyOf`` and ``maxLength``.
     """
 
-    def __init__(self, base: dspy.JSONAdapter, max_free_text_chars: int) -> None:
+    def __init__(self, base: dspy.JSONAdapter, max_free_text_chars: int, *, no_finish: bool = False) -> None:
         super().__init__(
             callbacks=base.callbacks, use_native_function_calling=base.use_native_function_calling
         )
         self.max_free_text_chars = max_free_text_chars
+        self.no_finish = no_finish
 
     def format_field_structure(self, signature: type[dspy.Signature]) -> str:
         """The field layout without the type notes.
@@ -231,14 +232,14 @@ class _GrammarAdapter(dspy.JSONAdapter):
         current = lm_kwargs.get("response_format")
         if not (isinstance(current, type) and issubclass(current, pydantic.BaseModel)):
             return
-        schema = _tighten(current.model_json_schema(), self.max_free_text_chars)
+        schema = _tighten(current.model_json_schema(), self.max_free_text_chars, no_finish=self.no_finish)
         lm_kwargs["response_format"] = schema_model(current.__name__, schema)
 
 
 class _SmallGrammarAdapter(SmallModelAdapter):
     """:class:`~geode.adapters.SmallModelAdapter` with the agent's step schemas tightened (see :func:`_tighten`)."""
 
-    def __init__(self, base: SmallModelAdapter, max_free_text_chars: int) -> None:
+    def __init__(self, base: SmallModelAdapter, max_free_text_chars: int, *, no_finish: bool = False) -> None:
         super().__init__(
             callbacks=base.callbacks,
             text_max_tokens=base.text_max_tokens,
@@ -246,13 +247,18 @@ class _SmallGrammarAdapter(SmallModelAdapter):
             stop_at_labels=base.stop_at_labels,
         )
         self.max_free_text_chars = max_free_text_chars
+        self.no_finish = no_finish
 
     def response_schema(self, signature: type[dspy.Signature], lm: dspy.BaseLM) -> dict[str, Any]:
         """The adapter's schema, tightened for the agent's steps and extraction."""
-        return _tighten(super().response_schema(signature, lm), self.max_free_text_chars)
+        return _tighten(
+            super().response_schema(signature, lm), self.max_free_text_chars, no_finish=self.no_finish
+        )
 
 
-def _tighten(schema: Mapping[str, Any], max_free_text_chars: int) -> dict[str, Any]:
+def _tighten(
+    schema: Mapping[str, Any], max_free_text_chars: int, *, no_finish: bool = False
+) -> dict[str, Any]:
     """A step or extraction schema tightened for grammar-constrained decoding.
 
     - A step schema becomes a union of whole steps, one per tool. DSPy builds the schema field by
@@ -262,19 +268,21 @@ def _tighten(schema: Mapping[str, Any], max_free_text_chars: int) -> dict[str, A
     - Free-text ``next_thought`` and ``reasoning`` get a ``maxLength``, so a model that starts
       repeating itself still closes the string and completes the reply instead of running into
       ``max_tokens`` mid-JSON. (In the schema only: the fields stay ``str``, which DSPy parses verbatim.)
+    - With ``no_finish`` (the first step of an agent with ``tool_first``), the ``finish`` alternative is
+      left out of a step schema, so the model can only call a tool.
     """
     tightened = copy.deepcopy(dict(schema))
     for name, prop in (tightened.get("properties") or {}).items():
         if name in _FREE_TEXT and isinstance(prop, dict) and prop.get("type") == "string":
             prop["maxLength"] = max_free_text_chars
-    return _joint_step_schema(tightened) or tightened
+    return _joint_step_schema(tightened, no_finish=no_finish) or tightened
 
 
 _FREE_TEXT = frozenset({"next_thought", "reasoning"})
 _TYPE_NOTE = re.compile(r" +# note: the value you produce [^\n]*?(?=\",?$)", re.MULTILINE)
 
 
-def _joint_step_schema(schema: Mapping[str, Any]) -> dict[str, Any] | None:
+def _joint_step_schema(schema: Mapping[str, Any], *, no_finish: bool = False) -> dict[str, Any] | None:
     properties = schema.get("properties")
     if not isinstance(properties, Mapping) or not {"next_tool_name", "next_tool_args"} <= properties.keys():
         return None
@@ -295,6 +303,7 @@ def _joint_step_schema(schema: Mapping[str, Any]) -> dict[str, Any] | None:
             "additionalProperties": False,
         }
         for name, option in zip(names, options, strict=True)
+        if not (no_finish and name == FINISH and len(names) > 1)
     ]
     joint: dict[str, Any] = {"anyOf": alternatives}
     if "$defs" in schema:
@@ -425,8 +434,12 @@ class _Run:
 
     # -- LM calls --
 
-    def format_trajectory(self) -> str:
-        shown = {k: v for k, v in self.trajectory.items() if int(k.rsplit("_", 1)[1]) >= self.truncated_steps}
+    def format_trajectory(self, *, thoughts: bool = True) -> str:
+        shown = {
+            k: v
+            for k, v in self.trajectory.items()
+            if int(k.rsplit("_", 1)[1]) >= self.truncated_steps and (thoughts or not k.startswith("thought_"))
+        }
         adapter = dspy.settings.adapter or dspy.ChatAdapter()
         signature = make_signature(f"{', '.join(shown)} -> x")
         return adapter.format_user_message_content(signature, shown)
@@ -437,10 +450,10 @@ class _Run:
         self.truncated_steps += 1
         return True
 
-    def call_lm(self, call: Callable[[str], T]) -> T:
+    def call_lm(self, call: Callable[[str], T], *, thoughts: bool = True) -> T:
         """Call a predictor with the formatted trajectory, within the deadline, truncating on overflow."""
         for _ in range(3):
-            trajectory = self.format_trajectory()
+            trajectory = self.format_trajectory(thoughts=thoughts)
             try:
                 return self._within_deadline(lambda t=trajectory: call(t))
             except ContextWindowExceededError:
@@ -450,10 +463,10 @@ class _Run:
             message="the trajectory still overflowed the context window after truncation"
         )
 
-    async def acall_lm(self, call: Callable[[str], Awaitable[T]]) -> T:
+    async def acall_lm(self, call: Callable[[str], Awaitable[T]], *, thoughts: bool = True) -> T:
         """Async :meth:`call_lm`."""
         for _ in range(3):
-            trajectory = self.format_trajectory()
+            trajectory = self.format_trajectory(thoughts=thoughts)
             try:
                 left = self.seconds_left()
                 if left is None:
@@ -498,6 +511,10 @@ class _Run:
         if not isinstance(args, Mapping):
             return self.unparsed(thought, f"next_tool_args must be a JSON object, got {type(args).__name__}")
         args = dict(args)
+        if name == FINISH and self.finish_barred():
+            # Models without a grammar can still name it: refused like a tool off the allow-list.
+            tools = ", ".join(self.agent.tools)
+            return _Plan("refuse", thought, name, args, f"Call a tool first ({tools}); {FINISH} comes after.")
         if name == FINISH:
             return _Plan("finish", thought, FINISH, args)
         key = json.dumps([name, args], sort_keys=True, default=str)
@@ -516,6 +533,10 @@ class _Run:
             message = f"Tool {shown!r} is not available; nothing was run. Choose one of: {', '.join(self.agent.tool_names)}."
             return _Plan("refuse", thought, name, args, message)
         return _Plan("call", thought, name, args)
+
+    def finish_barred(self) -> bool:
+        """``finish`` is not allowed yet: a ``tool_first`` agent has not called a tool in this run."""
+        return self.agent.tool_first and not any(s.outcome is StepOutcome.OK for s in self.steps)
 
     def unparsed(self, thought: str, reason: str) -> _Plan:
         names = ", ".join(self.agent.tool_names)
@@ -736,7 +757,7 @@ class _Iteration(dspy.Module):
         with dspy.track_usage() as usage:
             step = _StepBuilder(run, iteration_index, usage)
             try:
-                with run.agent.grammar_adapter():
+                with run.agent.grammar_adapter(no_finish=run.finish_barred()):
                     plan = run.plan(run.call_lm(lambda t: self.react(**inputs, trajectory=t)))
             except AdapterParseError as err:
                 plan = run.unparsed_from(err)
@@ -757,7 +778,7 @@ class _Iteration(dspy.Module):
         with dspy.track_usage() as usage:
             step = _StepBuilder(run, iteration_index, usage)
             try:
-                with run.agent.grammar_adapter():
+                with run.agent.grammar_adapter(no_finish=run.finish_barred()):
                     pred = await run.acall_lm(lambda t: self.react.acall(**inputs, trajectory=t))
                 plan = run.plan(pred)
             except AdapterParseError as err:
@@ -776,6 +797,20 @@ class _Iteration(dspy.Module):
 
 
 # -- the agent -------------------------------------------------------------------------------------
+
+
+class _Extract(dspy.Module):
+    """The final extraction without reasoning: one ``Predict`` where ``ChainOfThought`` keeps its own."""
+
+    def __init__(self, signature: type[dspy.Signature]) -> None:
+        super().__init__()
+        self.predict = dspy.Predict(signature)
+
+    def forward(self, **kwargs: Any) -> dspy.Prediction:
+        return self.predict(**kwargs)
+
+    async def aforward(self, **kwargs: Any) -> dspy.Prediction:
+        return await self.predict.acall(**kwargs)
 
 
 class Agent(dspy.Module):
@@ -805,6 +840,18 @@ class Agent(dspy.Module):
             (``geode.LocalLM``), off otherwise, since hosted structured-output APIs reject a top-level
             ``anyOf`` and ``maxLength``.
         max_thought_chars: The cap on free text when ``grammar_schema`` is on.
+        tool_first: Until a tool call has succeeded, ``finish`` is not offered (like
+            ``tool_choice="required"`` on an API's first turn): with ``grammar_schema`` it is left out
+            of the step's schema; otherwise a ``finish`` is refused with a note to call a tool. For
+            agents whose answers must come from their tools: a small model otherwise answers from
+            its own thought without looking anything up.
+        extract_thoughts: Show the steps' thoughts to the final extraction of the outputs (as
+            ``dspy.ReAct`` does). Off, the extraction reads the tool calls and their results only: a
+            small model's thought is often a guess written before the search ("...costs $1.00"), and
+            the extraction copies it over the result it got.
+        extract_reasoning: Extract the outputs with a ``reasoning`` field first (``dspy.ChainOfThought``,
+            as ``dspy.ReAct`` does). Off, one ``dspy.Predict`` writes the outputs directly: a small model's
+            reasoning wanders off the passages and the answer follows it.
 
     The prediction has the signature's outputs plus ``trajectory`` (DSPy ReAct's dict), ``steps``
     (a tuple of :class:`~geode.agents.steps.AgentStep`) and ``termination`` (a
@@ -845,6 +892,9 @@ class Agent(dspy.Module):
         stop_on_repeated_call: bool = True,
         grammar_schema: bool | None = None,
         max_thought_chars: int = 400,
+        tool_first: bool = False,
+        extract_thoughts: bool = True,
+        extract_reasoning: bool = True,
     ) -> None:
         super().__init__()
         resolved = ensure_signature(signature)
@@ -872,6 +922,8 @@ class Agent(dspy.Module):
             raise ConfigError(f"max_thought_chars must be at least 20, got {max_thought_chars}")
         self.grammar_schema = grammar_schema
         self.max_thought_chars = max_thought_chars
+        self.tool_first = tool_first
+        self.extract_thoughts = extract_thoughts
         self.tools = _allowed_tools([guard(t, timeout_s=tool_timeout_s) for t in tools], allow)
         self.tool_names: tuple[str, ...] = (*self.tools, FINISH)
 
@@ -882,7 +934,11 @@ class Agent(dspy.Module):
             _typed_fields({**self.signature.input_fields, **self.signature.output_fields}),
             self.signature.instructions,
         ).append("trajectory", dspy.InputField(), type_=str)
-        self.extract = dspy.ChainOfThought(extract_signature)
+        # Without reasoning, a module holding one Predict at `.predict`: the predictor keeps ChainOfThought's
+        # name (`extract.predict`), so saved state and optimizers see the same layout either way.
+        self.extract = (
+            dspy.ChainOfThought(extract_signature) if extract_reasoning else _Extract(extract_signature)
+        )
         self.iteration = _Iteration(self.react)
 
     # -- tracing hooks --
@@ -907,15 +963,20 @@ class Agent(dspy.Module):
             return self.grammar_schema
         return bool(getattr(dspy.settings.lm, "small_local_model", False))
 
-    def grammar_adapter(self) -> AbstractContextManager[Any]:
-        """Internal: the context an LM call of this agent runs in (see ``grammar_schema``)."""
+    def grammar_adapter(self, *, no_finish: bool = False) -> AbstractContextManager[Any]:
+        """Internal: the context an LM call of this agent runs in (see ``grammar_schema``).
+
+        ``no_finish``: the call is a first step of a ``tool_first`` agent (``finish`` is not offered).
+        """
         adapter = dspy.settings.adapter
         if not self._grammar_schema_on() or isinstance(adapter, _GrammarAdapter | _SmallGrammarAdapter):
             return nullcontext()
         if isinstance(adapter, SmallModelAdapter):
-            return dspy.context(adapter=_SmallGrammarAdapter(adapter, self.max_thought_chars))
+            return dspy.context(
+                adapter=_SmallGrammarAdapter(adapter, self.max_thought_chars, no_finish=no_finish)
+            )
         if isinstance(adapter, dspy.JSONAdapter):
-            return dspy.context(adapter=_GrammarAdapter(adapter, self.max_thought_chars))
+            return dspy.context(adapter=_GrammarAdapter(adapter, self.max_thought_chars, no_finish=no_finish))
         return nullcontext()
 
     def _start(self, inputs: dict[str, Any]) -> _Run:
@@ -979,7 +1040,9 @@ class Agent(dspy.Module):
         with dspy.track_usage() as usage:
             try:
                 with self.grammar_adapter():
-                    pred = run.call_lm(lambda t: self.extract(**run.inputs, trajectory=t))
+                    pred = run.call_lm(
+                        lambda t: self.extract(**run.inputs, trajectory=t), thoughts=self.extract_thoughts
+                    )
             except (AdapterParseError, BudgetExceededError, ContextWindowExceededError) as err:
                 self._extraction_failed(run, err)
                 return None
@@ -993,7 +1056,10 @@ class Agent(dspy.Module):
         with dspy.track_usage() as usage:
             try:
                 with self.grammar_adapter():
-                    pred = await run.acall_lm(lambda t: self.extract.acall(**run.inputs, trajectory=t))
+                    pred = await run.acall_lm(
+                        lambda t: self.extract.acall(**run.inputs, trajectory=t),
+                        thoughts=self.extract_thoughts,
+                    )
             except (AdapterParseError, BudgetExceededError, ContextWindowExceededError) as err:
                 self._extraction_failed(run, err)
                 return None

@@ -475,6 +475,7 @@ def search_tool(
     description: str | None = None,
     max_chars_per_passage: int = 800,
     timeout_s: float | None = 10.0,
+    passage_ids: bool = True,
 ) -> GuardedTool:
     """A tool that searches a retriever and returns the top passages as numbered text.
 
@@ -485,6 +486,9 @@ def search_tool(
         description: What the model reads; a sensible default is given.
         max_chars_per_passage: Longer passages are cut, so one document cannot flood the context.
         timeout_s: Seconds a search may take.
+        passage_ids: Show each passage's id after its rank (``[1] (id) text``), so a model can cite
+            it. Off, a passage is ``[1] text``: a small model has no use for a UUID, reads it as
+            tokens of noise and copies its digits into numeric answers.
     """
     if k < 1:
         raise ConfigError(f"search_tool: k must be at least 1, got {k}")
@@ -499,7 +503,7 @@ def search_tool(
             text = passage.text.strip()
             if len(text) > max_chars_per_passage:
                 text = text[:max_chars_per_passage].rstrip() + " ..."
-            parts.append(f"[{rank}] ({passage.id}) {text}")
+            parts.append(f"[{rank}] ({passage.id}) {text}" if passage_ids else f"[{rank}] {text}")
         return "\n\n".join(parts)
 
     return GuardedTool(

@@ -185,22 +185,28 @@ TERSE = "Reply with only the number or the few words from the search result that
 helpdesk's own instruction answered 52% (raw llama.cpp probe, the adapter issue)."""
 
 
+PASSAGES = (
+    "Answer a customer's question from the passages. Reply with a number or a few words copied from them."
+)
+"""The hand-written retrieve-then-answer baseline's instruction (``helpdesk.HelpdeskContextAnswer``): it
+names what the step reads (passages) where the crystallized step inherits the agent's, which tells the
+model to search and to use a calculator it does not have."""
+
+
 def recompile_candidates(metric: Callable[..., Any], *, bootstrap: bool = False) -> list[Candidate]:
     """The recompilations the demo tries, in order: instruction and demo-count variants (a grid).
 
     Few-shot demos are not the lever on a 135M model (KNN-selected demos as earlier turns took the
     held-out score from 52% to 17-30% in a probe: it copies the neighbour's answer), so the grid varies
-    the crystallized answer step's demos downwards (1, none) as well as its instruction; ``bootstrap``
+    the crystallized answer step's demos downwards (none) as well as its instruction; ``bootstrap``
     adds BootstrapFewShot, which only adds demos.
     """
-    terse = ("terse", TERSE)
-    grid = [
-        variant_candidate(demos=1),
-        variant_candidate(demos=0),
-        variant_candidate(instructions=terse),
-        variant_candidate(instructions=terse, demos=1),
-        variant_candidate(instructions=terse, demos=0),
-    ]
+    grid = [variant_candidate(demos=0)]
+    for instructions in (("passages", PASSAGES), ("terse", TERSE)):
+        grid += [
+            variant_candidate(instructions=instructions),
+            variant_candidate(instructions=instructions, demos=0),
+        ]
     return [*grid, bootstrap_candidate(metric)] if bootstrap else grid
 
 

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dspy
 import pytest
@@ -894,3 +894,66 @@ def test_async_budget_and_tool_timeouts(release: threading.Event) -> None:
     assert seconds < 2
     assert pred.steps[0].error == "ahang did not return within 0.1 s"
     assert pred.termination.reason is TerminationReason.BUDGET
+
+
+def test_tool_first_leaves_finish_out_of_the_first_steps_schema_until_a_tool_returned() -> None:
+    agent = Agent("question -> answer", tools=[lookup_stock], grammar_schema=True, tool_first=True)
+    lm = LocalSchemaLM(
+        [step("lookup_stock", item="nothing"), step("lookup_stock", item="widget"), FINISH, answer("3")],
+        adapter=dspy.JSONAdapter(),
+    )
+    recorder = Recorder()
+    with dspy.context(lm=lm, adapter=dspy.JSONAdapter(), callbacks=[recorder]):
+        pred = agent(question="How many widgets?")
+    names = [
+        [a["properties"]["next_tool_name"]["enum"][0] for a in fmt.model_json_schema()["anyOf"]]
+        for fmt in recorder.response_formats[:3]
+    ]
+    # The first call failed (KeyError), so finish stays barred for the second step too.
+    assert names == [["lookup_stock"], ["lookup_stock"], ["lookup_stock", "finish"]]
+    assert pred.answer == "3"
+    assert [s.outcome for s in pred.steps] == [StepOutcome.TOOL_ERROR, StepOutcome.OK, StepOutcome.FINISH]
+
+
+def test_tool_first_refuses_a_finish_before_any_tool_without_a_grammar() -> None:
+    agent = Agent("question -> answer", tools=[lookup_stock], tool_first=True)
+    lm = ScriptedLM([FINISH, step("lookup_stock", item="widget"), FINISH, answer("3")])
+    pred = run(agent, lm, question="How many widgets?")
+    assert [s.outcome for s in pred.steps] == [StepOutcome.NOT_ALLOWED, StepOutcome.OK, StepOutcome.FINISH]
+    assert "Call a tool first (lookup_stock)" in str(pred.steps[0].observation)
+    assert pred.answer == "3"
+    # Without the option the same first finish ends the run at once.
+    plain = run(
+        Agent("question -> answer", tools=[lookup_stock]), ScriptedLM([FINISH, answer("?")]), question="?"
+    )
+    assert [s.outcome for s in plain.steps] == [StepOutcome.FINISH]
+
+
+@pytest.mark.parametrize("thoughts", [True, False])
+def test_extract_thoughts_decides_whether_the_extraction_reads_the_steps_thoughts(thoughts: bool) -> None:
+    agent = Agent("question -> answer", tools=[lookup_stock], extract_thoughts=thoughts)
+    lm = ScriptedLM([step("lookup_stock", "I guess it is 99", item="widget"), FINISH, answer("3")])
+    run(agent, lm, question="How many widgets?")
+    steps_prompt = lm.calls[1].messages[-1]["content"]
+    extraction = lm.calls[-1].messages[-1]["content"]
+    assert "I guess it is 99" in steps_prompt
+    assert ("I guess it is 99" in extraction) is thoughts
+    # The tool calls and their results are there either way.
+    assert "lookup_stock" in extraction and "observation_0" in extraction
+
+
+def test_extract_reasoning_off_writes_the_outputs_with_one_predict_under_the_same_name() -> None:
+    with_reasoning = Agent("question -> answer", tools=[lookup_stock])
+    direct = Agent("question -> answer", tools=[lookup_stock], extract_reasoning=False)
+    assert [n for n, _ in direct.named_predictors()] == [n for n, _ in with_reasoning.named_predictors()]
+    extract = dict(direct.named_predictors())["extract.predict"]
+    assert isinstance(extract, dspy.Predict) and list(
+        cast(type[dspy.Signature], extract.signature).output_fields
+    ) == ["answer"]
+    lm = ScriptedLM([step("lookup_stock", item="widget"), FINISH, {"answer": "3"}])
+    assert run(direct, lm, question="How many widgets?").answer == "3"
+    assert "reasoning" not in lm.calls[-1].messages[0]["content"]
+    # Async takes the same path.
+    lm = ScriptedLM([step("lookup_stock", item="widget"), FINISH, {"answer": "3"}])
+    with dspy.context(lm=lm):
+        assert asyncio.run(direct.acall(question="How many widgets?")).answer == "3"

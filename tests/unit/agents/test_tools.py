@@ -344,3 +344,12 @@ def test_search_tool_cuts_long_passages_and_checks_the_result_shape() -> None:
         search_tool(Broken())(query="x")
     with pytest.raises(ConfigError, match="k must be at least 1"):
         search_tool(Broken(), k=0)
+
+
+def test_search_tool_can_leave_passage_ids_out() -> None:
+    retriever = FakeRetriever({"d1": "refunds take 14 days", "d2": "refunds need a receipt"})
+    shown = search_tool(retriever, k=2)(query="refunds")
+    bare = search_tool(retriever, k=2, passage_ids=False)(query="refunds")
+    assert "(d1)" in shown
+    assert "(d1)" not in bare and "(d2)" not in bare
+    assert bare.startswith("[1] ") and "\n\n[2] " in bare

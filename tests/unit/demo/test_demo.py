@@ -127,10 +127,10 @@ def test_the_whole_loop_runs_on_a_scripted_model(settings: Settings, parts: Demo
     # Demos do not help this model, so no candidate beats the workflow on the training runs.
     assert [c["name"] for c in result.search] == [
         "as crystallized",
-        "demos: 1",
         "demos: 0",
+        "instruction: passages",
+        "instruction: passages, demos: 0",
         "instruction: terse",
-        "instruction: terse, demos: 1",
         "instruction: terse, demos: 0",
     ]
     assert [r.label for r in result.rows] == ["agent", "workflow"]
