@@ -245,6 +245,7 @@ class _SmallGrammarAdapter(SmallModelAdapter):
             text_max_tokens=base.text_max_tokens,
             lead_text_max_chars=base.lead_text_max_chars,
             stop_at_labels=base.stop_at_labels,
+            reasoning=base.reasoning,
         )
         self.max_free_text_chars = max_free_text_chars
         self.no_finish = no_finish
@@ -834,7 +835,8 @@ class Agent(dspy.Module):
         grammar_schema: Tighten the JSON schema for grammar-constrained decoding: each tool name is
             paired with its own argument schema (a top-level ``anyOf`` of whole steps, so a small model
             cannot give one tool another's arguments), and the free-text ``next_thought`` (and the
-            extraction's ``reasoning``) is capped at ``max_thought_chars``, so a model that starts
+            extraction's ``reasoning`` where the adapter asks for it; ``SmallModelAdapter`` leaves it out
+            on small local models) is capped at ``max_thought_chars``, so a model that starts
             repeating itself still completes the step. Applies with :class:`~geode.adapters.SmallModelAdapter`
             and ``dspy.JSONAdapter``. Default (``None``): on for LMs that declare ``small_local_model``
             (``geode.LocalLM``), off otherwise, since hosted structured-output APIs reject a top-level

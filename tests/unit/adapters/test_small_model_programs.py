@@ -239,6 +239,19 @@ def test_agent_steps_and_extraction_go_through_the_adapter(local: bool) -> None:
     assert lm.calls[-1].messages[0]["content"] == agent.signature.instructions.strip()
 
 
+def test_the_agent_keeps_the_adapters_reasoning_choice() -> None:
+    agent = Agent("question -> answer", tools=[lookup_stock])
+    keep = SmallModelAdapter(reasoning="keep")
+    script = [step("finish"), {"reasoning": "Nothing to look up.", "answer": "3"}]
+    lm = ScriptedLM(script, adapter=keep, local=True)
+    calls = LMCalls()
+    with dspy.context(lm=lm, adapter=keep, callbacks=[calls]):
+        pred = agent(question="How many widgets?")
+    assert pred.answer == "3"
+    extract_schema = calls.kwargs[-1]["response_format"].model_json_schema()
+    assert extract_schema["properties"]["reasoning"]["maxLength"] == agent.max_thought_chars
+
+
 def test_an_unparseable_step_becomes_a_corrective_observation() -> None:
     agent = Agent("question -> answer", tools=[lookup_stock], max_parse_failures=1)
     lm = ScriptedLM(
