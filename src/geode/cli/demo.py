@@ -110,6 +110,9 @@ def demo(
         False, "--no-phoenix", help="Do not start Phoenix (spans still go to a file)."
     ),
     no_docs: bool = typer.Option(False, "--no-docs", help="Leave Geode's own docs out of the corpus."),
+    finetune: bool = typer.Option(
+        False, "--finetune", help="Also try a LoRA fine-tune of the embedded model (finetune extra; minutes)."
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="Print the summary as one JSON document (progress goes to stderr)."
     ),
@@ -130,6 +133,7 @@ def demo(
         fresh=fresh,
         phoenix=not no_phoenix,
         include_docs=not no_docs,
+        finetune=finetune,
     )
     console.print(
         f"[bold]geode demo[/bold]: {options.questions} training, {options.validation} validation and "

@@ -43,7 +43,7 @@ from geode.agents.crystallize import (
     check_cost,
     crystallize,
 )
-from geode.demo.recompile import Scored, recompile_candidates, search
+from geode.demo.recompile import Scored, finetune_candidate, recompile_candidates, search
 from geode.demo.result import (
     DEFAULT_HELD_OUT,
     DEFAULT_QUESTIONS,
@@ -65,6 +65,7 @@ from geode.evals.report import ProgramComparison
 from geode.examples import helpdesk
 from geode.retrieval import Embedder, Ingestor, IngestReport, Retriever, Store
 from geode.runtime.feedback import feedback_annotations
+from geode.runtime.finetune.artifacts import lm_artifact_of
 from geode.runtime.lm import is_local
 from geode.runtime.phoenix import PhoenixServer, PhoenixStartError, PhoenixStatus
 from geode.runtime.programs import register_program
@@ -404,6 +405,10 @@ class _Demo:
                 )
 
         candidates = recompile_candidates(helpdesk.metric)
+        if self.options.finetune:
+            candidates.append(
+                finetune_candidate(helpdesk.metric, rt.settings.lm_artifacts_dir, self.say.info)
+            )
         # Candidates that learn (bootstrapping) call the LM while they are built: all of it in the runtime.
         with rt.batch():
             best, scored = search(
@@ -473,6 +478,7 @@ class _Demo:
             scores=[Score.heldout(cand_row.result), _validation_score(cand_val)],
             optimizer=best.candidate.optimizer,
             note=f"geode demo: {best.candidate.description}",
+            lm_artifact=lm_artifact_of(best.program),
         )
         self.result.rows[self.result.rows.index(cand_row)] = replace(cand_row, version=cand.version)
         return _gate(registry, name, cand.version, base.version, workflow, cand_val, base_val)

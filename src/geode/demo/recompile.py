@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import dspy
@@ -28,6 +29,7 @@ __all__ = [
     "Scored",
     "answer_predictors",
     "bootstrap_candidate",
+    "finetune_candidate",
     "instruction_candidate",
     "recompile_candidates",
     "search",
@@ -177,6 +179,25 @@ def bootstrap_candidate(metric: Callable[..., Any]) -> Candidate:
         "BootstrapFewShot: 1 bootstrapped + up to 2 labelled demos per LM step",
         build,
         "bootstrap",
+    )
+
+
+def finetune_candidate(metric: Callable[..., Any], store_dir: Path, log: Callable[[str], None]) -> Candidate:
+    """LoRA on the embedded model's weights, trained on the workflow's correct runs (``geode demo --finetune``).
+
+    Its score on the tuning questions is on questions it trained on (all but its own validation quarter),
+    so it flatters the candidate; the gate's validation questions, which it never saw, decide.
+    """
+
+    def build(workflow: dspy.Module, fit: Dataset) -> dspy.Module:
+        from geode.runtime.finetune import LMArtifactStore, LocalFinetune
+
+        return LocalFinetune(metric, store=LMArtifactStore(store_dir), log=log).compile(
+            workflow, trainset=fit.examples()
+        )
+
+    return Candidate(
+        "finetune", "LoRA fine-tune of the embedded model on the correct runs", build, "finetune"
     )
 
 

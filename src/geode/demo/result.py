@@ -90,6 +90,8 @@ class DemoOptions:
     """Start (or reuse) a local Phoenix and send the traces there."""
     include_docs: bool = True
     """Ingest Geode's own docs along with the shop's pages."""
+    finetune: bool = False
+    """Also try a LoRA fine-tune of the embedded model's weights in the recompile search (minutes of CPU)."""
 
     def __post_init__(self) -> None:
         if self.questions < 2:

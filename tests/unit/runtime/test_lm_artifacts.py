@@ -9,7 +9,7 @@ import dspy
 import pytest
 
 from geode.errors import ModelFileError, ProgramLoadError
-from geode.runtime.finetune.artifacts import LMArtifactStore, file_sha256
+from geode.runtime.finetune.artifacts import LMArtifactStore, file_sha256, lm_artifact_of
 from geode.runtime.programs import ResolvedProgram
 from geode.runtime.registry import ActivePrograms, ProgramRegistry, program_version
 from geode.testing import ScriptedLM
@@ -139,3 +139,25 @@ def test_a_version_whose_artifact_cannot_load_does_not_serve(tmp_path: Path) -> 
         served = active.get(ResolvedProgram("qa", base))
         assert served.version is None and served.module is base
         assert served.problem is not None and "a" * 16 in served.problem
+
+
+class _FileLM(ScriptedLM):
+    """A scripted LM that says which weights it loaded, as ``geode.LocalLM`` does."""
+
+    def __init__(self, model_path: Path) -> None:
+        super().__init__([])
+        self.model_path = model_path
+
+
+def test_the_artifact_a_program_runs_on_is_read_from_its_predictors_weights(
+    tmp_path: Path, weights: tuple[Path, Path]
+) -> None:
+    base, tuned = weights
+    artifact = LMArtifactStore(tmp_path / "lms").put(tuned, base_model=base, **LINEAGE)
+    assert artifact.path is not None
+    program = dspy.Predict(QA)
+    assert lm_artifact_of(program) is None
+    program.set_lm(_FileLM(base))  # a plain GGUF, not an artifact
+    assert lm_artifact_of(program) is None
+    program.set_lm(_FileLM(artifact.path))
+    assert lm_artifact_of(program.deepcopy()) == artifact.id

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from geode.runtime.finetune.artifacts import LMArtifact, LMArtifactStore
+from geode.runtime.finetune.artifacts import LMArtifact, LMArtifactStore, lm_artifact_of
 
 if TYPE_CHECKING:
     from geode.runtime.finetune.data import ChatExample, collect_examples
@@ -26,6 +26,7 @@ __all__ = [
     "LocalFinetune",
     "Progress",
     "collect_examples",
+    "lm_artifact_of",
 ]
 
 _LAZY = {

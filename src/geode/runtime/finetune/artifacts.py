@@ -28,7 +28,7 @@ from typing import Any
 
 from geode.errors import ModelFileError
 
-__all__ = ["ARTIFACT_FORMAT", "LMArtifact", "LMArtifactStore", "file_sha256"]
+__all__ = ["ARTIFACT_FORMAT", "LMArtifact", "LMArtifactStore", "file_sha256", "lm_artifact_of"]
 
 ARTIFACT_FORMAT = "geode.lm-artifact"
 FORMAT_VERSION = 1
@@ -244,3 +244,27 @@ class LMArtifactStore:
                 except ModelFileError:
                     continue
         return sorted(found, key=lambda a: a.created_at)
+
+
+def lm_artifact_of(program: Any) -> str | None:
+    """The LM artifact a program's predictors run on (``None``: they run on the context's LM).
+
+    Read from the weights the predictors' LMs actually load (``<store>/<id>/model.gguf`` beside its
+    ``lm.json``), not from a marker that a copy could lose.
+
+    Raises:
+        ModelFileError: The predictors run on different artifacts.
+    """
+    found: set[str] = set()
+    for _, predictor in program.named_predictors():
+        path = getattr(getattr(predictor, "lm", None), "model_path", None)
+        if path is None:
+            continue
+        folder = Path(path).parent
+        if Path(path).name == "model.gguf" and _ID_RE.match(folder.name) and (folder / "lm.json").is_file():
+            found.add(folder.name)
+    if len(found) > 1:
+        raise ModelFileError(
+            f"the program's predictors run on different LM artifacts: {', '.join(sorted(found))}"
+        )
+    return next(iter(found), None)
