@@ -119,7 +119,7 @@ def test_store_held_by_another_process(tmp_path: Path) -> None:
             EdgeStore(root)
     finally:
         child.kill()
-        child.wait()
+        child.communicate()  # reaps it and closes its pipes
     EdgeStore(root).close()  # the lock dies with its process
 
 

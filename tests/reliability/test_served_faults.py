@@ -303,19 +303,15 @@ def test_64_concurrent_requests_with_their_own_settings_do_not_cross(
     """Injects: 64 concurrent requests, each with its own question, session, user and temperature.
     Must hold: each answer echoes its own question; each trace carries only its own session, user
     and question; each LM call ran at the request's own temperature."""
-    temperatures: dict[str, Any] = {}
 
-    class Recording(ScriptedLM):
-        def forward(self, prompt: Any = None, messages: Any = None, **kwargs: Any) -> Any:
-            question = messages[-1]["content"].split("[[ ## question ## ]]")[-1].split("\n\n")[0].strip()
-            temperatures[question] = kwargs.get("temperature", self.kwargs.get("temperature"))
-            return super().forward(prompt=prompt, messages=messages, **kwargs)
+    def question_of(messages: list[dict[str, str]]) -> str:
+        return messages[-1]["content"].split("[[ ## question ## ]]")[-1].split("\n\n")[0].strip()
 
     def echo(messages: list[dict[str, str]]) -> dict[str, Any]:
-        question = messages[-1]["content"].split("[[ ## question ## ]]")[-1].split("\n\n")[0].strip()
-        return {"answer": f"echo: {question}"}
+        return {"answer": f"echo: {question_of(messages)}"}
 
-    client = make_client([_qa()], lm=Recording(echo))
+    lm = ScriptedLM(echo)
+    client = make_client([_qa()], lm=lm)
 
     async def burst() -> list[httpx.Response]:
         transport = httpx.ASGITransport(app=client.app)
@@ -336,6 +332,9 @@ def test_64_concurrent_requests_with_their_own_settings_do_not_cross(
             )
 
     responses = asyncio.run(burst())
+    # Each call records the settings of the LM copy that answered it (the request's own temperature).
+    temperatures = {question_of(call.messages): call.lm_kwargs.get("temperature") for call in lm.calls}
+    assert len(temperatures) == len(lm.calls) == 64
     spans = tracing[1].get_finished_spans()
     for n, response in enumerate(responses):
         assert response.status_code == 200

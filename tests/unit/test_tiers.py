@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -153,3 +154,67 @@ def test_the_network_guard_refuses_a_remote_host_and_allows_loopback(no_remote_n
         socket.getaddrinfo("api.openai.com", 443)
     assert len(no_remote_network) == 2
     no_remote_network.clear()  # recorded as expected; the guard would otherwise fail this test at teardown
+
+
+def _ci_required_tiers() -> str:
+    """The ``GEODE_REQUIRE`` default that ``.ci/run`` exports."""
+    script = (TESTS.parent / ".ci" / "run").read_text()
+    match = re.search(r'GEODE_REQUIRE="\$\{GEODE_REQUIRE:-(?P<tiers>[a-z0-9_,-]+)\}"', script)
+    assert match is not None, ".ci/run no longer exports GEODE_REQUIRE with a default"
+    return match.group("tiers")
+
+
+def _run_with_broken_llama_cpp(tmp_path: Path, require: str | None) -> subprocess.CompletedProcess[str]:
+    """Run a real localmodel test file of this repo with ``import llama_cpp`` broken, in a new process.
+
+    A ``llama_cpp`` package first on ``PYTHONPATH`` whose import raises ImportError stands in for a broken
+    install (a wheel built without its shared library, a missing extra).
+    """
+    broken = tmp_path / "broken" / "llama_cpp"
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text('raise ImportError("llama_cpp sabotaged by test_tiers")\n')
+    env = {key: value for key, value in os.environ.items() if key != "GEODE_REQUIRE"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(broken.parent), env.get("PYTHONPATH")]))
+    if require is not None:
+        env["GEODE_REQUIRE"] = require
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "not slow",
+            "-rA",
+            "-p",
+            "no:cacheprovider",
+            LOCALMODEL_FILE,
+            PASSING,
+        ],
+        cwd=TESTS.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+LOCALMODEL_FILE = "tests/unit/runtime/test_local_lm_grammar.py"
+# One test of no tier beside it, so the run without the switch is a green run with a skip in it (as CI's was).
+PASSING = "tests/unit/test_tiers.py::test_parse_required"
+
+
+def test_a_broken_llama_cpp_fails_under_the_ci_tiers_and_skips_without_them(tmp_path: Path) -> None:
+    ci_tiers = _ci_required_tiers()
+    assert "localmodel" in ci_tiers.split(",")
+    broken = _run_with_broken_llama_cpp(tmp_path, ci_tiers)
+    # A module-level skip turned failure is a collection error: pytest stops with INTERRUPTED (2).
+    assert broken.returncode != pytest.ExitCode.OK, broken.stdout + broken.stderr
+    assert "tier 'localmodel' is required (GEODE_REQUIRE) but its test skipped" in broken.stdout
+    assert "llama_cpp sabotaged by test_tiers" in broken.stdout
+    assert "localmodel" in broken.stdout.split("tiers (GEODE_REQUIRE=")[-1]
+    laptop = _run_with_broken_llama_cpp(tmp_path / "laptop", None)
+    assert laptop.returncode == pytest.ExitCode.OK, laptop.stdout + laptop.stderr
+    assert re.search(r"SKIPPED \[\d+\] .*\[tier localmodel\] cannot import llama_cpp", laptop.stdout), (
+        laptop.stdout
+    )
+    assert "1 passed, 1 skipped" in laptop.stdout
