@@ -218,3 +218,35 @@ def test_a_broken_llama_cpp_fails_under_the_ci_tiers_and_skips_without_them(tmp_
         laptop.stdout
     )
     assert "1 passed, 1 skipped" in laptop.stdout
+
+
+def _module_level_tiers(tree: ast.Module) -> set[str]:
+    """Tiers a test module requires at import: ``require_tier("X", ...)`` as a top-level statement."""
+    tiers: set[str] = set()
+    for statement in tree.body:
+        call = statement.value if isinstance(statement, ast.Expr | ast.Assign) else None
+        if isinstance(call, ast.Call) and ast.unparse(call.func) in {"require_tier", "skip_tier"}:
+            first = call.args[0] if call.args else None
+            if isinstance(first, ast.Constant) and isinstance(first.value, str):
+                tiers.add(first.value)
+    return tiers
+
+
+def _pytestmark_tiers(tree: ast.Module) -> set[str]:
+    for statement in tree.body:
+        if isinstance(statement, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "pytestmark" for target in statement.targets
+        ):
+            return set(re.findall(r"pytest\.mark\.(\w+)", ast.unparse(statement.value)))
+    return set()
+
+
+def test_a_module_that_requires_a_tier_at_import_carries_its_marker() -> None:
+    # The marker is what `-m <tier>` selects and what the run's tier lines count.
+    unmarked = []
+    for path in sorted(TESTS.rglob("test_*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        missing = _module_level_tiers(tree) - _pytestmark_tiers(tree)
+        if missing:
+            unmarked.append(f"{path.relative_to(TESTS)}: pytestmark lacks {sorted(missing)}")
+    assert unmarked == []

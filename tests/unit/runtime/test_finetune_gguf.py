@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from tests.tiers import require_tier
 
+pytestmark = pytest.mark.finetune
 require_tier("finetune", import_name="torch")
 require_tier("finetune", import_name="transformers")
 gguf = require_tier("finetune", import_name="gguf")

@@ -10,6 +10,7 @@ import dspy
 import pytest
 from tests.tiers import require_tier
 
+pytestmark = pytest.mark.finetune
 require_tier("finetune", import_name="torch")
 require_tier("finetune", import_name="transformers")
 require_tier("finetune", import_name="gguf")

@@ -13,6 +13,7 @@ from tests.tiers import require_tier
 
 from geode.errors import ConfigError
 
+pytestmark = pytest.mark.ray
 require_tier("ray", import_name="ray.serve")
 
 RAY_DIR = Path(__file__).resolve().parents[3] / "deploy" / "ray"
