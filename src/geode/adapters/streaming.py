@@ -133,6 +133,6 @@ class SmallModelStreamListener(dspy.streaming.StreamListener):
 def _complete_json(text: str) -> bool:
     try:
         json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the interpreter's stack
         return False
     return True

@@ -398,7 +398,10 @@ class WorkflowSpec(_Model):
             raise WorkflowSpecError(
                 f"{where} has no content_hash", hint="save specs with WorkflowSpec.save (it seals them)"
             )
-        actual = spec.compute_hash()
+        try:
+            actual = spec.compute_hash()
+        except UnicodeError:  # JSON may escape a lone surrogate ("\ud800"), which has no UTF-8 form
+            raise WorkflowSpecError(f"{where} holds text that is not valid Unicode") from None
         if actual != spec.content_hash:
             raise WorkflowSpecError(
                 f"{where} was modified after it was sealed (content hash {actual[:19]}… does not match "

@@ -965,6 +965,46 @@ _SECURED: dict[str, Any] = {"security": [{name: []} for name in _SECURITY_SCHEME
 """``openapi_extra`` of every route that needs an API key (when the server has keys)."""
 
 
+class ErrorDetail(BaseModel):
+    """What went wrong: a stable ``code`` (see docs/serving.md), a message, and the request's ids."""
+
+    model_config = {"extra": "allow"}  # code-specific fields: details, retry_after_s, hint...
+
+    code: str
+    message: str
+    request_id: str | None = None
+    trace_id: str | None = None
+
+
+class ErrorOut(BaseModel):
+    """Every error response's body."""
+
+    error: ErrorDetail
+
+
+_ERROR_DESCRIPTIONS: Final[Mapping[int, str]] = {
+    400: "the body is not JSON",
+    401: "missing or unknown API key",
+    404: "not found",
+    413: "body too large",
+    422: "invalid input",
+    429: "rate limited or out of token budget",
+    502: "the LM or a tool failed",
+    503: "overloaded, draining, or a dependency is down",
+    504: "deadline exceeded",
+}
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """``responses=`` for a route: these statuses answer :class:`ErrorOut` (422 replaces FastAPI's own)."""
+    return {status: {"model": ErrorOut, "description": _ERROR_DESCRIPTIONS[status]} for status in statuses}
+
+
+# What any route behind the API key can answer besides its own result: the key is checked, the caller's
+# rate limited, the body's size and depth checked, its fields validated.
+_CALLER_ERRORS = (401, 413, 422, 429)
+
+
 def _declare_security(app: FastAPI) -> None:
     """Add the API-key schemes to the OpenAPI document (clients and /docs offer to send a key)."""
     generate = app.openapi
@@ -1006,7 +1046,7 @@ def _add_operation_routes(app: FastAPI, server: _Server, caller: Callable[..., A
         """Prometheus metrics: requests, errors, latency, tokens and cost per program and version."""
         return Response(server.metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/programs", tags=["programs"], openapi_extra=_SECURED)
+    @app.get("/programs", tags=["programs"], responses=_errors(*_CALLER_ERRORS), openapi_extra=_SECURED)
     async def list_programs(_: str = Depends(caller)) -> list[dict[str, Any]]:
         """The hosted programs, their routes, fields and versions."""
         found = []
@@ -1033,13 +1073,23 @@ def _add_operation_routes(app: FastAPI, server: _Server, caller: Callable[..., A
         return found
 
     @app.post(
-        "/feedback", tags=["feedback"], response_model=FeedbackOut, status_code=202, openapi_extra=_SECURED
+        "/feedback",
+        tags=["feedback"],
+        response_model=FeedbackOut,
+        status_code=202,
+        responses=_errors(*_CALLER_ERRORS, 400, 404),
+        openapi_extra=_SECURED,
     )
     async def feedback(body: FeedbackIn, who: str = Depends(caller)) -> FeedbackOut:
         """Record a score or label on a run served to this API key (a Phoenix annotation on its root span)."""
         return await server.feedback(body, who)
 
-    @app.get("/sessions/{session_id}", tags=["sessions"], openapi_extra=_SECURED)
+    @app.get(
+        "/sessions/{session_id}",
+        tags=["sessions"],
+        responses=_errors(*_CALLER_ERRORS, 404),
+        openapi_extra=_SECURED,
+    )
     async def get_session(session_id: str, who: str = Depends(caller)) -> dict[str, Any]:
         """One of this API key's sessions: its turns, oldest first."""
         turns = server.sessions.turns(server.session_key(who, session_id))
@@ -1056,7 +1106,13 @@ def _add_operation_routes(app: FastAPI, server: _Server, caller: Callable[..., A
             ],
         }
 
-    @app.delete("/sessions/{session_id}", tags=["sessions"], status_code=204, openapi_extra=_SECURED)
+    @app.delete(
+        "/sessions/{session_id}",
+        tags=["sessions"],
+        status_code=204,
+        responses=_errors(*_CALLER_ERRORS, 404),
+        openapi_extra=_SECURED,
+    )
     async def delete_session(session_id: str, who: str = Depends(caller)) -> Response:
         """Forget one of this API key's sessions."""
         server.sessions.delete(server.session_key(who, session_id))
@@ -1064,17 +1120,7 @@ def _add_operation_routes(app: FastAPI, server: _Server, caller: Callable[..., A
 
 
 def _add_program_routes(app: FastAPI, server: _Server, hosted: _Hosted, caller: Callable[..., Any]) -> None:
-    error_responses: dict[int | str, dict[str, Any]] = {
-        status: {"description": desc}
-        for status, desc in (
-            (401, "missing or unknown API key"),
-            (413, "body too large"),
-            (422, "invalid input"),
-            (429, "rate limited or out of token budget"),
-            (502, "the LM or a tool failed"),
-            (504, "deadline exceeded"),
-        )
-    }
+    error_responses = _errors(*_CALLER_ERRORS, 400, 404, 502, 503, 504)  # 404: a version not served
 
     async def run_json(request: Request, body: BaseModel, who: str) -> Response:
         call = await server.admit_and_begin(hosted, body, who, request)
