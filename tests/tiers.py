@@ -32,9 +32,9 @@ TIERS: dict[str, str] = {
     "browser": "headless Chromium (apt-get install chromium) driven over DevTools with `websockets`",
     "ray": "a local Ray head and Ray Serve: the `ray` extra",
     "finetune": "fine-tuning the embedded model: the `finetune` extra (CPU torch, transformers, gguf)",
-    # Reserved for later issues; no test uses them yet.
+    "fuzz": "property-based fuzzing: hypothesis and schemathesis (the `dev` extra)",
+    # Reserved for a later issue; no test uses it yet.
     "postgres": "a PostgreSQL server (reserved)",
-    "fuzz": "coverage-guided fuzzing (reserved)",
 }
 
 _TAG = re.compile(r"\[tier (?P<tier>[a-z0-9_-]+)\]")
