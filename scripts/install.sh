@@ -51,3 +51,19 @@ if [ "${GEODE_INSTALL_CHROMIUM:-0}" = "1" ]; then
     echo "GEODE_INSTALL_CHROMIUM=1: no apt-get here; install Chromium with your package manager" >&2
   fi
 fi
+
+# --- Optional (opt in with GEODE_INSTALL_POSTGRES=1): PostgreSQL server binaries for the `postgres` tests ---
+# The `postgres` test tier starts a throwaway server from them (tests/integration/postgres_server.py);
+# Geode itself only needs a PostgreSQL to connect to (GEODE_STATE_URL). Debian/Ubuntu's package via apt-get.
+if [ "${GEODE_INSTALL_POSTGRES:-0}" = "1" ]; then
+  if command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    echo "postgresql already installed"
+  elif command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -q
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends postgresql
+  else
+    echo "GEODE_INSTALL_POSTGRES=1: no apt-get here; install PostgreSQL with your package manager" >&2
+  fi
+fi

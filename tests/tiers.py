@@ -33,8 +33,7 @@ TIERS: dict[str, str] = {
     "ray": "a local Ray head and Ray Serve: the `ray` extra",
     "finetune": "fine-tuning the embedded model: the `finetune` extra (CPU torch, transformers, gguf)",
     "fuzz": "property-based fuzzing: hypothesis and schemathesis (the `dev` extra)",
-    # Reserved for a later issue; no test uses it yet.
-    "postgres": "a PostgreSQL server (reserved)",
+    "postgres": "a throwaway PostgreSQL server (apt-get install postgresql; psycopg from the `postgres` extra)",
 }
 
 _TAG = re.compile(r"\[tier (?P<tier>[a-z0-9_-]+)\]")

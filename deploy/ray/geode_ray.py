@@ -11,9 +11,9 @@ Run it with the config next to this file::
 or from Python (``app = build({"programs": ["geode.examples.qa:program"]})``; ``serve.run(app)``).
 Replicas refuse to start without ``GEODE_SERVE_API_KEYS`` (Ray's proxy is treated as public), unless
 ``GEODE_SERVE_ALLOW_UNAUTHENTICATED=true`` says a proxy in front of Ray authenticates callers.
-Sessions live in each replica's memory: with more than one replica, route a session to one replica
-(Ray Serve's request router does not do it) or give ``create_app`` a shared
-:class:`~geode.runtime.serving.SessionStore`.
+Replicas share sessions, served runs (feedback is accepted by any replica), the feedback outbox and
+the active program versions through the state database: ``GEODE_STATE_URL`` (PostgreSQL) for replicas
+on several nodes; on one node the default SQLite file in a shared ``GEODE_HOME`` does too.
 """
 
 from __future__ import annotations

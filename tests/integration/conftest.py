@@ -30,3 +30,19 @@ def phoenix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PhoenixStatus]
     assert status.running, status
     yield status
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server for the session (tier `postgres`): its URL; each test uses its own schema."""
+    from tests.tiers import require_tier, skip_tier
+
+    require_tier("postgres", import_name="psycopg", reason="psycopg: the `postgres` extra")
+    from .postgres_server import running_postgres, server_binaries
+
+    if server_binaries() is None:
+        skip_tier(
+            "postgres", "no PostgreSQL server binaries: apt-get install postgresql (GEODE_INSTALL_POSTGRES=1)"
+        )
+    with running_postgres() as url:
+        yield url

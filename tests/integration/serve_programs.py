@@ -7,6 +7,7 @@ runtime is configured with: a predictor's own LM wins over the one in context.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -149,3 +150,33 @@ def _story(messages: list[dict[str, str]]) -> dict[str, Any]:
 
 storyteller = _with_lm(dspy.Predict("question -> answer, mood"), TrickleLM(_story))
 """Streams its answer word by word (0.05 s apart) when called through the stream endpoint."""
+
+
+def _turns_seen(messages: list[dict[str, str]]) -> dict[str, Any]:
+    # A session's earlier turns arrive as user/assistant message pairs before the system + user pair.
+    return {"answer": f"turns seen: {(len(messages) - 2) // 2}"}
+
+
+def _turns_seen_by(messages: list[dict[str, str]]) -> dict[str, Any]:
+    # The same, and which process answered: which replica served each turn.
+    return {"answer": f"{_turns_seen(messages)['answer']} by {os.getpid()}"}
+
+
+class Chat(dspy.Module):
+    """Its LM is set in context, not on the predictor, so a saved (compiled) state carries no LM."""
+
+    def __init__(self, with_pid: bool = False) -> None:
+        super().__init__()
+        self.predict = dspy.Predict("question, history: dspy.History -> answer")
+        self._lm = ScriptedLM(_turns_seen_by if with_pid else _turns_seen)
+
+    def forward(self, question: str, history: dspy.History) -> dspy.Prediction:
+        with dspy.context(lm=self._lm):
+            return self.predict(question=question, history=history)
+
+
+chat = Chat()
+"""A multi-turn program that answers with how many earlier turns of its session it was shown."""
+
+replica_chat = Chat(with_pid=True)
+"""``chat`` that also says which process answered (``turns seen: N by PID``)."""

@@ -223,6 +223,8 @@ def promote_command(
             force=force,
             module=module,
             reason="geode promote" + (" --force" if force else ""),
+            # What the scores were compared against: a promotion that landed meanwhile wins, this one is told.
+            expect_active=active,
         )
     console.print(
         f"[green]promoted[/green] {event.version} (was {event.previous or 'the base program'})"

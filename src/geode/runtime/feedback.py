@@ -2,12 +2,14 @@
 
 Feedback is written to the local feedback log under the Geode home first (``feedback/feedback.jsonl``,
 the same :class:`~geode.runtime.serving.feedback.FeedbackLog` ``geode serve`` writes and ``geode mine``
-and ``geode compare-versions`` read), and to an outbox (``feedback/outbox.jsonl``). A background thread
-then sends it to Phoenix through the serving sink (:class:`~geode.runtime.serving.feedback.PhoenixFeedback`)
-as a span annotation on the run's root span. While Phoenix is down, unreachable or has not ingested the
-run yet, the record stays in the outbox and is re-sent with backoff (1 s doubling to 60 s) until Phoenix
-comes back; a record left over when the process exits is sent by the next runtime with the same home
-that gives feedback. Nothing here raises because Phoenix is down.
+and ``geode compare-versions`` read), and to the outbox in the state database (``<home>/state.db`` or
+the deployment's PostgreSQL: :class:`~geode.runtime.state.SqlOutbox`). A background thread then sends
+it to Phoenix through the serving sink (:class:`~geode.runtime.serving.feedback.PhoenixFeedback`) as a
+span annotation on the run's root span. While Phoenix is down, unreachable or has not ingested the run
+yet, the record stays in the outbox and is re-sent with backoff (1 s doubling to 60 s) until Phoenix
+comes back. The outbox is shared: a record left by a process or replica that exited or died is sent by
+any other runtime on the same state database (a server resumes delivery when it starts), at least once
+and deduplicated by the record's id. Nothing here raises because Phoenix is down.
 
 The root span's id is looked up in Phoenix by trace id (the trace must be ingested for that); if Phoenix
 still does not know the run after ``span_wait_s`` (its spans were sampled out, or went elsewhere), the
@@ -17,18 +19,15 @@ feedback becomes a trace annotation instead.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
-import os
-import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, Final, Protocol
-
-import portalocker
+from typing import Any, Final, Protocol
 
 from geode.errors import InputError, TraceSourceError
 from geode.evals.mining import Annotation
@@ -41,6 +40,7 @@ from geode.runtime.serving.feedback import (
     read_feedback,
 )
 from geode.runtime.settings import Settings
+from geode.runtime.state import SqlOutbox, SqlState, open_state, sqlite_url
 from geode.runtime.tracing.exporters import program_project
 from geode.traces.sources import PhoenixTraceSource, normalize_trace_id, phoenix_base_url
 
@@ -54,12 +54,12 @@ __all__ = [
     "feedback_annotations",
     "feedback_log_path",
     "make_feedback_record",
+    "record_id",
 ]
 
 logger = logging.getLogger("geode.feedback")
 
-_OUTBOX: Final = "outbox.jsonl"
-_LOCK: Final = "outbox.lock"
+_LEGACY_OUTBOX: Final = "outbox.jsonl"
 _PROGRAM_FIELD: Final = "{program}"
 
 
@@ -258,19 +258,25 @@ def _refused(err: Exception) -> bool:
     return 400 <= status < 500 and status not in (401, 403, 404, 408, 429)
 
 
-def _key(record: FeedbackRecord) -> tuple[str, str, float]:
-    return (record.trace_id, record.name, record.at)
+def record_id(record: FeedbackRecord) -> str:
+    """A record's outbox id: the same feedback (trace, name, time) is queued and delivered once."""
+    key = json.dumps([record.trace_id, record.name, repr(record.at)])
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
 class FeedbackOutbox:
     """Durable feedback delivery: the local log first, then Phoenix, re-sent until Phoenix takes it.
 
     Args:
-        folder: Where the log and the outbox live (``<home>/feedback``).
+        folder: Where the feedback log lives (``<home>/feedback``).
         target: Where to deliver (the runtime's Phoenix).
+        state: The state database holding the outbox; default a SQLite file in ``folder`` (the
+            runtime passes its own, shared with every process and replica on it).
         span_wait_s: How long a run may stay unknown to Phoenix before its feedback becomes a trace
             annotation instead of a root-span annotation.
         retry_s: First and longest wait between delivery attempts while Phoenix is down.
+        lease_s: How long a sender holds the records it is delivering; a sender that dies gives them
+            up to the other replicas after this.
     """
 
     def __init__(
@@ -278,12 +284,15 @@ class FeedbackOutbox:
         folder: Path,
         target: FeedbackTarget,
         *,
+        state: SqlState | None = None,
         span_wait_s: float = 120.0,
         retry_s: tuple[float, float] = (1.0, 60.0),
+        lease_s: float = 60.0,
     ) -> None:
         self.folder = folder
         self.log = FeedbackLog(folder / "feedback.jsonl")
-        self.outbox = folder / _OUTBOX
+        self.queue = SqlOutbox(state if state is not None else open_state(sqlite_url(folder / "outbox.db")))
+        self.lease_s = lease_s
         self.target = target
         self.span_wait_s = span_wait_s
         self.retry_s = retry_s
@@ -293,11 +302,36 @@ class FeedbackOutbox:
         self._closed = False
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._migrate_legacy()
 
     @classmethod
-    def for_settings(cls, settings: Settings, *, timeout_s: float = 2.0) -> FeedbackOutbox:
-        """The outbox under ``settings.home``, delivering to the Phoenix the settings trace to."""
-        return cls(feedback_log_path(settings).parent, PhoenixTarget(settings, timeout_s=timeout_s))
+    def for_settings(
+        cls, settings: Settings, *, timeout_s: float = 2.0, state: SqlState | None = None
+    ) -> FeedbackOutbox:
+        """The outbox of ``settings``' state database, delivering to the Phoenix the settings trace to."""
+        if state is None:
+            state = open_state(
+                settings.state_url, schema_name=settings.state.schema_name, poll_s=settings.state.poll_s
+            )
+        return cls(
+            feedback_log_path(settings).parent, PhoenixTarget(settings, timeout_s=timeout_s), state=state
+        )
+
+    def _migrate_legacy(self) -> None:
+        # The outbox file of the layout before the state database: queue its records, keep the file
+        # renamed (ids make a second import of the same records a no-op).
+        path = self.folder / _LEGACY_OUTBOX
+        if not path.exists():
+            return
+        moved = sum(self.queue.add(record_id(r), r.to_json(), created=r.at) for r in read_feedback(path))
+        with contextlib.suppress(OSError):
+            path.replace(path.with_name(_LEGACY_OUTBOX + ".migrated"))
+        logger.info("feedback: moved %d record(s) from %s into the state database", moved, path)
+
+    def resume(self) -> None:
+        """Start delivering records already waiting (left by this or another, maybe dead, process)."""
+        if self.queue.count():
+            self._ensure_worker()
 
     # -- the caller's side -------------------------------------------------------------------------
 
@@ -311,9 +345,7 @@ class FeedbackOutbox:
         write (then the feedback really is not stored, and the caller must know).
         """
         self.log.send(record)
-        with self._locked():
-            with self.outbox.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(record.to_json(), ensure_ascii=False, default=str) + "\n")
+        self.queue.add(record_id(record), record.to_json(), created=record.at)
         self._ensure_worker()
         # A failure of an earlier attempt says nothing about this one; waiting stops at this one's.
         self.last_error = None
@@ -323,8 +355,8 @@ class FeedbackOutbox:
 
     @property
     def pending(self) -> int:
-        """Records waiting in the outbox."""
-        return len(self._read())
+        """Records waiting in the outbox (from every process on the state database)."""
+        return self.queue.count()
 
     def wait(
         self, record: FeedbackRecord | None = None, timeout_s: float = 5.0, *, while_reachable: bool = False
@@ -336,8 +368,8 @@ class FeedbackOutbox:
         deadline = time.monotonic() + timeout_s
         with self._changed:
             while True:
-                keys = {_key(r) for r in self._read()}
-                done = _key(record) not in keys if record is not None else not keys
+                ids = self.queue.ids()
+                done = record_id(record) not in ids if record is not None else not ids
                 remaining = deadline - time.monotonic()
                 if done or remaining <= 0 or (while_reachable and self.last_error is not None):
                     return done
@@ -377,7 +409,7 @@ class FeedbackOutbox:
                 progress = False
             if self._closed:
                 return
-            if not self._read():
+            if not self.queue.count():
                 delay = self.retry_s[0]
                 self._wake.wait()
                 continue
@@ -385,34 +417,51 @@ class FeedbackOutbox:
             self._wake.wait(delay)
 
     def deliver_pending(self) -> bool:
-        """One pass over the outbox: send what Phoenix takes now. Returns whether anything was sent."""
-        delivered: set[tuple[str, str, float]] = set()
-        for record in self._read():
-            if self._closed:
-                break
-            try:
-                self._deliver(record)
-            except RunNotVisible as err:
-                self.last_error = str(err)
-                continue
-            except TargetUnavailable as err:
-                self.last_error = str(err)
+        """One pass over the outbox: send what Phoenix takes now. Returns whether anything was sent.
+
+        Records are claimed for ``lease_s`` first, so another replica's sender skips them meanwhile;
+        what is not delivered is given back at the end of the pass.
+        """
+        claimed = self.queue.claim(lease_s=self.lease_s)
+        delivered: list[str] = []
+        try:
+            for rid, data in claimed:
+                if self._closed:
+                    break
+                try:
+                    record = FeedbackRecord(**data)
+                except TypeError:
+                    logger.warning("dropping a damaged feedback record from the outbox: %r", data)
+                    delivered.append(rid)
+                    continue
+                try:
+                    self._deliver(record)
+                except RunNotVisible as err:
+                    self.last_error = str(err)
+                    continue
+                except TargetUnavailable as err:
+                    self.last_error = str(err)
+                    with self._changed:
+                        self._changed.notify_all()
+                    break
+                except Exception as err:
+                    self.last_error = f"{type(err).__name__}: {err}"
+                    if _refused(err):
+                        # Phoenix will never take this one; it stays in the local log, and must not block the rest.
+                        logger.warning("Phoenix refused feedback for trace %s: %s", record.trace_id, err)
+                        delivered.append(rid)
+                        continue
+                    logger.info("feedback for trace %s not sent to Phoenix yet: %s", record.trace_id, err)
+                    break
+                delivered.append(rid)
+                self.last_error = None
+        finally:
+            self.queue.remove(delivered)
+            done = set(delivered)
+            self.queue.release(rid for rid, _ in claimed if rid not in done)
+            if delivered:
                 with self._changed:
                     self._changed.notify_all()
-                break
-            except Exception as err:
-                self.last_error = f"{type(err).__name__}: {err}"
-                if _refused(err):
-                    # Phoenix will never take this one; it stays in the local log, and must not block the rest.
-                    logger.warning("Phoenix refused feedback for trace %s: %s", record.trace_id, err)
-                    delivered.add(_key(record))
-                    continue
-                logger.info("feedback for trace %s not sent to Phoenix yet: %s", record.trace_id, err)
-                break
-            delivered.add(_key(record))
-            self.last_error = None
-        if delivered:
-            self._remove(delivered)
         return bool(delivered)
 
     def _deliver(self, record: FeedbackRecord) -> None:
@@ -426,44 +475,3 @@ class FeedbackOutbox:
             if span_id is not None:
                 record = replace(record, span_id=span_id)
         self.target.sink().send(record)
-
-    # -- the outbox file ---------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        # Processes sharing one home share the outbox: read-modify-write under an inter-process lock.
-        self.folder.mkdir(parents=True, exist_ok=True)
-        handle: IO[Any] = open(self.folder / _LOCK, "a+")
-        try:
-            portalocker.lock(handle, portalocker.LOCK_EX)
-            yield
-        finally:
-            with contextlib.suppress(Exception):
-                portalocker.unlock(handle)
-            handle.close()
-
-    def _read(self) -> list[FeedbackRecord]:
-        if not self.outbox.exists():
-            return []
-        with self._locked():
-            return list(_records(self.outbox))
-
-    def _remove(self, keys: set[tuple[str, str, float]]) -> None:
-        with self._locked():
-            remaining = [r for r in _records(self.outbox) if _key(r) not in keys]
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".outbox.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    for r in remaining:
-                        fh.write(json.dumps(r.to_json(), ensure_ascii=False, default=str) + "\n")
-                os.replace(tmp, self.outbox)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-        with self._changed:
-            self._changed.notify_all()
-
-
-def _records(path: Path) -> Iterator[FeedbackRecord]:
-    # The outbox never rotates, so read_feedback reads just this file.
-    return read_feedback(path)

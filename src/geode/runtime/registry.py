@@ -1,9 +1,10 @@
 """The program registry: compiled program versions as JSON, an active pointer, promotion and rollback.
 
-Layout under ``settings.programs_dir`` (``<home>/programs``)::
+Layout: version files under ``settings.programs_dir`` (``<home>/programs``), the active pointer in the
+state database (:mod:`geode.runtime.state`: ``<home>/state.db``, or PostgreSQL for a deployment)::
 
     <program>/versions/<version>.json   one file per version: a metadata header and the DSPy state
-    <program>/active.json               the active version, the rollback history and an event log
+    state database                      per program: the active version, the rollback history, events
 
 A version id is the first 16 hex digits of the SHA-256 of the program's canonical JSON state
 (``module.dump_state()``), so the same compiled state always gets the same id. Each version file
@@ -12,8 +13,10 @@ refused on load (``ProgramLoadError``) with the reason. Pickle is never read, wh
 called. The checksum detects accidents and casual edits; anyone who can write the folder can also
 write a consistent file, so protect the folder like code.
 
-The active pointer is replaced atomically (temp file + ``os.replace``), so readers see the old or the
-new pointer, never half of one. Promotion is gated: a candidate must beat the active version by a
+A promotion or rollback is one database transaction (check, new pointer, event), so every process
+sees the old or the new pointer, never half of one, and concurrent promotions serialise. The old
+layout's ``<program>/active.json`` is moved into the database when a registry opens the folder.
+Promotion is gated: a candidate must beat the active version by a
 margin on the same held-out data unless forced. When the active version cannot be loaded, the
 runtime keeps serving what it served before (see :class:`ActivePrograms`).
 """
@@ -31,15 +34,17 @@ import re
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import dspy
 
 from geode.errors import GeodeError, ProgramLoadError, VersionError
 from geode.runtime.programs import ResolvedProgram
+from geode.runtime.state import SqlPointers, SqlState, open_state, sqlite_url
 
 if TYPE_CHECKING:
     from geode.evals.evaluate import EvalResult
@@ -59,7 +64,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT = "geode.program-version"
 FORMAT_VERSION = 1
-POINTER_FORMAT = "geode.program-pointer"
 MAX_FILE_BYTES = 64 * 1024 * 1024
 """Version files larger than this are refused (a compiled DSPy state is kilobytes to a few megabytes)."""
 
@@ -213,6 +217,41 @@ def _atomic_write(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _read_legacy_pointer(path: Path) -> dict[str, Any]:
+    """An ``active.json`` of the file layout before the state database (Geode <= 0.x), validated."""
+    doc = _read_json_file(path)
+    where = str(path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("program"), str):
+        raise ProgramLoadError(f"{where}: the active pointer must be a JSON object naming its program")
+    unknown = sorted(set(doc) - _POINTER_KEYS)
+    if unknown:
+        raise ProgramLoadError(
+            f"{where}: unknown field(s) {', '.join(map(repr, unknown))} in the active pointer"
+        )
+    active = doc.get("active")
+    history = doc.get("history", [])
+    if active is not None and (not isinstance(active, str) or not _VERSION_RE.match(active)):
+        raise ProgramLoadError(f"{where}: malformed active version {active!r}")
+    if not isinstance(history, list) or not all(
+        h is None or (isinstance(h, str) and _VERSION_RE.match(h)) for h in history
+    ):
+        raise ProgramLoadError(f"{where}: malformed rollback history")
+    events = doc.get("events", [])
+    return {
+        "program": doc["program"],
+        "active": active,
+        "history": list(history),
+        "events": [e for e in events if isinstance(e, dict)] if isinstance(events, list) else [],
+    }
+
+
+class _Unset:
+    """The type of :data:`_UNSET`: no ``expect_active`` given (``None`` means the base program)."""
+
+
+_UNSET: Final = _Unset()
 
 
 def _dependency_versions() -> dict[str, str]:
@@ -507,9 +546,17 @@ class ProgramRegistry:
         >>> reg.promote("qa", info.version, candidate_score=0.8, active_score=0.6)  # doctest: +SKIP
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], *, state: SqlState | None = None, poll_s: float | None = None
+    ) -> None:
         self.root = Path(root)
         self._thread_lock = threading.RLock()
+        # Default: the home's SQLite state file, the one a Runtime on <home> (root = <home>/programs) uses.
+        self.state = state if state is not None else open_state(sqlite_url(self.root.parent / "state.db"))
+        self.poll_s = self.state.poll_s if poll_s is None else poll_s
+        self._pointers = SqlPointers(self.state)
+        self._stamps: dict[str, tuple[float, int]] = {}
+        self._migrate_legacy()
 
     # -- paths ---------------------------------------------------------------------------------
 
@@ -524,9 +571,6 @@ class ProgramRegistry:
 
     def _versions_dir(self, name: str) -> Path:
         return self.program_dir(name) / "versions"
-
-    def _pointer_path(self, name: str) -> Path:
-        return self.program_dir(name) / "active.json"
 
     @contextlib.contextmanager
     def _locked(self, name: str) -> Iterator[None]:
@@ -546,22 +590,15 @@ class ProgramRegistry:
 
     def programs(self) -> list[str]:
         """Names of programs with at least one stored version or an active pointer."""
-        if not self.root.is_dir():
-            return []
-        names: list[str] = []
-        for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            name = self._name_in(folder)
-            if name:
-                names.append(name)
-        return names
+        names = set(self._pointers.programs())
+        if self.root.is_dir():
+            for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
+                name = self._name_in(folder)
+                if name:
+                    names.add(name)
+        return sorted(names)
 
     def _name_in(self, folder: Path) -> str | None:
-        pointer = folder / "active.json"
-        with contextlib.suppress(ProgramLoadError, OSError):
-            if pointer.is_file():
-                data = _read_json_file(pointer)
-                if isinstance(data, dict) and isinstance(data.get("program"), str):
-                    return data["program"]
         for path in sorted((folder / "versions").glob("*.json")):
             with contextlib.suppress(ProgramLoadError, OSError):
                 data = _read_json_file(path)
@@ -788,65 +825,52 @@ class ProgramRegistry:
         return _apply_state(module, state, str(info.path))
 
     # -- active pointer ------------------------------------------------------------------------
+    #
+    # The pointer (active version, rollback history, events) lives in the state database, so every
+    # process and replica on it agrees on what serves; version files stay under the folder.
 
-    def _read_pointer(self, name: str) -> dict[str, Any]:
-        path = self._pointer_path(name)
-        if not path.exists():
-            return {"active": None, "history": [], "events": []}
-        doc = _read_json_file(path)
-        where = str(path)
-        if not isinstance(doc, dict):
-            raise ProgramLoadError(f"{where}: the active pointer must be a JSON object")
-        unknown = sorted(set(doc) - _POINTER_KEYS)
-        if unknown:
-            raise ProgramLoadError(
-                f"{where}: unknown field(s) {', '.join(map(repr, unknown))} in the active pointer"
-            )
-        active = doc.get("active")
-        history = doc.get("history", [])
-        if active is not None and (not isinstance(active, str) or not _VERSION_RE.match(active)):
-            raise ProgramLoadError(f"{where}: malformed active version {active!r}")
-        if not isinstance(history, list) or not all(
-            h is None or (isinstance(h, str) and _VERSION_RE.match(h)) for h in history
-        ):
-            raise ProgramLoadError(f"{where}: malformed rollback history")
-        events = doc.get("events", [])
-        return {
-            "active": active,
-            "history": list(history),
-            "events": events if isinstance(events, list) else [],
-        }
+    def _migrate_legacy(self) -> None:
+        # Pointers of the old layout (<program>/active.json) move into the database once; the file is
+        # renamed, not deleted, so a downgrade can still find it by hand.
+        if not self.root.is_dir():
+            return
+        for path in sorted(self.root.glob("*/active.json")):
+            try:
+                doc = _read_legacy_pointer(path)
+            except ProgramLoadError as err:
+                logger.error("registry: not migrating %s: %s", path, err)
+                continue
+            if self._pointers.import_pointer(doc["program"], doc["active"], doc["history"], doc["events"]):
+                logger.info("registry: moved %s into the state database", path)
+            with contextlib.suppress(OSError):
+                path.replace(path.with_name("active.json.migrated"))
 
-    def _write_pointer(self, name: str, pointer: Mapping[str, Any]) -> None:
-        doc = {
-            "format": POINTER_FORMAT,
-            "format_version": FORMAT_VERSION,
-            "program": name,
-            "active": pointer["active"],
-            "history": list(pointer["history"]),
-            "events": list(pointer["events"])[-200:],
-        }
-        _atomic_write(self._pointer_path(name), json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    def pointer_stamp(self, name: str) -> tuple[int] | None:
+        """A cheap change marker of the program's active pointer (``None`` when it never had one).
 
-    def pointer_stamp(self, name: str) -> tuple[int, int, int] | None:
-        """A cheap change marker of the active pointer file (``None`` when there is none)."""
-        try:
-            st = self._pointer_path(name).stat()
-        except OSError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+        Read from the database at most once per ``poll_s`` per program: the bound on how long this
+        process serves the previous version after a promotion made by another process.
+        """
+        now = time.monotonic()
+        cached = self._stamps.get(name)
+        if cached is not None and now - cached[0] < self.poll_s:
+            revision = cached[1]
+        else:
+            revision = self._pointers.revision(name)
+            self._stamps[name] = (now, revision)
+        return (revision,) if revision else None
 
     def active(self, name: str) -> str | None:
         """The active version id, or ``None`` when the base program serves."""
-        return self._read_pointer(name)["active"]
+        return self._pointers.get(name).active
 
     def history(self, name: str) -> list[str | None]:
         """Versions that were active before the current one, oldest first (``None``: the base program)."""
-        return list(self._read_pointer(name)["history"])
+        return list(self._pointers.get(name).history)
 
     def events(self, name: str) -> list[dict[str, Any]]:
         """The pointer's event log (promotions and rollbacks), oldest first."""
-        return list(self._read_pointer(name)["events"])
+        return self._pointers.events(name)
 
     def promote(
         self,
@@ -859,8 +883,12 @@ class ProgramRegistry:
         force: bool = False,
         module: dspy.Module | None = None,
         reason: str | None = None,
+        expect_active: str | _Unset | None = _UNSET,
     ) -> PromotionEvent:
         """Make ``version`` the active version, if it beats the active one by ``margin``.
+
+        The check and the change are one database transaction: two promotions at once (from any
+        processes or replicas) run one after the other, and the second sees the first's result.
 
         Args:
             name: The program.
@@ -871,21 +899,30 @@ class ProgramRegistry:
             force: Promote without the gate (the event records that it was forced).
             module: The program; when given, the version's state is test-loaded into a copy first.
             reason: Recorded on the event.
+            expect_active: The version the caller compared against (``None``: the base program). When
+                another promotion or rollback changed the active version since, nothing changes and
+                :class:`VersionError` says what is active now.
 
         Raises:
-            VersionError: Unknown version, already active, scores missing, or the gate refused
-                (the message gives both scores and the margin).
+            VersionError: Unknown version, already active, the active version is not ``expect_active``,
+                scores missing, or the gate refused (the message gives both scores and the margin).
             ProgramLoadError: The candidate's file is invalid or does not fit ``module``. The active
                 pointer is unchanged in every error case.
         """
         if margin < 0:
             raise VersionError(f"the promotion margin must be >= 0, got {margin}")
-        with self._locked(name):
-            info, state = self._load(name, version)
-            if module is not None:
-                _apply_state(module, state, str(info.path))
-            pointer = self._read_pointer(name)
-            current = pointer["active"]
+        info, state = self._load(name, version)
+        if module is not None:
+            _apply_state(module, state, str(info.path))
+        with self._pointers.change(name) as change:
+            current = change.current.active
+            if not isinstance(expect_active, _Unset) and current != expect_active:
+                raise VersionError(
+                    f"not promoting {info.version} of {name!r}: the active version changed to "
+                    f"{current or 'the base program'} (expected {expect_active or 'the base program'}); "
+                    "another promotion or rollback won",
+                    hint=f"check with geode versions {name}, then compare against the new active version",
+                )
             if current == info.version:
                 raise VersionError(f"{info.version} is already the active version of {name!r}")
             if not force:
@@ -901,23 +938,21 @@ class ProgramRegistry:
                 margin=margin,
                 reason=reason,
             )
-            pointer["history"].append(current)
-            pointer["active"] = info.version
-            pointer["events"].append(event.to_json())
-            self._write_pointer(name, pointer)
+            change.set(info.version, [*change.current.history, current], event.to_json())
+        self._stamps.pop(name, None)
         return event
 
     def rollback(self, name: str, *, module: dspy.Module | None = None) -> PromotionEvent:
-        """Make the previously active version active again.
+        """Make the previously active version active again (one transaction, like :meth:`promote`).
 
         Raises:
             VersionError: There is nothing to roll back to.
             ProgramLoadError: The previous version's file is invalid (the active pointer is unchanged).
         """
-        with self._locked(name):
-            pointer = self._read_pointer(name)
-            if not pointer["history"]:
-                current = pointer["active"]
+        with self._pointers.change(name) as change:
+            history = list(change.current.history)
+            current = change.current.active
+            if not history:
                 raise VersionError(
                     f"program {name!r} has nothing to roll back to"
                     + (
@@ -926,16 +961,14 @@ class ProgramRegistry:
                         else " (the base program is serving)"
                     )
                 )
-            target = pointer["history"][-1]
+            target = history.pop()
             if target is not None:
                 info, state = self._load(name, target)
                 if module is not None:
                     _apply_state(module, state, str(info.path))
-            event = PromotionEvent(action="rollback", version=target, previous=pointer["active"], at=_now())
-            pointer["history"].pop()
-            pointer["active"] = target
-            pointer["events"].append(event.to_json())
-            self._write_pointer(name, pointer)
+            event = PromotionEvent(action="rollback", version=target, previous=current, at=_now())
+            change.set(target, history, event.to_json())
+        self._stamps.pop(name, None)
         return event
 
     def gate_scores(self, name: str, candidate: str, active: str) -> tuple[Score, Score] | None:
@@ -1042,7 +1075,7 @@ class ServedProgram:
 @dataclass
 class _Slot:
     base: dspy.Module
-    stamp: tuple[int, int, int] | None
+    stamp: tuple[int] | None
     served: ServedProgram
 
 

@@ -21,6 +21,7 @@ from geode.errors import InputError, LMError, OutputParseError
 from geode.runtime.programs import ProgramRef, ResolvedProgram, resolve
 from geode.runtime.registry import ActivePrograms, ProgramRegistry, ServedProgram
 from geode.runtime.settings import Settings
+from geode.runtime.state import SqlState, open_state
 from geode.traces.context import RunIdentity, capture_trace_ids, run_identity
 
 if TYPE_CHECKING:
@@ -215,12 +216,22 @@ class Runtime:
             return self._programs.setdefault(program, resolved)
 
     @property
+    def state(self) -> SqlState:
+        """The state database (sessions, served runs, feedback outbox, registry pointers).
+
+        ``GEODE_STATE_URL`` (PostgreSQL for replicas on several hosts), else ``<home>/state.db``;
+        opened and migrated once per process.
+        """
+        cfg = self.settings.state
+        return open_state(self.settings.state_url, schema_name=cfg.schema_name, poll_s=cfg.poll_s)
+
+    @property
     def registry(self) -> ProgramRegistry:
         """The program registry: versions, the active pointer, promotion and rollback."""
         if self._registry is None:
             with self._lock:
                 if self._registry is None:
-                    self._registry = ProgramRegistry(self.settings.programs_dir)
+                    self._registry = ProgramRegistry(self.settings.programs_dir, state=self.state)
         return self._registry
 
     def serve(self, program: ProgramRef) -> ServedProgram:
@@ -437,7 +448,7 @@ class Runtime:
         with self._lock:
             if self._feedback is None:
                 self._feedback = FeedbackOutbox.for_settings(
-                    self.settings, timeout_s=self.settings.serve.feedback_timeout_s
+                    self.settings, timeout_s=self.settings.serve.feedback_timeout_s, state=self.state
                 )
             return self._feedback
 

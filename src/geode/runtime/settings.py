@@ -19,6 +19,7 @@ __all__ = [
     "RetrievalSettings",
     "ServeSettings",
     "Settings",
+    "StateSettings",
     "TracingSettings",
     "WorkflowSettings",
 ]
@@ -179,8 +180,11 @@ class ServeSettings(BaseSettings):
     """LM tokens per hour per API key; a key over budget gets 429 until it refills; unset: no limit."""
     session_ttl_s: float = Field(default=3600.0, gt=0)
     """Idle sessions are forgotten after this long."""
+    sessions: Literal["state", "memory"] = "state"
+    """Where sessions live: ``state`` (the state database, shared by every replica on it) or ``memory``
+    (this process only, bounded by ``max_sessions``; route by session at the load balancer)."""
     max_sessions: int = Field(default=10_000, ge=1)
-    """Sessions kept in memory; the least recently used are dropped beyond it."""
+    """Sessions kept in memory (``sessions=memory``); the least recently used are dropped beyond it."""
     max_session_turns: int = Field(default=20, ge=1)
     """Turns kept per session (the history a multi-turn program sees)."""
     shadow_max_in_flight: int = Field(default=8, ge=1)
@@ -188,7 +192,10 @@ class ServeSettings(BaseSettings):
     feedback_timeout_s: float = Field(default=2.0, gt=0)
     """How long ``POST /feedback`` waits for Phoenix before keeping the record only locally."""
     max_recent_runs: int = Field(default=100_000, ge=1)
-    """Runs remembered for feedback (trace id → root span id); older feedback annotates the trace."""
+    """Runs this process remembers in memory for feedback (trace id → root span id); every run is also
+    recorded in the state database, where any replica finds it for ``run_retention_s``."""
+    run_retention_s: float = Field(default=7 * 86400.0, gt=0)
+    """How long a served run can receive feedback through the state database."""
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     """How long shutdown waits for in-flight shadow runs and telemetry."""
     keep_alive_s: int = Field(default=90, ge=1)
@@ -202,6 +209,21 @@ class ServeSettings(BaseSettings):
     decision can be made."""
     feedback_hold_s: float = Field(default=600.0, gt=0)
     """How long an unsampled trace waits in memory for feedback that would keep it."""
+
+
+class StateSettings(BaseSettings):
+    """Where sessions, served runs, the feedback outbox and registry pointers live (shared state)."""
+
+    model_config = _config("GEODE_STATE_")
+
+    url: SecretStr | None = None
+    """A database every replica shares: ``postgresql://user:password@host:5432/db``. Default: the SQLite
+    file ``<home>/state.db``, shared by every process on this machine with the same home."""
+    schema_name: str = Field(default="geode", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    """The PostgreSQL schema Geode's tables live in (created if missing), beside Phoenix's."""
+    poll_s: float = Field(default=1.0, gt=0, le=300)
+    """The longest a replica serves a program's previous version after a promotion or rollback made
+    elsewhere: it re-reads the active pointer at most this often."""
 
 
 class WorkflowSettings(BaseSettings):
@@ -252,8 +274,9 @@ class Settings(BaseSettings):
     phoenix: PhoenixSettings = Field(default_factory=PhoenixSettings)
     serve: ServeSettings = Field(default_factory=ServeSettings)
     workflows: WorkflowSettings = Field(default_factory=WorkflowSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
 
-    @field_validator("lm", "tracing", "retrieval", "phoenix", "serve", "workflows", mode="before")
+    @field_validator("lm", "tracing", "retrieval", "phoenix", "serve", "workflows", "state", mode="before")
     @classmethod
     def _merge_group(cls, value: Any, info: Any) -> Any:
         # A dict passed for a group overrides only the fields it names; the rest still come from env.
@@ -281,6 +304,13 @@ class Settings(BaseSettings):
     def lm_artifacts_dir(self) -> Path:
         """Fine-tuned model weights (GGUF) with their lineage, by content hash (``geode compile -o finetune``)."""
         return self.home / "lms"
+
+    @property
+    def state_url(self) -> str:
+        """The state database's URL: ``GEODE_STATE_URL``, else the SQLite file ``<home>/state.db``."""
+        if self.state.url is not None:
+            return self.state.url.get_secret_value()
+        return f"sqlite:///{(self.home / 'state.db').resolve()}"
 
     @property
     def reports_dir(self) -> Path:

@@ -20,6 +20,7 @@ from geode.runtime.settings import (
     RetrievalSettings,
     ServeSettings,
     Settings,
+    StateSettings,
     TracingSettings,
     WorkflowSettings,
 )
@@ -34,6 +35,7 @@ _GROUPS: tuple[tuple[str, type[BaseSettings]], ...] = (
     ("phoenix", PhoenixSettings),
     ("serve", ServeSettings),
     ("workflows", WorkflowSettings),
+    ("state", StateSettings),
 )
 
 

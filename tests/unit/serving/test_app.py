@@ -20,7 +20,7 @@ from geode.errors import ConfigError
 from geode.runtime.phoenix import find_free_port
 from geode.runtime.runtime import Runtime
 from geode.runtime.serving import Candidate, HostedProgram, create_app
-from geode.runtime.serving.feedback import read_feedback
+from geode.runtime.serving.feedback import FeedbackRecord
 from geode.runtime.settings import PhoenixSettings, Settings, TracingSettings
 from geode.testing import ScriptedLM
 from geode.traces.vocab import GeodeAttributes, SpanAttributes
@@ -347,7 +347,8 @@ def test_feedback_goes_through_the_durable_outbox_by_default(
     rt.close()
     assert body["delivered"] == ["local"] and body["pending"] == ["phoenix"], body
     assert any("no Phoenix is running" in p for p in body["problems"]), body
-    (kept,) = read_feedback(home / "feedback" / "outbox.jsonl")
+    ((_, data),) = rt.feedback_outbox.queue.claim(lease_s=1.0)
+    kept = FeedbackRecord(**data)
     assert kept.trace_id == trace_id and kept.program == "qa" and kept.span_id
     log = [json.loads(line) for line in (home / "feedback" / "feedback.jsonl").read_text().splitlines()]
     assert [r["trace_id"] for r in log] == [trace_id]

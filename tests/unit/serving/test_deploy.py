@@ -34,7 +34,11 @@ def test_compose_services_have_health_checks_volumes_and_ordered_start() -> None
     assert services["geode"]["depends_on"] == {
         "phoenix": {"condition": "service_healthy"},
         "qdrant": {"condition": "service_healthy"},
+        "postgres": {"condition": "service_healthy"},
     }
+    # The runtime's shared state is in Phoenix's PostgreSQL (its own schema), with the driver baked in.
+    assert services["geode"]["environment"]["GEODE_STATE_URL"].startswith("postgresql://")
+    assert "postgres" in services["geode"]["build"]["args"]["EXTRAS"].split(",")
     assert services["phoenix"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
     assert services["phoenix"]["ports"] == ["127.0.0.1:6006:6006"]  # the UI is not published
     assert "postgresql://" in services["phoenix"]["environment"]["PHOENIX_SQL_DATABASE_URL"]
@@ -69,3 +73,4 @@ def test_ray_config_points_at_the_deployment() -> None:
     assert scaling["min_replicas"] <= scaling["initial_replicas"] <= scaling["max_replicas"]
     for name in app["runtime_env"]["env_vars"]:
         assert name in _settings_vars(), name
+    assert app["runtime_env"]["env_vars"]["GEODE_STATE_URL"].startswith("postgresql://")

@@ -64,6 +64,7 @@ from geode.runtime.serving.schema import (
 from geode.runtime.serving.sessions import MemorySessionStore, SessionStore, Turn
 from geode.runtime.serving.traffic import Candidate, in_share
 from geode.runtime.settings import ServeSettings
+from geode.runtime.state import ServedRun, SqlRunIndex, SqlState
 from geode.runtime.tracing import TracingPipeline
 from geode.traces.context import RunIdentity, run_identity
 from geode.traces.vocab import GeodeAttributes, OpenInferenceMimeTypeValues, SpanAttributes
@@ -264,10 +265,12 @@ class _Server:
         self.quotas = Quotas(
             requests_per_minute=settings.rate_limit_per_minute, tokens_per_hour=settings.token_budget_per_hour
         )
-        self.sessions: SessionStore = sessions or MemorySessionStore(
-            max_sessions=settings.max_sessions,
-            ttl_s=settings.session_ttl_s,
-            max_turns=settings.max_session_turns,
+        state = runtime.state if isinstance(runtime, Runtime) else None
+        self.sessions: SessionStore = sessions or _default_sessions(settings, state)
+        # Every replica on the state database records its runs there, so feedback for a run is
+        # accepted by any of them; `recent` spares this replica the lookup for its own runs.
+        self.runs: SqlRunIndex | None = (
+            SqlRunIndex(state, retention_s=settings.run_retention_s) if state is not None else None
         )
         self.tracing: TracingPipeline | None = tracing or _pipeline_of(runtime)
         provider = (
@@ -284,6 +287,9 @@ class _Server:
         # outbox, as rt.feedback does (the local log, then Phoenix, re-sent until Phoenix takes it).
         self.feedback_sinks: list[FeedbackSink] = list(feedback_sinks or ())
         self.outbox: FeedbackOutbox | None = runtime.feedback_outbox if feedback_sinks is None else None
+        if self.outbox is not None:
+            # Records another (maybe dead) replica left waiting are this one's to deliver too.
+            self.outbox.resume()
         self.recent: OrderedDict[str, _RecentRun] = OrderedDict()
         self.hosted: dict[str, _Hosted] = {}
         self.draining = False
@@ -552,6 +558,22 @@ class _Server:
         self.recent[call.trace_id] = _RecentRun(span_id, call.hosted.name, call.version, call.caller)
         while len(self.recent) > self.settings.max_recent_runs:
             self.recent.popitem(last=False)
+        if self.runs is not None:
+            try:
+                self.runs.remember(
+                    ServedRun(call.trace_id, span_id, call.hosted.name, call.version, call.caller)
+                )
+            except Exception as err:  # the answer is made: feedback then reaches this replica only
+                logger.warning("run %s not recorded in the state database: %s", call.trace_id, err)
+
+    def find_run(self, trace_id: str) -> _RecentRun | None:
+        """A run served by this replica, or by any replica on the state database."""
+        known = self.recent.get(trace_id)
+        if known is None and self.runs is not None:
+            run = self.runs.find(trace_id)
+            if run is not None:
+                known = _RecentRun(run.span_id, run.program, run.version, run.caller)
+        return known
 
     def account(self, call: _Call, outcome: _Outcome | None, status: int, code: str | None) -> None:
         prompt = outcome.prompt_tokens if outcome else 0
@@ -699,13 +721,12 @@ class _Server:
         task.add_done_callback(self.background.discard)
 
     async def feedback(self, body: FeedbackIn, caller: str) -> FeedbackOut:
-        known = self.recent.get(body.trace_id)
+        known = await asyncio.to_thread(self.find_run, body.trace_id)
         if known is None or known.caller != caller:
             # Feedback feeds mining and promotion: only the caller a run was served to may score it.
             raise NotFoundError(
                 f"no run with trace id {body.trace_id} was served to this API key",
-                hint="send the X-Trace-Id of a run this key made, while this server remembers it "
-                "(GEODE_SERVE_MAX_RECENT_RUNS)",
+                hint="send the X-Trace-Id of a run this key made, within GEODE_SERVE_RUN_RETENTION_S",
             )
         if self.gate is not None:
             self.gate.keep(body.trace_id)
@@ -771,6 +792,16 @@ class _Server:
             if callable(close):
                 with contextlib.suppress(Exception):
                     close()
+
+
+def _default_sessions(settings: ServeSettings, state: SqlState | None) -> SessionStore:
+    if settings.sessions == "state" and state is not None:
+        from geode.runtime.state.sessions import SqlSessionStore
+
+        return SqlSessionStore(state, ttl_s=settings.session_ttl_s, max_turns=settings.max_session_turns)
+    return MemorySessionStore(
+        max_sessions=settings.max_sessions, ttl_s=settings.session_ttl_s, max_turns=settings.max_session_turns
+    )
 
 
 def _pipeline_of(runtime: Runtime) -> TracingPipeline | None:
@@ -849,7 +880,8 @@ def create_app(
         programs: References, modules or :class:`HostedProgram` specs; each gets ``POST /programs/<name>``
             and ``POST /programs/<name>/stream``.
         settings: Server settings; default ``runtime.settings.serve``.
-        sessions: Where sessions live; default an in-memory store bounded by the settings.
+        sessions: Where sessions live; default (``GEODE_SERVE_SESSIONS=state``) the runtime's state
+            database, shared by every replica on it; ``memory``: this process, bounded by the settings.
         feedback_sinks: Where ``POST /feedback`` stores records, each tried once; default the
             runtime's durable outbox (:attr:`Runtime.feedback_outbox`): the feedback log under the
             Geode home, then the Phoenix the runtime traces to, re-sent until Phoenix takes it.

@@ -1,0 +1,26 @@
+"""Geode's shared state: sessions, served runs, the feedback outbox and registry pointers in one database.
+
+The embedded default is a SQLite file in the Geode home (``<home>/state.db``), so every process on one
+machine with the same home shares it; deployments point ``GEODE_STATE_URL`` at PostgreSQL so every
+replica does. :class:`SqlState` is the database (SQLAlchemy 2 Core, migrated on open); the parts are
+small views over it: :class:`SqlPointers` (registry), :class:`SqlOutbox` (feedback),
+:class:`SqlRunIndex` (served runs) and ``geode.runtime.state.sessions.SqlSessionStore`` (sessions,
+imported from its module because it pulls in the serving package).
+"""
+
+from geode.runtime.state.backend import SqlState, open_state, sqlite_url
+from geode.runtime.state.outbox import SqlOutbox
+from geode.runtime.state.pointers import Pointer, PointerChange, SqlPointers
+from geode.runtime.state.runs import ServedRun, SqlRunIndex
+
+__all__ = [
+    "Pointer",
+    "PointerChange",
+    "ServedRun",
+    "SqlOutbox",
+    "SqlPointers",
+    "SqlRunIndex",
+    "SqlState",
+    "open_state",
+    "sqlite_url",
+]

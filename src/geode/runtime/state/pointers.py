@@ -1,0 +1,153 @@
+"""Registry pointers in the state database: each program's active version, rollback history and events.
+
+A promotion or rollback is one transaction: lock the program's pointer row, check, write the new pointer
+with the next revision and append its event. A process killed at any point leaves the committed
+pointer (the old one, or the new one with its event), never none and never half; two promotions at once
+run one after the other, the second seeing the first's result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+
+from geode.runtime.state.backend import SqlState
+from geode.runtime.state.schema import tables
+
+__all__ = ["Pointer", "PointerChange", "SqlPointers"]
+
+_P = tables.pointers
+_E = tables.events
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """A program's active version and what was active before it."""
+
+    program: str
+    active: str | None
+    """``None``: the base program serves."""
+    history: tuple[str | None, ...] = ()
+    """Previously active versions, oldest first."""
+    revision: int = 0
+    """Bumped by every change; 0 for a program never promoted."""
+
+
+@dataclass
+class PointerChange:
+    """An open change of one program's pointer; :meth:`set` it, or leave it unchanged."""
+
+    current: Pointer
+    new: Pointer | None = None
+    event: dict[str, Any] = field(default_factory=dict[str, Any])
+
+    def set(self, active: str | None, history: Sequence[str | None], event: Mapping[str, Any]) -> Pointer:
+        """The pointer to commit, and the event that records why."""
+        self.new = Pointer(self.current.program, active, tuple(history), self.current.revision + 1)
+        self.event = {**event, "revision": self.new.revision}
+        return self.new
+
+
+class SqlPointers:
+    """Registry pointers of every program, in the state database."""
+
+    def __init__(self, state: SqlState) -> None:
+        self.state = state
+
+    def get(self, program: str) -> Pointer:
+        """The program's pointer (revision 0, nothing active, when it was never promoted)."""
+        with self.state.read() as conn:
+            row = conn.execute(sa.select(_P).where(_P.c.program == program)).one_or_none()
+        if row is None:
+            return Pointer(program, None)
+        return Pointer(program, row.active, tuple(json.loads(row.history)), row.revision)
+
+    def revision(self, program: str) -> int:
+        """The pointer's revision (0 when there is none): a cheap change marker."""
+        with self.state.read() as conn:
+            value = conn.execute(sa.select(_P.c.revision).where(_P.c.program == program)).scalar()
+        return int(value or 0)
+
+    def programs(self) -> list[str]:
+        """Programs with a pointer."""
+        with self.state.read() as conn:
+            return list(conn.execute(sa.select(_P.c.program).order_by(_P.c.program)).scalars())
+
+    def events(self, program: str) -> list[dict[str, Any]]:
+        """The program's promotions and rollbacks, oldest first."""
+        with self.state.read() as conn:
+            rows = conn.execute(sa.select(_E.c.event).where(_E.c.program == program).order_by(_E.c.id))
+            return [json.loads(r) for r in rows.scalars()]
+
+    @contextlib.contextmanager
+    def change(self, program: str) -> Iterator[PointerChange]:
+        """Lock the program's pointer for a change; what :meth:`PointerChange.set` sets is committed on exit.
+
+        Raising inside the block rolls back: the pointer stays as it was.
+        """
+        with self.state.write() as conn:
+            conn.execute(
+                self.state.insert_ignore(
+                    _P,
+                    {"program": program, "active": None, "history": "[]", "revision": 0, "updated_at": 0.0},
+                )
+            ).close()
+            row = conn.execute(sa.select(_P).where(_P.c.program == program).with_for_update()).one()
+            change = PointerChange(Pointer(program, row.active, tuple(json.loads(row.history)), row.revision))
+            yield change
+            new = change.new
+            if new is None:
+                return
+            conn.execute(
+                _P.update()
+                .where(_P.c.program == program)
+                .values(
+                    active=new.active,
+                    history=json.dumps(list(new.history)),
+                    revision=new.revision,
+                    updated_at=time.time(),
+                )
+            )
+            conn.execute(
+                _E.insert().values(program=program, revision=new.revision, event=json.dumps(change.event))
+            )
+
+    def import_pointer(
+        self,
+        program: str,
+        active: str | None,
+        history: Sequence[str | None],
+        events: Sequence[Mapping[str, Any]],
+    ) -> bool:
+        """Store a pointer read from the old file layout, unless the program already has one.
+
+        Returns:
+            Whether it was stored (``False``: the database already had a pointer for the program).
+        """
+        with self.state.write() as conn:
+            exists = conn.execute(sa.select(_P.c.revision).where(_P.c.program == program)).scalar()
+            if exists is not None:
+                return False
+            revision = max(1, len(events))
+            conn.execute(
+                _P.insert().values(
+                    program=program,
+                    active=active,
+                    history=json.dumps(list(history)),
+                    revision=revision,
+                    updated_at=time.time(),
+                )
+            )
+            for n, event in enumerate(events, start=1):
+                conn.execute(
+                    _E.insert().values(
+                        program=program, revision=n, event=json.dumps({**event, "revision": n})
+                    )
+                )
+        return True
