@@ -44,7 +44,7 @@ import dspy
 
 from geode.errors import GeodeError, ProgramLoadError, VersionError
 from geode.runtime.programs import ResolvedProgram
-from geode.runtime.state import SqlPointers, SqlState, open_state, sqlite_url
+from geode.runtime.state import SqlPointers, SqlState, SqlVersionFiles, open_state, sqlite_url
 
 if TYPE_CHECKING:
     from geode.evals.evaluate import EvalResult
@@ -555,6 +555,7 @@ class ProgramRegistry:
         self.state = state if state is not None else open_state(sqlite_url(self.root.parent / "state.db"))
         self.poll_s = self.state.poll_s if poll_s is None else poll_s
         self._pointers = SqlPointers(self.state)
+        self._files = SqlVersionFiles(self.state)
         self._stamps: dict[str, tuple[float, int]] = {}
         self._migrate_legacy()
 
@@ -590,7 +591,7 @@ class ProgramRegistry:
 
     def programs(self) -> list[str]:
         """Names of programs with at least one stored version or an active pointer."""
-        names = set(self._pointers.programs())
+        names = set(self._pointers.programs()) | set(self._files.programs())
         if self.root.is_dir():
             for folder in sorted(p for p in self.root.iterdir() if p.is_dir()):
                 name = self._name_in(folder)
@@ -682,9 +683,18 @@ class ProgramRegistry:
             "metadata": meta,
             "state": state,
         }
-        _atomic_write(
-            path, json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
-        )
+        text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
+        _atomic_write(path, text)
+        self._files.store(meta["program"], version, text)
+
+    def _materialise(self, name: str) -> None:
+        # Versions saved by other machines on the same state database: written into this folder (their
+        # checksums are verified on load like any file's).
+        folder = self._versions_dir(name)
+        have = {p.stem for p in folder.glob("*.json")} if folder.is_dir() else set()
+        for version, text in self._files.missing(name, have):
+            if _VERSION_RE.match(version):
+                _atomic_write(folder / f"{version}.json", text)
 
     def add_score(self, name: str, version: str, score: Score) -> VersionInfo:
         """Record another score on a stored version (its state and id do not change)."""
@@ -698,6 +708,7 @@ class ProgramRegistry:
 
     def scan(self, name: str) -> tuple[list[VersionInfo], list[tuple[Path, str]]]:
         """Every version of a program, oldest first, and the files that failed validation (with why)."""
+        self._materialise(name)
         folder = self._versions_dir(name)
         if not folder.is_dir():
             return [], []
@@ -727,6 +738,8 @@ class ProgramRegistry:
         """
         version = version.strip().lower()
         folder = self._versions_dir(name)
+        if not (folder / f"{version}.json").exists():
+            self._materialise(name)
         known = (
             sorted(p.stem for p in folder.glob("*.json") if _VERSION_RE.match(p.stem))
             if folder.is_dir()
@@ -831,9 +844,18 @@ class ProgramRegistry:
 
     def _migrate_legacy(self) -> None:
         # Pointers of the old layout (<program>/active.json) move into the database once; the file is
-        # renamed, not deleted, so a downgrade can still find it by hand.
+        # renamed, not deleted, so a downgrade can still find it by hand. Version files only this
+        # folder has (saved before the state database) are shared too.
         if not self.root.is_dir():
             return
+        for folder in sorted(p for p in self.root.glob("*/versions") if p.is_dir()):
+            name = self._name_in(folder.parent)
+            local = {p.stem: p for p in folder.glob("*.json") if _VERSION_RE.match(p.stem)}
+            if name is None or not local:
+                continue
+            for version in sorted(set(local) - self._files.known(name)):
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    self._files.store(name, version, local[version].read_text(encoding="utf-8"))
         for path in sorted(self.root.glob("*/active.json")):
             try:
                 doc = _read_legacy_pointer(path)

@@ -10,7 +10,7 @@ import dspy
 import pytest
 import sqlalchemy as sa
 
-from geode.errors import ConfigError, VersionError
+from geode.errors import ConfigError, ProgramLoadError, VersionError
 from geode.runtime.feedback import FeedbackOutbox, make_feedback_record, record_id
 from geode.runtime.registry import ProgramRegistry
 from geode.runtime.serving.feedback import FeedbackRecord, FeedbackSink
@@ -192,3 +192,43 @@ def test_a_replica_sees_a_promotion_within_poll_s(tmp_path: Path) -> None:
     assert replica.pointer_stamp("qa") is None  # cached: within poll_s the replica may still be behind
     time.sleep(0.25)
     assert replica.pointer_stamp("qa") == (1,)
+
+
+def test_a_registry_on_another_machine_loads_versions_from_the_database(tmp_path: Path) -> None:
+    state = SqlState(sqlite_url(tmp_path / "shared.db"))
+    here = ProgramRegistry(tmp_path / "a" / "programs", state=state)
+    there = ProgramRegistry(tmp_path / "b" / "programs", state=state)  # another folder: another machine
+    v1 = here.save("qa", _compiled("one")).version
+    here.promote("qa", v1, force=True)
+    assert there.active("qa") == v1 and [v.version for v in there.versions("qa")] == [v1]
+    loaded = there.load_into("qa", v1, dspy.Predict("question -> answer"))
+    assert loaded.dump_state()["demos"][0]["question"] == "one"
+    # The copy is checked like any file: a tampered one is refused, not trusted for coming from the database.
+    copy = tmp_path / "b" / "programs" / "qa" / "versions" / f"{v1}.json"
+    copy.write_text(copy.read_text().replace('"one"', '"evil"'))
+    with pytest.raises(ProgramLoadError, match="checksum"):
+        there.load_state("qa", v1)
+
+
+def test_version_files_of_the_old_layout_are_shared_on_open(tmp_path: Path) -> None:
+    old = ProgramRegistry(
+        tmp_path / "a" / "programs", state=SqlState(sqlite_url(tmp_path / "a" / "state.db"))
+    )
+    v1 = old.save("qa", _compiled("one")).version
+    shared = SqlState(sqlite_url(tmp_path / "shared.db"))
+    ProgramRegistry(tmp_path / "a" / "programs", state=shared)  # opening it shares what only it had
+    assert [v.version for v in ProgramRegistry(tmp_path / "b" / "programs", state=shared).versions("qa")] == [
+        v1
+    ]
+
+
+def test_a_version_1_database_is_migrated_to_the_current_schema(url: str) -> None:
+    state = SqlState(url)
+    with state.write() as conn:  # what Geode's first state schema left
+        tables.versions.drop(conn)
+        conn.execute(tables.meta.update().values(value="1"))
+    SqlState(url)
+    with state.read() as conn:
+        assert conn.execute(sa.select(tables.meta.c.value)).scalar() == str(SCHEMA_VERSION)
+        assert conn.execute(sa.select(sa.func.count()).select_from(tables.versions)).scalar() == 0
+    assert SCHEMA_VERSION == 2

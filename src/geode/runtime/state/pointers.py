@@ -20,10 +20,11 @@ import sqlalchemy as sa
 from geode.runtime.state.backend import SqlState
 from geode.runtime.state.schema import tables
 
-__all__ = ["Pointer", "PointerChange", "SqlPointers"]
+__all__ = ["Pointer", "PointerChange", "SqlPointers", "SqlVersionFiles"]
 
 _P = tables.pointers
 _E = tables.events
+_V = tables.versions
 
 
 @dataclass(frozen=True)
@@ -151,3 +152,37 @@ class SqlPointers:
                     )
                 )
         return True
+
+
+class SqlVersionFiles:
+    """Registry version files in the state database, so every replica can materialise what is promoted.
+
+    The registry still reads versions from its folder (and verifies their checksums there); this is the
+    shared copy it fills the folder from.
+    """
+
+    def __init__(self, state: SqlState) -> None:
+        self.state = state
+
+    def store(self, program: str, version: str, doc: str) -> None:
+        """Store (or replace, when scores were added) a version file's text."""
+        values = {"program": program, "version": version, "doc": doc, "stored_at": time.time()}
+        with self.state.write() as conn:  # replace = delete + insert in one transaction (two-column key)
+            conn.execute(_V.delete().where(_V.c.program == program, _V.c.version == version))
+            conn.execute(_V.insert().values(**values))
+
+    def missing(self, program: str, have: set[str]) -> list[tuple[str, str]]:
+        """``(version, text)`` of the program's stored versions not in ``have``."""
+        with self.state.read() as conn:
+            rows = conn.execute(sa.select(_V.c.version, _V.c.doc).where(_V.c.program == program)).all()
+        return [(r.version, r.doc) for r in rows if r.version not in have]
+
+    def known(self, program: str) -> set[str]:
+        """The program's stored version ids."""
+        with self.state.read() as conn:
+            return set(conn.execute(sa.select(_V.c.version).where(_V.c.program == program)).scalars())
+
+    def programs(self) -> list[str]:
+        """Programs with stored versions."""
+        with self.state.read() as conn:
+            return list(conn.execute(sa.select(_V.c.program).distinct()).scalars())

@@ -82,6 +82,16 @@ events = sa.Table(
     sa.Index("geode_registry_events_program", "program", "id"),
 )
 
+versions = sa.Table(
+    "geode_registry_versions",
+    metadata,
+    # The version file's exact text: its checksum is verified on load wherever it is materialised.
+    sa.Column("program", sa.String(200), primary_key=True),
+    sa.Column("version", sa.String(16), primary_key=True),
+    sa.Column("doc", sa.Text, nullable=False),
+    sa.Column("stored_at", sa.Float, nullable=False),
+)
+
 
 class _Tables:
     meta = meta
@@ -90,6 +100,7 @@ class _Tables:
     outbox = outbox
     pointers = pointers
     events = events
+    versions = versions
 
 
 tables: Final = _Tables()
@@ -100,8 +111,13 @@ def _v1(conn: sa.Connection) -> None:
     metadata.create_all(conn, tables=[sessions, served_runs, outbox, pointers, events], checkfirst=True)
 
 
+def _v2(conn: sa.Connection) -> None:
+    versions.create(conn, checkfirst=True)
+
+
 MIGRATIONS: Final[tuple[tuple[int, str, Callable[[sa.Connection], None]], ...]] = (
     (1, "sessions, served runs, feedback outbox, registry pointers and events", _v1),
+    (2, "registry version files, shared so replicas on other machines can load what is promoted", _v2),
 )
 """Ordered ``(version, description, step)``; append a step to change the schema, never edit one."""
 
