@@ -88,8 +88,7 @@ def _sql_ops(url: str, folder: Path) -> dict[str, Callable[[int], Any]]:
     runs = SqlRunIndex(state)
     cached = ProgramRegistry(folder / "programs", state=state, poll_s=1.0)
     uncached = ProgramRegistry(folder / "programs", state=state, poll_s=0.0)
-    with cached._pointers.change("qa") as change:  # pyright: ignore[reportPrivateUsage]
-        change.set("a" * 16, [None], {"action": "promote"})
+    cached.promote("qa", cached.save("qa", _program()).version, force=True)
     for t in range(10):
         sessions.append("key\x1fs0", Turn({"question": f"q{t}"}, {"answer": f"a{t}"}))
     return {
@@ -102,6 +101,14 @@ def _sql_ops(url: str, folder: Path) -> dict[str, Callable[[int], Any]]:
         "active version (per request)": lambda i: cached.pointer_stamp("qa"),
         "active version (uncached)": lambda i: uncached.pointer_stamp("qa"),
     }
+
+
+def _program() -> Any:
+    import dspy
+
+    module = dspy.Predict("question -> answer")
+    module.demos = [dspy.Example(question="q", answer="a").with_inputs("question")]
+    return module
 
 
 @contextlib.contextmanager
@@ -120,7 +127,7 @@ def _postgres(url: str | None) -> Iterator[str | None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="What the shared state costs a request.")
     parser.add_argument("--n", type=int, default=3000, help="timed calls per operation")
     parser.add_argument("--quick", action="store_true", help="300 calls per operation")
     parser.add_argument("--postgres-url", default=None, help="use this PostgreSQL instead of starting one")

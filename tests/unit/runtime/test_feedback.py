@@ -65,8 +65,8 @@ class SwitchablePhoenix:
         return self.recording
 
 
-def _outbox(folder: Path, target: SwitchablePhoenix, **kwargs: float) -> FeedbackOutbox:
-    return FeedbackOutbox(folder, target, retry_s=(0.01, 0.05), **kwargs)
+def _outbox(folder: Path, target: SwitchablePhoenix, span_wait_s: float = 120.0) -> FeedbackOutbox:
+    return FeedbackOutbox(folder, target, retry_s=(0.01, 0.05), span_wait_s=span_wait_s)
 
 
 def test_phoenix_down_keeps_feedback_and_sends_it_when_phoenix_is_back(tmp_path: Path) -> None:
