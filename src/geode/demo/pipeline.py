@@ -345,8 +345,12 @@ class _Demo:
                 program=AGENT_PROGRAM,
                 scores=scores,
                 description=f"{len(traces)} demo runs in {source.description}",
+                # Arguments: how the agent forms them (its completed runs), when its few correct runs
+                # alone would leave the search query to an LM step.
                 options=CrystallizeOptions(
-                    success_threshold=CORRECT_RUN_SCORE, min_route_runs=min_route_runs
+                    success_threshold=CORRECT_RUN_SCORE,
+                    min_route_runs=min_route_runs,
+                    arg_evidence="completed",
                 ),
             )
 

@@ -16,7 +16,7 @@ import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import dspy
 
@@ -70,6 +70,10 @@ class CrystallizeOptions:
         min_rule_runs: Runs a rule other than an input copy must hold in.
         max_demos: Demos per LM step (router: per route, at most 2).
         max_demo_chars: Longer observations are cut in demos.
+        arg_evidence: ``completed``: a tool argument the successful runs leave to an LM step becomes a
+            copy of an input when the pattern's completed runs, right answers or wrong, copy it (how an
+            agent forms an argument does not depend on whether its final answer came out right). Off
+            (``successful``) by default; patterns, outputs and demos come from successful runs either way.
     """
 
     min_share: float = 0.6
@@ -81,6 +85,7 @@ class CrystallizeOptions:
     min_rule_runs: int = 2
     max_demos: int = 3
     max_demo_chars: int = 600
+    arg_evidence: Literal["successful", "completed"] = "successful"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.min_share <= 1.0:

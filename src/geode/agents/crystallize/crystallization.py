@@ -189,6 +189,7 @@ def crystallize(
         unscored_ok=opts.unscored_ok,
         agreement=opts.agreement,
         min_rule_runs=opts.min_rule_runs,
+        arg_evidence=opts.arg_evidence,
     )
     spec = build_spec(
         analysis,

@@ -28,7 +28,7 @@ import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from geode.agents.crystallize.runs import AgentRun, ToolCall
@@ -87,6 +87,9 @@ class Derivation:
     """``lm``: earlier steps whose observations the value draws on (words found there, not in the inputs)."""
     found_in: tuple[int, ...] = ()
     """``lm``: earlier steps whose observation contains the value verbatim in some run."""
+    completed: bool = False
+    """``input``: counted over every completed run of the pattern, right answer or wrong (the successful
+    runs alone left the argument to an LM step; see ``analyze(arg_evidence=)``)."""
 
     def describe(self, step_names: Sequence[str] = ()) -> str:
         """One line for reports, e.g. ``copied from input 'question' (5/5 runs)``."""
@@ -98,7 +101,8 @@ class Derivation:
             return f"step {index + 1} ({label})"
 
         near = f", {self.near} more a near copy" if self.near else ""
-        runs = f"({self.support}/{self.total} runs{near})"
+        of = " of the completed runs" if self.completed else " runs"
+        runs = f"({self.support}/{self.total}{of}{near})"
         if self.kind == "input":
             how = {None: "copied", "strip": "copied (whitespace trimmed)", "lower": "copied (normalised)"}
             return f"{how[self.transform]} from input {self.field!r} {runs}"
@@ -492,6 +496,37 @@ def _derive(cases: Sequence[_Case], agreement: float, min_runs: int) -> Derivati
 # -- analysis --------------------------------------------------------------------------------------
 
 
+def _first_calls(
+    grouped: Sequence[Sequence[tuple[ToolCall, ...]]], index: int
+) -> list[list[tuple[ToolCall, ...]]]:
+    return [[*groups[:index], groups[index][:1], *groups[index + 1 :]] for groups in grouped]
+
+
+def _copies_from_completed(
+    completed: Sequence[AgentRun],
+    index: int,
+    derivations: Mapping[str, Derivation],
+    agreement: float,
+    min_runs: int,
+) -> tuple[dict[str, Derivation], bool]:
+    """The arguments left to an LM step that every completed run of the pattern copies from an input.
+
+    Returns the replacements and whether they hold for the first call of a repeated step only.
+    """
+    grouped = [_groups(run) for run in completed]
+    for first in (False, True):
+        evidence = _first_calls(grouped, index) if first else grouped
+        found = _step_derivations(completed, evidence, index, agreement, min_runs)
+        copies = {
+            name: replace(found[name], completed=True)
+            for name, d in derivations.items()
+            if d.kind == "lm" and name in found and found[name].kind == "input"
+        }
+        if copies:
+            return copies, first
+    return {}, False
+
+
 def _pattern(
     tools: tuple[str, ...],
     runs: Sequence[AgentRun],
@@ -500,6 +535,7 @@ def _pattern(
     output_fields: Sequence[str],
     agreement: float,
     min_runs: int,
+    completed: Sequence[AgentRun] = (),
 ) -> Pattern:
     grouped = [_groups(run) for run in runs]
     steps: list[StepAnalysis] = []
@@ -511,10 +547,19 @@ def _pattern(
             # The first call of a repeated step is often a plain copy of the input and the later ones the
             # model's retries (search the question, then a truncated question): then the workflow makes the
             # first call only, with no LM step for it, and its observation is what later steps read.
-            first = [[*groups[:index], groups[index][:1], *groups[index + 1 :]] for groups in grouped]
+            first = _first_calls(grouped, index)
             single = _step_derivations(runs, first, index, agreement, min_runs)
             if all(d.kind != "lm" for d in single.values()):
                 grouped, derivations = first, single
+        if len(completed) > len(runs) and any(d.kind == "lm" for d in derivations.values()):
+            # How the agent forms a tool's argument does not depend on whether the final answer came out
+            # right: with few successful runs (one paraphrased the question) the completed runs of the
+            # same tool sequence are the better evidence that the argument is a copy of the input.
+            copies, first_only = _copies_from_completed(completed, index, derivations, agreement, min_runs)
+            if copies:
+                if first_only:
+                    grouped = _first_calls(grouped, index)
+                derivations = {**derivations, **copies}
         per_run = tuple(groups[index] for groups in grouped)
         steps.append(
             StepAnalysis(
@@ -581,6 +626,7 @@ def analyze(
     agreement: float = 0.8,
     min_rule_runs: int = 2,
     unscored_ok: bool = False,
+    arg_evidence: Literal["successful", "completed"] = "successful",
 ) -> Analysis:
     """Group successful runs into patterns and derive each argument and output.
 
@@ -592,6 +638,9 @@ def analyze(
             left out).
         agreement: Share of a pattern's runs a derivation rule must reproduce.
         min_rule_runs: Runs a rule other than an input copy must hold in.
+        arg_evidence: ``completed``: a tool argument the successful runs leave to an LM step becomes a
+            copy of an input when the pattern's completed runs (right or wrong answers) copy it with
+            the agreement. Patterns, outputs and demos still come from the successful runs only.
     """
     if not 0.0 < agreement <= 1.0:
         raise ValueError(f"agreement must be in (0, 1], got {agreement}")
@@ -607,14 +656,23 @@ def analyze(
     )
     inputs = sorted({k for r in all_runs for k in r.inputs})
     by_key: dict[tuple[str, ...], list[AgentRun]] = defaultdict(list)
-    attempts: Counter[tuple[str, ...]] = Counter()
+    completed: dict[tuple[str, ...], list[AgentRun]] = defaultdict(list)
     for run in all_runs:
         if not run.problems:
-            attempts[pattern_key(run)] += 1
+            completed[pattern_key(run)].append(run)
     for run in good:
         by_key[pattern_key(run)].append(run)
     patterns = [
-        _pattern(key, members, attempts[key], len(good), fields, agreement, min_rule_runs)
+        _pattern(
+            key,
+            members,
+            len(completed[key]),
+            len(good),
+            fields,
+            agreement,
+            min_rule_runs,
+            completed[key] if arg_evidence == "completed" else (),
+        )
         for key, members in by_key.items()
     ]
     patterns.sort(key=lambda p: (-len(p.runs), -p.success_rate, p.label))

@@ -244,3 +244,40 @@ def test_fragments_of_the_input_are_not_near_copies() -> None:
     ]
     (pattern,) = analyze(paraphrased, output_fields=["answer"]).patterns
     assert pattern.steps[0].args["q"].kind == "lm"
+
+
+def test_completed_runs_decide_an_argument_the_successful_ones_leave_to_an_lm_step() -> None:
+    # One correct run searched a paraphrase; four wrong runs of the same tool sequence searched the question
+    # itself. From the correct run alone the query needs an LM step; how the agent forms it is a copy.
+    right = _run("How much does the tent cost?", [("search", {"q": "tent price list"}, "Tent: $249")], "249")
+    wrong = [
+        _run(q, [("search", {"q": q}, f"about {q}")], "no idea", score=0.0)
+        for q in [
+            "When do stores open?",
+            "Is there a warranty?",
+            "Do you ship abroad?",
+            "Who makes the stove?",
+        ]
+    ]
+    # A failed run (a tool error) is no evidence of how arguments are formed.
+    broken = _run("What is the boot's sole?", [("search", {"q": "boots"}, None)], None, score=0.0)
+    runs = [right, *wrong, broken]
+    (alone,) = analyze(runs, output_fields=["answer"]).patterns
+    assert alone.steps[0].args["q"].kind == "lm"
+    (pattern,) = analyze(runs, output_fields=["answer"], arg_evidence="completed").patterns
+    rule = pattern.steps[0].args["q"]
+    assert (rule.kind, rule.field, rule.completed, rule.support, rule.total) == (
+        "input",
+        "question",
+        True,
+        4,
+        5,
+    )
+    assert rule.describe() == "copied from input 'question' (4/5 of the completed runs)"
+    # Patterns, outputs and demos still come from the correct run only.
+    assert [r.inputs["question"] for r in pattern.runs] == ["How much does the tent cost?"]
+    assert pattern.outputs["answer"].kind != "input"
+    # When the completed runs do not copy it either, it stays an LM step.
+    invented = [_run(q, [("search", {"q": "catalogue"}, "r")], "x", score=0.0) for q in ["A?", "B?", "C?"]]
+    (still,) = analyze([right, *invented], output_fields=["answer"], arg_evidence="completed").patterns
+    assert still.steps[0].args["q"].kind == "lm"
