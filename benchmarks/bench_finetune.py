@@ -38,6 +38,7 @@ from geode.examples import helpdesk
 from geode.retrieval import Ingestor
 from geode.runtime.finetune import FinetuneOptions, LMArtifactStore, LocalFinetune, Progress
 from geode.runtime.finetune.gguf_io import write_gguf
+from geode.runtime.lm import build_lm
 from geode.runtime.lm.local import LocalLM
 from geode.runtime.registry import ProgramRegistry, Score
 from geode.runtime.runtime import Runtime
@@ -71,12 +72,16 @@ def main() -> None:
     parser.add_argument("--qtypes", default="Q4_1,Q8_0", help="quantisations of the changed tensors to score")
     parser.add_argument("--margin", type=float, default=0.05)
     parser.add_argument("--out", type=Path, default=None, help="write the JSON summary here")
+    parser.add_argument(
+        "--max-tokens", type=int, default=None, help="cap on each LM answer (default: settings')"
+    )
     args = parser.parse_args()
     summary: dict[str, Any] = {"load_average_start": load_average(), "cores": os.cpu_count()}
     with tempfile.TemporaryDirectory() as home:
-        settings = Settings(
-            home=Path(home), tracing=TracingSettings(enabled=False), lm=LMSettings(cache=False)
-        )
+        lm_settings = LMSettings(cache=False)
+        if args.max_tokens:
+            lm_settings = lm_settings.model_copy(update={"max_tokens": args.max_tokens})
+        settings = Settings(home=Path(home), tracing=TracingSettings(enabled=False), lm=lm_settings)
         rt = Runtime(settings)
         try:
             Ingestor(rt.store, rt.embedder).ingest(helpdesk.corpus_paths(), helpdesk.COLLECTION)
@@ -128,7 +133,8 @@ def main() -> None:
                     path = write_gguf(
                         base_lm.model_path, Path(home) / f"ft-{qtype}.gguf", changed, qtype=qtype
                     )
-                    lm = LocalLM(path, cache=False)
+                    # The runtime's LM settings (max_tokens, context) on the new weights: only the weights differ.
+                    lm = build_lm(settings.lm.model_copy(update={"model_path": path}))
                     stored = store.put(
                         path,
                         base_model=base_lm.model_path,

@@ -378,7 +378,8 @@ def _train(
         else:
             since_best += 1
             if since_best >= options.patience:
-                stopped = "early_stop"
+                # A budget cut stays the reason: the epoch it cut short was judged, not completed.
+                stopped = "early_stop" if stopped != "time_budget" else stopped
                 break
         if stopped == "time_budget":
             break
