@@ -44,6 +44,11 @@ test-fast: $(STAMP) ## Unit tests only
 reliability: $(STAMP) ## The fault-injection suite
 	$(PY) -m pytest -m reliability tests/reliability
 
+.PHONY: reliability-long
+reliability-long: $(STAMP) ## The soak for 15 min (GEODE_SOAK_S=seconds), then the fuzzers with 25x the examples, new inputs
+	GEODE_SOAK_S=$${GEODE_SOAK_S:-900} $(PY) -m pytest -m soak tests/reliability -s
+	GEODE_FUZZ_EXAMPLES=5000 GEODE_FUZZ_API_EXAMPLES=1000 GEODE_FUZZ_RANDOM=1 $(PY) -m pytest -m fuzz tests/fuzz -s
+
 .PHONY: format
 format: $(STAMP) ## Format and auto-fix
 	$(PY) -m ruff format src tests benchmarks

@@ -1,0 +1,104 @@
+"""Faults an operator's configuration or a shared file can carry: plan rows T03 and T30.
+
+Each test's docstring says what it injects and what must hold.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import dspy
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+
+from geode.runtime.registry import ProgramRegistry
+from geode.runtime.runtime import Runtime
+from geode.runtime.settings import Settings, TracingSettings
+
+from .conftest import BlackHole, Reply, ScriptedHTTP
+
+pytestmark = pytest.mark.reliability
+
+
+def _processors(provider: Any) -> list[Any]:
+    # The SDK keeps them on its multi-processor; there is no public accessor.
+    return list(provider._active_span_processor._span_processors)
+
+
+def test_t03_the_runtime_never_exports_on_the_span_ending_thread(
+    tmp_path: Path, black_hole: BlackHole
+) -> None:
+    """Injects: the collector endpoint is a black hole (accepts, never answers); 2,000 spans end.
+    Must hold: Geode's provider has no SimpleSpanProcessor (the SDK's default in `phoenix.otel.register`,
+    which exports synchronously on the thread that ends the span); no span end waits on the collector.
+    Stands in for the plan's "refuse to start": Geode builds the provider, so a Simple one cannot be
+    configured through settings (a caller's own `tracer_provider` is the caller's, see docs/tracing.md)."""
+    tracing = TracingSettings(endpoint=f"http://127.0.0.1:{black_hole.port}/v1/traces", export_timeout_s=1.0)
+    runtime = Runtime(settings=Settings(home=tmp_path / "home", tracing=tracing))
+    try:
+        provider = runtime.tracer_provider
+        assert provider is not None
+        processors = _processors(provider)
+        assert processors and not any(isinstance(p, SimpleSpanProcessor) for p in processors), processors
+        tracer = provider.get_tracer("t03")
+        slowest = 0.0
+        started = time.perf_counter()
+        for n in range(2000):
+            span = tracer.start_span(f"s{n}", context=trace.set_span_in_context(trace.INVALID_SPAN))
+            before = time.perf_counter()
+            span.end()
+            slowest = max(slowest, time.perf_counter() - before)
+        total = time.perf_counter() - started
+        print(f"\n[figure] T03: 2,000 span ends with the collector black-holed: {total * 1000:.0f} ms in all, "
+              f"slowest {slowest * 1000:.2f} ms (the SDK's SimpleSpanProcessor: 2.0 s each at timeout=2 s)")  # fmt: skip
+        assert (
+            slowest < 0.25
+        )  # generous for a loaded machine; a synchronous export would take 1 s (the timeout)
+    finally:
+        runtime.close()
+
+
+class _QA(dspy.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer = dspy.Predict("question -> answer")
+
+    def forward(self, question: str) -> dspy.Prediction:
+        return self.answer(question=question)
+
+
+def test_t30_a_program_file_cannot_point_the_lm_at_another_host(
+    tmp_path: Path, http_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Injects: a DSPy program file whose predictor's LM names an attacker's `api_base`, `model_list`
+    and key, imported into the registry and loaded as a served version.
+    Must hold: the loaded program's LM state keeps none of those keys; running the program on the
+    runtime's LM sends nothing to the attacker's host."""
+    attacker = http_server(lambda path, body: Reply(200, {}))
+    assert isinstance(attacker, ScriptedHTTP)
+    hostile = _QA()
+    hostile.answer.lm = dspy.LM(
+        "openai/gpt-x", api_base=f"{attacker.url}/v1", base_url=f"{attacker.url}/v1", api_key="sk-attacker-key",
+        model_list=[{"model_name": "x", "litellm_params": {"api_base": attacker.url}}],
+    )  # fmt: skip
+    path = tmp_path / "hostile.json"
+    hostile.save(str(path))
+    assert attacker.url in path.read_text()
+
+    registry = ProgramRegistry(tmp_path / "programs")
+    info = registry.import_file("qa", path, _QA())
+    loaded = registry.load_into("qa", info.version, _QA())
+    for predictor in loaded.predictors():
+        lm = predictor.lm
+        kept = (
+            set(getattr(lm, "kwargs", {})) & {"api_base", "base_url", "model_list", "api_key"}
+            if lm
+            else set()
+        )
+        assert not kept, kept
+        assert attacker.url not in repr(getattr(lm, "kwargs", {}))
+    assert "unsafe LM config" in caplog.text  # DSPy says what it dropped
+    assert attacker.requests == []
