@@ -277,6 +277,7 @@ class FeedbackOutbox:
         retry_s: First and longest wait between delivery attempts while Phoenix is down.
         lease_s: How long a sender holds the records it is delivering; a sender that dies gives them
             up to the other replicas after this.
+        idle_poll_s: How often an idle sender looks for records other processes left (see :meth:`resume`).
     """
 
     def __init__(
@@ -288,11 +289,13 @@ class FeedbackOutbox:
         span_wait_s: float = 120.0,
         retry_s: tuple[float, float] = (1.0, 60.0),
         lease_s: float = 60.0,
+        idle_poll_s: float = 30.0,
     ) -> None:
         self.folder = folder
         self.log = FeedbackLog(folder / "feedback.jsonl")
         self.queue = SqlOutbox(state if state is not None else open_state(sqlite_url(folder / "outbox.db")))
         self.lease_s = lease_s
+        self.idle_poll_s = idle_poll_s
         self.target = target
         self.span_wait_s = span_wait_s
         self.retry_s = retry_s
@@ -329,9 +332,13 @@ class FeedbackOutbox:
         logger.info("feedback: moved %d record(s) from %s into the state database", moved, path)
 
     def resume(self) -> None:
-        """Start delivering records already waiting (left by this or another, maybe dead, process)."""
-        if self.queue.count():
-            self._ensure_worker()
+        """Deliver records already waiting, and keep watching for records other processes leave.
+
+        ``geode serve`` calls it on start: records of a replica that died (or exited while Phoenix was
+        down) are sent by the replicas still running, at the latest ``idle_poll_s`` plus ``lease_s``
+        after they were left.
+        """
+        self._ensure_worker()
 
     # -- the caller's side -------------------------------------------------------------------------
 
@@ -411,7 +418,8 @@ class FeedbackOutbox:
                 return
             if not self.queue.count():
                 delay = self.retry_s[0]
-                self._wake.wait()
+                # Idle: woken by a submit, or look again for what other processes on the database left.
+                self._wake.wait(self.idle_poll_s)
                 continue
             delay = self.retry_s[0] if progress else min(delay * 2, self.retry_s[1])
             self._wake.wait(delay)

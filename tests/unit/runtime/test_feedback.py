@@ -175,3 +175,17 @@ def test_runtime_feedback_with_phoenix_down_never_raises_and_mining_reads_it(tmp
     assert by_question["2+2?"].score == 1.0 and by_question["2+2?"].outputs == {"answer": "4"}
     # Still waiting for Phoenix, in the outbox under the home.
     assert FeedbackOutbox.for_settings(settings).pending == 2
+
+
+def test_a_running_replica_delivers_what_a_dead_one_left(tmp_path: Path) -> None:
+    # Two outboxes on one state database: the serving replica is idle when the other dies.
+    back = SwitchablePhoenix()
+    back.up, back.roots = True, {TRACE: ROOT}
+    survivor = FeedbackOutbox(tmp_path, back, retry_s=(0.01, 0.05), idle_poll_s=0.05)
+    survivor.resume()  # as geode serve does on start, with nothing pending yet
+    dead = _outbox(tmp_path, SwitchablePhoenix())  # its Phoenix is unreachable, then it is gone
+    dead.submit(make_feedback_record(TRACE, score=0.5))
+    dead.close()
+    assert survivor.wait(timeout_s=5.0)
+    assert [(r.trace_id, r.score) for r in back.recording.sent] == [(TRACE, 0.5)]
+    survivor.close()
