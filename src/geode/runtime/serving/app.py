@@ -39,6 +39,7 @@ from geode.runtime.programs import ProgramRef
 from geode.runtime.runtime import Runtime
 from geode.runtime.serving.abandon import AbandonedRunGuard, Abandonment, RunAbandoned, abandonment
 from geode.runtime.serving.errors import (
+    ClientClosedError,
     DeadlineExceededError,
     NotFoundError,
     OverloadedError,
@@ -1202,11 +1203,13 @@ def _add_program_routes(app: FastAPI, server: _Server, hosted: _Hosted, caller: 
             try:
                 outcome = await server.execute(call, stream=emit)
             except BaseException as err:
-                server.finish_span(call, None, err)
                 if isinstance(err, asyncio.CancelledError) and client_gone.is_set():
-                    # The client closed the stream: no server error (nginx's 499), not a request error.
+                    # The client closed the stream: no server error (nginx's 499), not a request error;
+                    # the trace says so too (a cancellation would read as internal_error).
+                    server.finish_span(call, None, ClientClosedError("the client closed the stream mid-run"))
                     server.account(call, None, CLIENT_CLOSED_REQUEST, None)
                     raise
+                server.finish_span(call, None, err)
                 code, message = describe(err)
                 server.account(call, None, status_for(code), code)
                 if isinstance(err, asyncio.CancelledError):

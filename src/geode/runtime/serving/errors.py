@@ -43,6 +43,12 @@ class UnauthorizedError(GeodeError):
     code = "unauthorized"
 
 
+class ClientClosedError(GeodeError):
+    """The client disconnected before the run finished (a stream it stopped reading); not a server error."""
+
+    code = "client_closed"
+
+
 class PayloadTooLargeError(GeodeError):
     """The request body is larger than ``GEODE_SERVE_MAX_BODY_BYTES``."""
 
@@ -111,6 +117,7 @@ STATUS_BY_CODE: Final[Mapping[str, int]] = {
     "deadline_exceeded": 504,
     "unavailable": 503,
     "overloaded": 503,
+    "client_closed": 499,
     "not_found": 404,
     "program_not_found": 404,
     "version_error": 404,
