@@ -102,6 +102,9 @@ class Slow(dspy.Module):
 
 slow = _with_lm(Slow(), ScriptedLM(echo))
 
+brief = _with_lm(Slow(seconds=2.0), ScriptedLM(echo))
+"""Answers after 2 s: in flight when a test sends SIGTERM (tests/reliability/test_shutdown_faults.py)."""
+
 
 plain_qa = dspy.Predict("question -> answer")
 """A Predict program with no LM of its own: it answers with the runtime's LM (``geode serve --lm``)."""
