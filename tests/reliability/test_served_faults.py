@@ -127,6 +127,30 @@ def test_lm_rate_limited_retries_are_bounded(
     _assert_clean(response, "PROVIDER-DETAIL")
 
 
+def test_lm_rate_limited_while_streaming_is_bounded_and_clear(
+    make_client: AppFactory, http_server: Callable[[Callable[[str, bytes], Reply]], ScriptedHTTP]
+) -> None:
+    """Injects: the same 429-with-Retry-After LM, on the streaming endpoint (DSPy skips retries when
+    streaming, #9459).
+    Must hold: at most 1 + num_retries provider requests; the stream ends with an error event
+    `lm_rate_limited` carrying retry_after; the provider's message is not passed through."""
+    server = http_server(
+        lambda path, body: Reply(
+            429, {"error": {"message": "slow down PROVIDER-DETAIL"}}, {"Retry-After": "1"}
+        )
+    )
+    client = make_client([_qa()], lm=_openai_lm(server.url, num_retries=2), serve={"request_timeout_s": 30})
+    with client.stream("POST", "/programs/qa/stream", json={"question": "q"}) as response:
+        assert response.status_code == 200
+        text = "".join(response.iter_text())
+    error = json.loads(text.split("event: error\ndata: ", 1)[1].split("\n", 1)[0])
+    print(f"\n[figure] T22 streaming: {len(server.requests)} provider requests; error event {error}")
+    assert error["error"]["code"] == "lm_rate_limited", error
+    assert error["error"].get("retry_after_s", 0) >= 1, error
+    assert 1 <= len(server.requests) <= 3
+    assert "PROVIDER-DETAIL" not in text and "Traceback" not in text
+
+
 @pytest.mark.parametrize(
     ("content", "recoverable"),
     [

@@ -607,10 +607,7 @@ class _Server:
             logger.error("request %s failed", request_id or (call.request_id if call else "?"), exc_info=err)
         headers = self.headers(call) if call is not None else {}
         extra: dict[str, Any] = {}
-        retry = retry_after_of(err) or retry_after_of(err.__cause__ or err)
-        cause_retry = getattr(err.__cause__, "retry_after", None)
-        if retry is None and isinstance(cause_retry, int | float):
-            retry = float(cause_retry)
+        retry = _retry_after(err)
         if retry is not None:
             headers["Retry-After"] = str(max(1, round(retry)))
             extra["retry_after_s"] = retry
@@ -1038,6 +1035,15 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
 _CALLER_ERRORS = (401, 413, 422, 429)
 
 
+def _retry_after(err: BaseException) -> float | None:
+    """Seconds the caller should wait before retrying, if the error (or its cause) says."""
+    retry = retry_after_of(err) or retry_after_of(err.__cause__ or err)
+    cause_retry = getattr(err.__cause__, "retry_after", None)
+    if retry is None and isinstance(cause_retry, int | float):
+        retry = float(cause_retry)
+    return retry
+
+
 def _declare_security(app: FastAPI) -> None:
     """Add the API-key schemes to the OpenAPI document (clients and /docs offer to send a key)."""
     generate = app.openapi
@@ -1216,7 +1222,17 @@ def _add_program_routes(app: FastAPI, server: _Server, hosted: _Hosted, caller: 
                     raise
                 await queue.put(
                     _sse(
-                        "error", error_body(code, message, request_id=call.request_id, trace_id=call.trace_id)
+                        "error",
+                        error_body(
+                            code,
+                            message,
+                            request_id=call.request_id,
+                            trace_id=call.trace_id,
+                            # A stream's status and headers are sent: the retry hint travels in the event.
+                            extra={"retry_after_s": retry}
+                            if (retry := _retry_after(err)) is not None
+                            else None,
+                        ),
                     )
                 )
             else:
