@@ -384,7 +384,7 @@ def _near_copy(value: Any, source: Any) -> bool:
     return shared / len(want) >= NEAR_COPY_RECALL and shared / len(got) >= NEAR_COPY_PRECISION
 
 
-def _input_rule(cases: Sequence[_Case], need: int) -> Derivation | None:
+def _input_rule(cases: Sequence[_Case], need: int, *, near_counts: bool = False) -> Derivation | None:
     names = sorted({k for case in cases for k in case.inputs})
     transforms: tuple[tuple[Transform | None, Callable[[str], str]], ...] = (
         (None, lambda s: s),
@@ -412,7 +412,8 @@ def _input_rule(cases: Sequence[_Case], need: int) -> Derivation | None:
                 near += not hit and all(_near_copy(v, source) for v in case.values)
             if support >= need:
                 return Derivation("input", support, len(cases), field=name, transform=transform)
-            if support + near >= need and support >= near and (best is None or support > best.support):
+            enough = near_counts or support >= near
+            if support + near >= need and enough and (best is None or support > best.support):
                 best = Derivation("input", support, len(cases), field=name, transform=transform, near=near)
     return best
 
@@ -503,25 +504,23 @@ def _first_calls(
 
 
 def _copies_from_completed(
-    completed: Sequence[AgentRun],
-    index: int,
-    derivations: Mapping[str, Derivation],
-    agreement: float,
-    min_runs: int,
+    completed: Sequence[AgentRun], index: int, derivations: Mapping[str, Derivation]
 ) -> tuple[dict[str, Derivation], bool]:
-    """The arguments left to an LM step that every completed run of the pattern copies from an input.
+    """The arguments left to an LM step that most completed runs of the pattern copy from an input.
 
     Returns the replacements and whether they hold for the first call of a repeated step only.
     """
     grouped = [_groups(run) for run in completed]
     for first in (False, True):
         evidence = _first_calls(grouped, index) if first else grouped
-        found = _step_derivations(completed, evidence, index, agreement, min_runs)
-        copies = {
-            name: replace(found[name], completed=True)
-            for name, d in derivations.items()
-            if d.kind == "lm" and name in found and found[name].kind == "input"
-        }
+        copies: dict[str, Derivation] = {}
+        for name, d in derivations.items():
+            cases = [c for c in _step_cases(completed, evidence, index, name) if c.values]
+            # A majority, near copies included: the choice is between copying the input and an LM step
+            # that would itself mostly restate it. A fragment of the input is still not a near copy.
+            rule = _input_rule(cases, len(cases) // 2 + 1, near_counts=True) if d.kind == "lm" else None
+            if rule is not None:
+                copies[name] = replace(rule, completed=True)
         if copies:
             return copies, first
     return {}, False
@@ -555,7 +554,7 @@ def _pattern(
             # How the agent forms a tool's argument does not depend on whether the final answer came out
             # right: with few successful runs (one paraphrased the question) the completed runs of the
             # same tool sequence are the better evidence that the argument is a copy of the input.
-            copies, first_only = _copies_from_completed(completed, index, derivations, agreement, min_runs)
+            copies, first_only = _copies_from_completed(completed, index, derivations)
             if copies:
                 if first_only:
                     grouped = _first_calls(grouped, index)
@@ -606,16 +605,22 @@ def _step_derivations(
     names = sorted({name for groups in grouped for call in groups[index] for name in call.args})
     derivations: dict[str, Derivation] = {}
     for name in names:
-        cases = [
-            _Case(
-                run.inputs,
-                [_joined(groups[i]) for i in range(index)],
-                [call.args[name] for call in groups[index] if name in call.args],
-            )
-            for run, groups in zip(runs, grouped, strict=True)
-        ]
+        cases = _step_cases(runs, grouped, index, name)
         derivations[name] = _derive([c for c in cases if c.values], agreement, min_runs)
     return derivations
+
+
+def _step_cases(
+    runs: Sequence[AgentRun], grouped: Sequence[Sequence[tuple[ToolCall, ...]]], index: int, name: str
+) -> list[_Case]:
+    return [
+        _Case(
+            run.inputs,
+            [_joined(groups[i]) for i in range(index)],
+            [call.args[name] for call in groups[index] if name in call.args],
+        )
+        for run, groups in zip(runs, grouped, strict=True)
+    ]
 
 
 def analyze(
@@ -639,8 +644,8 @@ def analyze(
         agreement: Share of a pattern's runs a derivation rule must reproduce.
         min_rule_runs: Runs a rule other than an input copy must hold in.
         arg_evidence: ``completed``: a tool argument the successful runs leave to an LM step becomes a
-            copy of an input when the pattern's completed runs (right or wrong answers) copy it with
-            the agreement. Patterns, outputs and demos still come from the successful runs only.
+            copy of an input when most of the pattern's completed runs (right or wrong answers) copy it
+            (near copies included). Patterns, outputs and demos still come from the successful runs only.
     """
     if not 0.0 < agreement <= 1.0:
         raise ValueError(f"agreement must be in (0, 1], got {agreement}")

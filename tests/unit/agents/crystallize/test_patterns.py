@@ -277,7 +277,24 @@ def test_completed_runs_decide_an_argument_the_successful_ones_leave_to_an_lm_st
     # Patterns, outputs and demos still come from the correct run only.
     assert [r.inputs["question"] for r in pattern.runs] == ["How much does the tent cost?"]
     assert pattern.outputs["answer"].kind != "input"
-    # When the completed runs do not copy it either, it stays an LM step.
+    # A majority suffices, near copies included (a small model's searches are noisy) ...
+    noisy = [
+        _run(
+            "Where do you ship from?",
+            [("search", {"q": "Where do you ship from? Reno"}, "r")],
+            "x",
+            score=0.0,
+        ),
+        _run("Can I rent a stove?", [("search", {"q": "stove"}, "r")], "x", score=0.0),
+    ]
+    (pattern,) = analyze(
+        [right, *wrong[:2], *noisy], output_fields=["answer"], arg_evidence="completed"
+    ).patterns
+    rule = pattern.steps[0].args["q"]
+    assert (rule.kind, rule.support, rule.near, rule.total) == ("input", 2, 1, 5)
+    # ... but when most completed runs do not copy it, it stays an LM step.
     invented = [_run(q, [("search", {"q": "catalogue"}, "r")], "x", score=0.0) for q in ["A?", "B?", "C?"]]
-    (still,) = analyze([right, *invented], output_fields=["answer"], arg_evidence="completed").patterns
+    (still,) = analyze(
+        [right, wrong[0], *invented], output_fields=["answer"], arg_evidence="completed"
+    ).patterns
     assert still.steps[0].args["q"].kind == "lm"
