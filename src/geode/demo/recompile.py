@@ -214,13 +214,16 @@ names what the step reads (passages) where the crystallized step inherits the ag
 model to search and to use a calculator it does not have."""
 
 
-def recompile_candidates(metric: Callable[..., Any], *, bootstrap: bool = False) -> list[Candidate]:
+def recompile_candidates(
+    metric: Callable[..., Any], *, bootstrap: bool = False, demos: bool = True
+) -> list[Candidate]:
     """The recompilations the demo tries, in order: instruction and demo-count variants (a grid).
 
     Few-shot demos are not the lever on a 135M model (KNN-selected demos as earlier turns took the
     held-out score from 52% to 17-30% in a probe: it copies the neighbour's answer), so the grid varies
     the crystallized answer step's demos downwards (none) as well as its instruction; ``bootstrap``
-    adds BootstrapFewShot, which only adds demos.
+    adds BootstrapFewShot, which only adds demos. ``demos=False``: the workflow has none (the
+    demo-count variants are left out).
     """
     grid = [variant_candidate(demos=0)]
     for instructions in (("passages", PASSAGES), ("terse", TERSE)):
@@ -228,6 +231,9 @@ def recompile_candidates(metric: Callable[..., Any], *, bootstrap: bool = False)
             variant_candidate(instructions=instructions),
             variant_candidate(instructions=instructions, demos=0),
         ]
+    if not demos:
+        # The workflow has no demos to drop: the demo-count variants would only repeat their siblings.
+        grid = [c for c in grid if not c.name.endswith("demos: 0")]
     return [*grid, bootstrap_candidate(metric)] if bootstrap else grid
 
 

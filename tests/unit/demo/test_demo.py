@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import dspy
 import pytest
 
 from geode.agents.crystallize import CostCheck
@@ -120,18 +121,17 @@ def test_the_whole_loop_runs_on_a_scripted_model(settings: Settings, parts: Demo
     # Crystallization learned from the runs the metric scored correct, so no wrong answer is a demo.
     analysis = result.crystallization.analysis
     assert analysis.successful == sum(s == 1.0 for s in result.train_scores) == 2
-    demos = [d for r in result.crystallization.spec.routes for s in r.steps for d in getattr(s, "demos", ())]
-    assert {d["answer"].split(",")[0] for d in demos if "answer" in d} <= set(GOLD.values())
+    # The demo crystallizes without demos (they made the small model ramble; measured in docs/benchmarks.md).
+    assert [
+        d for r in result.crystallization.spec.routes for s in r.steps for d in getattr(s, "demos", ())
+    ] == []
     # The scripted agent always searched with the question: the workflow copies it, no LM call for it.
     assert result.cost is not None and result.cost.cheaper and result.kept_agent is None
     # Demos do not help this model, so no candidate beats the workflow on the training runs.
     assert [c["name"] for c in result.search] == [
         "as crystallized",
-        "demos: 0",
         "instruction: passages",
-        "instruction: passages, demos: 0",
         "instruction: terse",
-        "instruction: terse, demos: 0",
     ]
     assert [r.label for r in result.rows] == ["agent", "workflow"]
     agent, workflow = result.row("agent"), result.row("workflow")
@@ -380,7 +380,7 @@ def test_a_recompilation_that_lifts_on_training_runs_is_promoted_on_validation(
     from geode.demo.recompile import instruction_candidate
 
     marked = instruction_candidate("marked", MARKER)
-    monkeypatch.setattr(pipeline, "recompile_candidates", lambda metric: [marked])
+    monkeypatch.setattr(pipeline, "recompile_candidates", lambda metric, demos=True: [marked])
     parts = DemoParts(lm=ScriptedLM(_instructed), store=QdrantStore.memory(), embedder=HashingEmbedder())
     result = _run(settings, parts)
     assert [c["name"] for c in result.search] == ["as crystallized", "instruction: marked"]
@@ -461,7 +461,8 @@ def test_variants_change_only_the_workflows_answer_steps(settings: Settings, par
     assert result.crystallization is not None
     workflow = result.crystallization.workflow()
     (answer,) = answer_predictors(workflow)
-    assert len(answer.demos) >= 2  # crystallization taught it the correct runs
+    assert answer.demos == []  # the demo crystallizes without demos; give it two to cut
+    answer.demos = [dspy.Example(question=q, answer=a) for q, a in list(GOLD.items())[:2]]
 
     def shape(program: Any) -> dict[str, tuple[str, int]]:
         return {name: (str(p.signature.__doc__), len(p.demos)) for name, p in program.named_predictors()}

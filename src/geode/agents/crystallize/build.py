@@ -254,6 +254,8 @@ def _plan(ctx: _Context, pattern: Pattern) -> _Plan:
 
 def _demo_rows(pattern: Pattern, limit: int) -> list[int]:
     """Up to ``limit`` run indexes with distinct inputs, newest runs last."""
+    if limit <= 0:
+        return []
     seen: set[str] = set()
     chosen: list[int] = []
     for index, run in enumerate(pattern.runs):
