@@ -45,7 +45,10 @@ def ray_head(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
     env = {
         "GEODE_HOME": str(tmp_path / "home"),
         "GEODE_LM_MODEL": "openai/unused",
-        "GEODE_TRACING_ENABLED": "false",
+        # Traced (to a span file, no collector): /feedback names a run by its trace id.
+        "GEODE_TRACING_ENABLED": "true",
+        "GEODE_TRACING_ENDPOINT": "http://127.0.0.1:9",  # discard port: nothing listens, spans are dropped
+        "GEODE_TRACING_OTLP_FILE": str(tmp_path / "spans.jsonl"),
         "GEODE_SERVE_API_KEYS": f'["{_KEY}"]',  # Ray's proxy counts as public: no keys, no replica
         "RAY_USAGE_STATS_ENABLED": "0",
     }
