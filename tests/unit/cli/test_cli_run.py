@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,12 @@ def test_run_prints_the_trace_id_and_where_the_spans_went(
     spans_file = str(spans_dir / "spans.jsonl")
     monkeypatch.setattr(_common, "Runtime", runtime_with_fake_lm)
     monkeypatch.setenv("GEODE_TRACING_OTLP_FILE", spans_file)
+    # The spans go to the file only: a Phoenix some other process runs on the default port must not
+    # add itself to the hint (the runtime exports to a local Phoenix whenever one answers there).
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed_port = probe.getsockname()[1]
+    monkeypatch.setenv("GEODE_PHOENIX_PORT", str(closed_port))
     main(["run", "cli-test-traced", "-i", "question=Capital of France?", "--json"])
     trace_id = json.loads(capsys.readouterr().out)["trace_id"]
     recorded = {s.span["traceId"] for request in read_requests(spans_file) for s in iter_spans(request)}
