@@ -2,8 +2,9 @@
 
 Injects: the collector endpoint of a real `geode serve` process points at a refused port, at a
 server answering 503 to everything, or at a black hole that accepts connections and never replies.
-Must hold: every request answers 200 in well under a second; /ready stays 200; /metrics counts lost
-spans; SIGTERM ends the process within 20 s (export deadline 1 s).
+Must hold: every request answers 200 well inside the export deadline (5 s: a request that waited on
+an export would take at least that long, so the bound of half of it cannot be hit by a busy machine's
+scheduling alone); /ready stays 200; /metrics counts lost spans; SIGTERM ends the process within 20 s.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from tests.integration.serve_helpers import PROGRAMS, serve
 from .conftest import BlackHole, Reply, ScriptedHTTP, refused_port
 
 pytestmark = pytest.mark.reliability
+
+EXPORT_TIMEOUT_S = 5
 
 
 def _dropped(metrics: str) -> float:
@@ -44,7 +47,7 @@ def test_phoenix_faults_do_not_touch_requests(
     env = {
         "PHOENIX_COLLECTOR_ENDPOINT": endpoint,
         "GEODE_TRACING_QUEUE_SIZE": "64",
-        "GEODE_TRACING_EXPORT_TIMEOUT_S": "1",
+        "GEODE_TRACING_EXPORT_TIMEOUT_S": str(EXPORT_TIMEOUT_S),
     }
     with (
         serve([f"qa={PROGRAMS}:qa"], tmp_path / "home", env=env) as served,
@@ -57,7 +60,10 @@ def test_phoenix_faults_do_not_touch_requests(
             slowest = max(slowest, time.perf_counter() - started)
             assert response.status_code == 200, response.text
             assert response.json()["outputs"]["answer"] == f"echo: q{n}"
-        assert slowest < 1.0, f"a request took {slowest:.2f} s with Phoenix {fault}"
+        # Half the export deadline: a request blocked on an export takes the whole deadline, while a
+        # request on a loaded 2-core machine was seen at 1.07 s (an earlier bound of 1 s with a 1 s
+        # deadline could not tell the two apart).
+        assert slowest < EXPORT_TIMEOUT_S / 2, f"a request took {slowest:.2f} s with Phoenix {fault}"
         assert client.get("/ready").status_code == 200
         deadline = time.monotonic() + 10
         while _dropped(client.get("/metrics").text) == 0 and time.monotonic() < deadline:
