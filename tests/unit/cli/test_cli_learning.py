@@ -269,3 +269,27 @@ def test_tables_off_a_terminal_are_never_cut(
     assert "…" not in out
     assert "base" in row and "%" in row and " ms " in row
     assert "LM calls" in out and "tokens" in out
+
+
+@pytest.mark.parametrize("command", ["compare", "compile", "compare-models"])
+def test_every_measuring_command_turns_the_cache_off_unless_allowed(
+    command: str, tmp_path: Path, program: str, caching: list[Settings], capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = f"cli-plus-one-other-{uuid.uuid4().hex[:6]}"
+    register_program(other, lambda: dspy.Predict("question -> answer"))
+    data = _dataset(tmp_path)
+    argv = {
+        "compare": ["compare", program, other],
+        "compile": ["compile", program, "--max-demos", "1"],
+        "compare-models": ["compare-models", program, "--models", "small"],
+    }[command]
+    argv = [*argv, "-d", str(data), "-m", "exact_match", "--report-dir", str(tmp_path / "r")]
+    _exit_code(argv)  # the verdict does not matter here, only how the runtimes were built
+    assert caching and all(not settings.lm.cache for settings in caching), command
+    out = " ".join(capsys.readouterr().out.split())
+    # Only compiling needs a bigger dataset; comparing or scoring 17 examples is not warned about.
+    assert ("compiling needs" in out) is False
+    caching.clear()
+    _exit_code([*argv, "--allow-cache"])
+    capsys.readouterr()
+    assert caching and all(settings.lm.cache for settings in caching), command
