@@ -15,7 +15,7 @@ from geode.errors import ConfigError
 from geode.evals.evaluate import EvalResult
 from geode.evals.report import ProgramComparison
 from geode.runtime.phoenix import find_free_port
-from geode.runtime.runtime import Runtime
+from geode.runtime.runtime import Runtime, trace_id_of
 from geode.runtime.settings import PhoenixSettings, Settings, TracingSettings
 from geode.testing import ScriptedLM
 
@@ -103,6 +103,34 @@ def test_runs_scored_by_a_metric_on_labels_are_learned_from(
     assert "**Learned from:** 12 runs scored correct by the metric on labelled data." in report
     half = runner.invoke(app, [*args, "--labels", str(labels)])
     assert isinstance(half.exception, ConfigError) and "need --metric" in str(half.exception)
+
+
+def test_runs_scored_by_feedback_are_learned_from(
+    runner: CliRunner, tmp_path: Path, geode_home: Path
+) -> None:
+    # Feedback, as rt.feedback and POST /feedback give it, lands in the home's feedback log; crystallize
+    # reads it for the traced runs and learns only from the runs scored correct.
+    spans = tmp_path / "spans.jsonl"
+    settings = Settings(
+        home=geode_home,
+        tracing=TracingSettings(otlp_file=spans),
+        phoenix=PhoenixSettings(port=find_free_port()),
+    )
+    with Runtime(settings, lm=ScriptedLM(oracle)) as rt:
+        for question in QUESTIONS:
+            result = rt.run(AGENT, question=question)
+            trace_id = trace_id_of(result)
+            assert trace_id is not None
+            right = str(getattr(result, "answer", "")).strip() == GOLD[question]
+            if "(wrong)" in question or right:
+                rt.feedback(trace_id, score=1.0 if right else 0.0)
+    out = tmp_path / "wf.json"
+    result = runner.invoke(app, ["crystallize", AGENT, "--source", str(spans), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    spec = WorkflowSpec.load(out)
+    assert spec.source.learned_from == {"feedback": 12} and spec.source.successful == 12
+    assert spec.source.failures == {"low score": 1, "max_iters": 1}
+    assert "12 runs scored correct by feedback" in " ".join(result.output.split())
 
 
 def test_crystallize_from_a_trace_file(runner: CliRunner, spans: Path, tmp_path: Path) -> None:
