@@ -7,7 +7,14 @@ are the serving overhead). Three servers, measured in the same run:
 - ``bare``: FastAPI + uvicorn, one endpoint awaiting ``program.acall`` under ``dspy.context``;
 - ``geode``: :func:`geode.runtime.serving.create_app`, tracing on (spans exported over OTLP/HTTP to a
   collector stub in a third process that answers 200);
-- ``geode, Phoenix down``: the same, exporting to a refused port.
+- ``geode, Phoenix down``: the same, exporting to a refused port;
+- ``geode, no state DB`` (``--servers`` picks it): tracing on, with the served-run index and sessions
+  of the state database switched off (this process's memory only, as before the shared state), to
+  price the state database on a request;
+- ``geode, run index per request`` (``--servers``): the run index written inside each request, one
+  transaction each, as before the index was batched off the request path;
+- ``geode, PostgreSQL state`` (``--servers``): tracing on, the state database on a local PostgreSQL
+  (started here from Debian's binaries like the test tier, ``fsync=off``) instead of SQLite.
 
 For each: throughput, p50/p99 latency and the server's CPU time per request (every thread, the
 span export worker included) at 1, 8 and 64 concurrent clients, measured in interleaved rounds, then
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -30,13 +38,14 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -106,18 +115,47 @@ def _keep_alive_s() -> int:
     return ServeSettings().keep_alive_s
 
 
-def serve_geode(port: int, endpoint: str, home: str) -> None:
+class _SyncRuns:
+    """The served-run index written inside each request, as before :class:`RunRecorder` batched it."""
+
+    def __init__(self, index: Any) -> None:
+        self.index = index
+        self.delay_s = 0.0
+
+    def remember(self, run: Any) -> None:
+        self.index.remember(run)
+
+    def find(self, trace_id: str) -> Any:
+        return self.index.find(trace_id)
+
+    def close(self, timeout_s: float = 0.0) -> None:
+        pass
+
+
+def serve_geode(port: int, endpoint: str, home: str, *, state: str = "on", state_url: str = "") -> None:
     import dspy
 
     from geode.runtime.runtime import Runtime
     from geode.runtime.serving import HostedProgram, create_app
-    from geode.runtime.settings import Settings, TracingSettings
+    from geode.runtime.settings import ServeSettings, Settings, StateSettings, TracingSettings
 
     settings = Settings(
-        home=Path(home), tracing=TracingSettings(enabled=True, endpoint=endpoint, export_timeout_s=2.0)
+        home=Path(home),
+        tracing=TracingSettings(enabled=True, endpoint=endpoint, export_timeout_s=2.0),
+        # No per-caller rate limit: the load generator is one caller sending thousands of requests.
+        serve=ServeSettings(rate_limit_per_minute=None),
+        state=StateSettings(url=SecretStr(state_url) if state_url else None),
     )
     rt = Runtime(settings, lm=_bench_lm())
     app = create_app(rt, [HostedProgram(dspy.Predict("question -> answer"), name="qa")])
+    server = app.state.geode
+    if state == "off":
+        from geode.runtime.serving.sessions import MemorySessionStore
+
+        server.runs = None  # no run index in the database: feedback only for this process's runs
+        server.sessions = MemorySessionStore()
+    elif state == "sync":
+        server.runs = _SyncRuns(server.runs.index)
     try:
         _uvicorn(
             app,
@@ -302,7 +340,36 @@ class Level:
         }
 
 
-def measure(console: Console, *, quick: bool, rounds: int) -> tuple[dict[str, dict[str, Any]], int]:
+SERVERS = {
+    "bare": "bare FastAPI",
+    "geode": "geode (tracing on)",
+    "down": "geode (Phoenix down)",
+    "nostate": "geode (no state DB)",
+    "sync": "geode (run index per request)",
+    "pg": "geode (PostgreSQL state)",
+}
+
+
+def measure(
+    console: Console, *, quick: bool, rounds: int, which: list[str], soak_on: bool = True
+) -> tuple[dict[str, dict[str, Any]], int]:
+    with contextlib.ExitStack() as stack:
+        pg = stack.enter_context(_postgres()) if "pg" in which else ""
+        return _measure(console, quick=quick, rounds=rounds, which=which, soak_on=soak_on, pg=pg)
+
+
+@contextlib.contextmanager
+def _postgres() -> Iterator[str]:
+    sys.path.insert(0, str(REPO))
+    from tests.integration.postgres_server import running_postgres
+
+    with running_postgres() as url:
+        yield url
+
+
+def _measure(
+    console: Console, *, quick: bool, rounds: int, which: list[str], soak_on: bool, pg: str
+) -> tuple[dict[str, dict[str, Any]], int]:
     per_level = {1: 300, 8: 600, 64: 1280} if quick else {1: 600, 8: 1200, 64: 1920}
     soak = 2_000 if quick else 20_000
     home = Path(tempfile.mkdtemp(prefix="geode-bench-"))
@@ -310,11 +377,15 @@ def measure(console: Console, *, quick: bool, rounds: int) -> tuple[dict[str, di
     logs.mkdir()
     sink = start("sink", "sink", logs=logs)
     down = f"http://127.0.0.1:{free_port()}"
-    servers = [
-        start("bare FastAPI", "bare", logs=logs),
-        start("geode (tracing on)", "geode", "--endpoint", sink.url, "--home", str(home / "on"), logs=logs),
-        start("geode (Phoenix down)", "geode", "--endpoint", down, "--home", str(home / "down"), logs=logs),
-    ]
+    commands = {
+        "bare": ["bare"],
+        "geode": ["geode", "--endpoint", sink.url, "--home", str(home / "on")],
+        "down": ["geode", "--endpoint", down, "--home", str(home / "down")],
+        "nostate": ["geode", "--endpoint", sink.url, "--home", str(home / "nostate"), "--state", "off"],
+        "sync": ["geode", "--endpoint", sink.url, "--home", str(home / "sync"), "--state", "sync"],
+        "pg": ["geode", "--endpoint", sink.url, "--home", str(home / "pg"), "--state-url", pg],
+    }
+    servers = [start(SERVERS[key], *commands[key], logs=logs) for key in which]
     results: dict[str, dict[str, Any]] = {s.name: {"levels": {}, "log": str(s.log)} for s in servers}
     try:
         for server in servers:  # warm up: imports, first LM call, connection pools
@@ -326,7 +397,8 @@ def measure(console: Console, *, quick: bool, rounds: int) -> tuple[dict[str, di
                 for round_ in range(rounds):
                     # Interleaved in short rounds, rotating the order, so bursts of load from other
                     # jobs on the machine hit every server alike.
-                    for server in servers[round_ % 3 :] + servers[: round_ % 3]:
+                    turn = round_ % len(servers)
+                    for server in servers[turn:] + servers[:turn]:
                         before = server.cpu_s
                         count = total // rounds
                         run = asyncio.run(load(server.url, level, count, offset=round_ * 1_000_000))
@@ -343,7 +415,7 @@ def measure(console: Console, *, quick: bool, rounds: int) -> tuple[dict[str, di
                         f"{row['errors']} errors {row['failures'] or ''}"
                     )
             task = progress.add_task(f"memory over {soak:,} requests", total=len(servers) * 4)
-            for server in servers:
+            for server in servers if soak_on else []:
                 # The bare endpoint's memory is a reference; the soak that matters is Geode's.
                 count = (soak if server.name.startswith("geode") else soak // 4) // 4
                 samples = [server.rss_mb]
@@ -362,7 +434,9 @@ def measure(console: Console, *, quick: bool, rounds: int) -> tuple[dict[str, di
         time.sleep(1.0)  # the last export batch
         for server in servers:
             results[server.name]["spans_dropped"] = _spans_dropped(server.url)
-        results["geode (tracing on)"]["spans_received"] = httpx.get(f"{sink.url}/count").json()["spans"]
+        results.get("geode (tracing on)", {})["spans_received"] = httpx.get(f"{sink.url}/count").json()[
+            "spans"
+        ]
     finally:
         for server in [*servers, sink]:
             server.process.terminate()
@@ -407,6 +481,9 @@ def report(console: Console, results: dict[str, dict[str, Any]], soak: int) -> N
                 str(row["errors"]),
             )
     console.print(table)
+    if not all("rss_mb" in data for data in results.values()):
+        console.print("(no memory soak: --no-soak)")
+        return
     memory = Table(title=f"Server RSS (MB) over {soak:,} requests (bare: {soak // 4:,}), 32 clients")
     for column in ("server", "start", "25%", "50%", "75%", "100%", "growth", "errors"):
         memory.add_column(column, justify="left" if column == "server" else "right")
@@ -416,17 +493,18 @@ def report(console: Console, results: dict[str, dict[str, Any]], soak: int) -> N
     console.print(memory)
     console.print("growth = RSS at the end minus after the first quarter (allocator warm-up excluded)")
     console.print("CPU ms/req = the server process's CPU time (every thread) over the requests it answered")
-    on = results["geode (tracing on)"]
-    console.print(
-        f"spans: the collector received {on['spans_received']:,} from 'geode (tracing on)' "
-        f"(dropped there: {on['spans_dropped'] or 'none'}); "
-        f"'geode (Phoenix down)' dropped {results['geode (Phoenix down)']['spans_dropped']}"
-    )
+    if "geode (tracing on)" in results and "geode (Phoenix down)" in results:
+        on = results["geode (tracing on)"]
+        console.print(
+            f"spans: the collector received {on['spans_received']:,} from 'geode (tracing on)' "
+            f"(dropped there: {on['spans_dropped'] or 'none'}); "
+            f"'geode (Phoenix down)' dropped {results['geode (Phoenix down)']['spans_dropped']}"
+        )
     for name, data in results.items():
         failures = Counter[str]()
         for row in data["levels"].values():
             failures.update(row["failures"])
-        failures.update(data["soak_failures"])
+        failures.update(data.get("soak_failures", {}))
         if failures or data["log_tracebacks"]:
             console.print(
                 f"{name}: failed requests {dict(failures)}; {data['log_tracebacks']} tracebacks in {data['log']}"
@@ -439,6 +517,14 @@ def main() -> None:
     parser.add_argument("--port", type=int)
     parser.add_argument("--endpoint", default="")
     parser.add_argument("--home", default="")
+    parser.add_argument("--state", choices=["on", "off", "sync"], default="on", help=argparse.SUPPRESS)
+    parser.add_argument("--state-url", default="", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--servers",
+        default="bare,geode,down",
+        help=f"Comma-separated servers to measure, of: {', '.join(f'{k} ({v})' for k, v in SERVERS.items())}.",
+    )
+    parser.add_argument("--no-soak", action="store_true", help="Skip the memory soak.")
     parser.add_argument("--quick", action="store_true", help="Fewer requests: a smoke run.")
     parser.add_argument("--rounds", type=int, default=3, help="Interleaved rounds per concurrency level.")
     parser.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")
@@ -446,13 +532,19 @@ def main() -> None:
     if args.serve == "bare":
         return serve_bare(args.port)
     if args.serve == "geode":
-        return serve_geode(args.port, args.endpoint, args.home)
+        return serve_geode(args.port, args.endpoint, args.home, state=args.state, state_url=args.state_url)
     if args.serve == "sink":
         return serve_sink(args.port)
 
     console = Console()
     load_before = os.getloadavg()
-    results, soak = measure(console, quick=args.quick, rounds=max(1, args.rounds))
+    which = [key.strip() for key in args.servers.split(",") if key.strip()]
+    unknown = [key for key in which if key not in SERVERS]
+    if unknown or "bare" not in which:
+        parser.error(f"--servers: unknown {unknown}" if unknown else "--servers must include bare")
+    results, soak = measure(
+        console, quick=args.quick, rounds=max(1, args.rounds), which=which, soak_on=not args.no_soak
+    )
     load_after = os.getloadavg()
     report(console, results, soak)
     # Other jobs on the machine move every figure: say how busy it was.

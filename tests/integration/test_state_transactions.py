@@ -21,9 +21,18 @@ from pathlib import Path
 import dspy
 import pytest
 
+from geode.errors import VersionError
 from geode.runtime.registry import ProgramRegistry
 from geode.runtime.serving.sessions import Turn
-from geode.runtime.state import ServedRun, SqlOutbox, SqlRunIndex, SqlState, sqlite_url
+from geode.runtime.state import (
+    Route,
+    RunRecorder,
+    ServedRun,
+    SqlOutbox,
+    SqlRunIndex,
+    SqlState,
+    sqlite_url,
+)
 from geode.runtime.state.sessions import SqlSessionStore
 
 from .serve_helpers import REPO
@@ -124,3 +133,43 @@ def test_the_state_parts_are_shared_between_engines(database: tuple[str, str]) -
     assert [rid for rid, _ in left.claim(lease_s=60)] == ["r1"] and right.claim(lease_s=60) == []
     left.remove(["r1"])
     assert right.count() == 0
+
+
+def test_routes_are_shared_and_end_when_their_version_is_promoted(
+    database: tuple[str, str], tmp_path: Path
+) -> None:
+    url, schema = database
+    # Two machines: their own registry folders, one database.
+    admin = ProgramRegistry(tmp_path / "a" / "programs", state=SqlState(url, schema_name=schema))
+    replica = ProgramRegistry(
+        tmp_path / "b" / "programs", state=SqlState(url, schema_name=schema), poll_s=0.2
+    )
+    v1, v2, v3 = _versions(admin, 3)
+    admin.promote("qa", v1, force=True)
+    before = replica.pointer_stamp("qa")
+    admin.set_route("qa", canary=v2, canary_share=0.3, shadow=v3)
+    time.sleep(0.25)  # past the replica's poll_s: the route change bumped the pointer's revision
+    assert replica.pointer_stamp("qa") != before
+    assert replica.route("qa") == Route(v2, 0.3, v3, 1.0)
+    with pytest.raises(VersionError, match="changed meanwhile"):
+        replica.set_route("qa", canary=v3, expect_route=Route())  # read before the admin's change
+    replica.promote("qa", v2, force=True)
+    assert admin.route("qa") == Route(None, 0.0, v3, 1.0)
+    assert [e["action"] for e in admin.events("qa")] == ["promote", "route", "promote"]
+
+
+def test_batched_run_records_reach_every_engine(database: tuple[str, str]) -> None:
+    url, schema = database
+    a, b = SqlState(url, schema_name=schema), SqlState(url, schema_name=schema)
+    recorder = RunRecorder(SqlRunIndex(a), delay_s=60.0)
+    traces = [f"{n:032x}" for n in range(1, 51)]
+    for trace in traces:
+        recorder.remember(ServedRun(trace, "00f067aa0ba902b7", "qa", None, "key:1"))
+    assert recorder.flush(timeout_s=30)
+    # A second batch naming a recorded run replaces it (the upsert's conflict path).
+    recorder.remember(ServedRun(traces[0], "00f067aa0ba902b7", "qa", "v2", "key:2"))
+    recorder.close(timeout_s=30)
+    other = SqlRunIndex(b)
+    assert all(other.find(trace) is not None for trace in traces)
+    replaced = other.find(traces[0])
+    assert replaced is not None and (replaced.version, replaced.caller) == ("v2", "key:2")

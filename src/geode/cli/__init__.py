@@ -47,6 +47,7 @@ _COMMANDS: dict[str, str] = {
     "versions": "geode.cli.versions",
     "promote": "geode.cli.versions",
     "rollback": "geode.cli.versions",
+    "route": "geode.cli.versions",
     "compare-models": "geode.cli.compare_models",
     "crystallize": "geode.cli.crystallize",
     "compare": "geode.cli.compare",

@@ -18,6 +18,8 @@ from geode.runtime.tracing import build_tracing
 
 __all__ = ["parse_split", "register", "serve"]
 
+logger = logging.getLogger("geode.serve")
+
 
 @dataclass(frozen=True)
 class SplitSpec:
@@ -87,6 +89,15 @@ def _hosted(
         version = rt.registry.resolve_version(registry_name, split.version)
         module = rt.registry.load_into(registry_name, version, resolved.module)
         spec.candidate = Candidate(module, version, mode=mode, share=split.share)  # type: ignore[arg-type]
+        shared = rt.registry.route(registry_name)
+        if not shared.empty:
+            # The flag pins this process's split; the other replicas keep following the database's.
+            logger.warning(
+                "%r: --%s pins this process's split; the state database's route (%s) is not followed here",
+                split.program,
+                mode,
+                ", ".join(f"{k} {v}" for k, v in shared.to_json().items() if v),
+            )
     for text in sample:
         name, sep, ratio = text.partition("=")
         if not sep or name not in specs:
@@ -111,12 +122,14 @@ def serve(
     canary: list[str] = typer.Option(  # noqa: B008
         [],
         "--canary",
-        help="NAME=VERSION[:SHARE]: a registry version answering SHARE of requests (default 0.1).",
+        help="NAME=VERSION[:SHARE]: a registry version answering SHARE of requests (default 0.1), pinned for "
+        "this process instead of the route every replica follows (geode route).",
     ),
     shadow: list[str] = typer.Option(  # noqa: B008
         [],
         "--shadow",
-        help="NAME=VERSION[:SHARE]: a registry version run on a copy of SHARE of requests, only traced.",
+        help="NAME=VERSION[:SHARE]: a registry version run on a copy of SHARE of requests, only traced; "
+        "pinned for this process, like --canary.",
     ),
     sample: list[str] = typer.Option(  # noqa: B008
         [],

@@ -1,4 +1,4 @@
-"""``geode versions``, ``geode promote``, ``geode rollback``: a program's stored versions and which one serves."""
+"""``geode versions``, ``promote``, ``rollback``, ``route``: a program's stored versions and which ones serve."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from geode.errors import ConfigError, ProgramNotFoundError
 from geode.evals.evaluate import EvalResult, evaluate
 from geode.runtime.registry import ProgramRegistry, Score, VersionInfo, program_version
 from geode.runtime.runtime import Runtime
+from geode.runtime.state import Route
 
 __all__ = ["register"]
 
@@ -246,8 +247,88 @@ def rollback_command(
     )
 
 
+def _split(text: str, label: str, default_share: float) -> tuple[str | None, float]:
+    """``VERSION``, ``VERSION:SHARE`` or ``none`` (no candidate)."""
+    if text.strip().lower() == "none":
+        return None, 0.0
+    version, _, share_text = text.partition(":")
+    try:
+        share = float(share_text) if share_text else default_share
+    except ValueError:
+        raise ConfigError(f"bad --{label} {text!r}", hint="use VERSION, VERSION:SHARE or none") from None
+    return version, share
+
+
+def _route_line(route: Route) -> str:
+    if route.empty:
+        return "no canary, no shadow: the active version answers every request"
+    parts = []
+    if route.canary:
+        parts.append(f"canary {route.canary} answers {100 * route.canary_share:g}% of requests")
+    if route.shadow:
+        parts.append(f"shadow {route.shadow} runs on a copy of {100 * route.shadow_share:g}%")
+    return "; ".join(parts)
+
+
+def route_command(
+    name: str = typer.Argument(..., help="The program (its reference or registered name)."),
+    canary: str | None = typer.Option(
+        None, "--canary", help="VERSION[:SHARE] answering SHARE of requests (default 0.1); 'none' ends it."
+    ),
+    shadow: str | None = typer.Option(
+        None,
+        "--shadow",
+        help="VERSION[:SHARE] run on a copy of SHARE of requests (default 1.0); 'none' ends it.",
+    ),
+    clear: bool = typer.Option(False, "--clear", help="End the canary and the shadow."),
+    as_json: bool = typer.Option(False, "--json", help="Print the route as JSON."),
+) -> None:
+    """Show or change which candidate versions share a program's traffic, for every replica.
+
+    The route lives in the state database beside the active version: every `geode serve` replica on
+    it follows a change within GEODE_STATE_POLL_S, and the change is recorded in the program's history.
+    A replica started with --canary/--shadow keeps that split instead (pinned for the process).
+
+    Example: geode route qa --canary 1a2b3c:0.2 --shadow none
+    """
+    if clear and (canary is not None or shadow is not None):
+        raise ConfigError("--clear goes alone", hint="use --canary none or --shadow none to end one of them")
+    with make_runtime() as rt:
+        registry = rt.registry
+        route = registry.route(name)
+        if clear or canary is not None or shadow is not None:
+            new_canary, canary_share = (
+                _split(canary, "canary", 0.1) if canary is not None else (route.canary, route.canary_share)
+            )
+            new_shadow, shadow_share = (
+                _split(shadow, "shadow", 1.0) if shadow is not None else (route.shadow, route.shadow_share)
+            )
+            if clear:
+                new_canary = new_shadow = None
+            registry.set_route(
+                name,
+                canary=new_canary,
+                canary_share=canary_share,
+                shadow=new_shadow,
+                shadow_share=shadow_share,
+                module=_program_module(rt, name),
+                reason="geode route",
+                # Read, changed here, written: a change that landed meanwhile is not overwritten.
+                expect_route=route,
+            )
+            route = registry.route(name)
+        active = registry.active(name)
+    if as_json:
+        typer.echo(json.dumps({"program": name, "active": active, **route.to_json()}, indent=2))
+        return
+    make_console().print(
+        f"{name}: active {active or 'the base program'}; {_route_line(route)}", highlight=False
+    )
+
+
 def register(app: typer.Typer) -> None:
-    """Add ``geode versions``, ``geode promote`` and ``geode rollback`` to the CLI."""
+    """Add ``geode versions``, ``promote``, ``rollback`` and ``route`` to the CLI."""
     app.command("versions")(versions_command)
     app.command("promote")(promote_command)
     app.command("rollback")(rollback_command)
+    app.command("route")(route_command)

@@ -24,6 +24,7 @@ runtime keeps serving what it served before (see :class:`ActivePrograms`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import importlib.metadata
@@ -44,7 +45,7 @@ import dspy
 
 from geode.errors import GeodeError, ProgramLoadError, VersionError
 from geode.runtime.programs import ResolvedProgram
-from geode.runtime.state import SqlPointers, SqlState, SqlVersionFiles, open_state, sqlite_url
+from geode.runtime.state import Pointer, Route, SqlPointers, SqlState, SqlVersionFiles, open_state, sqlite_url
 
 if TYPE_CHECKING:
     from geode.evals.evaluate import EvalResult
@@ -53,6 +54,7 @@ __all__ = [
     "ActivePrograms",
     "ProgramRegistry",
     "PromotionEvent",
+    "RoutedVersion",
     "Score",
     "ServedProgram",
     "VersionInfo",
@@ -398,7 +400,7 @@ class PromotionEvent:
     """One change of the active pointer."""
 
     action: str
-    """``promote`` or ``rollback``."""
+    """``promote``, ``rollback`` or ``route`` (the canary and shadow changed, the active version not)."""
     version: str | None
     """The version that became active (``None``: the unversioned base program)."""
     previous: str | None
@@ -408,10 +410,15 @@ class PromotionEvent:
     active_score: float | None = None
     margin: float | None = None
     reason: str | None = None
+    route: dict[str, Any] | None = None
+    """The canary and shadow after this change, when it changed them."""
 
     def to_json(self) -> dict[str, Any]:
-        """Plain JSON data."""
-        return dict(self.__dict__)
+        """Plain JSON data (``route`` only when the change had one)."""
+        data = dict(self.__dict__)
+        if data["route"] is None:
+            del data["route"]
+        return data
 
 
 def _metadata_from_json(meta: Any, where: str) -> dict[str, Any]:
@@ -882,6 +889,10 @@ class ProgramRegistry:
             self._stamps[name] = (now, revision)
         return (revision,) if revision else None
 
+    def pointer(self, name: str) -> Pointer:
+        """The program's active version, history and route, read together."""
+        return self._pointers.get(name)
+
     def active(self, name: str) -> str | None:
         """The active version id, or ``None`` when the base program serves."""
         return self._pointers.get(name).active
@@ -960,7 +971,11 @@ class ProgramRegistry:
                 margin=margin,
                 reason=reason,
             )
-            change.set(info.version, [*change.current.history, current], event.to_json())
+            # A candidate that becomes the active version stops being a candidate (same transaction).
+            route = change.current.route.without(info.version)
+            if route != change.current.route:
+                event = dataclasses.replace(event, route=route.to_json())
+            change.set(info.version, [*change.current.history, current], event.to_json(), route=route)
         self._stamps.pop(name, None)
         return event
 
@@ -989,7 +1004,94 @@ class ProgramRegistry:
                 if module is not None:
                     _apply_state(module, state, str(info.path))
             event = PromotionEvent(action="rollback", version=target, previous=current, at=_now())
-            change.set(target, history, event.to_json())
+            route = change.current.route.without(target)
+            if route != change.current.route:
+                event = dataclasses.replace(event, route=route.to_json())
+            change.set(target, history, event.to_json(), route=route)
+        self._stamps.pop(name, None)
+        return event
+
+    # -- canary and shadow routing -------------------------------------------------------------
+
+    def route(self, name: str) -> Route:
+        """The program's canary and shadow candidates (shared by every replica on the database)."""
+        return self._pointers.get(name).route
+
+    def set_route(
+        self,
+        name: str,
+        *,
+        canary: str | None = None,
+        canary_share: float = 0.1,
+        shadow: str | None = None,
+        shadow_share: float = 1.0,
+        module: dspy.Module | None = None,
+        reason: str | None = None,
+        expect_route: Route | None = None,
+    ) -> PromotionEvent:
+        """Replace the program's canary and shadow candidates (none of either: clear them).
+
+        Like a promotion, one transaction on the program's pointer: every replica on the state
+        database serves the new split within ``poll_s``, and the event log records it.
+
+        Args:
+            name: The program.
+            canary: A version (id or unique prefix) answering ``canary_share`` of requests.
+            canary_share: 0..1.
+            shadow: A version run on a copy of ``shadow_share`` of requests, its answer only traced.
+            shadow_share: 0..1.
+            module: The program; when given, each candidate's state is test-loaded into a copy first.
+            reason: Recorded on the event.
+            expect_route: The route the caller read and changed; when another change landed since,
+                nothing changes and :class:`VersionError` says so.
+
+        Raises:
+            VersionError: Unknown version, a candidate that is the active version, one version as both
+                canary and shadow, a share outside 0..1, or the route is not ``expect_route``. The route
+                is unchanged in every error case.
+            ProgramLoadError: A candidate's file is invalid or does not fit ``module``.
+        """
+        for label, share in (("canary", canary_share), ("shadow", shadow_share)):
+            if not 0.0 <= share <= 1.0:
+                raise VersionError(f"the {label} share must be between 0 and 1, got {share}")
+        chosen: dict[str, str | None] = {"canary": None, "shadow": None}
+        for label, version in (("canary", canary), ("shadow", shadow)):
+            if version is None:
+                continue
+            info, state = self._load(name, self.resolve_version(name, version))
+            if module is not None:
+                _apply_state(module, state, str(info.path))
+            chosen[label] = info.version
+        if chosen["canary"] is not None and chosen["canary"] == chosen["shadow"]:
+            raise VersionError(f"{chosen['canary']} cannot be both the canary and the shadow of {name!r}")
+        route = Route(
+            chosen["canary"],
+            canary_share if chosen["canary"] else 0.0,
+            chosen["shadow"],
+            shadow_share if chosen["shadow"] else 0.0,
+        )
+        with self._pointers.change(name) as change:
+            current = change.current.active
+            if expect_route is not None and change.current.route != expect_route:
+                raise VersionError(
+                    f"the route of {name!r} changed meanwhile; nothing was changed",
+                    hint=f"check it with geode route {name}, then set it again",
+                )
+            for label, version in chosen.items():
+                if version is not None and version == current:
+                    raise VersionError(
+                        f"{version} is the active version of {name!r}; it cannot also be the {label}",
+                        hint=f"pick another version (geode versions {name})",
+                    )
+            event = PromotionEvent(
+                action="route",
+                version=current,
+                previous=current,
+                at=_now(),
+                reason=reason,
+                route=route.to_json(),
+            )
+            change.set(current, change.current.history, event.to_json(), route=route)
         self._stamps.pop(name, None)
         return event
 
@@ -1083,6 +1185,17 @@ def _apply_state(module: dspy.Module, state: Mapping[str, Any], where: str) -> d
 
 
 @dataclass(frozen=True)
+class RoutedVersion:
+    """A candidate version the program's route serves beside the active one."""
+
+    module: dspy.Module
+    version: str
+    mode: str
+    """``canary`` (answers ``share`` of requests) or ``shadow`` (runs on a copy, only traced)."""
+    share: float
+
+
+@dataclass(frozen=True)
 class ServedProgram:
     """The module that answers for a program, and the version it is."""
 
@@ -1092,6 +1205,10 @@ class ServedProgram:
     """The registry version serving, ``None`` for the base program."""
     problem: str | None = None
     """Why the active version is not the one serving (it failed to load), if so."""
+    canary: RoutedVersion | None = None
+    """The route's canary, loaded (``geode route``), if any."""
+    shadow: RoutedVersion | None = None
+    """The route's shadow, loaded, if any."""
 
 
 @dataclass
@@ -1166,12 +1283,38 @@ class ActivePrograms:
             return served
 
     def _load(self, resolved: ResolvedProgram, previous: ServedProgram | None) -> ServedProgram:
+        served = self._load_active(resolved, previous)
+        try:
+            route = self.registry.route(resolved.name)
+        except ProgramLoadError:
+            return served
+        canary = self._candidate(resolved, route.canary, "canary", route.canary_share)
+        shadow = self._candidate(resolved, route.shadow, "shadow", route.shadow_share)
+        return dataclasses.replace(served, canary=canary, shadow=shadow) if canary or shadow else served
+
+    def _candidate(
+        self, resolved: ResolvedProgram, version: str | None, mode: str, share: float
+    ) -> RoutedVersion | None:
+        if version is None:
+            return None
+        try:
+            return RoutedVersion(
+                self.load_version(resolved.name, version, resolved.module), version, mode, share
+            )
+        except (ProgramLoadError, VersionError) as err:
+            # The active version keeps answering everything: a broken candidate is logged, not served.
+            logger.error(
+                "program %r: %s %s failed to load, not served: %s", resolved.name, mode, version, err
+            )
+            return None
+
+    def _load_active(self, resolved: ResolvedProgram, previous: ServedProgram | None) -> ServedProgram:
         name = resolved.name
         try:
-            active = self.registry.active(name)
-            history = self.registry.history(name)
+            pointer = self.registry.pointer(name)
         except ProgramLoadError as err:
             return self._fallback(resolved, previous, [], f"the active pointer is unreadable: {err}")
+        active, history = pointer.active, list(pointer.history)
         if active is None:
             return ServedProgram(name, resolved.module, None)
         try:

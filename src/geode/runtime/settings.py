@@ -196,6 +196,11 @@ class ServeSettings(BaseSettings):
     recorded in the state database, where any replica finds it for ``run_retention_s``."""
     run_retention_s: float = Field(default=7 * 86400.0, gt=0)
     """How long a served run can receive feedback through the state database."""
+    run_index_delay_s: float = Field(default=0.05, ge=0, le=5)
+    """How long a served run waits to be written to the state database's run index, in a batch with
+    the others answered meanwhile (off the request path). ``POST /feedback`` on another replica keeps
+    looking for a trace id it does not know for twice this plus 0.5 s before refusing it; a replica
+    killed with ``kill -9`` loses this long's runs from the index (its own memory had them)."""
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     """How long shutdown waits for in-flight shadow runs and telemetry."""
     keep_alive_s: int = Field(default=90, ge=1)

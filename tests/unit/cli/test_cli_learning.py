@@ -118,6 +118,21 @@ def test_eval_compile_versions_promote_rollback(
     assert _exit_code(["promote", program, "ffffffffffff"]) == 2
     assert "has no version 'ffffffffffff'" in capsys.readouterr().err
 
+    # A canary for every replica: the baseline version on 20% of requests, then ended.
+    baseline = compiled["baseline_version"]
+    assert _exit_code(["route", program, "--canary", f"{baseline[:8]}:0.2", "--json"]) == 0
+    route = json.loads(capsys.readouterr().out)
+    assert (route["active"], route["canary"], route["canary_share"], route["shadow"]) == (
+        candidate,
+        baseline,
+        0.2,
+        None,
+    )
+    assert _exit_code(["route", program, "--shadow", baseline]) == 2  # already the canary
+    assert "both the canary and the shadow" in capsys.readouterr().err
+    assert _exit_code(["route", program, "--canary", "none"]) == 0
+    assert "the active version answers every request" in capsys.readouterr().out
+
 
 def test_compile_refuses_a_worse_candidate(
     tmp_path: Path, program: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]

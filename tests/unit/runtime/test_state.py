@@ -15,7 +15,15 @@ from geode.runtime.feedback import FeedbackOutbox, make_feedback_record, record_
 from geode.runtime.registry import ProgramRegistry
 from geode.runtime.serving.feedback import FeedbackRecord, FeedbackSink
 from geode.runtime.serving.sessions import Turn
-from geode.runtime.state import ServedRun, SqlOutbox, SqlPointers, SqlRunIndex, SqlState, sqlite_url
+from geode.runtime.state import (
+    RunRecorder,
+    ServedRun,
+    SqlOutbox,
+    SqlPointers,
+    SqlRunIndex,
+    SqlState,
+    sqlite_url,
+)
 from geode.runtime.state.schema import SCHEMA_VERSION, tables
 from geode.runtime.state.sessions import SqlSessionStore
 
@@ -60,6 +68,50 @@ def test_served_runs_are_found_by_any_engine(url: str) -> None:
     )
     assert SqlRunIndex(b).find("1" * 32) is None
     assert SqlRunIndex(b, retention_s=1e-9).find(TRACE) is None
+
+
+def test_the_run_recorder_batches_writes_and_never_hides_a_queued_run(url: str) -> None:
+    a, b = _two(url)
+    # A delay no test waits out: only a flush or close writes the batch.
+    recorder = RunRecorder(SqlRunIndex(a), delay_s=60.0)
+    other = SqlRunIndex(b)
+    runs = [ServedRun(f"{n:032x}", "00f067aa0ba902b7", "qa", None, "key:1") for n in range(1, 301)]
+    for run in runs:
+        recorder.remember(run)
+    # Queued, not written: this replica finds them at once, another one not yet.
+    found = recorder.find(runs[0].trace_id)
+    assert found is not None and found.caller == "key:1"
+    assert other.find(runs[-1].trace_id) is None
+    assert recorder.flush(timeout_s=30)
+    assert all(other.find(run.trace_id) is not None for run in (runs[0], runs[150], runs[-1]))
+    with b.read() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(tables.served_runs)).scalar_one() == 300
+    late = ServedRun("f" * 32, "00f067aa0ba902b7", "qa", "v1", "key:2")
+    recorder.remember(late)
+    recorder.close(timeout_s=30)  # a replica shutting down writes what it queued
+    assert other.find(late.trace_id) == ServedRun(
+        late.trace_id,
+        late.span_id,
+        "qa",
+        "v1",
+        "key:2",
+        other.find(late.trace_id).at,  # type: ignore[union-attr]
+    )
+    with pytest.raises(RuntimeError, match="closed"):
+        recorder.remember(late)
+
+
+def test_a_batch_the_database_refuses_is_logged_not_raised(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    state = SqlState(sqlite_url(tmp_path / "state.db"))
+    recorder = RunRecorder(SqlRunIndex(state), delay_s=0.0)
+    with state.write() as conn:
+        conn.execute(sa.text("DROP TABLE geode_served_runs"))
+    recorder.remember(ServedRun(TRACE, "00f067aa0ba902b7", "qa", None, "key:1"))
+    assert recorder.flush(timeout_s=30)
+    assert recorder.failures == 1 and "not recorded in the state database" in caplog.text
+    recorder.close()
 
 
 def test_outbox_dedups_by_id_and_claims_exclusively(url: str) -> None:
@@ -226,9 +278,11 @@ def test_a_version_1_database_is_migrated_to_the_current_schema(url: str) -> Non
     state = SqlState(url)
     with state.write() as conn:  # what Geode's first state schema left
         tables.versions.drop(conn)
+        tables.routes.drop(conn)
         conn.execute(tables.meta.update().values(value="1"))
     SqlState(url)
     with state.read() as conn:
         assert conn.execute(sa.select(tables.meta.c.value)).scalar() == str(SCHEMA_VERSION)
         assert conn.execute(sa.select(sa.func.count()).select_from(tables.versions)).scalar() == 0
-    assert SCHEMA_VERSION == 2
+        assert conn.execute(sa.select(sa.func.count()).select_from(tables.routes)).scalar() == 0
+    assert SCHEMA_VERSION == 3

@@ -71,6 +71,32 @@ def test_feedback_only_on_runs_served_to_the_same_key(make_client: AppFactory) -
     assert own.status_code == 202
 
 
+def test_feedback_for_a_run_of_another_replica_is_accepted(make_client: AppFactory) -> None:
+    # Two apps on one Geode home: two replicas on one state database.
+    keys = {"api_keys": (SecretStr(A), SecretStr(B))}
+    first, _ = make_client(serve=keys)
+    second, _ = make_client(serve=keys)
+    trace_id = first.post("/programs/qa", json={"question": "q"}, headers=_as(A)).json()["trace_id"]
+    # Sent at once: the first replica may not have written its batch yet; the second waits for it.
+    assert (
+        second.post("/feedback", json={"trace_id": trace_id, "score": 1}, headers=_as(A)).status_code == 202
+    )
+    refused = second.post("/feedback", json={"trace_id": trace_id, "score": 1}, headers=_as(B))
+    assert refused.status_code == 404
+
+
+def test_a_replica_that_shuts_down_writes_its_queued_runs(make_client: AppFactory) -> None:
+    keys = {"api_keys": (SecretStr(A), SecretStr(B))}
+    # A batch delay far beyond the feedback grace: only the shutdown writes the run.
+    first, _ = make_client(serve={**keys, "run_index_delay_s": 5.0})
+    second, _ = make_client(serve=keys)
+    trace_id = first.post("/programs/qa", json={"question": "q"}, headers=_as(A)).json()["trace_id"]
+    first.__exit__(None, None, None)
+    assert (
+        second.post("/feedback", json={"trace_id": trace_id, "score": 1}, headers=_as(A)).status_code == 202
+    )
+
+
 def test_a_request_naming_the_shadow_version_is_charged(make_client: AppFactory) -> None:
     signature = ensure_signature("question -> answer", "Variant B.")
     assert signature is not None

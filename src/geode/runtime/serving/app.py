@@ -36,6 +36,7 @@ from geode.adapters import SmallModelStreamListener
 from geode.agents.tools import run_deadline
 from geode.errors import GeodeError, InputError, VersionError
 from geode.runtime.programs import ProgramRef
+from geode.runtime.registry import RoutedVersion, ServedProgram
 from geode.runtime.runtime import Runtime
 from geode.runtime.serving.abandon import AbandonedRunGuard, Abandonment, RunAbandoned, abandonment
 from geode.runtime.serving.errors import (
@@ -65,7 +66,7 @@ from geode.runtime.serving.schema import (
 from geode.runtime.serving.sessions import MemorySessionStore, SessionStore, Turn
 from geode.runtime.serving.traffic import Candidate, in_share
 from geode.runtime.settings import ServeSettings
-from geode.runtime.state import ServedRun, SqlRunIndex, SqlState
+from geode.runtime.state import RunRecorder, ServedRun, SqlRunIndex, SqlState
 from geode.runtime.tracing import TracingPipeline
 from geode.traces.context import RunIdentity, run_identity
 from geode.traces.vocab import GeodeAttributes, OpenInferenceMimeTypeValues, SpanAttributes
@@ -97,7 +98,9 @@ class HostedProgram:
             active registry version, re-checked on every request so promotion and rollback apply live —
             or a ``dspy.Module`` served as given.
         name: The name in routes, spans and metrics; default: the reference (or the class name).
-        candidate: A second version on a canary share or in shadow.
+        candidate: A second version on a canary share or in shadow, pinned for this process (``geode
+            serve --canary/--shadow``); without it, the route in the state database applies
+            (``geode route``), which every replica follows.
         sample_ratio: Share of this program's traces exported (errors and runs that get feedback are
             always kept); default: the tracing settings' ratio.
     """
@@ -167,6 +170,8 @@ class _Call:
     lm_overrides: dict[str, Any] = field(default_factory=dict[str, Any])
     background: bool = False
     """A shadow run the server started itself (not charged to the caller)."""
+    shadow: Candidate | RoutedVersion | None = None
+    """The shadow candidate to run on a copy of this call once it answered, if any."""
     abandoned: Abandonment = field(default_factory=Abandonment)
     span: Span | None = None
     trace_id: str | None = None
@@ -269,9 +274,15 @@ class _Server:
         state = runtime.state if isinstance(runtime, Runtime) else None
         self.sessions: SessionStore = sessions or _default_sessions(settings, state)
         # Every replica on the state database records its runs there, so feedback for a run is
-        # accepted by any of them; `recent` spares this replica the lookup for its own runs.
-        self.runs: SqlRunIndex | None = (
-            SqlRunIndex(state, retention_s=settings.run_retention_s) if state is not None else None
+        # accepted by any of them; `recent` spares this replica the lookup for its own runs. The
+        # writes are batched off the request path: one transaction per request was most of the
+        # state database's cost to a request (docs/benchmarks.md, "Shared state").
+        self.runs: RunRecorder | None = (
+            RunRecorder(
+                SqlRunIndex(state, retention_s=settings.run_retention_s), delay_s=settings.run_index_delay_s
+            )
+            if state is not None
+            else None
         )
         self.tracing: TracingPipeline | None = tracing or _pipeline_of(runtime)
         provider = (
@@ -363,38 +374,43 @@ class _Server:
         self.quotas.admit(who)
         return who
 
-    def primary(self, hosted: _Hosted) -> tuple[dspy.Module, str | None]:
+    def served(self, hosted: _Hosted) -> ServedProgram:
+        """What answers for the program now: its active version and its route's candidates."""
         if isinstance(hosted.program, str):
-            served = self.runtime.serve(hosted.program)
-            return served.module, served.version
-        return hosted.program, None
+            return self.runtime.serve(hosted.program)
+        return ServedProgram(hosted.name, hosted.program, None)
 
-    def problem(self, hosted: _Hosted) -> str | None:
-        """Why the active registry version is not the one serving, if so."""
-        if isinstance(hosted.program, str):
-            return self.runtime.serve(hosted.program).problem
-        return None
+    @staticmethod
+    def candidates(
+        hosted: _Hosted, served: ServedProgram
+    ) -> tuple[Candidate | RoutedVersion | None, Candidate | RoutedVersion | None]:
+        """The canary and the shadow: this process's ``--canary``/``--shadow``, else the database's route."""
+        pinned = hosted.candidate
+        if pinned is not None:
+            return (pinned, None) if pinned.mode == "canary" else (None, pinned)
+        return served.canary, served.shadow
 
-    def choose(self, hosted: _Hosted, asked: str | None, key: str) -> tuple[dspy.Module, str | None, str]:
-        module, version = self.primary(hosted)
-        candidate = hosted.candidate
+    def choose(
+        self, hosted: _Hosted, asked: str | None, key: str
+    ) -> tuple[dspy.Module, str | None, str, Candidate | RoutedVersion | None]:
+        """The module, version and role that answer, and the shadow to run after (if any)."""
+        served = self.served(hosted)
+        module, version = served.module, served.version
+        canary, shadow = self.candidates(hosted, served)
         if asked is not None:
             if asked in (version, "base" if version is None else version):
-                return module, version, "primary"
-            if candidate is not None and asked == candidate.version:
-                return candidate.module, candidate.version, candidate.mode
-            served = [v for v in (version or "base", candidate.version if candidate else None) if v]
+                return module, version, "primary", None
+            for candidate in (canary, shadow):
+                if candidate is not None and asked == candidate.version:
+                    return candidate.module, candidate.version, candidate.mode, None
+            listed = [version or "base", *(c.version for c in (canary, shadow) if c is not None)]
             raise VersionError(
                 f"version {asked!r} of {hosted.name!r} is not served here",
-                hint=f"served: {', '.join(served)}",
+                hint=f"served: {', '.join(listed)}",
             )
-        if (
-            candidate is not None
-            and candidate.mode == "canary"
-            and in_share(key, candidate.share, salt=hosted.name)
-        ):
-            return candidate.module, candidate.version, "canary"
-        return module, version, "primary"
+        if canary is not None and in_share(key, canary.share, salt=hosted.name):
+            return canary.module, canary.version, "canary", None
+        return module, version, "primary", shadow
 
     @staticmethod
     def session_key(caller: str, session_id: str) -> str:
@@ -626,7 +642,9 @@ class _Server:
         request_id = request.headers.get(REQUEST_HEADER) or format(random.getrandbits(64), "016x")
         request_id = request_id[:64]
         session_id: str | None = getattr(body, "session_id", None)
-        module, version, role = self.choose(hosted, getattr(body, "version", None), session_id or request_id)
+        module, version, role, shadow = self.choose(
+            hosted, getattr(body, "version", None), session_id or request_id
+        )
         options = getattr(body, "options", None)
         overrides: dict[str, Any] = {}
         if options is not None:
@@ -650,6 +668,7 @@ class _Server:
             request_id=request_id,
             caller=caller,
             lm_overrides=overrides,
+            shadow=shadow,
         )
         call.span = self.start_span(call)
         call.trace_id = _hex_trace(call.span)
@@ -667,16 +686,15 @@ class _Server:
                 self.session_key(call.caller, call.session_id),
                 Turn(visible, outcome.outputs, trace_id=call.trace_id, version=call.version or "base"),
             )
-        candidate = call.hosted.candidate
+        candidate = call.shadow
         if (
             candidate is not None
-            and candidate.mode == "shadow"
             and call.role == "primary"
             and in_share(call.request_id, candidate.share, salt=call.hosted.name)
         ):
             self.shadow(call, candidate)
 
-    def shadow(self, primary: _Call, candidate: Candidate) -> None:
+    def shadow(self, primary: _Call, candidate: Candidate | RoutedVersion) -> None:
         if self.shadow_slots.locked():
             self.metrics.shadow(primary.hosted.name, "skipped")
             return
@@ -720,6 +738,14 @@ class _Server:
 
     async def feedback(self, body: FeedbackIn, caller: str) -> FeedbackOut:
         known = await asyncio.to_thread(self.find_run, body.trace_id)
+        if known is None and self.runs is not None:
+            # Another replica may have answered this run a moment ago and not written its batch yet.
+            grace = 2 * self.settings.run_index_delay_s + 0.5
+            step = max(0.05, self.settings.run_index_delay_s)
+            deadline = time.monotonic() + grace
+            while known is None and time.monotonic() < deadline:
+                await asyncio.sleep(step)
+                known = await asyncio.to_thread(self.find_run, body.trace_id)
         if known is None or known.caller != caller:
             # Feedback feeds mining and promotion: only the caller a run was served to may score it.
             raise NotFoundError(
@@ -785,6 +811,9 @@ class _Server:
         self.draining = True
         if self.background:
             await asyncio.wait(set(self.background), timeout=self.settings.shutdown_timeout_s)
+        if self.runs is not None:
+            # The runs answered last are written before the replica goes.
+            await asyncio.to_thread(self.runs.close, self.settings.shutdown_timeout_s)
         for sink in self.feedback_sinks:
             close = getattr(sink, "close", None)
             if callable(close):
@@ -1069,11 +1098,12 @@ def _add_operation_routes(app: FastAPI, server: _Server, caller: Callable[..., A
         """Readiness: programs loaded and not shutting down (503 while draining)."""
         programs_state = {}
         for hosted in server.hosted.values():
-            _, version = server.primary(hosted)
+            served = server.served(hosted)
+            split = [c for c in server.candidates(hosted, served) if c is not None]
             programs_state[hosted.name] = {
-                "version": version or "base",
-                "candidate": hosted.candidate.version if hosted.candidate else None,
-                "problem": server.problem(hosted),
+                "version": served.version or "base",
+                "candidate": split[0].version if split else None,
+                "problem": served.problem,
             }
         status = 503 if server.draining else 200
         return JSONResponse(
@@ -1090,23 +1120,22 @@ def _add_operation_routes(app: FastAPI, server: _Server, caller: Callable[..., A
         """The hosted programs, their routes, fields and versions."""
         found = []
         for hosted in server.hosted.values():
-            version = server.primary(hosted)[1]
+            served = server.served(hosted)
+            split = [
+                {"version": c.version, "mode": c.mode, "share": c.share}
+                for c in server.candidates(hosted, served)
+                if c is not None
+            ]
             found.append(
                 {
                     "name": hosted.name,
                     "path": f"/programs/{hosted.route}",
                     "inputs": list(hosted.interface.input_names),
                     "outputs": list(hosted.interface.output_names),
-                    "version": version or "base",
-                    "candidate": (
-                        {
-                            "version": hosted.candidate.version,
-                            "mode": hosted.candidate.mode,
-                            "share": hosted.candidate.share,
-                        }
-                        if hosted.candidate
-                        else None
-                    ),
+                    "version": served.version or "base",
+                    # The first candidate (kept for older clients), and every one.
+                    "candidate": split[0] if split else None,
+                    "candidates": split,
                 }
             )
         return found

@@ -146,6 +146,14 @@ class SqlState:
             index_elements=[key], set_={k: stmt.excluded[k] for k in values if k != key}
         )
 
+    def upsert_many(self, table: sa.Table, columns: list[str], key: str) -> sa.Executable:
+        """The :meth:`upsert` of ``columns`` with no values bound: execute it with a list of rows."""
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        stmt = insert(table)
+        return stmt.on_conflict_do_update(
+            index_elements=[key], set_={c: stmt.excluded[c] for c in columns if c != key}
+        )
+
     def close(self) -> None:
         """Release the connections."""
         self.engine.dispose()

@@ -1,6 +1,6 @@
-"""Registry pointers in the state database: each program's active version, rollback history and events.
+"""Registry pointers in the state database: each program's active version, routing, history and events.
 
-A promotion or rollback is one transaction: lock the program's pointer row, check, write the new pointer
+A promotion, rollback or routing change is one transaction: lock the program's pointer row, check, write the new pointer
 with the next revision and append its event. A process killed at any point leaves the committed
 pointer (the old one, or the new one with its event), never none and never half; two promotions at once
 run one after the other, the second seeing the first's result.
@@ -20,11 +20,49 @@ import sqlalchemy as sa
 from geode.runtime.state.backend import SqlState
 from geode.runtime.state.schema import tables
 
-__all__ = ["Pointer", "PointerChange", "SqlPointers", "SqlVersionFiles"]
+__all__ = ["Pointer", "PointerChange", "Route", "SqlPointers", "SqlVersionFiles"]
 
 _P = tables.pointers
 _E = tables.events
 _V = tables.versions
+_R = tables.routes
+
+
+@dataclass(frozen=True)
+class Route:
+    """Candidate versions that share a program's traffic with the active one.
+
+    A *canary* answers ``canary_share`` of requests (chosen by a hash of the session or request id); a
+    *shadow* runs on a copy of ``shadow_share`` of requests after the active version answered, its
+    result only traced.
+    """
+
+    canary: str | None = None
+    canary_share: float = 0.0
+    shadow: str | None = None
+    shadow_share: float = 0.0
+
+    @property
+    def empty(self) -> bool:
+        """No candidate: the active version answers everything."""
+        return self.canary is None and self.shadow is None
+
+    def without(self, version: str | None) -> Route:
+        """This route with ``version`` no longer a candidate (it became the active version)."""
+        canary = self.canary if self.canary != version else None
+        shadow = self.shadow if self.shadow != version else None
+        return Route(
+            canary, self.canary_share if canary else 0.0, shadow, self.shadow_share if shadow else 0.0
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """As recorded on events and printed by ``geode route``."""
+        return {
+            "canary": self.canary,
+            "canary_share": self.canary_share,
+            "shadow": self.shadow,
+            "shadow_share": self.shadow_share,
+        }
 
 
 @dataclass(frozen=True)
@@ -38,6 +76,8 @@ class Pointer:
     """Previously active versions, oldest first."""
     revision: int = 0
     """Bumped by every change; 0 for a program never promoted."""
+    route: Route = field(default_factory=Route)
+    """Canary and shadow candidates (none by default)."""
 
 
 @dataclass
@@ -48,9 +88,22 @@ class PointerChange:
     new: Pointer | None = None
     event: dict[str, Any] = field(default_factory=dict[str, Any])
 
-    def set(self, active: str | None, history: Sequence[str | None], event: Mapping[str, Any]) -> Pointer:
-        """The pointer to commit, and the event that records why."""
-        self.new = Pointer(self.current.program, active, tuple(history), self.current.revision + 1)
+    def set(
+        self,
+        active: str | None,
+        history: Sequence[str | None],
+        event: Mapping[str, Any],
+        *,
+        route: Route | None = None,
+    ) -> Pointer:
+        """The pointer to commit, and the event that records why (``route``: default unchanged)."""
+        self.new = Pointer(
+            self.current.program,
+            active,
+            tuple(history),
+            self.current.revision + 1,
+            self.current.route if route is None else route,
+        )
         self.event = {**event, "revision": self.new.revision}
         return self.new
 
@@ -65,9 +118,10 @@ class SqlPointers:
         """The program's pointer (revision 0, nothing active, when it was never promoted)."""
         with self.state.read() as conn:
             row = conn.execute(sa.select(_P).where(_P.c.program == program)).one_or_none()
-        if row is None:
-            return Pointer(program, None)
-        return Pointer(program, row.active, tuple(json.loads(row.history)), row.revision)
+            if row is None:
+                return Pointer(program, None)
+            route = _route(conn, program)
+        return Pointer(program, row.active, tuple(json.loads(row.history)), row.revision, route)
 
     def revision(self, program: str) -> int:
         """The pointer's revision (0 when there is none): a cheap change marker."""
@@ -100,7 +154,11 @@ class SqlPointers:
                 )
             ).close()
             row = conn.execute(sa.select(_P).where(_P.c.program == program).with_for_update()).one()
-            change = PointerChange(Pointer(program, row.active, tuple(json.loads(row.history)), row.revision))
+            change = PointerChange(
+                Pointer(
+                    program, row.active, tuple(json.loads(row.history)), row.revision, _route(conn, program)
+                )
+            )
             yield change
             new = change.new
             if new is None:
@@ -115,6 +173,12 @@ class SqlPointers:
                     updated_at=time.time(),
                 )
             )
+            if new.route != change.current.route:
+                conn.execute(_R.delete().where(_R.c.program == program))
+                if not new.route.empty:
+                    conn.execute(
+                        _R.insert().values(program=program, updated_at=time.time(), **new.route.to_json())
+                    )
             conn.execute(
                 _E.insert().values(program=program, revision=new.revision, event=json.dumps(change.event))
             )
@@ -152,6 +216,13 @@ class SqlPointers:
                     )
                 )
         return True
+
+
+def _route(conn: sa.Connection, program: str) -> Route:
+    row = conn.execute(sa.select(_R).where(_R.c.program == program)).one_or_none()
+    if row is None:
+        return Route()
+    return Route(row.canary, float(row.canary_share), row.shadow, float(row.shadow_share))
 
 
 class SqlVersionFiles:

@@ -92,6 +92,19 @@ versions = sa.Table(
     sa.Column("stored_at", sa.Float, nullable=False),
 )
 
+routes = sa.Table(
+    "geode_registry_routes",
+    metadata,
+    # Candidates besides the active version, changed with the pointer row locked (its revision bumped),
+    # so a replica notices a new split with the same poll that notices a promotion.
+    sa.Column("program", sa.String(200), primary_key=True),
+    sa.Column("canary", sa.String(16)),
+    sa.Column("canary_share", sa.Float, nullable=False, server_default="0"),
+    sa.Column("shadow", sa.String(16)),
+    sa.Column("shadow_share", sa.Float, nullable=False, server_default="0"),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
 
 class _Tables:
     meta = meta
@@ -101,6 +114,7 @@ class _Tables:
     pointers = pointers
     events = events
     versions = versions
+    routes = routes
 
 
 tables: Final = _Tables()
@@ -115,9 +129,14 @@ def _v2(conn: sa.Connection) -> None:
     versions.create(conn, checkfirst=True)
 
 
+def _v3(conn: sa.Connection) -> None:
+    routes.create(conn, checkfirst=True)
+
+
 MIGRATIONS: Final[tuple[tuple[int, str, Callable[[sa.Connection], None]], ...]] = (
     (1, "sessions, served runs, feedback outbox, registry pointers and events", _v1),
     (2, "registry version files, shared so replicas on other machines can load what is promoted", _v2),
+    (3, "canary and shadow routing, shared so every replica splits traffic alike", _v3),
 )
 """Ordered ``(version, description, step)``; append a step to change the schema, never edit one."""
 
