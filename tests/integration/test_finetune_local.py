@@ -3,7 +3,8 @@
 Slow (minutes of CPU; run it under the shared CPU lock): it loads the 98 MB model into torch, checks the
 loaded model predicts llama.cpp's next tokens (the Q/K permutation), trains one short epoch on a dozen
 helpdesk questions with their passages, stores the artifact, names it in a version, promotes that version
-by force and asks the runtime, which must answer on the new weights.
+by force and asks the runtime, which must answer on the new weights. The training questions come from
+mined traces: the runtime's own traced runs with code-check feedback, mined from its span file.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from tests.tiers import require_tier
 import geode
 from geode.examples.helpdesk import metric
 from geode.examples.helpdesk.programs import HelpdeskContextAnswer
-from geode.runtime.settings import LMSettings, TracingSettings
+from geode.runtime.settings import LMSettings, PhoenixSettings, TracingSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.localmodel, pytest.mark.finetune]
 
@@ -78,32 +79,69 @@ def test_the_loaded_model_predicts_llama_cpps_next_tokens() -> None:
     )
 
 
-def test_fine_tuned_weights_serve_as_a_program_version(tmp_path: Path) -> None:
+def test_mined_traces_become_fine_tuned_weights_served_as_a_program_version(tmp_path: Path) -> None:
+    from geode.evals.mining import mine
+    from geode.runtime.feedback import feedback_annotations
     from geode.runtime.finetune import FinetuneOptions, LMArtifactStore, LocalFinetune
+    from geode.runtime.phoenix import find_free_port
+    from geode.traces.sources import OtlpFileTraceSource
 
+    spans = tmp_path / "spans.jsonl"
     settings = geode.Settings(
-        home=tmp_path, tracing=TracingSettings(enabled=False), lm=LMSettings(cache=False)
+        home=tmp_path / "home",
+        # Traced to a file; feedback stays local (nothing listens on the Phoenix port).
+        phoenix=PhoenixSettings(port=find_free_port()),
+        tracing=TracingSettings(otlp_file=spans),
+        lm=LMSettings(cache=False),
     )
-    examples = _examples()
+    examples = _examples()[:10]
+    gold = {e.question: e.answer for e in examples}
     with geode.Runtime(settings) as rt:
         program = Answer()
+        geode.register_program("answer", program)
+        # 1. Production: traced runs, each scored by a code check as feedback.
+        for example in examples:
+            pred = rt.run("answer", context=example.context, question=example.question)
+            rt.feedback(pred, score=float(metric(example, pred)), name="correctness", annotator_kind="CODE")
+        pipeline = rt.export_pipeline
+        assert pipeline is not None
+        pipeline.force_flush()
+        # 2. Mining: the traces and their feedback become a dataset; gold answers label it (a reviewer's job).
+        mined = mine(
+            OtlpFileTraceSource(spans),
+            "answer",
+            annotations=feedback_annotations(settings),
+            annotation_names=["correctness"],
+        )
+        assert len(mined.dataset) == len(examples)
+        assert {r.score for r in mined.dataset} <= {0.0, 1.0}
+        trainset = [
+            dspy.Example(**r.inputs, answer=gold[str(r.inputs["question"])]).with_inputs(
+                "context", "question"
+            )
+            for r in mined.dataset
+        ]
+        # 3. The fine-tune, judged on what would be served (its GGUF through llama.cpp); the best trained
+        # epoch is kept either way: this test checks the path, bench_finetune the quality.
         tuner = LocalFinetune(
             metric,
             store=LMArtifactStore(settings.lm_artifacts_dir),
-            options=FinetuneOptions(epochs=1, time_budget_s=240, learning_rate=2e-4),
+            options=FinetuneOptions(epochs=1, time_budget_s=300, learning_rate=2e-4, val_judge="served"),
+            keep_candidate=True,
         )
         with rt.batch():
-            # Validation on questions it trains on: this test checks the path, bench_finetune the quality.
-            tuned = tuner.compile(program, trainset=examples[:8], valset=examples[:4])
+            tuner.compile(program, trainset=trainset[4:], valset=trainset[:4])
         report = tuner.report
         assert report is not None and report.collected["examples"] > 0
-        assert report.training["history"][0]["epoch"] == 0
-        assert tuner.artifact is not None, report.training
-        artifact = LMArtifactStore(settings.lm_artifacts_dir).get(tuner.artifact.id)
+        history = report.training["history"]
+        assert [h["epoch"] for h in history] == [0, 1] and all(h["val_score"] is not None for h in history)
+        assert tuner.candidate is not None, report.training
+        artifact = LMArtifactStore(settings.lm_artifacts_dir).get(tuner.candidate.id)
         assert artifact.base_sha256 and artifact.dataset_id == report.collected["dataset_id"]
+        # 4. A version naming the weights, promoted and served by the runtime on them.
+        tuned = tuner.bind(program, artifact)
         version = rt.registry.save("answer", tuned, lm_artifact=artifact.id)
         rt.registry.promote("answer", version.version, force=True)
-        geode.register_program("answer", program)
         served = rt.serve("answer")
         assert served.version == version.version and served.problem is None
         bound = [p.lm for _, p in served.module.named_predictors()]

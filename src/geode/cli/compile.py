@@ -111,10 +111,11 @@ def compile_command(
     ),
     lora_rank: int = typer.Option(8, "--lora-rank", help="finetune: rank of the LoRA adapters."),
     learning_rate: float = typer.Option(2e-4, "--learning-rate", help="finetune: AdamW learning rate."),
-    qtype: str | None = typer.Option(
-        None,
+    qtype: str = typer.Option(
+        "auto",
         "--qtype",
-        help="finetune: GGUF type of the changed tensors (Q8_0, Q4_1, F16...); default: the base's.",
+        help="finetune: GGUF type of the changed tensors (Q8_0, Q4_1, F16...); default auto: the base's, "
+        "or Q8_0 when the base's is coarser (a 4-bit type rounds a LoRA update away).",
     ),
     report: Path | None = REPORT_DIR_OPTION,
     as_json: bool = typer.Option(False, "--json", help="Print the outcome as JSON."),

@@ -25,8 +25,9 @@ from geode.runtime.finetune.gguf_io import (  # noqa: E402
     read_info,
     unpermute_qk,
     write_gguf,
+    write_type,
 )
-from geode.runtime.finetune.lora import add_lora, lora_parameters, merge_lora  # noqa: E402
+from geode.runtime.finetune.lora import add_lora, lora_parameters, merge_lora, merged_weights  # noqa: E402
 
 HIDDEN, N_HEAD, N_HEAD_KV, FFN, VOCAB, LAYERS = 64, 4, 2, 96, 40, 2
 KV_DIM = HIDDEN // N_HEAD * N_HEAD_KV
@@ -174,6 +175,28 @@ def test_written_tensors_keep_the_base_type_unless_told(
     np.testing.assert_allclose(values, up, atol=(2 / (FFN * HIDDEN)) * 32 / 15 + 1e-6)
 
 
+def test_auto_writes_a_4_bit_base_tensor_as_q8_0_which_keeps_a_lora_sized_update(
+    tiny: tuple[Path, dict[str, np.ndarray]], tmp_path: Path
+) -> None:
+    path, _ = tiny
+    name = "model.layers.1.mlp.up_proj.weight"
+    rng = np.random.default_rng(0)
+    weights = rng.normal(0, 0.2, (FFN, HIDDEN)).astype(np.float32)
+    q4 = _read(write_gguf(path, tmp_path / "q4.gguf", {name: weights}, qtype="Q4_1"))["blk.1.ffn_up.weight"]
+    base = tmp_path / "q4.gguf"  # a base whose projection is Q4_1, as the embedded model's are
+    update = rng.normal(0, 3e-4, (FFN, HIDDEN)).astype(np.float32)  # the size a few LoRA steps leave
+    kept = {}
+    for qtype in ("auto", None):
+        out = write_gguf(base, tmp_path / f"{qtype}.gguf", {name: q4[1] + update}, qtype=qtype)
+        kind, values = _read(out)["blk.1.ffn_up.weight"]
+        kept[kind] = float(((values - q4[1]) * update).sum() / (update * update).sum())
+    # auto: Q8_0, and the update survives; the base's own Q4_1 rounds it back onto the base's grid.
+    assert set(kept) == {"Q8_0", "Q4_1"}
+    assert kept["Q8_0"] == pytest.approx(1.0, abs=0.1) and kept["Q4_1"] < 0.3
+    assert write_type("auto", "F16") == "F16" and write_type("auto", "Q5_1") == "Q8_0"
+    assert write_type(None, "Q4_1") == "Q4_1" and write_type("F16", "Q4_1") == "F16"
+
+
 def test_write_refuses_unknown_names_and_shapes(
     tiny: tuple[Path, dict[str, np.ndarray]], tmp_path: Path
 ) -> None:
@@ -211,7 +234,12 @@ def test_lora_starts_at_the_base_model_and_merges_into_the_same_function(
             p.add_(0.05)  # a non-zero update, as training would leave
         adapted = model(input_ids=ids).logits
     assert not torch.allclose(adapted, before)
+    preview = merged_weights(model)  # what an epoch is written as while training goes on
+    assert any(type(m).__name__ == "LoRALinear" for m in model.modules())
     changed = merge_lora(model)
+    assert preview.keys() == changed.keys()
+    for name, weight in changed.items():
+        torch.testing.assert_close(preview[name], weight)
     assert len(changed) == LAYERS * 7
     assert not any(type(m).__name__ == "LoRALinear" for m in model.modules())
     with torch.no_grad():

@@ -148,6 +148,7 @@ def test_training_lowers_validation_loss_and_returns_the_best_epochs_weights(tin
     assert losses[-1] < losses[0]
     assert result.best_epoch > 0 and result.improved and result.stopped == "epochs"
     assert len(result.changed) == 2 * 7
+    assert result.candidate_epoch == result.best_epoch and result.candidate is result.changed
     assert all(name.endswith("_proj.weight") for name in result.changed)
     assert [p.step for p in seen] == list(range(1, 7))
     assert seen[-1].eta_s == pytest.approx(0.0, abs=1e-9) or seen[-1].eta_s >= 0
@@ -164,6 +165,9 @@ def test_no_improvement_on_validation_stops_early_and_changes_nothing(tiny_path:
     assert [h.epoch for h in result.history] == [0, 1, 2]
     assert result.best_epoch == 0 and not result.improved
     assert result.changed == {}
+    # The best trained epoch is still handed back, to be measured and refused in the open.
+    assert result.candidate_epoch == 1 and len(result.candidate) == 2 * 7
+    assert result.to_dict()["candidate_epoch"] == 1
 
 
 def test_the_time_budget_stops_training_before_it_is_overrun(tiny_path: Path) -> None:
@@ -237,3 +241,64 @@ def test_local_finetune_trains_on_correct_runs_stores_the_weights_and_binds_the_
     assert program.lm is None and tuned.lm is not None
     with dspy.context(lm=lm, adapter=SmallModelAdapter()):
         assert tuned(question="France?").answer == "tuned"
+
+
+def test_the_served_judge_scores_each_written_epoch_and_a_losing_candidate_is_kept_not_proposed(
+    tiny_path: Path, tmp_path: Path
+) -> None:
+    from geode.runtime.finetune import LMArtifactStore, LocalFinetune
+
+    answers = {"France": "Paris", "Italy": "Rome", "Spain": "Madrid"}
+    rows = [(f"{c} {i}?", a) for i in range(3) for c, a in answers.items()]
+    trainset = [dspy.Example(question=q, answer=a).with_inputs("question") for q, a in rows]
+    base_lm = ScriptedLM(
+        lambda messages: {"answer": next(a for c, a in answers.items() if c in messages[-1]["content"])},
+        adapter=SmallModelAdapter(),
+    )
+    judged: list[Path] = []
+
+    def factory(path: Path) -> dspy.BaseLM:
+        # Every written epoch answers wrong: the fine-tune loses on validation.
+        judged.append(path)
+        assert path.is_file() and path.suffix == ".gguf"
+        return ScriptedLM(lambda messages: {"answer": "Lyon"}, adapter=SmallModelAdapter())
+
+    store = LMArtifactStore(tmp_path / "lms")
+    options = FinetuneOptions(
+        rank=4,
+        alpha=8.0,
+        dropout=0.0,
+        learning_rate=5e-2,
+        epochs=2,
+        patience=2,
+        threads=1,
+        val_judge="served",
+    )
+    tuner = LocalFinetune(
+        _exact,
+        store=store,
+        options=options,
+        base_model=tiny_path,
+        lm_factory=factory,
+        tokenizer=ChatTemplateTokenizer(),
+        adapter=SmallModelAdapter(),
+        keep_candidate=True,
+    )
+    program = dspy.Predict(Capital)
+    with dspy.context(lm=base_lm, adapter=SmallModelAdapter()):
+        tuned = tuner.compile(program, trainset=trainset[2:], valset=trainset[:2])
+    report = tuner.report
+    assert report is not None
+    # Epoch 0 is the base's own validation runs; epochs 1 and 2 ran on their written GGUF files.
+    assert [h["val_score"] for h in report.training["history"]] == [1.0, 0.0, 0.0]
+    assert [p.name for p in judged[:2]] == ["epoch-1.gguf", "epoch-2.gguf"]
+    assert not report.training["improved"] and tuner.artifact is None and report.artifact is None
+    assert tuned.lm is None  # nothing proposed: the program is unchanged
+    candidate = tuner.candidate
+    assert candidate is not None and report.candidate == candidate.id
+    assert report.training["candidate_epoch"] in (1, 2)
+    assert store.get(candidate.id).note == "did not beat the untrained model on validation"
+    assert candidate.hyperparameters["val_judge"] == "served"
+    assert tuner.bind(program, candidate).lm is not None
+    with pytest.raises(ValueError, match="val_judge"):
+        FinetuneOptions(val_judge="gpu")  # type: ignore[arg-type]

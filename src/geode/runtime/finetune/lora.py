@@ -17,7 +17,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-__all__ = ["DEFAULT_TARGETS", "LoRALinear", "add_lora", "lora_parameters", "merge_lora"]
+__all__ = ["DEFAULT_TARGETS", "LoRALinear", "add_lora", "lora_parameters", "merge_lora", "merged_weights"]
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 """Linear layers of a llama block that get adapters by default (attention and MLP)."""
@@ -110,3 +110,17 @@ def merge_lora(model: nn.Module) -> dict[str, torch.Tensor]:
                 qualified = f"{name}.{child_name}" if name else child_name
                 changed[f"{qualified}.weight"] = child.base.weight.detach().clone()
     return changed
+
+
+@torch.no_grad()
+def merged_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights :func:`merge_lora` would produce, without changing ``model`` (training goes on).
+
+    Returns:
+        Each adapted layer's ``base.weight + B @ A * scale`` by parameter name, as :func:`merge_lora`.
+    """
+    weights: dict[str, torch.Tensor] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, LoRALinear):
+            weights[f"{name}.weight"] = module.base.weight + module.delta()
+    return weights

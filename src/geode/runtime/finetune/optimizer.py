@@ -15,12 +15,21 @@ fine-tuning API (OpenAI, Databricks, a local GPU server); here every step runs i
    (:mod:`~geode.runtime.finetune.artifacts`);
 4. return a copy of the program whose predictors run on the new weights.
 
-When no epoch beats the untrained model on validation, nothing is written and the program comes back
-unchanged: the report says so.
+When no epoch beats the untrained model on validation, nothing is proposed and the program comes back
+unchanged: the report says so. With ``keep_candidate`` the best trained epoch is stored anyway
+(:attr:`LocalFinetune.candidate`), so a benchmark can measure the fine-tune that lost and put it
+through the gate in the open.
+
+Validation is judged either on the float32 torch model (``val_judge="torch"``) or on what would be
+served (``"served"``): each epoch written as GGUF, loaded through the LM factory, and the whole program
+run on the validation questions. The second is the honest one for a quantised model (a LoRA update
+smaller than the quantisation step is lost in the file, and only the served judge sees that) and, on a
+CPU, several times faster than generating with torch.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import tempfile
@@ -35,7 +44,15 @@ import dspy
 from geode.adapters import SmallModelAdapter
 from geode.runtime.finetune.artifacts import LMArtifact, LMArtifactStore, file_sha256
 from geode.runtime.finetune.data import ChatExample, Collected, collect_examples
-from geode.runtime.finetune.train import FinetuneOptions, Progress, TrainResult, encode, generate_reply, train
+from geode.runtime.finetune.train import (
+    FinetuneOptions,
+    Progress,
+    TrainResult,
+    current_weights,
+    encode,
+    generate_reply,
+    train,
+)
 
 __all__ = ["FinetuneReport", "LocalFinetune", "ValItem", "load_tokenizer", "validation_items"]
 
@@ -49,6 +66,8 @@ class ValItem:
     chat: ChatExample
     example: dspy.Example
     signature: type[dspy.Signature]
+    base_score: float | None = None
+    """The metric on the run that produced this item (the LM in context: the untrained model)."""
 
 
 @dataclass
@@ -62,6 +81,9 @@ class FinetuneReport:
     training: dict[str, Any] = field(default_factory=dict)
     artifact: str | None = None
     artifact_bytes: int | None = None
+    candidate: str | None = None
+    """The best trained epoch's stored artifact (``keep_candidate``), proposed or not."""
+    candidate_bytes: int | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -78,18 +100,22 @@ def load_tokenizer(model_path: str | Path) -> Any:
 
 
 def validation_items(
-    program: dspy.Module, valset: Sequence[dspy.Example], adapter: dspy.Adapter
+    program: dspy.Module,
+    valset: Sequence[dspy.Example],
+    adapter: dspy.Adapter,
+    metric: Callable[..., Any] | None = None,
 ) -> list[ValItem]:
     """Each validation question's last call (its real inputs, e.g. retrieved passages) with the gold reply.
 
     Runs ``program`` once per question in the caller's DSPy context; questions whose run fails or whose
-    last call does not produce the labelled fields are skipped.
+    last call does not produce the labelled fields are skipped. With ``metric``, each item also records
+    the run's score (the untrained model's, when the context LM is the base).
     """
     items: list[ValItem] = []
     for index, example in enumerate(valset):
         with dspy.context(trace=[]):
             try:
-                program(**example.inputs())
+                prediction = program(**example.inputs())
             except Exception:  # no prompt to validate on
                 continue
             trace = list(dspy.settings.trace or [])
@@ -111,8 +137,17 @@ def validation_items(
             type(predictor).__name__,
             origin="label",
         )
-        items.append(ValItem(chat, example, signature))
+        items.append(ValItem(chat, example, signature, _score(metric, example, prediction)))
     return items
+
+
+def _score(metric: Callable[..., Any] | None, example: dspy.Example, prediction: Any) -> float | None:
+    if metric is None:
+        return None
+    try:
+        return float(metric(example, prediction, None))
+    except Exception:  # the metric's own failure on a malformed prediction: wrong
+        return 0.0
 
 
 def _split(
@@ -134,6 +169,9 @@ class LocalFinetune:
         base_model: The GGUF to fine-tune; default: the context LM's ``model_path`` (a ``geode.LocalLM``).
         use_labels: Also train on wrong runs' last call with the gold answer (see
             :func:`~geode.runtime.finetune.data.collect_examples`).
+        keep_candidate: Store the best trained epoch's weights even when they did not beat the untrained
+            model on validation (:attr:`candidate`); the returned program stays unchanged then. For
+            benchmarks, which must report a fine-tune that lost.
         lm_factory: Builds the LM for the new weights (the runtime passes one with its LM settings);
             default: ``geode.LocalLM(path)``.
         adapter: Renders calls into prompts; default: the context's adapter, else ``SmallModelAdapter``.
@@ -144,6 +182,8 @@ class LocalFinetune:
 
     Attributes:
         artifact: The stored LM artifact after :meth:`compile` (``None`` when training did not help).
+        candidate: The best trained epoch's artifact: ``artifact`` when training helped, else (with
+            ``keep_candidate``) the weights that lost, else ``None``.
         report: What the last :meth:`compile` did.
     """
 
@@ -155,6 +195,7 @@ class LocalFinetune:
         options: FinetuneOptions | None = None,
         base_model: str | Path | None = None,
         use_labels: bool = True,
+        keep_candidate: bool = False,
         lm_factory: Callable[[Path], dspy.BaseLM] | None = None,
         adapter: dspy.Adapter | None = None,
         log: Callable[[str], None] | None = None,
@@ -166,12 +207,14 @@ class LocalFinetune:
         self.options = options or FinetuneOptions()
         self.base_model = Path(base_model) if base_model is not None else None
         self.use_labels = use_labels
+        self.keep_candidate = keep_candidate
         self.lm_factory = lm_factory
         self.adapter = adapter
         self.log = log or (lambda message: logger.info("%s", message))
         self.progress = progress
         self.tokenizer = tokenizer
         self.artifact: LMArtifact | None = None
+        self.candidate: LMArtifact | None = None
         self.report: FinetuneReport | None = None
         self.train_result: TrainResult | None = None
 
@@ -223,7 +266,7 @@ class LocalFinetune:
             f"{collected.correct}/{collected.runs} runs correct; {len(collected.examples)} examples "
             f"({sum(e.origin == 'label' for e in collected.examples)} from gold labels)"
         )
-        val_items = validation_items(student, val, adapter)
+        val_items = validation_items(student, val, adapter, self.metric)
         timings["collect_s"] = time.perf_counter() - t0
         if not collected.examples:
             raise ValueError("no training examples: no run scored correct (try use_labels=True)")
@@ -243,7 +286,92 @@ class LocalFinetune:
         pad_id = (
             tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
         )
+        metadata = {"geode.finetune.base_model": base.name, "geode.finetune.dataset_id": collected.dataset_id}
+        with tempfile.TemporaryDirectory(prefix="geode-finetune-") as tmp:
+            # Each judged epoch's GGUF (served judge): the candidate stored later is the file that was judged.
+            epoch_files: dict[int, Path] = {}
+            if options.val_judge == "served":
+                score = self._served_judge(student, val_items, base, Path(tmp), metadata, epoch_files)
+            else:
+                score = self._torch_judge(val_items, tokenizer, adapter)
+            self.log(
+                f"training ({options.method}, {len(train_items)} examples, {len(val_tokens)} validation "
+                f"judged on the {options.val_judge} model, budget {options.time_budget_s:.0f} s)"
+            )
+            result = train(
+                model,
+                train_items,
+                val_tokens,
+                options,
+                pad_id=pad_id,
+                val_score=score,
+                progress=self.progress,
+            )
+            self.train_result = result
+            report = FinetuneReport(
+                base_model=base.name,
+                collected={
+                    "runs": collected.runs,
+                    "correct": collected.correct,
+                    "failed": collected.failed,
+                    "examples": len(collected.examples),
+                    "from_labels": sum(e.origin == "label" for e in collected.examples),
+                    "dataset_id": collected.dataset_id,
+                },
+                n_val=len(val_items),
+                options=options.to_dict(),
+                training=result.to_dict(),
+                seconds=timings,
+            )
+            self.report = report
+            self.artifact = self.candidate = None
+            if not result.improved:
+                self.log(
+                    "no epoch beat the untrained model on validation: nothing proposed, program unchanged"
+                )
+            if result.improved or (self.keep_candidate and result.candidate):
+                t2 = time.perf_counter()
+                path = epoch_files.get(result.candidate_epoch) or write_gguf_of(
+                    base, Path(tmp) / "model.gguf", result.candidate, options.qtype, metadata
+                )
+                stored = self.store.put(
+                    path,
+                    base_model=base,
+                    base_sha256=file_sha256(base),
+                    dataset_id=collected.dataset_id,
+                    method=options.method,
+                    hyperparameters=options.to_dict(),
+                    training={**result.to_dict(), "collected": report.collected},
+                    note=None if result.improved else "did not beat the untrained model on validation",
+                )
+                timings["write_s"] = time.perf_counter() - t2
+                self.candidate = stored
+                report.candidate, report.candidate_bytes = stored.id, stored.bytes
+                self.log(
+                    f"stored LM artifact {stored.id} ({stored.bytes / 1e6:.1f} MB, epoch "
+                    f"{result.candidate_epoch}{'' if result.improved else ', not proposed'})"
+                )
+                if result.improved:
+                    self.artifact = stored
+                    report.artifact, report.artifact_bytes = stored.id, stored.bytes
+        if self.artifact is None:
+            return student.deepcopy()
+        return self.bind(student, self.artifact)
 
+    def bind(self, program: dspy.Module, artifact: LMArtifact) -> dspy.Module:
+        """A copy of ``program`` whose predictors run on ``artifact``'s weights (through the LM factory)."""
+        if artifact.path is None:
+            raise ValueError(f"LM artifact {artifact.id} has no weights file")
+        bound = program.deepcopy()
+        bound.set_lm(self._lm(artifact.path))
+        return bound
+
+    def _lm(self, path: Path) -> dspy.BaseLM:
+        return self.lm_factory(path) if self.lm_factory else _local_lm(path)
+
+    def _torch_judge(
+        self, val_items: Sequence[ValItem], tokenizer: Any, adapter: dspy.Adapter
+    ) -> Callable[[Any], float]:
         def score(m: Any) -> float:
             total = 0.0
             for item in val_items:
@@ -255,66 +383,56 @@ class LocalFinetune:
                     continue
             return total / len(val_items)
 
-        self.log(
-            f"training ({options.method}, {len(train_items)} examples, {len(val_tokens)} validation, "
-            f"budget {options.time_budget_s:.0f} s)"
-        )
-        result = train(
-            model, train_items, val_tokens, options, pad_id=pad_id, val_score=score, progress=self.progress
-        )
-        self.train_result = result
-        report = FinetuneReport(
-            base_model=base.name,
-            collected={
-                "runs": collected.runs,
-                "correct": collected.correct,
-                "failed": collected.failed,
-                "examples": len(collected.examples),
-                "from_labels": sum(e.origin == "label" for e in collected.examples),
-                "dataset_id": collected.dataset_id,
-            },
-            n_val=len(val_items),
-            options=options.to_dict(),
-            training=result.to_dict(),
-            seconds=timings,
-        )
-        self.report = report
-        if not result.improved:
-            self.log("no epoch beat the untrained model on validation: nothing written, program unchanged")
-            self.artifact = None
-            return student.deepcopy()
-        from geode.runtime.finetune.gguf_io import write_gguf
+        return score
 
-        t2 = time.perf_counter()
-        with tempfile.TemporaryDirectory() as tmp:
-            out = write_gguf(
-                base,
-                Path(tmp) / "model.gguf",
-                {name: t.detach().cpu().numpy() for name, t in result.changed.items()},
-                qtype=options.qtype,
-                metadata={
-                    "geode.finetune.base_model": base.name,
-                    "geode.finetune.dataset_id": collected.dataset_id,
-                },
+    def _served_judge(
+        self,
+        student: dspy.Module,
+        val_items: Sequence[ValItem],
+        base: Path,
+        folder: Path,
+        metadata: dict[str, str],
+        epoch_files: dict[int, Path],
+    ) -> Callable[[Any], float]:
+        epochs = itertools.count()
+        # Epoch 0 is the untrained model: its runs were made (and scored) while collecting the items.
+        base_total = sum(item.base_score or 0.0 for item in val_items)
+
+        def score(m: Any) -> float:
+            epoch = next(epochs)
+            if epoch == 0:
+                return base_total / len(val_items)
+            path = write_gguf_of(
+                base, folder / f"epoch-{epoch}.gguf", current_weights(m), self.options.qtype, metadata
             )
-            artifact = self.store.put(
-                out,
-                base_model=base,
-                base_sha256=file_sha256(base),
-                dataset_id=collected.dataset_id,
-                method=options.method,
-                hyperparameters=options.to_dict(),
-                training={**result.to_dict(), "collected": report.collected},
-            )
-        timings["write_s"] = time.perf_counter() - t2
-        report.artifact, report.artifact_bytes = artifact.id, artifact.bytes
-        self.artifact = artifact
-        self.log(f"stored LM artifact {artifact.id} ({artifact.bytes / 1e6:.1f} MB)")
-        program = student.deepcopy()
-        assert artifact.path is not None
-        lm = self.lm_factory(artifact.path) if self.lm_factory else _local_lm(artifact.path)
-        program.set_lm(lm)
-        return program
+            epoch_files[epoch] = path
+            program = student.deepcopy()
+            program.set_lm(self._lm(path))
+            total = 0.0
+            for item in val_items:
+                try:
+                    prediction = program(**item.example.inputs())
+                except Exception:  # a failing run is a wrong answer
+                    continue
+                total += _score(self.metric, item.example, prediction) or 0.0
+            return total / len(val_items)
+
+        return score
+
+
+def write_gguf_of(
+    base: Path, out: Path, weights: dict[str, Any], qtype: str | None, metadata: dict[str, str]
+) -> Path:
+    """Write ``weights`` (torch tensors by Hugging Face name) over ``base``'s tensors as a GGUF file."""
+    from geode.runtime.finetune.gguf_io import write_gguf
+
+    return write_gguf(
+        base,
+        out,
+        {name: t.detach().cpu().numpy() for name, t in weights.items()},
+        qtype=qtype,
+        metadata=metadata,
+    )
 
 
 def _local_lm(path: Path) -> dspy.BaseLM:

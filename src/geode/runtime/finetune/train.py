@@ -6,7 +6,9 @@ by the validation loss); the best epoch's weights are kept and training stops wh
 in a row did not improve, when the epochs run out, or before a step would overrun the time budget.
 Epoch 0 is the untrained model: when no epoch beats it, the result says so and the changed weights are
 empty. An epoch that only lowers the loss at an equal score is kept, so the held-out comparison and
-the promotion gate, not this loop, decide whether the fine-tune is better than the base.
+the promotion gate, not this loop, decide whether the fine-tune is better than the base. The best
+*trained* epoch's weights are returned either way (``candidate``), so a fine-tune that lost can still be
+measured and refused in the open rather than left unwritten.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any, Literal
 import torch
 
 from geode.runtime.finetune.data import ChatExample
-from geode.runtime.finetune.lora import DEFAULT_TARGETS, add_lora, lora_parameters, merge_lora
+from geode.runtime.finetune.gguf_io import WRITABLE_TYPES
+from geode.runtime.finetune.lora import DEFAULT_TARGETS, add_lora, lora_parameters, merge_lora, merged_weights
 
 __all__ = [
     "EpochRecord",
@@ -31,6 +34,7 @@ __all__ = [
     "Progress",
     "Tokenized",
     "TrainResult",
+    "current_weights",
     "encode",
     "generate_reply",
     "train",
@@ -39,6 +43,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 Method = Literal["lora", "full"]
+ValJudge = Literal["torch", "served"]
 _IGNORE = -100
 
 
@@ -65,10 +70,17 @@ class FinetuneOptions:
     time_budget_s: float = 1200.0
     """Hard limit on training time (loading and writing the model not included)."""
     seed: int = 0
-    qtype: str | None = None
-    """Quantisation of the changed tensors in the GGUF; ``None``: the base tensors' type."""
+    qtype: str | None = "auto"
+    """Quantisation of the changed tensors in the GGUF: ``auto``, the base tensors' type unless it is
+    coarser than Q8_0 (a 4-bit type rounds a LoRA update away), then Q8_0; ``None``, the base tensors'
+    type; or a type name (``Q8_0``, ``F16``...)."""
     threads: int | None = None
     """torch CPU threads; default: torch's own choice."""
+    val_judge: ValJudge = "torch"
+    """How validation replies are produced: ``torch``, greedy from the float32 model being trained;
+    ``served``, the epoch written as GGUF (``qtype``) and the whole program run on it through the LM
+    factory (llama.cpp for the embedded model), i.e. what a promoted version would serve, quantisation
+    included. ``served`` needs a validation set the program can run on and is far faster on CPU."""
 
     def __post_init__(self) -> None:
         if self.method not in ("lora", "full"):
@@ -79,6 +91,12 @@ class FinetuneOptions:
             raise ValueError(f"val_fraction must be between 0 and 1, got {self.val_fraction}")
         if self.time_budget_s <= 0:
             raise ValueError(f"time_budget_s must be positive, got {self.time_budget_s}")
+        if self.qtype is not None and self.qtype != "auto" and self.qtype not in WRITABLE_TYPES:
+            raise ValueError(
+                f"qtype must be 'auto', None or one of {', '.join(WRITABLE_TYPES)}, got {self.qtype!r}"
+            )
+        if self.val_judge not in ("torch", "served"):
+            raise ValueError(f"val_judge must be 'torch' or 'served', got {self.val_judge!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data."""
@@ -114,6 +132,8 @@ class EpochRecord:
     val_loss: float
     val_score: float | None
     seconds: float
+    val_seconds: float = 0.0
+    """Of ``seconds``, the time spent judging validation (loss and score)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON data."""
@@ -126,6 +146,11 @@ class TrainResult:
 
     changed: dict[str, torch.Tensor]
     """The weights that differ from the base model, by parameter name (empty: the base model is best)."""
+    candidate: dict[str, torch.Tensor]
+    """The best *trained* epoch's weights, whether or not it beat the untrained model (empty: no epoch
+    trained, e.g. the time budget cut the first step). Equal to ``changed`` when ``improved``."""
+    candidate_epoch: int
+    """The epoch ``candidate`` comes from (0: none)."""
     history: list[EpochRecord]
     best_epoch: int
     stopped: str
@@ -147,6 +172,7 @@ class TrainResult:
         return {
             "history": [h.to_dict() for h in self.history],
             "best_epoch": self.best_epoch,
+            "candidate_epoch": self.candidate_epoch,
             "improved": self.improved,
             "stopped": self.stopped,
             "seconds": self.seconds,
@@ -317,9 +343,12 @@ def _train(
 
     t0 = clock()
     val_loss, score, best_key = judge()
-    history = [EpochRecord(0, None, val_loss, score, clock() - t0)]
     val_seconds = clock() - t0
-    best_epoch, best_state = 0, _snapshot(params)
+    history = [EpochRecord(0, None, val_loss, score, val_seconds, val_seconds)]
+    best_epoch = 0
+    # The best trained epoch so far (the candidate a caller may still want to measure); the best epoch
+    # overall is either it or epoch 0, so its snapshot is the only one kept.
+    trained_epoch, trained_key, trained_state = 0, best_key, list[torch.Tensor]()
     steps_per_epoch = math.ceil(len(train_items) / options.batch_size)
     steps_total = steps_per_epoch * options.epochs
     step = 0
@@ -364,7 +393,9 @@ def _train(
         t_val = clock()
         val_loss, score, key = judge()
         val_seconds = clock() - t_val
-        history.append(EpochRecord(epoch, sum(losses) / len(losses), val_loss, score, clock() - t_epoch))
+        history.append(
+            EpochRecord(epoch, sum(losses) / len(losses), val_loss, score, clock() - t_epoch, val_seconds)
+        )
         logger.info(
             "finetune epoch %d: train loss %.4f, val loss %.4f, val score %s",
             epoch,
@@ -372,8 +403,10 @@ def _train(
             val_loss,
             score,
         )
+        if trained_epoch == 0 or _better(key, trained_key):
+            trained_epoch, trained_key, trained_state = epoch, key, _snapshot(params)
         if _better(key, best_key):
-            best_key, best_epoch, best_state = key, epoch, _snapshot(params)
+            best_key, best_epoch = key, epoch
             since_best = 0
         else:
             since_best += 1
@@ -383,15 +416,19 @@ def _train(
                 break
         if stopped == "time_budget":
             break
-    _restore(params, best_state)
-    if best_epoch == 0:
-        changed: dict[str, torch.Tensor] = {}
-    elif options.method == "lora":
-        changed = merge_lora(model)
-    else:
-        changed = {name: p.detach().clone() for name, p in model.named_parameters()}
+    # The model ends on the best trained epoch's weights: that is the candidate; it is also the
+    # proposal when it beat the untrained model.
+    candidate: dict[str, torch.Tensor] = {}
+    if trained_epoch > 0:
+        _restore(params, trained_state)
+        if options.method == "lora":
+            candidate = merge_lora(model)
+        else:
+            candidate = {name: p.detach().clone() for name, p in model.named_parameters()}
     return TrainResult(
-        changed=changed,
+        changed=candidate if best_epoch > 0 else {},
+        candidate=candidate,
+        candidate_epoch=trained_epoch,
         history=history,
         best_epoch=best_epoch,
         stopped=stopped,
@@ -417,3 +454,16 @@ def _snapshot(params: Sequence[torch.nn.Parameter]) -> list[torch.Tensor]:
 def _restore(params: Sequence[torch.nn.Parameter], state: Sequence[torch.Tensor]) -> None:
     for param, saved in zip(params, state, strict=True):
         param.copy_(saved)
+
+
+@torch.no_grad()
+def current_weights(model: Any) -> dict[str, torch.Tensor]:
+    """The model's weights as they would be written now: adapters merged (not unwrapped), or all of them.
+
+    For a LoRA model, the adapted layers' merged weights (:func:`~geode.runtime.finetune.lora.merged_weights`);
+    for a fully trained one, every parameter.
+    """
+    merged = merged_weights(model)
+    if merged:
+        return merged
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
