@@ -214,8 +214,17 @@ def test_local_finetune_trains_on_correct_runs_stores_the_weights_and_binds_the_
         return ScriptedLM([{"answer": "tuned"}], adapter=SmallModelAdapter())
 
     store = LMArtifactStore(tmp_path / "lms")
+    # The torch judge: the factory's scripted LM would otherwise answer the validation questions.
     options = FinetuneOptions(
-        rank=4, alpha=8.0, dropout=0.0, learning_rate=5e-2, epochs=2, batch_size=4, patience=2, threads=1
+        rank=4,
+        alpha=8.0,
+        dropout=0.0,
+        learning_rate=5e-2,
+        epochs=2,
+        batch_size=4,
+        patience=2,
+        threads=1,
+        val_judge="torch",
     )
     tuner = LocalFinetune(
         _exact,

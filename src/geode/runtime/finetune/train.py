@@ -76,11 +76,11 @@ class FinetuneOptions:
     type; or a type name (``Q8_0``, ``F16``...)."""
     threads: int | None = None
     """torch CPU threads; default: torch's own choice."""
-    val_judge: ValJudge = "torch"
-    """How validation replies are produced: ``torch``, greedy from the float32 model being trained;
-    ``served``, the epoch written as GGUF (``qtype``) and the whole program run on it through the LM
-    factory (llama.cpp for the embedded model), i.e. what a promoted version would serve, quantisation
-    included. ``served`` needs a validation set the program can run on and is far faster on CPU."""
+    val_judge: ValJudge = "served"
+    """How validation replies are produced: ``served``, the epoch written as GGUF (``qtype``) and the
+    whole program run on it through the LM factory (llama.cpp for the embedded model), i.e. what a
+    promoted version would serve, quantisation included, and far faster on a CPU; ``torch``, greedy from
+    the float32 model being trained (the weights before quantisation; no LM needed)."""
 
     def __post_init__(self) -> None:
         if self.method not in ("lora", "full"):
