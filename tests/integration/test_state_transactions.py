@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -173,3 +174,21 @@ def test_batched_run_records_reach_every_engine(database: tuple[str, str]) -> No
     assert all(other.find(trace) is not None for trace in traces)
     replaced = other.find(traces[0])
     assert replaced is not None and (replaced.version, replaced.caller) == ("v2", "key:2")
+
+
+def test_concurrent_appends_to_one_session_keep_every_turn(database: tuple[str, str]) -> None:
+    url, schema = database
+    stores = [SqlSessionStore(SqlState(url, schema_name=schema), max_turns=100) for _ in range(2)]
+
+    def append(n: int) -> None:
+        store = stores[n % 2]
+        for i in range(20):
+            store.append("k\x1fshared", Turn({"q": f"{n}-{i}"}, {"a": i}))
+
+    threads = [threading.Thread(target=append, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    # Each append locks the session's row: none overwrites another's turn.
+    assert len(stores[0].turns("k\x1fshared")) == 80

@@ -93,6 +93,12 @@ class SqlState:
             )
         self.schema_name = schema_name
         self.engine = engine
+        # PostgreSQL: a one-statement read needs no transaction of its own (the statement is its own
+        # snapshot); outside one it saves the BEGIN and COMMIT round trips. SQLite's reads stay in the
+        # BEGIN that Geode issues itself (see _sqlite_begin), which costs no round trip.
+        self._single = (
+            engine.execution_options(isolation_level="AUTOCOMMIT") if self.dialect == "postgresql" else engine
+        )
         self._migrate()
 
     @property
@@ -130,6 +136,16 @@ class SqlState:
         with self.engine.connect() as conn, conn.begin():
             yield conn
 
+    @contextlib.contextmanager
+    def read_one(self) -> Iterator[sa.Connection]:
+        """A connection for one read statement (the request path's reads): no transaction around it."""
+        if self.dialect != "postgresql":
+            with self.read() as conn:
+                yield conn
+            return
+        with self._single.connect() as conn:
+            yield conn
+
     def insert_ignore(self, table: sa.Table, values: Mapping[str, Any]) -> sa.Executable:
         """``INSERT ... ON CONFLICT DO NOTHING RETURNING <primary key>``: a row back when it was inserted.
 
@@ -145,6 +161,11 @@ class SqlState:
         return stmt.on_conflict_do_update(
             index_elements=[key], set_={k: stmt.excluded[k] for k in values if k != key}
         )
+
+    def insert_statement(self, table: sa.Table) -> Any:
+        """This database's ``INSERT`` construct (with ``on_conflict_do_*``) for ``table``."""
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        return insert(table)
 
     def upsert_many(self, table: sa.Table, columns: list[str], key: str) -> sa.Executable:
         """The :meth:`upsert` of ``columns`` with no values bound: execute it with a list of rows."""

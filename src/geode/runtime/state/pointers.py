@@ -125,7 +125,7 @@ class SqlPointers:
 
     def revision(self, program: str) -> int:
         """The pointer's revision (0 when there is none): a cheap change marker."""
-        with self.state.read() as conn:
+        with self.state.read_one() as conn:
             value = conn.execute(sa.select(_P.c.revision).where(_P.c.program == program)).scalar()
         return int(value or 0)
 

@@ -84,7 +84,7 @@ class SqlRunIndex:
 
     def find(self, trace_id: str) -> ServedRun | None:
         """The run with this trace id, if any replica served it within the retention."""
-        with self.state.read() as conn:
+        with self.state.read_one() as conn:
             row = conn.execute(
                 sa.select(_T).where(_T.c.trace_id == trace_id, _T.c.at >= time.time() - self.retention_s)
             ).one_or_none()

@@ -67,11 +67,15 @@ class SqlSessionStore:
         self.ttl_s = ttl_s
         self.max_turns = max_turns
         self._clock = clock
+        insert = state.insert_statement(_T)
+        self._claim = insert.on_conflict_do_update(
+            index_elements=[_T.c.key], set_={"key": insert.excluded.key}
+        ).returning(_T.c.turns, _T.c.touched)
 
     def turns(self, session_id: str) -> Sequence[Turn]:
         """The session's turns, oldest first (empty for an unknown or expired session)."""
         now = self._clock()
-        with self.state.read() as conn:
+        with self.state.read_one() as conn:
             raw = conn.execute(
                 sa.select(_T.c.turns).where(_T.c.key == session_id, _T.c.touched > now - self.ttl_s)
             ).scalar()
@@ -83,12 +87,9 @@ class SqlSessionStore:
         """Add a turn at the end of the session (creating it, or restarting an expired one)."""
         now = self._clock()
         with self.state.write() as conn:
-            conn.execute(
-                self.state.insert_ignore(_T, {"key": session_id, "touched": now, "turns": "[]"})
-            ).close()
-            row = conn.execute(
-                sa.select(_T.c.turns, _T.c.touched).where(_T.c.key == session_id).with_for_update()
-            ).one()
+            # One statement creates the row if missing, locks it, and returns what it holds (a no-op
+            # update of the key takes the row lock where an INSERT ... DO NOTHING would not).
+            row = conn.execute(self._claim.values(key=session_id, touched=now, turns="[]")).one()
             turns: list[Any] = json.loads(row.turns) if row.touched > now - self.ttl_s else []
             turns.append(_turn_json(turn))
             del turns[: max(0, len(turns) - self.max_turns)]
