@@ -80,6 +80,8 @@ def row(result: EvalResult) -> dict[str, Any]:
         "score": round(result.score, 4),
         "seconds": round(result.duration_s, 1),
         "errors": result.errors,
+        # Which questions: a one-question difference is a gain, or several gains and losses.
+        "correct_ids": sorted(e.example_id for e in result.examples if e.score >= 1.0),
     }
 
 
