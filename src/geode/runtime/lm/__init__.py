@@ -3,16 +3,97 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import dspy
+from dspy.clients.cache import Cache
 
 from geode.runtime.settings import LMSettings
 
-__all__ = ["build_adapter", "build_lm", "is_local", "use_response_cache"]
+__all__ = [
+    "CACHE_NAMESPACE_SETTING",
+    "NamespacedCache",
+    "build_adapter",
+    "build_lm",
+    "is_local",
+    "namespace_response_cache",
+    "response_cache_namespace",
+    "use_response_cache",
+]
 
 _cache_lock = threading.Lock()
+
+CACHE_NAMESPACE_SETTING = "geode_cache_namespace"
+"""The DSPy setting (``dspy.context(geode_cache_namespace=...)``) naming whose response cache a call uses."""
+
+
+class NamespacedCache(Cache):
+    """DSPy's response cache, with the entries of each namespace apart from every other's.
+
+    DSPy keys a cached response by the request (model, messages, settings) and deliberately leaves
+    out the credentials, so two callers sending the same request share one answer. This cache mixes
+    the DSPy setting :data:`CACHE_NAMESPACE_SETTING`, read where the LM call runs, into the key:
+    calls under one namespace hit each other's entries, calls under another never do. The namespace
+    only changes the key; nothing is added to the request the provider receives. Without a namespace
+    the key is DSPy's own, so entries written by the CLI, evaluations and compiles are unchanged.
+    The setting travels with ``dspy.context`` wherever the LM setting does (DSPy's threads,
+    ``asyncify``, streaming).
+    """
+
+    def cache_key(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> str:
+        """DSPy's key for ``request``, with the current namespace (if any) mixed in."""
+        namespace = dspy.settings.get(CACHE_NAMESPACE_SETTING)
+        if namespace:
+            request = {**request, "_geode_cache_namespace": str(namespace)}
+        return super().cache_key(request, ignored_args_for_cache_key)
+
+    @classmethod
+    def adopt(cls, cache: Cache) -> NamespacedCache:
+        """A namespaced view of ``cache``: the same memory and disk storage, keyed per namespace."""
+        adopted = cls.__new__(cls)
+        adopted.__dict__.update(cache.__dict__)
+        return adopted
+
+
+def namespace_response_cache() -> NamespacedCache:
+    """Make DSPy's process-wide response cache (``dspy.cache``) keep namespaces apart.
+
+    Idempotent. A plain DSPy cache (one set by ``dspy.configure_cache``, or DSPy's default, built here
+    if it was not yet) is replaced by a :class:`NamespacedCache` over the same storage.
+    """
+    with _cache_lock:
+        current = getattr(dspy, "cache")  # noqa: B009 - DSPy resolves it lazily; pyright does not know it
+        if isinstance(current, NamespacedCache):
+            return current
+        adopted = NamespacedCache.adopt(current)
+        setattr(dspy, "cache", adopted)  # noqa: B010
+        return adopted
+
+
+@contextmanager
+def response_cache_namespace(namespace: str | None, *, ensure: bool = True) -> Iterator[None]:
+    """Run the block's LM calls under their own response-cache namespace.
+
+    ``geode serve`` runs each request under its caller's (the short hash of its API key), so one key's
+    cached answers never answer another key. Embedding applications that serve several tenants from
+    one process can do the same around :meth:`geode.Runtime.run`.
+
+    Args:
+        namespace: The namespace; ``None`` runs the block in the shared (un-namespaced) cache.
+        ensure: Make ``dspy.cache`` a :class:`NamespacedCache` first (see
+            :func:`namespace_response_cache`); pass ``False`` when no LM in the block caches, so DSPy's
+            default cache folder is not opened for nothing.
+    """
+    if namespace is None:
+        yield
+        return
+    if ensure and not isinstance(dspy.__dict__.get("cache"), NamespacedCache):
+        namespace_response_cache()
+    with dspy.context(**{CACHE_NAMESPACE_SETTING: namespace}):
+        yield
 
 
 def use_response_cache(folder: Path) -> Path:
@@ -22,7 +103,8 @@ def use_response_cache(folder: Path) -> Path:
     on the machine; a response cached by one home's runs would then answer
     another's. The runtime calls this when it builds an LM from settings, so the cache lives under
     the Geode home (``<home>/dspy-cache``). It replaces DSPy's process-wide ``dspy.cache``: a
-    process that builds runtimes for two homes caches under the last one's.
+    process that builds runtimes for two homes caches under the last one's. The cache it installs is
+    a :class:`NamespacedCache` (see :func:`response_cache_namespace`).
 
     Returns:
         The cache folder, resolved.
@@ -30,12 +112,15 @@ def use_response_cache(folder: Path) -> Path:
     target = folder.expanduser().resolve()
     with _cache_lock:
         # Read without triggering DSPy's lazy default (it would open ~/.dspy_cache just to be replaced).
-        disk = getattr(dspy.__dict__.get("cache"), "disk_cache", None)
-        current = getattr(disk, "directory", None)
-        if current is not None and Path(str(current)).resolve() == target:
+        cache = dspy.__dict__.get("cache")
+        current = getattr(getattr(cache, "disk_cache", None), "directory", None)
+        if isinstance(cache, Cache) and current is not None and Path(str(current)).resolve() == target:
+            if not isinstance(cache, NamespacedCache):
+                setattr(dspy, "cache", NamespacedCache.adopt(cache))  # noqa: B010
             return target
         target.mkdir(parents=True, exist_ok=True)
         dspy.configure_cache(disk_cache_dir=str(target))
+        setattr(dspy, "cache", NamespacedCache.adopt(getattr(dspy, "cache")))  # noqa: B009, B010
     return target
 
 

@@ -35,6 +35,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from geode.adapters import SmallModelStreamListener
 from geode.agents.tools import run_deadline
 from geode.errors import GeodeError, InputError, VersionError
+from geode.runtime.lm import response_cache_namespace
 from geode.runtime.programs import ProgramRef
 from geode.runtime.registry import RoutedVersion, ServedProgram
 from geode.runtime.runtime import Runtime
@@ -498,6 +499,7 @@ class _Server:
             metadata={"request_id": call.request_id, "role": call.role},
         )
         timeout = self.settings.request_timeout_s
+        lm = call.lm_overrides.get("lm") or self.runtime.lm
         token = otel_context.attach(trace.set_span_in_context(call.span))
         try:
             with (
@@ -505,6 +507,8 @@ class _Server:
                 # The runtime's LM, adapter and callbacks, with its spans routed to its provider, and
                 # this request's own overrides. LM history stays off so memory stays flat.
                 self.runtime.batch(disable_history=True, **call.lm_overrides),
+                # Each API key answers from its own cached responses, never another key's (T25).
+                response_cache_namespace(call.caller, ensure=bool(getattr(lm, "cache", True))),
                 # First of the callbacks: an abandoned run's next LM call stops before any span opens.
                 dspy.context(callbacks=[self.guard, *dspy.settings.callbacks]),
                 abandonment(call.abandoned),
