@@ -60,13 +60,20 @@ class Reply:
 
 
 class ScriptedHTTP:
-    """An HTTP server answering every request through ``reply(path, body) -> Reply``; counts requests."""
+    """An HTTP server answering every request through ``reply(path, body) -> Reply``; counts requests.
 
-    def __init__(self, reply: Callable[[str, bytes], Reply]) -> None:
+    ``keep_alive`` answers HTTP/1.1 and keeps connections open between requests (clients pool them).
+    """
+
+    def __init__(self, reply: Callable[[str, bytes], Reply], *, keep_alive: bool = False) -> None:
         self.requests: list[tuple[str, bytes]] = []
+        self.peers: list[tuple[str, int]] = []
+        """The client address of each request (its connection), in the order of :attr:`requests`."""
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if keep_alive else "HTTP/1.0"
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
@@ -74,6 +81,7 @@ class ScriptedHTTP:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 owner.requests.append((self.path, body))
+                owner.peers.append(self.client_address[:2])
                 answer = reply(self.path, body)
                 if answer.delay_s:
                     time.sleep(answer.delay_s)
@@ -123,11 +131,11 @@ def black_hole() -> Iterator[BlackHole]:
 
 
 @pytest.fixture
-def http_server() -> Iterator[Callable[[Callable[[str, bytes], Reply]], ScriptedHTTP]]:
+def http_server() -> Iterator[Callable[..., ScriptedHTTP]]:
     servers: list[ScriptedHTTP] = []
 
-    def start(reply: Callable[[str, bytes], Reply]) -> ScriptedHTTP:
-        server = ScriptedHTTP(reply)
+    def start(reply: Callable[[str, bytes], Reply], *, keep_alive: bool = False) -> ScriptedHTTP:
+        server = ScriptedHTTP(reply, keep_alive=keep_alive)
         servers.append(server)
         return server
 

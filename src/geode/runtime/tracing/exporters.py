@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import urlsplit
 
 from openinference.semconv.resource import ResourceAttributes
@@ -19,6 +19,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from geode.runtime.tracing._fork import renew_after_fork
 from geode.runtime.tracing.otlp_proto import encode_request
 from geode.runtime.tracing.redaction import SpanRedactor
 from geode.traces.otlp_json import dumps_request, encode_spans
@@ -69,20 +70,39 @@ class OtlpHttpSpanExporter(SpanExporter):
     def __init__(
         self, endpoint: str, *, headers: Mapping[str, str] | None = None, timeout_s: float = 5.0
     ) -> None:
-        # Imported here: this module loads on every runtime start, an HTTP exporter only with a collector.
-        import httpx
-
         self.url = traces_url(endpoint)
         self.timeout_s = timeout_s
         self.last_error: str | None = None
+        self._headers = dict(headers or {})
+        self._client = self._new_client()
+        self._closed = threading.Event()
+        self._rest_s = 0.0
+        self._resume_at = 0.0
+        renew_after_fork(self)
+
+    def _new_client(self) -> Any:
+        # Imported here: this module loads on every runtime start, an HTTP exporter only with a collector.
+        import httpx
+
         host = (urlsplit(self.url).hostname or "").lower()
-        self._client = httpx.Client(
-            headers={"content-type": "application/x-protobuf", **(headers or {})},
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 2.0)),
+        return httpx.Client(
+            headers={"content-type": "application/x-protobuf", **self._headers},
+            timeout=httpx.Timeout(self.timeout_s, connect=min(self.timeout_s, 2.0)),
             # A local Phoenix must not be reached through an HTTP(S)_PROXY from the environment.
             trust_env=host not in _LOOPBACK,
         )
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: a client of its own.
+
+        The inherited one is left unused, not closed: its pooled connections are the parent's sockets too.
+        """
+        closed = self._closed.is_set()
         self._closed = threading.Event()
+        if closed:
+            self._closed.set()
+            return
+        self._client = self._new_client()
         self._rest_s = 0.0
         self._resume_at = 0.0
 
@@ -149,6 +169,11 @@ class OtlpJsonFileExporter(SpanExporter):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.last_error: str | None = None
+        self._lock = threading.Lock()
+        renew_after_fork(self)
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: a lock of its own (the parent's export thread may have held this one)."""
         self._lock = threading.Lock()
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:

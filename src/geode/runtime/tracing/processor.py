@@ -5,7 +5,8 @@ when the queue is full the span is dropped and counted, never waited for. A daem
 redacts and exports batches to every destination, so a collector that is down, refusing or hanging
 costs the application nothing but the spans it loses. The first loss is logged once, with its reason;
 later ones are only counted (:attr:`BatchExportProcessor.stats`). ``force_flush`` and ``shutdown``
-wait for the worker at most until their deadline.
+wait for the worker at most until their deadline. A process forked after the processor was built
+gets a fresh queue, locks and worker of its own (see :mod:`geode.runtime.tracing._fork`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
+from geode.runtime.tracing._fork import renew_after_fork
 from geode.runtime.tracing.redaction import SpanRedactor
 
 __all__ = ["BatchExportProcessor", "Destination", "ExportStats"]
@@ -98,9 +100,14 @@ class BatchExportProcessor(SpanProcessor):
         self.max_batch_size = max(1, min(max_batch_size, max_queue_size))
         self.schedule_delay_s = schedule_delay_s
         self.timeout_s = timeout_s
+        self._stopping = False
+        self._fresh_state()
+        self._worker = self._start_worker()
+        renew_after_fork(self)
+
+    def _fresh_state(self) -> None:
         self._queue: collections.deque[ReadableSpan] = collections.deque()
         self._wake = threading.Event()
-        self._stopping = False
         self._stop_exports = threading.Event()
         self._flush_lock = threading.Lock()
         self._flush_requests: list[threading.Event] = []
@@ -110,8 +117,21 @@ class BatchExportProcessor(SpanProcessor):
             failed=dict.fromkeys((d.name for d in self.destinations), 0),
         )
         self._warned = False
-        self._worker = threading.Thread(target=self._run, name="geode-span-export", daemon=True)
-        self._worker.start()
+
+    def _start_worker(self) -> threading.Thread:
+        worker = threading.Thread(target=self._run, name="geode-span-export", daemon=True)
+        worker.start()
+        return worker
+
+    def _after_fork_in_child(self) -> None:
+        """In a forked child: a fresh queue, locks, counters and worker.
+
+        New locks, because the parent's worker may have held them at the fork; an empty queue, because
+        the parent exports what it queued; counters from zero; a worker of the child's own.
+        """
+        self._fresh_state()
+        if not self._stopping:
+            self._worker = self._start_worker()
 
     # -- the application's side ------------------------------------------------------------------
 
