@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from geode.cli._learning import (
     say,
 )
 from geode.cli._tables import print_table
+from geode.cli._text import terminal_json_text
 from geode.errors import ConfigError
 from geode.evals.dataset import Dataset
 from geode.evals.evaluate import evaluate
@@ -133,7 +133,9 @@ def compare_command(
             show_progress=not as_json,
         )
     if as_json:
-        typer.echo(files.json.read_text(encoding="utf-8") if files.json.exists() else json.dumps({}))
+        typer.echo(
+            terminal_json_text(files.json.read_text(encoding="utf-8")) if files.json.exists() else "{}"
+        )
     else:
         print_comparison(console, comparison, files, data)
     if strict and not comparison.ready:

@@ -28,6 +28,7 @@ from geode.cli._learning import (
     say,
 )
 from geode.cli._tables import print_table
+from geode.cli._text import terminal_json_text
 from geode.errors import ConfigError
 from geode.evals.compare import ModelRunner, compare_models
 from geode.evals.dataset import MIN_HELDOUT, MIN_TRAIN
@@ -121,7 +122,7 @@ def compare_models_command(
             dataset_id=data.id,
         )
     if as_json:
-        typer.echo(files.json.read_text(encoding="utf-8"))
+        typer.echo(terminal_json_text(files.json.read_text(encoding="utf-8")))
         return
     headers, table_rows = models_table(rows)
     title = f"{served.name}: {rows[0].baseline.metric} per model"

@@ -24,6 +24,7 @@ from geode.cli._learning import (
     say,
 )
 from geode.cli._tables import print_table
+from geode.cli._text import terminal_json
 from geode.errors import ConfigError
 from geode.evals.evaluate import evaluate
 from geode.evals.metrics import metric_name
@@ -107,7 +108,7 @@ def eval_command(
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if as_json:
-        typer.echo(json.dumps(result.to_dict(examples=False), indent=2, ensure_ascii=False))
+        typer.echo(terminal_json(result.to_dict(examples=False), indent=2))
         return
     print_table(
         console,

@@ -108,7 +108,9 @@ def run(
         )
     if as_json:
         document = {"program": program, "outputs": outputs, "trace_id": trace_id}
-        typer.echo(json.dumps(document, ensure_ascii=False, indent=2))
+        from geode.cli._text import terminal_json
+
+        typer.echo(terminal_json(document, indent=2))
         return
     # rich loads here, after the answer: at the top it would delay the model load of every run.
     from rich.markup import escape

@@ -13,6 +13,7 @@ from rich.text import Text
 
 from geode.cli._common import make_settings
 from geode.cli._console import make_console
+from geode.cli._text import terminal_json
 from geode.errors import InputError
 from geode.retrieval import Passage
 from geode.retrieval.base import FilterValue
@@ -114,7 +115,7 @@ def search(
             "collection": retriever.collection,
             "passages": [p.to_dict() for p in passages],
         }
-        typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+        typer.echo(terminal_json(out, indent=2))
         return
     console = make_console()
     if not passages:

@@ -16,6 +16,7 @@ from geode.cli._common import make_settings
 from geode.cli._console import make_console
 from geode.cli._names import no_runs_hint, program_name, require_one_program
 from geode.cli._tables import print_table
+from geode.cli._text import terminal_json
 from geode.errors import InputError, TraceSourceError
 from geode.runtime.phoenix import local_phoenix_url
 from geode.runtime.settings import Settings
@@ -303,7 +304,7 @@ def show(
             # A trace still arriving (or never complete) is still worth showing as far as it got.
             trace = found.traces[0] if found is not None and found.traces else reader.trace(normalized)
     if as_json:
-        typer.echo(json.dumps([_span_json(s) for s, _ in trace.walk()], ensure_ascii=False, indent=2))
+        typer.echo(terminal_json([_span_json(s) for s, _ in trace.walk()], indent=2))
         return
     console = make_console()
     print_table(console, render_trace(trace, attributes=attributes))

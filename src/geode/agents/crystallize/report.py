@@ -3,16 +3,39 @@
 Everything shown comes from the spec's ``source`` section (the patterns found, their shares, success
 rates and argument derivations, and the decision) and its routes, so the report of any spec file can be
 regenerated without the runs.
+
+Constants and patterns in a spec come from the arguments a model chose in recorded runs, so the report
+treats every such value as text, not Markdown: a Markdown image in a constant would otherwise make the
+reader's viewer fetch its URL (exfiltration), and raw HTML would render.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping
+from typing import Final
 
 from geode.agents.crystallize.spec import Binding, OutputStep, PredictStep, RouteSpec, ToolStep, WorkflowSpec
 
 __all__ = ["describe_binding", "learned_from_text", "pattern_rows", "render_report", "route_lm_calls"]
+
+# The characters that make Markdown inline text a link, an image, HTML, code or a table cell boundary
+# (emphasis is left alone: it changes no meaning, and escaping every `_` would garble tool names).
+_MARKDOWN_ACTIVE: Final = re.compile(r"([\\`\[\]<>|])")
+
+
+def _md(text: str) -> str:
+    """``text`` as literal Markdown inline text: one line; links, images, HTML and code escaped."""
+    return _MARKDOWN_ACTIVE.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def _code(text: str) -> str:
+    """``text`` as a Markdown code span, whatever backticks it holds."""
+    body = " ".join(str(text).split())
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", body)), default=0) + 1)
+    pad = " " if body.startswith("`") or body.endswith("`") else ""
+    return f"{fence}{pad}{body}{pad}{fence}"
 
 
 def route_lm_calls(spec: WorkflowSpec, route: RouteSpec) -> int:
@@ -49,10 +72,10 @@ def _route_lines(spec: WorkflowSpec, route: RouteSpec) -> Iterator[str]:
         elif isinstance(step, ToolStep):
             args = ", ".join(f"{k}={describe_binding(b)}" for k, b in step.args.items())
             each = f" once per value (at most {step.max_calls})" if step.repeat else ""
-            yield f"{number}. `{step.id}`: {step.tool}({args}){each}"
+            yield f"{number}. `{step.id}`: {step.tool}({_md(args)}){each}"
         elif isinstance(step, OutputStep):
             outs = ", ".join(f"{k} = {describe_binding(b)}" for k, b in step.outputs.items())
-            yield f"{number}. output: {outs}"
+            yield f"{number}. output: {_md(outs)}"
         number += 1
 
 
@@ -118,17 +141,17 @@ def render_report(spec: WorkflowSpec) -> str:
         else f"completed and scored at least {source.success_threshold:g}; an unscored run is unknown"
     )
     lines = [
-        f"# Crystallization: {spec.name}",
+        f"# Crystallization: {_md(spec.name)}",
         "",
         f"Read {source.runs} runs"
-        + (f" of `{source.program}`" if source.program else "")
-        + f" from {source.description}: {source.successful} succeeded"
+        + (f" of {_code(source.program)}" if source.program else "")
+        + f" from {_md(source.description)}: {source.successful} succeeded"
         + f" (success: {rule}); "
         + f"not learned from: {failures}.",
         "",
         f"**Learned from:** {learned_from_text(source.learned_from)}.",
         "",
-        f"**Decision:** {source.decision}.",
+        f"**Decision:** {_md(source.decision)}.",
         "",
         "## Patterns",
         "",
@@ -151,14 +174,16 @@ def render_report(spec: WorkflowSpec) -> str:
             "How each argument and output is derived in the recorded runs:",
             "",
         ]
-        lines += [f"- {key}: {how}" for key, how in summary.derivations.items()] or ["- (no arguments)"]
+        lines += [f"- {_md(key)}: {_md(how)}" for key, how in summary.derivations.items()] or [
+            "- (no arguments)"
+        ]
         lines += ["", f"Steps ({route_lm_calls(spec, route)} LM call(s) per input):", ""]
         lines += list(_route_lines(spec, route))
     lines += [
         "",
         "## Guard",
         "",
-        f"Inputs the workflow cannot handle go to the agent `{spec.agent_ref or '(given at load time)'}`: "
+        f"Inputs the workflow cannot handle go to the agent {_code(spec.agent_ref or '(given at load time)')}: "
         + ", ".join(
             reason
             for reason, on in (

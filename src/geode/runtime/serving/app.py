@@ -54,7 +54,7 @@ from geode.runtime.serving.errors import (
 )
 from geode.runtime.serving.feedback import FeedbackRecord, FeedbackSink
 from geode.runtime.serving.guard import ApiKeys, Quotas
-from geode.runtime.serving.limits import BodyLimitMiddleware
+from geode.runtime.serving.limits import BodyLimitMiddleware, NoSniffMiddleware
 from geode.runtime.serving.metrics import ServerMetrics
 from geode.runtime.serving.sampling import TraceGate, install_trace_gate
 from geode.runtime.serving.schema import (
@@ -969,6 +969,8 @@ def create_app(
         max_body_bytes=serve.max_body_bytes,
         max_json_depth=serve.max_json_depth,
     )
+    # Outermost: the size limit's own refusals are marked too.
+    app.add_middleware(NoSniffMiddleware)
 
     async def caller(request: Request) -> str:
         # One dependency reading the headers itself: FastAPI's security classes cost two more

@@ -3,6 +3,8 @@
 :class:`BodyLimitMiddleware` refuses a body larger than the limit with 413 (from ``Content-Length``
 when it is sent, else while reading a chunked body) and a body nested deeper than the limit with 422
 (whatever its ``Content-Type``), so neither the JSON parser nor the program ever sees it.
+:class:`NoSniffMiddleware` marks every response ``X-Content-Type-Options: nosniff``: a response carries
+model output, and a browser must never take a JSON body holding ``<script>`` for a page.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from geode.runtime.serving.errors import error_body
 
-__all__ = ["BodyLimitMiddleware", "json_depth_exceeds"]
+__all__ = ["BodyLimitMiddleware", "NoSniffMiddleware", "json_depth_exceeds"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -130,6 +132,26 @@ class BodyLimitMiddleware:
             "payload_too_large",
             f"the request body is larger than {self.max_body_bytes} bytes (GEODE_SERVE_MAX_BODY_BYTES)",
         )
+
+
+class NoSniffMiddleware:
+    """ASGI middleware: ``X-Content-Type-Options: nosniff`` on every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Add the header to the response start, whoever sends it."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def marked(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), (b"x-content-type-options", b"nosniff")]
+            await send(message)
+
+        await self.app(scope, receive, marked)
 
 
 async def _reject(send: Send, status: int, code: str, message: str) -> None:
