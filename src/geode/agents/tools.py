@@ -4,7 +4,8 @@ A tool is any typed function; its docstring is the description the model reads. 
 wraps one as a ``dspy.Tool`` (so DSPy callbacks, and therefore TOOL spans, see every call) and adds
 what a production agent needs around it:
 
-- arguments are validated against the tool's schema *before* the function runs;
+- arguments are validated against the tool's schema *before* the function runs, constraints declared
+  with ``Annotated`` included (``Annotated[str, StringConstraints(pattern=...)]``, ``Field(ge=0)``);
 - every call has a timeout (sync and async tools alike), capped by the run's deadline;
 - an exception from the function is re-raised as :class:`~geode.errors.ToolError` with a message
   scrubbed of secrets and file paths, so the span and the model see the same safe text.
@@ -27,6 +28,7 @@ import contextvars
 import inspect
 import threading
 import time
+import typing
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, overload, runtime_checkable
@@ -216,6 +218,9 @@ class GuardedTool(dspy.Tool):
             )
         # Docstring indentation would reach the prompt verbatim; one line reads better there.
         self.desc = " ".join(inspect.cleandoc(self.desc or "").split())
+        # dspy.Tool reads type hints without their Annotated[...] metadata, so a constraint the tool
+        # declares (a pattern, a range, a length) would not be checked; put the full hints back.
+        self.arg_types = {**(self.arg_types or {}), **_constrained_hints(func, self.arg_types or {})}
         self._args_model, self._untyped_args = _args_model(self)
 
     @classmethod
@@ -331,6 +336,21 @@ def _var_keyword_names(func: Callable[..., Any]) -> list[str]:
     except (TypeError, ValueError):
         return []
     return [p.name for p in parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD]
+
+
+def _constrained_hints(func: Callable[..., Any], arg_types: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``Annotated[T, ...]`` hints of ``func``'s parameters whose type in ``arg_types`` is the bare ``T``."""
+    try:
+        hints = typing.get_type_hints(_signature_target(func), include_extras=True)
+    except Exception:  # unresolvable forward references: dspy.Tool's own hints stand
+        return {}
+    return {
+        name: hint
+        for name, hint in hints.items()
+        if name in arg_types
+        and typing.get_origin(hint) is typing.Annotated
+        and typing.get_args(hint)[0] == arg_types[name]
+    }
 
 
 def _args_model(tool: dspy.Tool) -> tuple[type[pydantic.BaseModel], frozenset[str]]:
