@@ -53,6 +53,9 @@ def test_phoenix_faults_do_not_touch_requests(
         serve([f"qa={PROGRAMS}:qa"], tmp_path / "home", env=env) as served,
         httpx.Client(base_url=served.url) as client,
     ):
+        # The first request loads what the server builds lazily: 0.94-0.99 s on the loaded 2-core machine
+        # whatever the fault (it failed the 1 s bound once at 1.02 s), so it is not what the bound is about.
+        assert client.post("/programs/qa", json={"question": "warm-up"}).status_code == 200
         slowest = 0.0
         for n in range(150):
             started = time.perf_counter()
