@@ -31,7 +31,9 @@ def test_corpus_has_three_parts_and_chunks_to_a_few_hundred_chunks() -> None:
     assert helpdesk.catalog_dir() in paths and helpdesk.docs_dir() in paths
     chunker = Chunker()
     chunks = sum(len(chunker.chunk(s)) for f in _corpus_files() for s in load_file(f).sections)  # type: ignore[union-attr]
-    assert 200 <= chunks <= 600
+    # Geode's docs are part of the corpus and grow with every feature (603 chunks on 7 Dec): the bound
+    # guards against a chunker that explodes or collapses, not against the docs growing.
+    assert 200 <= chunks <= 1000
     # Without Geode's docs it is the shop alone: help centre and catalogue.
     assert len(helpdesk.corpus_paths(include_docs=False)) == 2
 
