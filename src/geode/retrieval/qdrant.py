@@ -21,6 +21,7 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from geode.errors import GeodeError, RetrievalError, StoreUnavailableError
+from geode.retrieval._breaker import CircuitBreaker
 from geode.retrieval._lock import StoreLock, check_or_write_marker
 from geode.retrieval.base import (
     CollectionInfo,
@@ -90,6 +91,7 @@ class QdrantStore:
             :class:`~geode.errors.StoreUnavailableError`).
         lock: An inter-process lock to release on :meth:`close`.
         timeout_s: The client's request timeout, for messages.
+        breaker: Fails calls fast while the server is presumed down (only used with ``remote``).
 
     Example:
         >>> from geode.retrieval import QdrantStore, StoredPoint
@@ -108,8 +110,10 @@ class QdrantStore:
         remote: bool = False,
         lock: StoreLock | None = None,
         timeout_s: float | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._client = client
+        self._breaker = breaker if remote else None
         self._timeout_s = timeout_s
         self._description = description
         self._remote = remote
@@ -148,12 +152,27 @@ class QdrantStore:
         return cls(client, description=f"embedded qdrant-client store at {folder}", lock=lock)
 
     @classmethod
-    def remote(cls, url: str, *, api_key: str | None = None, timeout_s: float = 10.0) -> QdrantStore:
-        """A Qdrant server or cluster at ``url``; every request fails within ``timeout_s`` if it does not answer."""
+    def remote(
+        cls,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout_s: float = 10.0,
+        breaker_failures: int = 3,
+        breaker_cooldown_s: float = 10.0,
+    ) -> QdrantStore:
+        """A Qdrant server or cluster at ``url``; every request fails within ``timeout_s`` if it does not answer.
+
+        After ``breaker_failures`` consecutive unreachable/timed-out requests, calls fail at once for
+        ``breaker_cooldown_s`` (a circuit breaker; ``0`` failures disables it), then one probe is let through.
+        """
         # qdrant-client types `timeout` as int but hands it to httpx, which takes seconds as a float.
         timeout: Any = float(timeout_s)
         client = QdrantClient(url=url, api_key=api_key, timeout=timeout, check_compatibility=False)
-        return cls(client, description=f"Qdrant server at {url}", remote=True, timeout_s=timeout_s)
+        breaker = CircuitBreaker(failures=breaker_failures, cooldown_s=breaker_cooldown_s)
+        return cls(
+            client, description=f"Qdrant server at {url}", remote=True, timeout_s=timeout_s, breaker=breaker
+        )
 
     # -- Store -------------------------------------------------------------------------------------
 
@@ -171,37 +190,51 @@ class QdrantStore:
     def _call(self, collection: str | None = None) -> Iterator[None]:
         if self._closed:
             raise StoreUnavailableError(f"the store ({self._description}) is closed")
-        with self._mutex:
-            try:
-                yield
-            except GeodeError:
-                raise
-            except UnexpectedResponse as err:
-                if err.status_code == 404 and collection is not None:
-                    raise collection_not_found(collection, self._names()) from None
-                if err.status_code in (401, 403):
+        breaker = self._breaker
+        if breaker is not None:
+            breaker.before(self._description)  # fails fast, off the network, while the server is down
+        # Only "unreachable" and "did not answer" count against the server: any answer (a refused key,
+        # a 404) shows it is up. Every exit records one or the other, so a half-open probe always ends.
+        reached = True
+        try:
+            with self._mutex:
+                try:
+                    yield
+                except GeodeError:
+                    raise
+                except UnexpectedResponse as err:
+                    if err.status_code == 404 and collection is not None:
+                        raise collection_not_found(collection, self._names()) from None
+                    if err.status_code in (401, 403):
+                        raise StoreUnavailableError(
+                            f"{self._description} refused the request (HTTP {err.status_code})",
+                            hint="check GEODE_RETRIEVAL_QDRANT_API_KEY",
+                        ) from None
+                    raise RetrievalError(
+                        f"{self._description} answered HTTP {err.status_code}: {err.content!r}"
+                    ) from err
+                except (ResponseHandlingException, OSError) as err:
+                    reached = False
+                    source = err.source if isinstance(err, ResponseHandlingException) else err
+                    if isinstance(source, httpx.TimeoutException | TimeoutError):
+                        what = f"did not answer within {self._timeout_s:g} s"
+                    else:
+                        what = f"is unreachable ({source})"
                     raise StoreUnavailableError(
-                        f"{self._description} refused the request (HTTP {err.status_code})",
-                        hint="check GEODE_RETRIEVAL_QDRANT_API_KEY",
+                        f"{self._description} {what}",
+                        hint="check that the server is up, GEODE_RETRIEVAL_QDRANT_URL, and GEODE_RETRIEVAL_TIMEOUT_S",
                     ) from None
-                raise RetrievalError(
-                    f"{self._description} answered HTTP {err.status_code}: {err.content!r}"
-                ) from err
-            except (ResponseHandlingException, OSError) as err:
-                source = err.source if isinstance(err, ResponseHandlingException) else err
-                if isinstance(source, httpx.TimeoutException | TimeoutError):
-                    what = f"did not answer within {self._timeout_s:g} s"
+                except ValueError as err:
+                    # Local mode signals a missing collection with ValueError("Collection ... not found").
+                    if collection is not None and "not found" in str(err):
+                        raise collection_not_found(collection, self._names()) from None
+                    raise RetrievalError(f"{self._description}: {err}") from err
+        finally:
+            if breaker is not None:
+                if reached:
+                    breaker.success()
                 else:
-                    what = f"is unreachable ({source})"
-                raise StoreUnavailableError(
-                    f"{self._description} {what}",
-                    hint="check that the server is up, GEODE_RETRIEVAL_QDRANT_URL, and GEODE_RETRIEVAL_TIMEOUT_S",
-                ) from None
-            except ValueError as err:
-                # Local mode signals a missing collection with ValueError("Collection ... not found").
-                if collection is not None and "not found" in str(err):
-                    raise collection_not_found(collection, self._names()) from None
-                raise RetrievalError(f"{self._description}: {err}") from err
+                    breaker.failure()
 
     def _names(self) -> list[str]:
         return sorted(c.name for c in self._client.get_collections().collections)

@@ -123,6 +123,11 @@ class RetrievalSettings(BaseSettings):
     embedder: str = "local"
     """``local`` (all-MiniLM-L6-v2, offline) or a litellm embedding model such as ``openai/text-embedding-3-small``."""
     timeout_s: float = Field(default=10.0, gt=0)
+    breaker_failures: int = Field(default=3, ge=0)
+    """Consecutive unreachable/timed-out requests to a Qdrant server after which calls fail at once
+    (circuit breaker); ``0`` disables it."""
+    breaker_cooldown_s: float = Field(default=10.0, ge=0)
+    """How long the breaker fails calls fast before letting one probe request through."""
     collection: str = "docs"
 
 

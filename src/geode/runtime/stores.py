@@ -69,7 +69,13 @@ def build_store(settings: Settings) -> Store:
     retrieval = settings.retrieval
     if retrieval.qdrant_url:
         api_key = retrieval.qdrant_api_key.get_secret_value() if retrieval.qdrant_api_key else None
-        return QdrantStore.remote(retrieval.qdrant_url, api_key=api_key, timeout_s=retrieval.timeout_s)
+        return QdrantStore.remote(
+            retrieval.qdrant_url,
+            api_key=api_key,
+            timeout_s=retrieval.timeout_s,
+            breaker_failures=retrieval.breaker_failures,
+            breaker_cooldown_s=retrieval.breaker_cooldown_s,
+        )
     path = settings.qdrant_path
     if embedded_engine(retrieval, path) == "edge":
         return EdgeStore(path)
