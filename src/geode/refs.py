@@ -152,8 +152,10 @@ def module_allowed(module: str, prefixes: tuple[str, ...]) -> bool:
     return any(module == p or module.startswith(p + ".") for p in prefixes if p)
 
 
-def key_file(path: Path) -> bytes:
+def key_file(path: Path, *, what: str = "workflow signing key") -> bytes:
     """The signing key stored at ``path``, generated there (readable by its owner only) if absent.
+
+    ``what`` names the key in error messages.
 
     Two processes starting at once agree on one key: the file is created exclusively, and the loser
     reads the winner's.
@@ -164,22 +166,22 @@ def key_file(path: Path) -> bytes:
     try:
         text = path.read_text(encoding="ascii").strip()
     except FileNotFoundError:
-        text = _create_key(path)
+        text = _create_key(path, what)
     except OSError as err:
-        raise ConfigError(f"cannot read the workflow signing key {str(path)!r}: {err}") from err
+        raise ConfigError(f"cannot read the {what} {str(path)!r}: {err}") from err
     try:
         key = bytes.fromhex(text)
     except ValueError:
         key = b""
     if len(key) < 16:
         raise ConfigError(
-            f"{str(path)!r} holds no valid workflow signing key",
-            hint="delete it to generate a new one (specs signed with the old key will need re-signing)",
+            f"{str(path)!r} holds no valid {what}",
+            hint="delete it to generate a new one (files signed with the old key will need re-signing)",
         )
     return key
 
 
-def _create_key(path: Path) -> str:
+def _create_key(path: Path, what: str) -> str:
     text = secrets.token_hex(_KEY_BYTES)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +189,7 @@ def _create_key(path: Path) -> str:
     except FileExistsError:
         return path.read_text(encoding="ascii").strip()
     except OSError as err:
-        raise ConfigError(f"cannot create the workflow signing key {str(path)!r}: {err}") from err
+        raise ConfigError(f"cannot create the {what} {str(path)!r}: {err}") from err
     with os.fdopen(fd, "w", encoding="ascii") as fh:
         fh.write(text + "\n")
     return text

@@ -140,10 +140,11 @@ def test_routes_are_shared_and_end_when_their_version_is_promoted(
     database: tuple[str, str], tmp_path: Path
 ) -> None:
     url, schema = database
-    # Two machines: their own registry folders, one database.
-    admin = ProgramRegistry(tmp_path / "a" / "programs", state=SqlState(url, schema_name=schema))
+    # Two machines: their own registry folders, one database, one registry key (GEODE_STATE_SIGNING_KEY).
+    key = bytes(range(32))
+    admin = ProgramRegistry(tmp_path / "a" / "programs", state=SqlState(url, schema_name=schema), key=key)
     replica = ProgramRegistry(
-        tmp_path / "b" / "programs", state=SqlState(url, schema_name=schema), poll_s=0.2
+        tmp_path / "b" / "programs", state=SqlState(url, schema_name=schema), poll_s=0.2, key=key
     )
     v1, v2, v3 = _versions(admin, 3)
     admin.promote("qa", v1, force=True)

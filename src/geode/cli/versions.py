@@ -71,11 +71,24 @@ def versions_command(
     name: str = typer.Argument(..., help="The program (its reference or registered name)."),
     import_file: Path | None = _IMPORT,
     as_json: bool = typer.Option(False, "--json", help="Print versions as JSON."),
+    sign_unsigned: bool = typer.Option(
+        False,
+        "--sign-unsigned",
+        help="Sign, with this home's registry key, version files written before keyed files (only "
+        "those whose checksum still verifies). Run it once after upgrading, on files you trust.",
+    ),
 ) -> None:
     """List a program's stored versions, the active one, and files that failed validation."""
     console = make_console()
     with make_runtime() as rt:
         registry = rt.registry
+        if sign_unsigned:
+            signed = registry.sign_unsigned(name)
+            console.print(
+                f"signed {len(signed)} version file(s) of {name!r}"
+                + (f": {', '.join(signed)}" if signed else ""),
+                highlight=False,
+            )
         if import_file is not None:
             module = _program_module(rt, name)
             if module is None:

@@ -71,6 +71,7 @@ from geode.runtime.lm import is_local
 from geode.runtime.phoenix import PhoenixServer, PhoenixStartError, PhoenixStatus
 from geode.runtime.programs import register_program
 from geode.runtime.registry import ProgramRegistry, Score, _atomic_write
+from geode.runtime.registry_trust import registry_key
 from geode.runtime.runtime import Runtime, trace_id_of
 from geode.runtime.settings import LMSettings, Settings, TracingSettings
 from geode.traces.records import TraceRecord
@@ -586,7 +587,7 @@ def run_demo(
     given = parts or DemoParts()
     say = progress or Progress()
     demo = _Demo(settings, opts, given, say)
-    registry = ProgramRegistry(settings.programs_dir)
+    registry = ProgramRegistry(settings.programs_dir, key=registry_key(settings))
     server = given.phoenix or PhoenixServer.from_settings(settings)
     for path in _clean_incomplete(settings):
         say.info(f"removed {path.name} left by an interrupted run")

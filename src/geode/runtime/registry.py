@@ -10,8 +10,10 @@ A version id is the first 16 hex digits of the SHA-256 of the program's canonica
 (``module.dump_state()``), so the same compiled state always gets the same id. Each version file
 also carries a checksum over its whole content: a file edited by hand, cut short or corrupted is
 refused on load (``ProgramLoadError``) with the reason. Pickle is never read, whatever the file is
-called. The checksum detects accidents and casual edits; anyone who can write the folder can also
-write a consistent file, so protect the folder like code.
+called. The checksum detects accidents; a ``mac`` (HMAC-SHA256 under the registry key, see
+:mod:`geode.runtime.registry_trust`) detects a deliberate rewrite by someone who can write the folder
+or the state database but does not hold the key. Files without a ``mac`` are refused until the
+operator re-signs them (``geode versions <program> --sign-unsigned``).
 
 A promotion or rollback is one database transaction (check, new pointer, event), so every process
 sees the old or the new pointer, never half of one, and concurrent promotions serialise. The old
@@ -45,6 +47,7 @@ import dspy
 
 from geode.errors import GeodeError, ProgramLoadError, VersionError
 from geode.runtime.programs import ResolvedProgram
+from geode.runtime.registry_trust import registry_key_at, verifies, version_mac
 from geode.runtime.state import Pointer, Route, SqlPointers, SqlState, SqlVersionFiles, open_state, sqlite_url
 
 if TYPE_CHECKING:
@@ -70,6 +73,7 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 """Version files larger than this are refused (a compiled DSPy state is kilobytes to a few megabytes)."""
 
 _VERSION_KEYS = frozenset({"format", "format_version", "version", "checksum", "metadata", "state"})
+_OPTIONAL_VERSION_KEYS = frozenset({"mac"})
 _METADATA_KEYS = frozenset(
     {
         "program",
@@ -150,8 +154,12 @@ def _without_lm(state: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _signed_content(version: str, metadata: Mapping[str, Any], state: Mapping[str, Any]) -> str:
+    return _canonical({"version": version, "metadata": metadata, "state": state})
+
+
 def _checksum(version: str, metadata: Mapping[str, Any], state: Mapping[str, Any]) -> str:
-    return _sha256(_canonical({"version": version, "metadata": metadata, "state": state}))
+    return _sha256(_signed_content(version, metadata, state))
 
 
 def is_pickle(path: Path, head: bytes | None = None) -> bool:
@@ -546,6 +554,10 @@ class ProgramRegistry:
 
     Args:
         root: The registry folder (``settings.programs_dir``).
+        key: The HMAC key version files are signed and verified with
+            (:func:`geode.runtime.registry_trust.registry_key`); default: the key generated into
+            ``<root>/../keys/registry-signing.key``, the one a :class:`~geode.runtime.Runtime` on that
+            home uses when ``GEODE_STATE_SIGNING_KEY`` is not set.
 
     Example:
         >>> reg = ProgramRegistry(tmp_path / "programs")  # doctest: +SKIP
@@ -554,9 +566,15 @@ class ProgramRegistry:
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], *, state: SqlState | None = None, poll_s: float | None = None
+        self,
+        root: str | os.PathLike[str],
+        *,
+        state: SqlState | None = None,
+        poll_s: float | None = None,
+        key: bytes | None = None,
     ) -> None:
         self.root = Path(root)
+        self._key = key if key is not None else registry_key_at(self.root.parent)
         self._thread_lock = threading.RLock()
         # Default: the home's SQLite state file, the one a Runtime on <home> (root = <home>/programs) uses.
         self.state = state if state is not None else open_state(sqlite_url(self.root.parent / "state.db"))
@@ -687,6 +705,7 @@ class ProgramRegistry:
             "format_version": FORMAT_VERSION,
             "version": version,
             "checksum": _checksum(version, meta, state),
+            "mac": version_mac(self._key, _signed_content(version, meta, state)),
             "metadata": meta,
             "state": state,
         }
@@ -781,12 +800,13 @@ class ProgramRegistry:
             raise ProgramLoadError(f"{info.path}: the file belongs to program {info.program!r}, not {name!r}")
         return info, state
 
-    def _load_path(self, path: Path) -> tuple[VersionInfo, dict[str, Any]]:
+    def _load_path(self, path: Path, *, keyed: bool = True) -> tuple[VersionInfo, dict[str, Any]]:
+        # keyed=False checks everything but the MAC: for a file the operator imports, or re-signs.
         where = str(path)
         doc = _read_json_file(path)
         if not isinstance(doc, dict):
             raise ProgramLoadError(f"{where}: a program version must be a JSON object")
-        unknown = sorted(set(doc) - _VERSION_KEYS)
+        unknown = sorted(set(doc) - _VERSION_KEYS - _OPTIONAL_VERSION_KEYS)
         missing = sorted(_VERSION_KEYS - set(doc))
         if unknown:
             raise ProgramLoadError(
@@ -828,7 +848,56 @@ class ProgramRegistry:
             )
         if path.stem != version:
             raise ProgramLoadError(f"{where}: the file name does not match its version id {version}")
+        if keyed:
+            self._check_mac(doc.get("mac"), _signed_content(version, meta, state), where)
         return _info(version, meta, path), state
+
+    def _check_mac(self, mac: Any, content: str, where: str) -> None:
+        if mac is None:
+            raise ProgramLoadError(
+                f"{where}: the version file is not signed (written before registry keys, or its 'mac' "
+                "was removed); unsigned files are not trusted",
+                hint="if you trust this folder's files, re-sign them once: geode versions <program> "
+                "--sign-unsigned",
+            )
+        if not isinstance(mac, str) or not verifies(self._key, content, mac):
+            raise ProgramLoadError(
+                f"{where}: MAC mismatch: the file was rewritten without the registry key, or signed "
+                "with another key (tampered, or saved by a replica with another GEODE_STATE_SIGNING_KEY)",
+                hint="replicas sharing a state database must share GEODE_STATE_SIGNING_KEY; otherwise "
+                "roll back (geode rollback) or recompile",
+            )
+
+    def sign_unsigned(self, name: str) -> list[str]:
+        """Sign, under this registry's key, the program's version files that carry no MAC.
+
+        Only files that pass every other check (plain checksum, version id, schema) are signed; a file
+        whose MAC is present but wrong is left alone (re-signing it would launder a rewrite).
+
+        Returns:
+            The versions signed.
+        """
+        signed: list[str] = []
+        with self._locked(name):
+            self._materialise(name)
+            folder = self._versions_dir(name)
+            paths = sorted(folder.glob("*.json")) if folder.is_dir() else []
+            for path in paths:
+                if not _VERSION_RE.match(path.stem):
+                    continue
+                try:
+                    doc = _read_json_file(path)
+                    if not isinstance(doc, dict) or "mac" in doc:
+                        continue
+                    info, state = self._load_path(path, keyed=False)
+                except ProgramLoadError as err:
+                    logger.warning("program %r: not signing %s: %s", name, path, err)
+                    continue
+                if info.program != name:
+                    continue
+                self._write_version(path, info.version, info.metadata(), state)
+                signed.append(info.version)
+        return signed
 
     def load_state(self, name: str, version: str) -> tuple[VersionInfo, dict[str, Any]]:
         """A version's metadata and its validated DSPy state."""
@@ -1124,7 +1193,8 @@ class ProgramRegistry:
             raise ProgramLoadError(f"{str(source)!r} is a directory; pass the program's .json state file")
         doc = _read_json_file(source)
         if isinstance(doc, dict) and doc.get("format") == FORMAT:
-            _, state = self._load_path(source)
+            # The operator chose this file: its checksum and id are checked, not another machine's MAC.
+            _, state = self._load_path(source, keyed=False)
         elif isinstance(doc, dict):
             state = {k: v for k, v in doc.items() if k != "metadata"}
             state = _check_state_shape(state, str(source))

@@ -20,6 +20,7 @@ from dspy.utils.exceptions import LMError as DSPyLMError
 from geode.errors import InputError, LMError, OutputParseError
 from geode.runtime.programs import ProgramRef, ResolvedProgram, resolve
 from geode.runtime.registry import ActivePrograms, ProgramRegistry, ServedProgram
+from geode.runtime.registry_trust import registry_key
 from geode.runtime.settings import Settings
 from geode.runtime.state import SqlState, open_state
 from geode.traces.context import RunIdentity, capture_trace_ids, run_identity
@@ -231,7 +232,11 @@ class Runtime:
         if self._registry is None:
             with self._lock:
                 if self._registry is None:
-                    self._registry = ProgramRegistry(self.settings.programs_dir, state=self.state)
+                    self._registry = ProgramRegistry(
+                        self.settings.programs_dir,
+                        state=self.state,
+                        key=registry_key(self.settings),
+                    )
         return self._registry
 
     def serve(self, program: ProgramRef) -> ServedProgram:

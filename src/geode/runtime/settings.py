@@ -221,6 +221,17 @@ class ServeSettings(BaseSettings):
     """How long an unsampled trace waits in memory for feedback that would keep it."""
 
 
+def _check_hex_key(value: SecretStr | None) -> SecretStr | None:
+    if value is not None:
+        try:
+            key = bytes.fromhex(value.get_secret_value())
+        except ValueError:
+            raise ValueError("the signing key must be hex digits") from None
+        if len(key) < 16:
+            raise ValueError("the signing key must be at least 32 hex digits (16 bytes)")
+    return value
+
+
 class StateSettings(BaseSettings):
     """Where sessions, served runs, the feedback outbox and registry pointers live (shared state)."""
 
@@ -234,6 +245,15 @@ class StateSettings(BaseSettings):
     poll_s: float = Field(default=1.0, gt=0, le=300)
     """The longest a replica serves a program's previous version after a promotion or rollback made
     elsewhere: it re-reads the active pointer at most this often."""
+    signing_key: SecretStr | None = None
+    """HMAC key (hex, at least 32 digits) that signs program version files and must verify them on
+    load. Default: a key generated into ``GEODE_HOME/keys/registry-signing.key`` on first use; every
+    replica on one shared state database must set the same key, or it refuses the others' versions."""
+
+    @field_validator("signing_key")
+    @classmethod
+    def _hex_key(cls, value: SecretStr | None) -> SecretStr | None:
+        return _check_hex_key(value)
 
 
 class WorkflowSettings(BaseSettings):
@@ -255,14 +275,7 @@ class WorkflowSettings(BaseSettings):
     @field_validator("signing_key")
     @classmethod
     def _hex_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            try:
-                key = bytes.fromhex(value.get_secret_value())
-            except ValueError:
-                raise ValueError("the signing key must be hex digits") from None
-            if len(key) < 16:
-                raise ValueError("the signing key must be at least 32 hex digits (16 bytes)")
-        return value
+        return _check_hex_key(value)
 
 
 class Settings(BaseSettings):

@@ -159,6 +159,10 @@ def test_unsupported_urls_are_refused() -> None:
         SqlState("mysql://u:p@localhost/db")
 
 
+KEY = bytes(range(32))
+"""The registry key every registry of one test shares (replicas share ``GEODE_STATE_SIGNING_KEY``)."""
+
+
 def _compiled(note: str) -> dspy.Module:
     module = dspy.Predict("question -> answer")
     module.demos = [dspy.Example(question=note, answer=note).with_inputs("question")]
@@ -168,7 +172,7 @@ def _compiled(note: str) -> dspy.Module:
 def test_the_old_registry_layout_is_migrated(tmp_path: Path) -> None:
     # The layout before the state database: versions/<v>.json and active.json with history and events.
     programs = tmp_path / "programs"
-    reg = ProgramRegistry(programs)
+    reg = ProgramRegistry(programs, key=KEY)
     v1 = reg.save("qa", _compiled("one")).version
     v2 = reg.save("qa", _compiled("two")).version
     events = [
@@ -188,14 +192,14 @@ def test_the_old_registry_layout_is_migrated(tmp_path: Path) -> None:
     (fresh / "programs").mkdir(parents=True)
     (programs / "qa").rename(fresh / "programs" / "qa")  # a home that never had a state database
 
-    migrated = ProgramRegistry(fresh / "programs")
+    migrated = ProgramRegistry(fresh / "programs", key=KEY)
     assert migrated.active("qa") == v2 and migrated.history("qa") == [None, v1]
     assert [e["version"] for e in migrated.events("qa")] == [v1, v2]
     assert migrated.programs() == ["qa"]
     assert not (fresh / "programs" / "qa" / "active.json").exists()
     assert (fresh / "programs" / "qa" / "active.json.migrated").exists()
     migrated.rollback("qa")
-    assert ProgramRegistry(fresh / "programs").active("qa") == v1  # the database is the truth now
+    assert ProgramRegistry(fresh / "programs", key=KEY).active("qa") == v1  # the database is the truth now
 
 
 def test_the_old_outbox_file_is_migrated_once(tmp_path: Path) -> None:
@@ -248,8 +252,9 @@ def test_a_replica_sees_a_promotion_within_poll_s(tmp_path: Path) -> None:
 
 def test_a_registry_on_another_machine_loads_versions_from_the_database(tmp_path: Path) -> None:
     state = SqlState(sqlite_url(tmp_path / "shared.db"))
-    here = ProgramRegistry(tmp_path / "a" / "programs", state=state)
-    there = ProgramRegistry(tmp_path / "b" / "programs", state=state)  # another folder: another machine
+    # Another folder: another machine, sharing the registry key as GEODE_STATE_SIGNING_KEY does.
+    here = ProgramRegistry(tmp_path / "a" / "programs", state=state, key=KEY)
+    there = ProgramRegistry(tmp_path / "b" / "programs", state=state, key=KEY)
     v1 = here.save("qa", _compiled("one")).version
     here.promote("qa", v1, force=True)
     assert there.active("qa") == v1 and [v.version for v in there.versions("qa")] == [v1]
@@ -264,14 +269,13 @@ def test_a_registry_on_another_machine_loads_versions_from_the_database(tmp_path
 
 def test_version_files_of_the_old_layout_are_shared_on_open(tmp_path: Path) -> None:
     old = ProgramRegistry(
-        tmp_path / "a" / "programs", state=SqlState(sqlite_url(tmp_path / "a" / "state.db"))
+        tmp_path / "a" / "programs", state=SqlState(sqlite_url(tmp_path / "a" / "state.db")), key=KEY
     )
     v1 = old.save("qa", _compiled("one")).version
     shared = SqlState(sqlite_url(tmp_path / "shared.db"))
-    ProgramRegistry(tmp_path / "a" / "programs", state=shared)  # opening it shares what only it had
-    assert [v.version for v in ProgramRegistry(tmp_path / "b" / "programs", state=shared).versions("qa")] == [
-        v1
-    ]
+    ProgramRegistry(tmp_path / "a" / "programs", state=shared, key=KEY)  # shares what only it had
+    there = ProgramRegistry(tmp_path / "b" / "programs", state=shared, key=KEY)
+    assert [v.version for v in there.versions("qa")] == [v1]
 
 
 def test_a_version_1_database_is_migrated_to_the_current_schema(url: str) -> None:
