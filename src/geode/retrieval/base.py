@@ -18,6 +18,7 @@ from geode.errors import CollectionNotFoundError, RetrievalError
 
 __all__ = [
     "RESERVED_PAYLOAD_KEYS",
+    "CapacityLimited",
     "CollectionInfo",
     "Distance",
     "Embedder",
@@ -232,3 +233,12 @@ def check_compatible(info: CollectionInfo, embedder: Embedder) -> None:
             "vectors from different models are not comparable",
             hint="set GEODE_RETRIEVAL_EMBEDDER to the collection's embedder, or ingest into a new collection",
         )
+
+
+@runtime_checkable
+class CapacityLimited(Protocol):
+    """A store engine with a size past which it is the wrong tool (qdrant-client's local mode)."""
+
+    def capacity_warning(self, collection: str) -> str | None:
+        """A message saying what to use instead if ``collection`` is past the engine's limit, else ``None``."""
+        ...

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from geode.errors import ConfigError
 from geode.retrieval.base import (
     RESERVED_PAYLOAD_KEYS,
+    CapacityLimited,
     CollectionInfo,
     Embedder,
     Store,
@@ -169,6 +170,10 @@ class Ingestor:
             progress("index", 0, 1)
             self.store.optimize(collection)
             progress("index", 1, 1)
+        if written and isinstance(self.store, CapacityLimited):
+            capacity = self.store.capacity_warning(collection)
+            if capacity is not None:
+                warnings.append(capacity)  # `geode ingest` prints the report's warnings
         return IngestReport(
             collection=collection,
             files=len(pending),

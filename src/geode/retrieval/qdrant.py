@@ -8,6 +8,7 @@ with brute-force search (fine to a few thousand chunks); the default embedded en
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Iterator, Sequence
@@ -44,6 +45,11 @@ _DISTANCES: dict[Distance, models.Distance] = {
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 ENGINE = "qdrant-local"
+LOCAL_MODE_POINTS = 20_000
+"""qdrant-client's ``LocalCollection.LARGE_DATA_THRESHOLD``: past it, local mode's brute-force search in
+Python is the wrong tool (qdrant-client itself only warns, in words Geode's users cannot act on)."""
+
+_log = logging.getLogger(__name__)
 
 
 def check_collection_name(name: str) -> str:
@@ -120,6 +126,7 @@ class QdrantStore:
         self._lock = lock
         self._closed = False
         self._dimensions: dict[str, int] = {}
+        self._warned: set[str] = set()
         # Local mode keeps Python dicts and a SQLite connection: serialise access. A server needs no lock.
         self._mutex: AbstractContextManager[Any] = nullcontext() if remote else threading.RLock()
 
@@ -312,6 +319,11 @@ class QdrantStore:
         )
         with self._call(collection):
             self._client.upsert(collection, points=batch, wait=True)
+        if not self._remote and collection not in self._warned:
+            warning = self.capacity_warning(collection)
+            if warning is not None:
+                self._warned.add(collection)  # once per collection, not once per write
+                _log.warning("%s", warning)
 
     def retrieve(self, collection: str, ids: Sequence[str]) -> list[Record]:
         """Points with these ids (missing ids are left out), with payloads."""
@@ -346,6 +358,23 @@ class QdrantStore:
         return [
             Hit(id=str(p.id), score=float(p.score), payload=dict(p.payload or {})) for p in response.points
         ]
+
+    def capacity_warning(self, collection: str) -> str | None:
+        """Say so if an embedded (local-mode) collection holds more than 20,000 points; ``None`` otherwise.
+
+        A server has no such limit, so this is always ``None`` for :meth:`remote` stores.
+        """
+        if self._remote:
+            return None
+        points = self.count(collection)
+        if points <= LOCAL_MODE_POINTS:
+            return None
+        return (
+            f"collection {collection!r} holds {points:,} points in qdrant-client's embedded local mode "
+            f"({self._description}), past the {LOCAL_MODE_POINTS:,} it is meant for: every search scans "
+            "every point in Python. Use a Qdrant server (set GEODE_RETRIEVAL_QDRANT_URL and ingest again), "
+            "or a new store on the qdrant-edge engine (GEODE_RETRIEVAL_ENGINE=edge)"
+        )
 
     def count(self, collection: str) -> int:
         """Number of points in a collection."""
