@@ -69,3 +69,30 @@ def test_t04_sigterm_drains_the_request_in_flight_with_the_collector_hanging(
     assert result.get("status") == 200, result
     assert result["body"]["outputs"]["answer"] == "echo: drain me"
     assert exit_s < 15, exit_s
+
+
+def test_t04_spans_of_the_last_answers_are_flushed_before_the_process_exits(tmp_path: Path) -> None:
+    """Injects: SIGTERM right after 5 answered requests (their spans still queued for the exporter).
+    Must hold: every trace reaches the OTLP file before the process exits, and the process still
+    exits by SIGTERM (uvicorn raises the signal again after draining; unhandled, that killed the
+    process before the runtime flushed, and every span queued since the exporter's last pass was lost)."""
+    spans_file = tmp_path / "spans.jsonl"
+    env = {
+        "GEODE_TRACING_ENABLED": "true",
+        "GEODE_TRACING_OTLP_FILE": str(spans_file),
+        "GEODE_TRACING_ENDPOINT": "http://127.0.0.1:9",  # discard port: only the file is checked
+    }
+    with serve([f"qa={PROGRAMS}:qa"], tmp_path / "home", env=env) as served:
+        with httpx.Client(base_url=served.url, timeout=30) as client:
+            traces = [
+                client.post("/programs/qa", json={"question": f"last-{n}"}).json()["trace_id"]
+                for n in range(5)
+            ]
+        served.stop()
+    assert served.process.returncode == -signal.SIGTERM
+    written = spans_file.read_text() if spans_file.exists() else ""
+    missing = [t for t in traces if t not in written]
+    print(
+        f"\n[figure] T04: {len(traces) - len(missing)}/{len(traces)} traces of the last answers flushed on SIGTERM"
+    )
+    assert not missing, f"{len(missing)} of {len(traces)} traces lost at shutdown"

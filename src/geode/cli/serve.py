@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +155,7 @@ def serve(
     settings: Settings = base.model_copy(update={"serve": serve_settings})
     rt = Runtime(settings)
     own_tracing = None
+    stopped: list[int] = []
     try:
         tracing = getattr(rt, "tracing", None)
         if tracing is None and getattr(rt, "tracer_provider", None) is None and settings.tracing.enabled:
@@ -173,12 +178,50 @@ def serve(
             timeout_keep_alive=serve_settings.keep_alive_s,
             server_header=False,
         )
-        uvicorn.Server(config).run()
+        with _signal_as_exception(stopped):
+            uvicorn.Server(config).run()
     finally:
         if own_tracing is not None:
             own_tracing.shutdown()
             uninstrument()
         rt.close()
+    if stopped:
+        # The previous (default) handler is back: end by the signal, as uvicorn would have.
+        signal.raise_signal(stopped[0])
+
+
+class _Stopped(BaseException):
+    """The signal uvicorn raises again after its graceful shutdown, as an exception."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise _Stopped(signum)
+
+
+@contextlib.contextmanager
+def _signal_as_exception(stopped: list[int]) -> Iterator[None]:
+    """Let the runtime flush spans and feedback before a SIGTERM ends the process.
+
+    uvicorn (>= 0.29) drains requests on SIGTERM, then restores the previous handler and raises the
+    signal again so the exit status says how the process ended. With the default handler that kills
+    the process at once, before ``Runtime.close`` flushes the last requests' spans (every span
+    queued since the exporter's last pass was lost). Here the signal raised again becomes
+    :class:`_Stopped`; its number is appended to ``stopped`` for the caller to raise after cleaning up.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals need the main thread
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        yield
+    except _Stopped as stop:
+        stopped.append(stop.signum)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _url_host(host: str) -> str:
