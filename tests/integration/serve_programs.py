@@ -183,3 +183,30 @@ chat = Chat()
 
 replica_chat = Chat(with_pid=True)
 """``chat`` that also says which process answered (``turns seen: N by PID``)."""
+
+
+class Configures(dspy.Module):
+    """A program that (wrongly) calls ``dspy.configure`` inside a request, then answers like ``qa``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.predict = dspy.Predict("question -> answer")
+
+    def forward(self, question: str) -> dspy.Prediction:
+        # The mistake the server must refuse: settings for every request, from inside one.
+        dspy.configure(adapter=dspy.JSONAdapter(), track_usage=False)  # noqa: TID251
+        return self.predict(question=question)
+
+
+configures = _with_lm(Configures(), ScriptedLM(echo))
+
+
+class ConfiguresAsync(Configures):
+    """The same mistake from an async program, which runs on the server's event loop."""
+
+    async def aforward(self, question: str) -> dspy.Prediction:
+        dspy.configure(adapter=dspy.JSONAdapter(), track_usage=False)  # noqa: TID251
+        return await self.predict.acall(question=question)
+
+
+configures_async = _with_lm(ConfiguresAsync(), ScriptedLM(echo))

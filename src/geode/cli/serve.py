@@ -17,6 +17,7 @@ from geode.errors import ConfigError
 from geode.runtime.instrumentation import instrument, uninstrument
 from geode.runtime.runtime import Runtime
 from geode.runtime.serving import Candidate, HostedProgram, create_app
+from geode.runtime.serving.configure_guard import claim_dspy_configure
 from geode.runtime.settings import Settings
 from geode.runtime.tracing import build_tracing
 
@@ -153,6 +154,8 @@ def serve(
         update={k: v for k, v in (("host", host), ("port", port)) if v is not None}
     )
     settings: Settings = base.model_copy(update={"serve": serve_settings})
+    # This process is a server: no program it hosts may change DSPy's settings for every request.
+    claim_dspy_configure()
     rt = Runtime(settings)
     own_tracing = None
     stopped: list[int] = []

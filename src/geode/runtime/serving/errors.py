@@ -17,6 +17,7 @@ from dspy.utils.exceptions import AdapterParseError, LMRateLimitError, LMTimeout
 from dspy.utils.exceptions import LMError as DSPyLMError
 
 from geode.errors import GeodeError, LMError, OutputParseError
+from geode.runtime.serving.configure_guard import configure_refused
 
 __all__ = [
     "STATUS_BY_CODE",
@@ -26,6 +27,7 @@ __all__ = [
     "NotFoundError",
     "OverloadedError",
     "PayloadTooLargeError",
+    "ProgramConfiguresDSPyError",
     "RateLimitedError",
     "ServiceUnavailableError",
     "UnauthorizedError",
@@ -93,6 +95,12 @@ class OverloadedError(ServiceUnavailableError):
         self.retry_after_s = retry_after_s
 
 
+class ProgramConfiguresDSPyError(GeodeError):
+    """The program called ``dspy.configure`` while answering a request (it must use ``dspy.context``)."""
+
+    code = "program_configures_dspy"
+
+
 class LMRateLimitedError(LMError):
     """The LM provider kept answering 429 after the configured retries."""
 
@@ -134,6 +142,7 @@ STATUS_BY_CODE: Final[Mapping[str, int]] = {
     "collection_not_found": 503,
     "trace_source_error": 503,
     "program_load_error": 500,
+    "program_configures_dspy": 500,
     "config_error": 500,
     "internal_error": 500,
 }
@@ -209,6 +218,14 @@ def translate_program_errors(program: str) -> Iterator[None]:
         ) from err
     except GeodeError:
         raise
+    except RuntimeError as err:
+        if not configure_refused(err):
+            raise
+        raise ProgramConfiguresDSPyError(
+            f"{program!r} called dspy.configure while answering a request; nothing was changed",
+            hint="a served program sets per-request settings with dspy.context(...); dspy.configure "
+            "would change them for every request",
+        ) from err
 
 
 def _is_timeout(err: BaseException) -> bool:
