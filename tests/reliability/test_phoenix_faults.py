@@ -31,6 +31,15 @@ def _dropped(metrics: str) -> float:
     )
 
 
+def _dropped_for(metrics: str, reason: str) -> float:
+    found = re.findall(rf'^geode_spans_dropped_total\{{reason="{reason}"\}} ([0-9.e+]+)$', metrics, re.M)
+    return float(found[0]) if found else 0.0
+
+
+# The reason an alert keys on: Phoenix at capacity is not Phoenix down.
+_REASON = {"refused": "export_unreachable", "503": "export_rejected", "hanging": "export_unreachable"}
+
+
 @pytest.mark.parametrize("fault", ["refused", "503", "hanging"])
 def test_phoenix_faults_do_not_touch_requests(
     fault: str,
@@ -69,8 +78,17 @@ def test_phoenix_faults_do_not_touch_requests(
         assert slowest < EXPORT_TIMEOUT_S / 2, f"a request took {slowest:.2f} s with Phoenix {fault}"
         assert client.get("/ready").status_code == 200
         deadline = time.monotonic() + 10
-        while _dropped(client.get("/metrics").text) == 0 and time.monotonic() < deadline:
+        reason = _REASON[fault]
+        # The queue fills first (queue_full); the export's own failure is counted when it returns
+        # (after the 503 retry, or the 5 s deadline of a hung collector).
+        while _dropped_for(client.get("/metrics").text, reason) == 0 and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _dropped(client.get("/metrics").text) > 0, client.get("/metrics").text[-2000:]
+        metrics = client.get("/metrics").text
+        assert _dropped(metrics) > 0, metrics[-2000:]
+        other = "export_rejected" if reason == "export_unreachable" else "export_unreachable"
+        assert _dropped_for(metrics, reason) > 0 and _dropped_for(metrics, other) == 0, metrics[-2000:]
+        print(
+            f"\n[figure] T06/T01: Phoenix {fault}: {_dropped_for(metrics, reason):.0f} spans counted as {reason}"
+        )
         seconds = served.stop(timeout_s=40)
     assert seconds < 20, f"shutdown took {seconds:.1f} s with Phoenix {fault}"

@@ -331,11 +331,18 @@ class _Server:
         if stats is None:
             return {}
         failed = getattr(stats, "failed", {}) or {}
-        return {
+        by_kind: Mapping[str, int] = getattr(stats, "failed_by_kind", {}) or {}
+        counts = {
             "queue_full": int(getattr(stats, "dropped_queue_full", 0)),
             "after_shutdown": int(getattr(stats, "dropped_after_shutdown", 0)),
-            "export_failed": int(sum(failed.values())),
         }
+        # Export losses by why, so an alert can tell a collector at capacity (429/503: rejected) or
+        # refusing the key (unauthorized) from one that is down (unreachable).
+        counts["export_failed"] = int(sum(failed.values()))
+        for kind in ("rejected", "unauthorized", "unreachable"):
+            counts[f"export_{kind}"] = int(by_kind.get(kind, 0))
+            counts["export_failed"] -= counts[f"export_{kind}"]
+        return counts
 
     def _host(self, spec: HostedProgram) -> _Hosted:
         resolved = self.runtime.resolve(spec.program)

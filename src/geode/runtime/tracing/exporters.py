@@ -73,6 +73,9 @@ class OtlpHttpSpanExporter(SpanExporter):
         self.url = traces_url(endpoint)
         self.timeout_s = timeout_s
         self.last_error: str | None = None
+        self.last_failure: str | None = None
+        """The kind of the last failure: ``unreachable`` (no answer: refused, reset, timed out),
+        ``unauthorized`` (401/403: the API key) or ``rejected`` (any other status: 429/503 at capacity)."""
         self._headers = dict(headers or {})
         self._client = self._new_client()
         self._closed = threading.Event()
@@ -138,10 +141,12 @@ class OtlpHttpSpanExporter(SpanExporter):
                 response = self._client.post(self.url, content=body)
             except httpx.HTTPError as err:
                 self.last_error = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+                self.last_failure = "unreachable"
                 return SpanExportResult.FAILURE
             if response.is_success:
                 return SpanExportResult.SUCCESS
             self.last_error = f"HTTP {response.status_code} from {self.url}"
+            self.last_failure = "unauthorized" if response.status_code in (401, 403) else "rejected"
             pause = 0.5
             if attempt or response.status_code not in _RETRYABLE or time.monotonic() + pause >= deadline:
                 break
@@ -217,6 +222,11 @@ class RedactingExporter(SpanExporter):
         """The wrapped exporter's last failure."""
         return getattr(self.exporter, "last_error", None)
 
+    @property
+    def last_failure(self) -> str | None:
+        """The kind of the wrapped exporter's last failure (see :class:`OtlpHttpSpanExporter`)."""
+        return getattr(self.exporter, "last_failure", None)
+
     def ready(self) -> bool:
         """Whether the wrapped exporter would try an export now."""
         ready = getattr(self.exporter, "ready", None)
@@ -272,6 +282,11 @@ class ProjectRoutingExporter(SpanExporter):
     def last_error(self) -> str | None:
         """The wrapped exporter's last failure."""
         return getattr(self.exporter, "last_error", None)
+
+    @property
+    def last_failure(self) -> str | None:
+        """The kind of the wrapped exporter's last failure (see :class:`OtlpHttpSpanExporter`)."""
+        return getattr(self.exporter, "last_failure", None)
 
     def ready(self) -> bool:
         """Whether the wrapped exporter would try an export now."""

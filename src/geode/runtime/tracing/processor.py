@@ -57,11 +57,20 @@ class ExportStats:
     """Spans each destination accepted."""
     failed: dict[str, int] = field(default_factory=dict[str, int])
     """Spans each destination refused or could not be reached for."""
+    failed_by_kind: dict[str, int] = field(default_factory=dict[str, int])
+    """The same losses by why: ``unreachable`` (no answer), ``rejected`` (the collector answered
+    with an error status, 429/503 when at capacity), ``unauthorized`` (401/403), ``failed`` (anything
+    else: a file that cannot be written, redaction)."""
 
     @property
     def dropped(self) -> int:
         """Spans lost before or during export, over all destinations."""
         return self.dropped_queue_full + self.dropped_after_shutdown + sum(self.failed.values())
+
+
+def _failure_kind(exporter: SpanExporter) -> str:
+    kind = getattr(exporter, "last_failure", None)
+    return kind if isinstance(kind, str) and kind else "failed"
 
 
 def _ready(exporter: SpanExporter) -> bool:
@@ -116,7 +125,7 @@ class BatchExportProcessor(SpanProcessor):
             exported=dict.fromkeys((d.name for d in self.destinations), 0),
             failed=dict.fromkeys((d.name for d in self.destinations), 0),
         )
-        self._warned = False
+        self._warned: set[str] = set()
 
     def _start_worker(self) -> threading.Thread:
         worker = threading.Thread(target=self._run, name="geode-span-export", daemon=True)
@@ -160,10 +169,10 @@ class BatchExportProcessor(SpanProcessor):
             setattr(self._stats, counter, getattr(self._stats, counter) + count)
         self._warn_once(reason)
 
-    def _warn_once(self, reason: str) -> None:
-        if self._warned:
+    def _warn_once(self, reason: str, *, kind: str = "") -> None:
+        if kind in self._warned:
             return
-        self._warned = True
+        self._warned.add(kind)
         logger.warning(
             "Geode tracing is dropping spans: %s. The application is not affected; further drops are "
             "counted, not logged (see the tracing pipeline's stats).",
@@ -181,6 +190,7 @@ class BatchExportProcessor(SpanProcessor):
                 dropped_after_shutdown=s.dropped_after_shutdown,
                 exported=dict(s.exported),
                 failed=dict(s.failed),
+                failed_by_kind=dict(s.failed_by_kind),
             )
 
     # -- the worker ------------------------------------------------------------------------------
@@ -221,7 +231,13 @@ class BatchExportProcessor(SpanProcessor):
         for destination in self.destinations:
             if destination not in ready:
                 # Resting after a failure: count the loss without redacting or encoding anything.
-                self._count(destination, len(batch), ok=False, reason="collector unavailable")
+                self._count(
+                    destination,
+                    len(batch),
+                    ok=False,
+                    reason="collector unavailable",
+                    kind=_failure_kind(destination.exporter),
+                )
         if not ready:
             return
         if self.redactor is not None:
@@ -245,14 +261,21 @@ class BatchExportProcessor(SpanProcessor):
                 self._count(destination, len(spans), ok=True)
             else:
                 reason = getattr(destination.exporter, "last_error", None) or "export failed"
-                self._count(destination, len(spans), ok=False, reason=reason)
+                kind = _failure_kind(destination.exporter)
+                self._count(destination, len(spans), ok=False, reason=reason, kind=kind)
 
-    def _count(self, destination: Destination, count: int, *, ok: bool, reason: str = "") -> None:
+    def _count(
+        self, destination: Destination, count: int, *, ok: bool, reason: str = "", kind: str = "failed"
+    ) -> None:
         with self._stats_lock:
             counters = self._stats.exported if ok else self._stats.failed
             counters[destination.name] = counters.get(destination.name, 0) + count
+            if not ok:
+                by_kind = self._stats.failed_by_kind
+                by_kind[kind] = by_kind.get(kind, 0) + count
         if not ok:
-            self._warn_once(f"export to {destination.name} failed ({reason})")
+            # Once per kind: a collector that was down and now rejects (or refuses the key) is news.
+            self._warn_once(f"export to {destination.name} failed ({reason})", kind=kind)
 
     # -- flush and shutdown ----------------------------------------------------------------------
 
