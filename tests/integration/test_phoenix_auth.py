@@ -98,3 +98,16 @@ def test_spans_feedback_and_reads_carry_the_api_key(auth_phoenix: str, tmp_path:
         assert receipt.delivered, outbox.last_error
     finally:
         outbox.close()
+
+
+def test_the_start_up_key_check_tells_a_refused_key_from_an_accepted_one(
+    auth_phoenix: str, tmp_path: Path
+) -> None:
+    """T07 against a real Phoenix with auth: what `geode serve` logs at start-up (see keycheck)."""
+    from geode.runtime.tracing.keycheck import check_phoenix_key
+
+    assert check_phoenix_key(_settings(tmp_path, auth_phoenix, _ADMIN)) is None
+    wrong = check_phoenix_key(_settings(tmp_path, auth_phoenix, "not-the-key"))
+    assert wrong is not None and "refused PHOENIX_API_KEY" in wrong
+    missing = check_phoenix_key(_settings(tmp_path, auth_phoenix, None))
+    assert missing is not None and "none is set" in missing

@@ -20,6 +20,7 @@ from geode.runtime.serving import Candidate, HostedProgram, create_app
 from geode.runtime.serving.configure_guard import claim_dspy_configure
 from geode.runtime.settings import Settings
 from geode.runtime.tracing import build_tracing
+from geode.runtime.tracing.keycheck import check_phoenix_key_in_background
 
 __all__ = ["parse_split", "register", "serve"]
 
@@ -167,6 +168,8 @@ def serve(
             instrument(tracer_provider=own_tracing.provider)
         app = create_app(rt, _hosted(rt, programs, canary, shadow, sample), serve_settings, tracing=tracing)
         logging.getLogger("geode").setLevel(log_level.upper())
+        if settings.tracing.enabled:
+            check_phoenix_key_in_background(settings)
         for line in routes_banner(app, f"http://{_url_host(serve_settings.host)}:{serve_settings.port}"):
             typer.echo(line, err=True)
         config = uvicorn.Config(
