@@ -48,7 +48,16 @@ import dspy
 from geode.errors import GeodeError, ProgramLoadError, VersionError
 from geode.runtime.programs import ResolvedProgram
 from geode.runtime.registry_trust import registry_key_at, verifies, version_mac
-from geode.runtime.state import Pointer, Route, SqlPointers, SqlState, SqlVersionFiles, open_state, sqlite_url
+from geode.runtime.state import (
+    Pointer,
+    PointerChange,
+    Route,
+    SqlPointers,
+    SqlState,
+    SqlVersionFiles,
+    open_state,
+    sqlite_url,
+)
 
 if TYPE_CHECKING:
     from geode.evals.evaluate import EvalResult
@@ -1040,11 +1049,7 @@ class ProgramRegistry:
                 margin=margin,
                 reason=reason,
             )
-            # A candidate that becomes the active version stops being a candidate (same transaction).
-            route = change.current.route.without(info.version)
-            if route != change.current.route:
-                event = dataclasses.replace(event, route=route.to_json())
-            change.set(info.version, [*change.current.history, current], event.to_json(), route=route)
+            event = _activate(change, info.version, [*change.current.history, current], event)
         self._stamps.pop(name, None)
         return event
 
@@ -1073,10 +1078,7 @@ class ProgramRegistry:
                 if module is not None:
                     _apply_state(module, state, str(info.path))
             event = PromotionEvent(action="rollback", version=target, previous=current, at=_now())
-            route = change.current.route.without(target)
-            if route != change.current.route:
-                event = dataclasses.replace(event, route=route.to_json())
-            change.set(target, history, event.to_json(), route=route)
+            event = _activate(change, target, history, event)
         self._stamps.pop(name, None)
         return event
 
@@ -1202,6 +1204,21 @@ class ProgramRegistry:
             raise ProgramLoadError(f"{str(source)!r} is not a DSPy program state (expected a JSON object)")
         loaded = _apply_state(module, state, str(source))
         return self.save(name, loaded, note=note or f"imported from {source.name}")
+
+
+def _activate(
+    change: PointerChange, version: str | None, history: Sequence[str | None], event: PromotionEvent
+) -> PromotionEvent:
+    """Make ``version`` active in ``change``, recording ``event``; returns the event as recorded.
+
+    A candidate that becomes the active version stops being a candidate in the same transaction,
+    and the event says how the route changed.
+    """
+    route = change.current.route.without(version)
+    if route != change.current.route:
+        event = dataclasses.replace(event, route=route.to_json())
+    change.set(version, history, event.to_json(), route=route)
+    return event
 
 
 def _same_score(a: Score, b: Score) -> bool:
