@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import cast
@@ -28,7 +29,15 @@ from geode.cli.compare_versions import parse_since
 from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
 from geode.errors import InputError
 from geode.evals.dataset import HealthReport
-from geode.evals.mining import MiningProgress, MiningResult, OutputPolicy, mine, upload_to_phoenix
+from geode.evals.mining import (
+    MiningOptions,
+    MiningProgress,
+    MiningResult,
+    OutputPolicy,
+    PhoenixDatasetLink,
+    mine,
+    upload_to_phoenix,
+)
 from geode.runtime.feedback import feedback_annotations
 from geode.runtime.settings import Settings
 from geode.traces.sources import (
@@ -117,55 +126,59 @@ def _accounting_table(result: MiningResult) -> Table:
     return table
 
 
+_PROGRAM = typer.Argument(
+    ..., help="The program as traced (geode.program.name): 'package.module:attribute' or a registered name."
+)
+_SINCE = typer.Option(None, "--since", help="Only runs of the last 30m, 1h, 7d...")
+_WHERE = typer.Option(
+    [], "--where", help="Root-span attribute filter key=value (repeatable); metadata.KEY looks in metadata."
+)
+_FAILURES = typer.Option(False, "--failures", help="Only failed runs (with --max-score: or low-scored).")
+_MAX_SCORE = typer.Option(None, "--max-score", help="Only runs whose annotation score is at most this.")
+_SESSION = typer.Option(None, "--session", help="Only runs of this session id.")
+_ANNOTATION = typer.Option(
+    [], "--annotation", help="Annotation name(s) that give the score and label (default: all)."
+)
+_PHOENIX_DATASET = typer.Option(
+    None, "--phoenix-dataset", help="Also create this Phoenix dataset, its examples linked to their spans."
+)
+_WAIT_FOR = typer.Option(
+    [], "--wait-for", help="Trace id of a run that just happened (repeatable): wait for exactly these."
+)
+_WAIT_TIMEOUT = typer.Option(60.0, "--wait-timeout", min=0.0, help="Deadline for --wait-for, seconds.")
+_OUTPUTS_OPTION = typer.Option(
+    "auto",
+    "--outputs",
+    help="Expected outputs: 'auto' (traced outputs of runs not known bad), 'traced' (all), 'none'.",
+)
+_KEEP_NEAR = typer.Option(False, "--keep-near-duplicates", help="Keep near-duplicate inputs.")
+_LOCAL_FEEDBACK = typer.Option(
+    True, "--local-feedback/--no-local-feedback", help="Also read labels from the local feedback log."
+)
+_LIMIT = typer.Option(None, "--limit", min=1, help="At most this many examples (newest runs).")
+_JSON = typer.Option(False, "--json", help="Print the summary and health as JSON.")
+
+
 def mine_command(
-    program: str = typer.Argument(
-        ...,
-        help="The program as traced (geode.program.name): 'package.module:attribute' or a registered name.",
-    ),
+    program: str = _PROGRAM,
     out: Path = _OUT,
     source: str = SOURCE_OPTION,
     project: str | None = PROJECT_OPTION,
-    since: str | None = typer.Option(None, "--since", help="Only runs of the last 30m, 1h, 7d..."),
-    where: list[str] = typer.Option(  # noqa: B008 - typer declares options in defaults
-        [],
-        "--where",
-        help="Root-span attribute filter key=value (repeatable); metadata.KEY looks in metadata.",
-    ),
-    failures: bool = typer.Option(
-        False, "--failures", help="Only failed runs (with --max-score: or low-scored)."
-    ),
-    max_score: float | None = typer.Option(
-        None, "--max-score", help="Only runs whose annotation score is at most this."
-    ),
-    session: str | None = typer.Option(None, "--session", help="Only runs of this session id."),
-    annotation: list[str] = typer.Option(  # noqa: B008
-        [], "--annotation", help="Annotation name(s) that give the score and label (default: all)."
-    ),
+    since: str | None = _SINCE,
+    where: list[str] = _WHERE,
+    failures: bool = _FAILURES,
+    max_score: float | None = _MAX_SCORE,
+    session: str | None = _SESSION,
+    annotation: list[str] = _ANNOTATION,
     per_predictor: Path | None = _PER_PREDICTOR,
-    phoenix_dataset: str | None = typer.Option(
-        None,
-        "--phoenix-dataset",
-        help="Also create this Phoenix dataset, its examples linked to their spans.",
-    ),
-    wait_for: list[str] = typer.Option(  # noqa: B008
-        [], "--wait-for", help="Trace id of a run that just happened (repeatable): wait for exactly these."
-    ),
-    wait_timeout: float = typer.Option(
-        60.0, "--wait-timeout", min=0.0, help="Deadline for --wait-for, seconds."
-    ),
-    outputs: str = typer.Option(
-        "auto",
-        "--outputs",
-        help="Expected outputs: 'auto' (traced outputs of runs not known bad), 'traced' (all), 'none'.",
-    ),
-    keep_near: bool = typer.Option(False, "--keep-near-duplicates", help="Keep near-duplicate inputs."),
-    local_feedback: bool = typer.Option(
-        True, "--local-feedback/--no-local-feedback", help="Also read labels from the local feedback log."
-    ),
-    limit: int | None = typer.Option(
-        None, "--limit", min=1, help="At most this many examples (newest runs)."
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print the summary and health as JSON."),
+    phoenix_dataset: str | None = _PHOENIX_DATASET,
+    wait_for: list[str] = _WAIT_FOR,
+    wait_timeout: float = _WAIT_TIMEOUT,
+    outputs: str = _OUTPUTS_OPTION,
+    keep_near: bool = _KEEP_NEAR,
+    local_feedback: bool = _LOCAL_FEEDBACK,
+    limit: int | None = _LIMIT,
+    as_json: bool = _JSON,
 ) -> None:
     """Mine a program's traced runs into an eval dataset, with labels from annotations and feedback.
 
@@ -173,52 +186,21 @@ def mine_command(
     """
     if outputs not in _OUTPUTS:
         raise InputError(f"bad --outputs {outputs!r}", hint="use auto, traced or none")
-    ids = [normalize_trace_id(t) for t in wait_for]
     settings = make_settings()
-    console = make_console(stderr=True)
-    progress = Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[spans]} spans, {task.fields[records]} examples"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=as_json,
-        transient=True,
+    options = MiningOptions(
+        TraceFilter(session_id=session, start=datetime.now(UTC) - parse_since(since) if since else None),
+        where=parse_where(where),
+        failures=failures,
+        max_score=max_score,
+        annotation_names=annotation or None,
+        annotations=feedback_annotations(settings) if local_feedback else (),
+        wait_for=[normalize_trace_id(t) for t in wait_for] or None,
+        wait_timeout_s=wait_timeout,
+        outputs=cast(OutputPolicy, outputs),
+        near_duplicates=not keep_near,
+        limit=limit,
     )
-    task = progress.add_task("mining traces", total=len(ids) or None, spans=0, records=0)
-
-    def on_progress(p: MiningProgress) -> None:
-        progress.update(task, completed=p.traces, total=p.expected, spans=p.spans, records=p.records)
-
-    name = program_name(program)
-    start = datetime.now(UTC) - parse_since(since) if since else None
-    with open_source(settings, source, project) as reader:
-        with progress:
-            require_one_program(reader, name, TraceFilter(session_id=session, start=start, limit=limit))
-            if ids:
-                progress.update(task, description=f"waiting for {len(ids)} trace(s)")
-            result = mine(
-                reader,
-                name,
-                since=start,
-                session_id=session,
-                where=parse_where(where),
-                failures=failures,
-                max_score=max_score,
-                annotation_names=annotation or None,
-                annotations=feedback_annotations(settings) if local_feedback else (),
-                wait_for=ids or None,
-                wait_timeout_s=wait_timeout,
-                outputs=cast(OutputPolicy, outputs),
-                near_duplicates=not keep_near,
-                limit=limit,
-                progress=on_progress,
-            )
-        # Explained while the source is open: the hint lists the programs that do have runs there.
-        if not result.dataset.records:
-            _explain_empty(result, reader, console)
+    result, reader = _mine_source(settings, program_name(program), options, source, project, quiet=as_json)
     written = result.save(out, predictors_dir=per_predictor)
     link = None
     if phoenix_dataset:
@@ -229,7 +211,45 @@ def mine_command(
         if link is not None:
             summary["phoenix_dataset"] = link.__dict__
         typer.echo(json.dumps(summary, indent=2))
-        return
+    else:
+        _print_result(result, written, link)
+
+
+def _mine_source(
+    settings: Settings, name: str, options: MiningOptions, source: str, project: str | None, *, quiet: bool
+) -> tuple[MiningResult, TraceSource]:
+    """Mine ``name``'s runs in the source with a progress bar (unless ``quiet``); the source is closed after."""
+    console = make_console(stderr=True)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[spans]} spans, {task.fields[records]} examples"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet,
+        transient=True,
+    )
+    ids = options.wait_for or ()
+    task = progress.add_task("mining traces", total=len(ids) or None, spans=0, records=0)
+
+    def on_progress(p: MiningProgress) -> None:
+        progress.update(task, completed=p.traces, total=p.expected, spans=p.spans, records=p.records)
+
+    with open_source(settings, source, project) as reader:
+        with progress:
+            require_one_program(reader, name, replace(options.traces, limit=options.limit))
+            if ids:
+                progress.update(task, description=f"waiting for {len(ids)} trace(s)")
+            result = mine(reader, name, replace(options, progress=on_progress))
+        # Explained while the source is open: the hint lists the programs that do have runs there.
+        if not result.dataset.records:
+            _explain_empty(result, reader, console)
+    return result, reader
+
+
+def _print_result(result: MiningResult, written: list[Path], link: PhoenixDatasetLink | None) -> None:
     stdout = make_console()
     stdout.print(f"source: {result.source_used}", highlight=False)
     print_table(stdout, _accounting_table(result))
