@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from geode.cli._common import ALLOW_CACHE_OPTION, LM_OPTION, make_runtime
 from geode.cli._console import make_console
@@ -26,7 +27,8 @@ from geode.cli._learning import (
 from geode.cli._tables import print_table
 from geode.cli._text import terminal_json
 from geode.errors import ConfigError
-from geode.evals.evaluate import evaluate
+from geode.evals.dataset import Dataset
+from geode.evals.evaluate import EvalOptions, EvalResult, evaluate
 from geode.evals.metrics import metric_name
 
 __all__ = ["register"]
@@ -72,12 +74,7 @@ def eval_command(
     data = load_data(dataset)
     data.require(1, purpose="evaluate")
     scorer = load_metric(metric)
-    if split not in ("all", "train", "heldout"):
-        raise ConfigError(f"--split must be all, train or heldout, got {split!r}")
-    if split != "all":
-        parts = data.split(heldout_fraction=heldout, seed=seed)
-        data = parts.train if split == "train" else parts.heldout
-        data.require(1, purpose=f"evaluate the {split} split")
+    data = _split_data(data, split, heldout, seed)
     console = make_console(stderr=as_json)
     with make_runtime(lm=lm, measure=True, allow_cache=allow_cache) as rt:
         served = rt.serve(program)
@@ -89,32 +86,45 @@ def eval_command(
             f"scoring {served.name} ({served.version or 'base program'}) on {len(data)} examples with "
             f"{metric_name(scorer)} on {getattr(rt.lm, 'model', '?')}"
         )
+        options = EvalOptions(
+            program_name=served.name,
+            version=served.version,
+            split=split,
+            num_threads=default_threads(rt, threads),
+            pricing=pricing_for(rt),
+            max_errors=max_errors,
+            show_progress=not as_json,
+            phoenix_url=phoenix_url(rt.settings, phoenix),
+            experiment_name=experiment,
+        )
         with rt.batch():
-            result = evaluate(
-                served.module,
-                data,
-                scorer,
-                program_name=served.name,
-                version=served.version,
-                split=split,
-                num_threads=default_threads(rt, threads),
-                pricing=pricing_for(rt),
-                max_errors=max_errors,
-                show_progress=not as_json,
-                phoenix_url=phoenix_url(rt.settings, phoenix),
-                experiment_name=experiment,
-            )
+            result = evaluate(served.module, data, scorer, options)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result.to_dict(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     if as_json:
         typer.echo(terminal_json(result.to_dict(examples=False), indent=2))
-        return
+    else:
+        _print_result(console, served.name, result, show=show, out=out)
+
+
+def _split_data(data: Dataset, split: str, heldout: float, seed: int) -> Dataset:
+    """The examples ``--split`` asks for (the split ``geode compile`` makes with the same seed)."""
+    if split not in ("all", "train", "heldout"):
+        raise ConfigError(f"--split must be all, train or heldout, got {split!r}")
+    if split != "all":
+        parts = data.split(heldout_fraction=heldout, seed=seed)
+        data = parts.train if split == "train" else parts.heldout
+        data.require(1, purpose=f"evaluate the {split} split")
+    return data
+
+
+def _print_result(console: Console, name: str, result: EvalResult, *, show: int, out: Path | None) -> None:
     print_table(
         console,
-        eval_summary_table([(served.name, result)], f"{result.metric} on {result.dataset_id} ({split})"),
+        eval_summary_table([(name, result)], f"{result.metric} on {result.dataset_id} ({result.split})"),
     )
-    for note in measurement_notes([(served.name, result)]):
+    for note in measurement_notes([(name, result)]):
         console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
     worst = examples_table(result, show) if show > 0 else None
     if worst is not None:

@@ -20,7 +20,8 @@ import dspy
 
 from geode.errors import ConfigError
 from geode.evals.dataset import MIN_HELDOUT, MIN_TRAIN, Dataset
-from geode.evals.evaluate import EvalResult, Pricing, _LMCallCounter, evaluate
+from geode.evals.eval_runner import _LMCallCounter
+from geode.evals.evaluate import EvalResult, Pricing, evaluate
 from geode.evals.metrics import is_feedback_metric, metric_name, with_feedback
 
 __all__ = [
