@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast, get_args
 
 import dspy
@@ -21,11 +21,12 @@ import dspy
 from geode.errors import ConfigError
 from geode.evals.dataset import MIN_HELDOUT, MIN_TRAIN, Dataset
 from geode.evals.eval_runner import _LMCallCounter
-from geode.evals.evaluate import EvalResult, Pricing, evaluate
+from geode.evals.evaluate import EvalOptions, EvalResult, Pricing, evaluate
 from geode.evals.metrics import is_feedback_metric, metric_name, with_feedback
 
 __all__ = [
     "AutoBudget",
+    "CompileOptions",
     "CompileResult",
     "OptimizerName",
     "OptimizerSettings",
@@ -198,10 +199,52 @@ def _run_optimizer(
     )
 
 
+@dataclass(frozen=True)
+class CompileOptions:
+    """How :func:`compile_program` optimizes and scores (the Python API and ``geode compile`` share it).
+
+    Example:
+        >>> CompileOptions(optimizer="mipro", auto="medium", evaluation=EvalOptions(num_threads=4)).auto
+        'medium'
+    """
+
+    optimizer: OptimizerName = "bootstrap"
+    """``bootstrap`` (BootstrapFewShot), ``mipro`` (MIPROv2), ``gepa`` (GEPA) or ``finetune``."""
+    auto: AutoBudget = "light"
+    """MIPROv2 / GEPA budget."""
+    heldout_fraction: float = 0.3
+    """Share of the dataset held out for the final comparison."""
+    seed: int = 0
+    """Split and optimizer seed."""
+    max_bootstrapped_demos: int = 4
+    """Demos the optimizer may bootstrap per predictor."""
+    max_labeled_demos: int = 4
+    """Labelled demos it may add per predictor."""
+    reflection_lm: dspy.BaseLM | None = None
+    """GEPA's reflection LM; default: the context LM."""
+    version_of: Callable[[dspy.Module], str] | None = None
+    """Computes a program's version id (the runtime passes its registry's), stamped on the evaluation
+    spans of both programs."""
+    min_train: int = MIN_TRAIN
+    """Refuse with fewer training examples."""
+    min_heldout: int = MIN_HELDOUT
+    """Refuse with fewer held-out examples."""
+    log: Callable[[str], None] | None = None
+    """Receives one-line progress messages (the CLI prints them)."""
+    finetune: Finetuner | None = None
+    """Runs ``optimizer="finetune"`` (fine-tunes the LM's weights on the train split, with a validation
+    part carved out of it for early stopping); the CLI passes the runtime's."""
+    evaluation: EvalOptions = field(default_factory=EvalOptions)
+    """How both programs are scored: ``program_name`` (spans and results), ``num_threads`` (also the
+    optimizer's), ``pricing``, ``show_progress``, ``tracer``. The split, version and tags of each
+    evaluation are compile's own (``heldout``; each program's version; ``baseline``/``candidate``)."""
+
+
 def compile_program(
     program: dspy.Module,
     dataset: Dataset,
     metric: Callable[..., Any],
+    options: CompileOptions | None = None,
     *,
     optimizer: OptimizerName = "bootstrap",
     auto: AutoBudget = "light",
@@ -223,12 +266,14 @@ def compile_program(
 ) -> CompileResult:
     """Optimize ``program`` on the train split and score baseline vs candidate on the held-out split.
 
+    Give either ``options`` or the keyword arguments, which build the same :class:`CompileOptions`.
+
     Args:
         program: The baseline program (left unchanged; the candidate is a copy).
         dataset: Labelled examples; split by :meth:`Dataset.split` with ``heldout_fraction`` and ``seed``.
-        metric: A DSPy metric; for GEPA a plain metric is wrapped with
-            :func:`~geode.evals.metrics.with_feedback` (records' ``feedback`` reaches GEPA's reflection).
-        optimizer: ``bootstrap`` (BootstrapFewShot), ``mipro`` (MIPROv2) or ``gepa`` (GEPA).
+        metric: A DSPy metric (for GEPA a plain one is wrapped with :func:`~geode.evals.metrics.with_feedback`).
+        options: How to optimize and score (each field is documented on :class:`CompileOptions`).
+        optimizer: ``bootstrap``, ``mipro``, ``gepa`` or ``finetune``.
         auto: MIPROv2 / GEPA budget.
         heldout_fraction: Share of the dataset held out for the final comparison.
         seed: Split and optimizer seed.
@@ -237,79 +282,87 @@ def compile_program(
         max_labeled_demos: Labelled demos it may add per predictor.
         reflection_lm: GEPA's reflection LM; default: the context LM.
         program_name: Name for spans and results.
-        version_of: Computes a program's version id (the runtime passes its registry's), stamped on
-            the evaluation spans of both programs.
+        version_of: Computes a program's version id, stamped on both programs' evaluation spans.
         min_train: Refuse with fewer training examples.
         min_heldout: Refuse with fewer held-out examples.
         pricing: Token prices for the evaluations' cost.
         show_progress: Progress bars for the evaluations.
         tracer: OpenTelemetry tracer for evaluation example spans.
         log: Receives one-line progress messages (the CLI prints them).
-        finetune: Runs ``optimizer="finetune"`` (fine-tunes the LM's weights on the train split, with a
-            validation part carved out of it for early stopping); the CLI passes the runtime's.
+        finetune: Runs ``optimizer="finetune"`` (:attr:`CompileOptions.finetune`).
 
     Raises:
         DatasetError: The dataset is empty or too small to split into train and held-out data.
         ConfigError: Unknown optimizer, or GEPA without a reflection LM.
+        TypeError: Both ``options`` and keyword arguments were given.
     """
-    if optimizer not in get_args(OptimizerName):
-        raise ConfigError(
-            f"unknown optimizer {optimizer!r}", hint=f"choose one of {', '.join(get_args(OptimizerName))}"
-        )
-    say = log or (lambda message: logger.info("%s", message))
-    dataset.require(1, purpose="compile")
-    split = dataset.split(heldout_fraction=heldout_fraction, seed=seed)
-    split.require(min_train=min_train, min_heldout=min_heldout, purpose="compile")
-    name = program_name or type(program).__name__
-    carve = optimizer in ("mipro", "gepa", "finetune")
-    # A fine-tune learns from every example it trains on: give it the larger share.
-    fraction = 0.25 if optimizer == "finetune" else 0.5
-    fit, val = _validation_split(split.train, seed, fraction) if carve else (split.train, None)
-    reflection_model = None
-    if optimizer == "gepa":
-        chosen = reflection_lm or dspy.settings.lm
-        reflection_model = str(getattr(chosen, "model", "")) or None
-    settings = OptimizerSettings(
-        name=optimizer,
-        auto=auto if optimizer in ("mipro", "gepa") else None,
+    keywords = CompileOptions(
+        optimizer=optimizer,
+        auto=auto,
+        heldout_fraction=heldout_fraction,
+        seed=seed,
         max_bootstrapped_demos=max_bootstrapped_demos,
         max_labeled_demos=max_labeled_demos,
-        seed=seed,
-        num_threads=num_threads,
+        reflection_lm=reflection_lm,
+        version_of=version_of,
+        min_train=min_train,
+        min_heldout=min_heldout,
+        log=log,
+        finetune=finetune,
+        evaluation=EvalOptions(
+            program_name=program_name,
+            num_threads=num_threads,
+            pricing=pricing,
+            show_progress=show_progress,
+            tracer=tracer,
+        ),
+    )
+    if options is not None and keywords != CompileOptions():
+        raise TypeError("compile_program takes options or keyword arguments, not both")
+    return _compile(program, dataset, metric, options or keywords)
+
+
+def _optimizer_settings(options: CompileOptions, fit: Dataset, val: Dataset | None) -> OptimizerSettings:
+    reflection_model = None
+    if options.optimizer == "gepa":
+        chosen = options.reflection_lm or dspy.settings.lm
+        reflection_model = str(getattr(chosen, "model", "")) or None
+    return OptimizerSettings(
+        name=options.optimizer,
+        auto=options.auto if options.optimizer in ("mipro", "gepa") else None,
+        max_bootstrapped_demos=options.max_bootstrapped_demos,
+        max_labeled_demos=options.max_labeled_demos,
+        seed=options.seed,
+        num_threads=options.evaluation.num_threads,
         reflection_model=reflection_model,
         train_size=len(fit),
         val_size=len(val) if val is not None else 0,
     )
-    baseline_program = program
-    m_name = metric_name(metric)
-    common: dict[str, Any] = {
-        "program_name": name,
-        "split": "heldout",
-        "num_threads": num_threads,
-        "pricing": pricing,
-        "show_progress": show_progress,
-        "tracer": tracer,
-    }
 
-    say(f"baseline: scoring {name} on {len(split.heldout)} held-out examples with {m_name}")
-    baseline = evaluate(
-        baseline_program,
-        split.heldout,
-        metric,
-        version=version_of(baseline_program) if version_of else None,
-        tags=("baseline",),
-        **common,
-    )
 
-    say(
-        f"optimizing with {optimizer}"
-        + (f" (auto={auto})" if settings.auto else "")
-        + f" on {len(fit)} training examples"
-        + (f" and {len(val)} validation examples" if val is not None else "")
-    )
+@dataclass(frozen=True)
+class _Optimized:
+    """The candidate program and what optimizing it cost."""
+
+    program: dspy.Module
+    seconds: float
+    lm_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def _optimize(
+    program: dspy.Module,
+    metric: Callable[..., Any],
+    settings: OptimizerSettings,
+    options: CompileOptions,
+    data: tuple[Dataset, Dataset | None],
+) -> _Optimized:
+    """Run the optimizer on a copy of ``program`` with the train (and validation) data, counting its cost."""
+    fit, val = data
     counter = _LMCallCounter()
     t0 = time.perf_counter()
-    student = baseline_program.deepcopy()
+    student = program.deepcopy()
     with (
         dspy.track_usage() as usage,
         dspy.context(callbacks=[*(dspy.settings.get("callbacks") or []), counter]),
@@ -320,39 +373,84 @@ def compile_program(
             metric,
             fit.examples(),
             val.examples() if val is not None else None,
-            reflection_lm,
-            finetune,
+            options.reflection_lm,
+            options.finetune,
         )
-    compile_seconds = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     totals = usage.get_total_tokens()
+    return _Optimized(
+        program=candidate_program,
+        seconds=seconds,
+        lm_calls=counter.calls,
+        prompt_tokens=sum(int(u.get("prompt_tokens") or 0) for u in totals.values()),
+        completion_tokens=sum(int(u.get("completion_tokens") or 0) for u in totals.values()),
+    )
 
+
+def _score(
+    program: dspy.Module,
+    data: Dataset,
+    metric: Callable[..., Any],
+    options: CompileOptions,
+    *,
+    name: str,
+    tag: str,
+) -> EvalResult:
+    """One side of the comparison, scored on the held-out split."""
+    version = options.version_of(program) if options.version_of else None
+    evaluation = replace(options.evaluation, program_name=name, split="heldout", version=version, tags=(tag,))
+    return evaluate(program, data, metric, evaluation)
+
+
+def _compile(
+    program: dspy.Module, dataset: Dataset, metric: Callable[..., Any], options: CompileOptions
+) -> CompileResult:
+    optimizer = options.optimizer
+    if optimizer not in get_args(OptimizerName):
+        raise ConfigError(
+            f"unknown optimizer {optimizer!r}", hint=f"choose one of {', '.join(get_args(OptimizerName))}"
+        )
+    say = options.log or (lambda message: logger.info("%s", message))
+    dataset.require(1, purpose="compile")
+    split = dataset.split(heldout_fraction=options.heldout_fraction, seed=options.seed)
+    split.require(min_train=options.min_train, min_heldout=options.min_heldout, purpose="compile")
+    name = options.evaluation.program_name or type(program).__name__
+    carve = optimizer in ("mipro", "gepa", "finetune")
+    # A fine-tune learns from every example it trains on: give it the larger share.
+    fraction = 0.25 if optimizer == "finetune" else 0.5
+    fit, val = _validation_split(split.train, options.seed, fraction) if carve else (split.train, None)
+    settings = _optimizer_settings(options, fit, val)
+    m_name = metric_name(metric)
+
+    say(f"baseline: scoring {name} on {len(split.heldout)} held-out examples with {m_name}")
+    baseline = _score(program, split.heldout, metric, options, name=name, tag="baseline")
     say(
-        f"candidate: scoring the compiled program ({demo_count(candidate_program)} demos) on the held-out split"
+        f"optimizing with {optimizer}"
+        + (f" (auto={options.auto})" if settings.auto else "")
+        + f" on {len(fit)} training examples"
+        + (f" and {len(val)} validation examples" if val is not None else "")
     )
-    candidate = evaluate(
-        candidate_program,
-        split.heldout,
-        metric,
-        version=version_of(candidate_program) if version_of else None,
-        tags=("candidate",),
-        **common,
+    optimized = _optimize(program, metric, settings, options, (fit, val))
+    say(
+        f"candidate: scoring the compiled program ({demo_count(optimized.program)} demos) on the held-out split"
     )
+    candidate = _score(optimized.program, split.heldout, metric, options, name=name, tag="candidate")
     return CompileResult(
         program=name,
         optimizer=settings,
         dataset_id=dataset.id,
         dataset_name=dataset.name,
         metric=m_name,
-        heldout_fraction=heldout_fraction,
-        split_seed=seed,
+        heldout_fraction=options.heldout_fraction,
+        split_seed=options.seed,
         train_ids=tuple(r.key for r in split.train),
         heldout_ids=tuple(r.key for r in split.heldout),
         baseline=baseline,
         candidate=candidate,
-        compile_seconds=compile_seconds,
-        compile_lm_calls=counter.calls,
-        compile_prompt_tokens=sum(int(u.get("prompt_tokens") or 0) for u in totals.values()),
-        compile_completion_tokens=sum(int(u.get("completion_tokens") or 0) for u in totals.values()),
-        baseline_program=baseline_program,
-        candidate_program=candidate_program,
+        compile_seconds=optimized.seconds,
+        compile_lm_calls=optimized.lm_calls,
+        compile_prompt_tokens=optimized.prompt_tokens,
+        compile_completion_tokens=optimized.completion_tokens,
+        baseline_program=program,
+        candidate_program=optimized.program,
     )
