@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
 from geode.errors import DatasetError
-from geode.evals.dataset import Dataset, Record, _near_duplicates
+from geode.evals.dataset import Dataset, Record
+from geode.evals.dataset_health import _near_duplicates
 from geode.evals.mining.annotations import _Judgement
 from geode.evals.mining.examine import SkipReason, _Candidate, _content_problem, _json_object
 from geode.evals.mining.result import _Tally
