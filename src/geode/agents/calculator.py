@@ -14,17 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from geode.errors import ToolError
+from geode.errors import ExpressionError
 
 __all__ = ["Calculator", "ExpressionError", "calculate"]
 
 Number = int | float
-
-
-class ExpressionError(ToolError):
-    """An expression could not be evaluated: bad syntax, unknown name, division by zero, too large."""
-
-    code = "invalid_expression"
 
 
 _TOKEN = re.compile(

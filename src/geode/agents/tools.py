@@ -40,7 +40,7 @@ from dspy.utils.callback import with_callbacks
 from pydantic import ConfigDict, PrivateAttr, create_model
 
 from geode.agents.scrub import scrub
-from geode.errors import BudgetExceededError, ConfigError, ToolError, ToolTimeoutError
+from geode.errors import BudgetExceededError, ConfigError, ToolArgumentError, ToolError, ToolTimeoutError
 
 __all__ = [
     "DEFAULT_TOOL_TIMEOUT_S",
@@ -58,12 +58,6 @@ __all__ = [
 DEFAULT_TOOL_TIMEOUT_S = 30.0
 RESERVED_TOOL_NAMES = frozenset({"finish", "submit"})
 """Pseudo-tools of DSPy's ReAct loops; a real tool may not take these names."""
-
-
-class ToolArgumentError(ToolError):
-    """A tool was called with arguments that do not match its schema; the function did not run."""
-
-    code = "tool_invalid_arguments"
 
 
 # -- the run's deadline ----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from geode.errors import ConfigError, GeodeError, MissingExtraError
+from geode.errors import MissingExtraError, PhoenixPortInUseError, PhoenixStartError
 from geode.runtime.settings import PhoenixSettings, Settings
 
 if TYPE_CHECKING:
@@ -52,18 +52,6 @@ _LOG_TAIL_LINES: Final = 12
 _START_MARKER: Final = "--- geode: starting Phoenix"
 _EXCEPTION_LINE: Final = re.compile(r"^[\w.]*(Error|Exception)\b.*")
 PortState = Literal["phoenix", "other", "free"]
-
-
-class PhoenixPortInUseError(ConfigError):
-    """The port asked for Phoenix is held by another program."""
-
-    code = "port_in_use"
-
-
-class PhoenixStartError(GeodeError):
-    """``phoenix serve`` exited during start-up or did not become ready before the deadline."""
-
-    code = "phoenix_start_failed"
 
 
 @dataclass(frozen=True)

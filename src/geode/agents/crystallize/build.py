@@ -38,19 +38,13 @@ from geode.agents.crystallize.spec import (
     ToolStep,
     WorkflowSpec,
 )
-from geode.errors import GeodeError
+from geode.errors import CrystallizeError
 
 __all__ = ["CrystallizeError", "CrystallizeOptions", "build_spec", "choose_patterns"]
 
 _MAX_LINEAGE = 20
 _ROUTER_ID = "router"
 _ANSWER_ID = "answer"
-
-
-class CrystallizeError(GeodeError):
-    """The recorded runs cannot be turned into a workflow (none found, none succeeded, no pattern)."""
-
-    code = "crystallize_error"
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ import regex
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from geode.agents.crystallize.trust import SpecTrust, current_spec_trust
-from geode.errors import ProgramLoadError
+from geode.errors import WorkflowSpecError
 
 __all__ = [
     "PATTERN_TIMEOUT_S",
@@ -86,12 +86,6 @@ PATTERN_TIMEOUT_S: Final = 0.25
 """How long one of a spec's regular expressions may run on one text; past it the step fails (and the
 workflow's guard hands the input to the agent). A spec's patterns are learned from data, and a spec may
 come from elsewhere: a pattern that backtracks badly must cost a bounded time, not freeze the server."""
-
-
-class WorkflowSpecError(ProgramLoadError):
-    """A workflow spec is malformed, refers to something that does not exist, or was tampered with."""
-
-    code = "workflow_spec_invalid"
 
 
 def compile_pattern(pattern: str) -> regex.Pattern[str]:

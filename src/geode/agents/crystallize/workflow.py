@@ -44,19 +44,13 @@ from geode.agents.crystallize.trust import SpecTrust, current_spec_trust, module
 from geode.agents.fallback import Fallback, Validator
 from geode.agents.scrub import scrub
 from geode.agents.tools import GuardedTool, guard
-from geode.errors import ConfigError, GeodeError
+from geode.errors import ConfigError, WorkflowGuardError
 from geode.traces.vocab import GeodeAttributes
 
 __all__ = ["CrystallizedWorkflow", "WorkflowGuardError", "check_agent_ref", "workflow_route"]
 
 _ROUTE_ATTR = "_geode_workflow_route"
 _MAX_OBSERVATION_CHARS = 2000
-
-
-class WorkflowGuardError(GeodeError):
-    """The crystallized workflow cannot answer this input itself; the guard hands it to the agent."""
-
-    code = "workflow_guard"
 
 
 def workflow_route(prediction: dspy.Prediction) -> str | None:

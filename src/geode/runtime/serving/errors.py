@@ -16,11 +16,27 @@ from typing import Any, Final
 from dspy.utils.exceptions import AdapterParseError, LMRateLimitError, LMTimeoutError, LMTransportError
 from dspy.utils.exceptions import LMError as DSPyLMError
 
-from geode.errors import GeodeError, LMError, OutputParseError
+from geode.errors import (
+    ClientClosedError,
+    DeadlineExceededError,
+    GeodeError,
+    LMError,
+    LMRateLimitedError,
+    LMTimeoutGeodeError,
+    NotFoundError,
+    OutputParseError,
+    OverloadedError,
+    PayloadTooLargeError,
+    ProgramConfiguresDSPyError,
+    RateLimitedError,
+    ServiceUnavailableError,
+    UnauthorizedError,
+)
 from geode.runtime.serving.configure_guard import configure_refused
 
 __all__ = [
     "STATUS_BY_CODE",
+    "ClientClosedError",
     "DeadlineExceededError",
     "LMRateLimitedError",
     "LMTimeoutGeodeError",
@@ -37,84 +53,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("geode.serve")
-
-
-class UnauthorizedError(GeodeError):
-    """The request carries no API key, or one the server does not know."""
-
-    code = "unauthorized"
-
-
-class ClientClosedError(GeodeError):
-    """The client disconnected before the run finished (a stream it stopped reading); not a server error."""
-
-    code = "client_closed"
-
-
-class PayloadTooLargeError(GeodeError):
-    """The request body is larger than ``GEODE_SERVE_MAX_BODY_BYTES``."""
-
-    code = "payload_too_large"
-
-
-class RateLimitedError(GeodeError):
-    """The caller's key sent more requests, or used more tokens, than its allowance."""
-
-    code = "rate_limited"
-
-    def __init__(self, message: str, *, retry_after_s: float, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.retry_after_s = retry_after_s
-
-
-class DeadlineExceededError(GeodeError):
-    """The request did not finish within its deadline (``GEODE_SERVE_REQUEST_TIMEOUT_S``)."""
-
-    code = "deadline_exceeded"
-
-
-class ServiceUnavailableError(GeodeError):
-    """The server is starting, shutting down, or at its concurrency limit."""
-
-    code = "unavailable"
-
-
-class NotFoundError(GeodeError):
-    """The thing asked for does not exist for this caller (another caller's is not shown either)."""
-
-    code = "not_found"
-
-
-class OverloadedError(ServiceUnavailableError):
-    """Every run slot stayed busy for the whole queue wait (``GEODE_SERVE_QUEUE_TIMEOUT_S``)."""
-
-    code = "overloaded"
-
-    def __init__(self, message: str, *, retry_after_s: float, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.retry_after_s = retry_after_s
-
-
-class ProgramConfiguresDSPyError(GeodeError):
-    """The program called ``dspy.configure`` while answering a request (it must use ``dspy.context``)."""
-
-    code = "program_configures_dspy"
-
-
-class LMRateLimitedError(LMError):
-    """The LM provider kept answering 429 after the configured retries."""
-
-    code = "lm_rate_limited"
-
-    def __init__(self, message: str, *, retry_after_s: float | None, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.retry_after_s = retry_after_s
-
-
-class LMTimeoutGeodeError(LMError):
-    """The LM did not answer within its timeout."""
-
-    code = "lm_timeout"
 
 
 STATUS_BY_CODE: Final[Mapping[str, int]] = {
