@@ -27,10 +27,6 @@ LONG_MODULES: dict[str, str] = {
         "derivations and extractor move to their own modules (s20a)"
     ),
     "demo/pipeline.py": "the demo's whole pipeline, stage by stage (695 lines); the lead is reshaping demo/",
-    "evals/report.py": (
-        "compile report and comparison report writers in one module (608 lines); issue 20: the comparison "
-        "report and shared parts move out (s20e)"
-    ),
     "runtime/instrumentation/_callback.py": (
         "GeodeCallback: every DSPy callback hook and its span attributes (902 lines); issue 20: being split "
         "(s20r)"
@@ -70,9 +66,6 @@ LONG_FUNCTIONS: dict[str, str] = {
     "cli/ingest.py::ingest": "Typer command: 9 options in a 31-line signature, body 71 lines",
     "evals/compare.py::compare_models": (
         "public API: 14 parameters in a 17-line signature and a 24-line docstring documenting each; body 52"
-    ),
-    "evals/report.py::write_compile_report": (
-        "writes the compile report's sections in order (85 lines); issue 20: sections become helpers (s20e)"
     ),
     "runtime/finetune/optimizer.py::LocalFinetune.compile": (
         "DSPy optimizer's compile: data checks, training, export and evaluation in sequence (126 lines); "
