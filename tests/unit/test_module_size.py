@@ -35,10 +35,6 @@ LONG_MODULES: dict[str, str] = {
         "the llama.cpp backend: loading, chat templating, grammar, generation, threads (790 lines); issue 20: "
         "being split (s20r)"
     ),
-    "runtime/registry.py": (
-        "version files, records, states, store, promotion and active programs (1,438 lines); issue 20: "
-        "becomes a package along those seams (s20r)"
-    ),
     "runtime/serving/app.py": (
         "the FastAPI app with every route, error response and hosting concern (1,368 lines); issue 20: "
         "routes, execution, openapi and hosting move out (s20s)"
