@@ -127,11 +127,14 @@ def test_the_whole_loop_runs_on_a_scripted_model(settings: Settings, parts: Demo
     ] == []
     # The scripted agent always searched with the question: the workflow copies it, no LM call for it.
     assert result.cost is not None and result.cost.cheaper and result.kept_agent is None
-    # Demos do not help this model, so no candidate beats the workflow on the training runs.
+    # This model's answer depends on the question only, so no candidate beats the workflow on the
+    # training runs: not its shape (passages, order), not its instruction.
     assert [c["name"] for c in result.search] == [
         "as crystallized",
-        "instruction: passages",
+        "shape: 1 passage per tool result, tool results first",
+        "shape: 1 passage per tool result",
         "instruction: terse",
+        "instruction: terse, shape: 1 passage per tool result, tool results first",
     ]
     assert [r.label for r in result.rows] == ["agent", "workflow"]
     agent, workflow = result.row("agent"), result.row("workflow")
@@ -479,3 +482,76 @@ def test_variants_change_only_the_workflows_answer_steps(settings: Settings, par
     assert variant.name == "instruction: terse, demos: 1" and variant.optimizer == "instructions+demos"
     with pytest.raises(ValueError, match="changes"):
         variant_candidate()
+
+
+def _answer_prompt(lm: ScriptedLM) -> str:
+    """The user message of the last call that asked for the workflow's ``answer``."""
+    asked = [c for c in lm.calls if "`answer`" in c.messages[0]["content"]]
+    return asked[-1].messages[-1]["content"]
+
+
+def test_a_shape_feeds_one_passage_question_last_and_is_part_of_the_version(
+    settings: Settings, parts: DemoParts, tmp_path: Path
+) -> None:
+    from geode.agents.crystallize import WorkflowShape
+    from geode.demo.recompile import answer_predictors
+
+    result = _run(settings, parts)
+    assert result.crystallization is not None
+    workflow = result.crystallization.workflow()
+    shaped = workflow.with_shape(WorkflowShape(passages=1, tool_results_first=True))
+    assert workflow.shape.is_default and shaped.shape == WorkflowShape(1, True)
+    question = sorted(GOLD)[0]
+
+    prompts = []
+    for program in (workflow, shaped):
+        lm = ScriptedLM(_model)
+        with dspy.context(lm=lm):
+            program(question=question)
+        prompts.append(_answer_prompt(lm))
+    whole, one = prompts
+    assert "[1] " in whole and "[2] " in whole and whole.index("question") < whole.index("search_result")
+    assert "[1] " in one and "[2] " not in one and one.index("search_result") < one.index("question")
+
+    registry = ProgramRegistry(tmp_path / "programs")
+    base, other = registry.save("wf", workflow), registry.save("wf", shaped)
+    assert base.version != other.version
+    # A workflow as crystallized has no shape in its state: versions saved before shapes keep their ids.
+    assert "geode:shape" not in registry.load_state("wf", base.version)[1]
+    loaded = registry.load_into("wf", other.version, workflow)
+    assert isinstance(loaded, type(workflow)) and loaded.shape == shaped.shape
+    (step,) = answer_predictors(loaded)
+    assert list(step.signature.input_fields) == ["search_result", "question"]
+    back = registry.load_into("wf", base.version, shaped)
+    assert isinstance(back, type(workflow)) and back.shape.is_default
+    (step,) = answer_predictors(back)
+    assert list(step.signature.input_fields) == ["question", "search_result"]
+
+
+def test_a_saved_shape_that_geode_did_not_write_is_refused(settings: Settings, parts: DemoParts) -> None:
+    from geode.agents.crystallize import WorkflowShape
+    from geode.agents.crystallize.shape import first_passages
+    from geode.errors import ProgramLoadError
+
+    result = _run(settings, parts)
+    assert result.crystallization is not None
+    workflow = result.crystallization.workflow()
+    state = workflow.with_shape(WorkflowShape(passages=1)).dump_state()
+    assert state["geode:shape"] == {"passages": 1, "tool_results_first": False}
+    for bad in (
+        {"passages": 0},
+        {"passages": "1"},
+        {"passages": 1, "rows": 2},
+        [1],
+        {"tool_results_first": 1},
+    ):
+        with pytest.raises(ProgramLoadError, match="shape"):
+            workflow.deepcopy().load_state({**state, "geode:shape": bad})
+    with pytest.raises(ValueError, match="at least 1"):
+        WorkflowShape(passages=0)
+    # Only text that is a list of numbered passages is cut.
+    assert first_passages("[1] a\n\n[2] b\n\n[3] c", 2) == "[1] a\n\n[2] b"
+    assert first_passages("see [1] a\n[2] b", 1) == "see [1] a\n[2] b"
+    assert (
+        first_passages("[1] only", 1) == "[1] only" and first_passages("[1] a\n[2] b", None) == "[1] a\n[2] b"
+    )

@@ -5,6 +5,7 @@
 3. :func:`build_spec` (or :func:`crystallize`, which does all of it) writes a :class:`WorkflowSpec`;
    :func:`check_cost` says whether it is expected to make fewer LM calls than the agent did;
 4. :class:`CrystallizedWorkflow` runs a spec, with the agent as the guard for inputs it cannot handle;
+   its :class:`WorkflowShape` (passages per tool result, tool results first) is part of its saved state;
 5. :func:`emit_python` writes the same workflow as a Python module you can own and edit.
 """
 
@@ -22,6 +23,7 @@ from geode.agents.crystallize.patterns import (
 )
 from geode.agents.crystallize.report import render_report
 from geode.agents.crystallize.runs import AgentRun, RunScore, ToolCall, read_runs, runs_from_traces
+from geode.agents.crystallize.shape import WorkflowShape
 from geode.agents.crystallize.spec import WorkflowSpec, WorkflowSpecError
 from geode.agents.crystallize.workflow import CrystallizedWorkflow, WorkflowGuardError, workflow_route
 
@@ -39,6 +41,7 @@ __all__ = [
     "StepAnalysis",
     "ToolCall",
     "WorkflowGuardError",
+    "WorkflowShape",
     "WorkflowSpec",
     "WorkflowSpecError",
     "analyze",

@@ -27,6 +27,7 @@ from dspy.signatures.signature import make_signature
 
 from geode.agents.agent import _observation_text
 from geode.agents.crystallize.refs import agent_parts, import_ref, ref_of
+from geode.agents.crystallize.shape import STATE_KEY, WorkflowShape, first_passages, reorder_inputs
 from geode.agents.crystallize.spec import (
     PATTERN_TIMEOUT_S,
     Binding,
@@ -178,6 +179,19 @@ class PredictStepModule(_Step):
         self.predict = dspy.Predict(_signature(spec))
         self.predict.demos = [dspy.Example(**demo) for demo in spec.demos]
 
+    def read_tool_results_first(self, first: bool, tool_steps: frozenset[str]) -> None:
+        """Put the inputs bound to a tool step's result before the others (``False``: the spec's order)."""
+        fed = [
+            name
+            for name, binding in self.spec.bindings.items()
+            if binding.source == "step" and binding.step in tool_steps
+        ]
+        spec_order = [f.name for f in self.spec.inputs]
+        order = fed + [n for n in spec_order if n not in fed] if first else spec_order
+        # DSPy types the attribute loosely; a Predict always holds a Signature class.
+        signature = cast(type[dspy.Signature], self.predict.signature)
+        self.predict.signature = reorder_inputs(signature, order)
+
     def forward(self, **inputs: Any) -> dspy.Prediction:
         """Ask the LM for the step's outputs."""
         return self.predict(**inputs)
@@ -193,6 +207,8 @@ class ToolStepModule(_Step):
         self.source_spans = spec.lineage.span_ids
         self.tool = tool
         self.iterated = iterated
+        self.passages: int | None = None
+        """Keep only the first numbered passages of each result (the workflow's shape)."""
 
     def _calls(self, args: Mapping[str, Any]) -> list[dict[str, Any]]:
         if not self.spec.repeat or not self.iterated:
@@ -213,7 +229,8 @@ class ToolStepModule(_Step):
     def forward(self, **args: Any) -> dspy.Prediction:
         """Call the tool; its errors propagate (the workflow's guard hands the input to the agent)."""
         observations = [
-            _observation_text(self.tool(**call), _MAX_OBSERVATION_CHARS) for call in self._calls(args)
+            first_passages(_observation_text(self.tool(**call), _MAX_OBSERVATION_CHARS), self.passages)
+            for call in self._calls(args)
         ]
         return dspy.Prediction(observation="\n\n".join(observations), observations=observations)
 
@@ -258,6 +275,20 @@ class SpecProgram(dspy.Module):
             )
             for route in spec.routes
         ]
+        self.shape = WorkflowShape()
+
+    def set_shape(self, shape: WorkflowShape) -> None:
+        """Feed tool results to the LM steps as ``shape`` says (see :mod:`~geode.agents.crystallize.shape`)."""
+        tool_steps = frozenset(
+            s.id for route in self.spec.routes for s in route.steps if isinstance(s, ToolStep)
+        )
+        for route in self.routes:
+            for step in route.steps:
+                if isinstance(step, ToolStepModule):
+                    step.passages = shape.passages
+                elif isinstance(step, PredictStepModule):
+                    step.read_tool_results_first(shape.tool_results_first, tool_steps)
+        self.shape = shape
 
     def geode_span_attributes(self, inputs: Mapping[str, Any], outputs: Any) -> dict[str, Any]:
         """The route taken."""
@@ -463,6 +494,36 @@ class CrystallizedWorkflow(Fallback):
     def agent(self) -> dspy.Module:
         """The agent the workflow falls back to."""
         return self.fallback
+
+    @property
+    def shape(self) -> WorkflowShape:
+        """How the workflow feeds tool results to its LM steps (the default: as crystallized)."""
+        return self.workflow.shape
+
+    def with_shape(self, shape: WorkflowShape) -> CrystallizedWorkflow:
+        """A copy of this workflow (its current instructions and demos) with another shape."""
+        program = self.deepcopy()
+        program.workflow.set_shape(shape)
+        return program
+
+    def dump_state(self, json_mode: bool = True) -> dict[str, Any]:
+        """DSPy's state of the LM steps, and the shape when it is not the default."""
+        state = super().dump_state(json_mode=json_mode)
+        if not self.shape.is_default:
+            state[STATE_KEY] = self.shape.to_state()
+        return state
+
+    def load_state(self, state: dict[str, Any], *, allow_unsafe_lm_state: bool = False) -> None:
+        """Load a saved state: the shape first (it orders the LM steps' inputs), then DSPy's state.
+
+        Raises:
+            ProgramLoadError: The saved shape is not one Geode writes.
+        """
+        rest = dict(state)
+        shape = WorkflowShape.from_state(rest.pop(STATE_KEY, None))
+        # DSPy restores field descriptions by position, so the inputs must be in the saved order first.
+        self.workflow.set_shape(shape)
+        super().load_state(rest, allow_unsafe_lm_state=allow_unsafe_lm_state)
 
     def geode_span_name(self, inputs: Mapping[str, Any]) -> str:
         """The workflow's span is named after the spec."""

@@ -76,7 +76,9 @@ def _is_flat(state: Mapping[str, Any]) -> bool:
 
 
 def _by_predictor(state: Mapping[str, Any]) -> dict[str, Any]:
-    return {"self": state} if _is_flat(state) else dict(state)
+    # Keys with a colon are a module's own state beside its predictors' (a crystallized workflow's
+    # "geode:shape"); no predictor path has one, and the module's load_state checks them.
+    return {"self": state} if _is_flat(state) else {k: v for k, v in state.items() if ":" not in k}
 
 
 def _check_state_shape(state: Any, where: str) -> dict[str, Any]:
