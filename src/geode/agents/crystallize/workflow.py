@@ -25,7 +25,6 @@ import dspy
 import pydantic
 from dspy.signatures.signature import make_signature
 
-from geode.agents.agent import _observation_text
 from geode.agents.crystallize.refs import agent_parts, import_ref, ref_of
 from geode.agents.crystallize.shape import STATE_KEY, WorkflowShape, first_passages, reorder_inputs
 from geode.agents.crystallize.spec import (
@@ -43,6 +42,7 @@ from geode.agents.crystallize.spec import (
 )
 from geode.agents.crystallize.trust import SpecTrust, current_spec_trust, module_allowed
 from geode.agents.fallback import Fallback, Validator
+from geode.agents.run import _observation_text
 from geode.agents.scrub import scrub
 from geode.agents.tools import GuardedTool, guard
 from geode.errors import ConfigError, WorkflowGuardError
