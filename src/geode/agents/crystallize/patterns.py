@@ -4,33 +4,28 @@ Successful runs are grouped by their *normalised* tool sequence: failed calls ar
 consecutive calls of one tool collapse into one step (``search`` twice and ``search`` three times are the same
 pattern; the step is marked *repeated*, unless its first call alone has rule-derived arguments, in which case
 the later calls count as retries and the step is one call). For every argument of every step, and for every output of the
-agent, the runs of a pattern are checked for one derivation that explains them:
-
-- ``input``: a copy of one of the agent's inputs (exact, whitespace-trimmed, or lower-cased); runs whose
-  value is a near copy of it (a truncated question, the question with words appended) count too, as long
-  as exact copies are at least as many;
-- ``constant``: the same value in every run, although the inputs differ, and found in neither the
-  inputs nor the observations (else it is a coincidence of the sample);
-- ``observation``: a copy of an earlier step's whole observation;
-- ``extract``: a substring of an earlier observation that one learned regular expression finds in
-  every run (``": (\d+) units in stock"``);
-- ``lm``: nothing simpler explains it, so a language-model step has to produce it. The observations it
-  reads (``depends_on``) decide how early the workflow can ask for it.
-
-A rule has to hold in at least ``agreement`` of the pattern's runs, and (except for input copies) in
-at least ``min_rule_runs`` runs, so one run's coincidence does not become a workflow step.
+agent, the runs of a pattern are checked for one derivation that explains them (an input copy, a
+constant, an earlier observation, a value a learned expression extracts from one, or an LM step): the
+rules are in :mod:`geode.agents.crystallize.derivations`, the extractor learning in
+:mod:`geode.agents.crystallize.extractor` (`Derivation` and `learn_extractor` are re-exported here).
 """
 
 from __future__ import annotations
 
-import json
-import math
-import re
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Literal
 
+from geode.agents.crystallize.derivations import (
+    Derivation,
+    DerivationKind,
+    _canonical,
+    _Case,
+    _derive,
+    _input_rule,
+)
+from geode.agents.crystallize.extractor import learn_extractor
 from geode.agents.crystallize.runs import AgentRun, ToolCall
 
 __all__ = [
@@ -43,85 +38,6 @@ __all__ = [
     "learn_extractor",
     "pattern_key",
 ]
-
-DerivationKind = Literal["input", "constant", "observation", "extract", "lm"]
-Transform = Literal["strip", "lower"]
-
-_WORD = re.compile(r"\w+")
-_STOPWORDS = frozenset(
-    "a an and are as at be by for from how i in is it many much of on or the this to was what which who with".split()
-)
-_MAX_CONTEXT = 16
-# Value shapes an extractor may capture, tried from the most specific to the most general.
-_VALUE_CLASSES = (
-    r"-?\d+(?:[.,]\d+)*",
-    r"[A-Za-z0-9_.:/-]+",
-    r"\S+",
-    r"[^\n]+?",
-)
-
-
-@dataclass(frozen=True)
-class Derivation:
-    """How one argument (or output) is obtained, and in how many of the pattern's runs that holds."""
-
-    kind: DerivationKind
-    support: int
-    """Runs in which the rule produced exactly the recorded value."""
-    total: int
-    """Runs of the pattern that have this argument."""
-    near: int = 0
-    """``input``: further runs whose value was a near copy of the input (same content words, give or take
-    a few: a truncated question, or the question with words appended), counted towards the agreement."""
-    field: str | None = None
-    """``input``: the agent input copied."""
-    transform: Transform | None = None
-    """``input``: ``strip`` (whitespace trimmed and collapsed) or ``lower`` (also lower-cased)."""
-    step: int | None = None
-    """``observation``/``extract``: the earlier step whose observation holds the value."""
-    pattern: str | None = None
-    """``extract``: a regular expression with one group that captures the value."""
-    value: Any = None
-    """``constant``: the value."""
-    depends_on: tuple[int, ...] = ()
-    """``lm``: earlier steps whose observations the value draws on (words found there, not in the inputs)."""
-    found_in: tuple[int, ...] = ()
-    """``lm``: earlier steps whose observation contains the value verbatim in some run."""
-    completed: bool = False
-    """``input``: counted over every completed run of the pattern, right answer or wrong (the successful
-    runs alone left the argument to an LM step; see ``analyze(arg_evidence=)``)."""
-
-    def describe(self, step_names: Sequence[str] = ()) -> str:
-        """One line for reports, e.g. ``copied from input 'question' (5/5 runs)``."""
-
-        def name(index: int | None) -> str:
-            if index is None:
-                return "?"
-            label = step_names[index] if index < len(step_names) else "step"
-            return f"step {index + 1} ({label})"
-
-        near = f", {self.near} more a near copy" if self.near else ""
-        of = " of the completed runs" if self.completed else " runs"
-        runs = f"({self.support}/{self.total}{of}{near})"
-        if self.kind == "input":
-            how = {None: "copied", "strip": "copied (whitespace trimmed)", "lower": "copied (normalised)"}
-            return f"{how[self.transform]} from input {self.field!r} {runs}"
-        if self.kind == "constant":
-            return f"constant {json.dumps(self.value, ensure_ascii=False)} {runs}"
-        if self.kind == "observation":
-            return f"the whole observation of {name(self.step)} {runs}"
-        if self.kind == "extract":
-            return f"extracted from the observation of {name(self.step)} by /{self.pattern}/ {runs}"
-        parts = ["needs an LM step"]
-        if self.depends_on:
-            parts.append("reading " + ", ".join(name(i) for i in self.depends_on))
-        else:
-            parts.append("from the inputs alone")
-        if self.found_in:
-            parts.append(
-                "(found in " + ", ".join(name(i) for i in self.found_in) + " but no rule extracts it)"
-            )
-        return " ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -199,29 +115,6 @@ class Analysis:
         return self.patterns[0] if self.patterns else None
 
 
-# -- helpers ---------------------------------------------------------------------------------------
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, sort_keys=True)
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
-
-
-def _strip(text: str) -> str:
-    return " ".join(text.split())
-
-
-def _lower(text: str) -> str:
-    return _strip(text).casefold()
-
-
-def _words(text: str) -> set[str]:
-    return {w for w in (m.casefold() for m in _WORD.findall(text)) if w not in _STOPWORDS}
-
-
 def _joined(calls: Sequence[ToolCall]) -> str:
     return "\n\n".join(c.observation or "" for c in calls)
 
@@ -250,248 +143,6 @@ def _label(tools: Sequence[str], repeated: Sequence[bool]) -> str:
     if not tools:
         return "direct_answer"
     return "_then_".join(f"{t}_each" if r else t for t, r in zip(tools, repeated, strict=True))
-
-
-def learn_extractor(pairs: Sequence[tuple[str, Sequence[str]]]) -> str | None:
-    r"""A regular expression whose group finds each expected value in its text, or ``None``.
-
-    Each pair is a text and the values expected from it, in order: one value is found with
-    ``re.search``, several with ``re.findall``. The expression is built from the context the values
-    share in every text (the common end of what precedes them, the common start of what follows) and
-    the narrowest value shape that fits, and is kept only if it reproduces every expected value.
-
-    Example:
-        >>> learn_extractor([("widget: 3 units in stock", ["3"]), ("gadget: 14 units in stock", ["14"])])
-        ': (-?\\d+(?:[.,]\\d+)*) units in stock'
-    """
-    if not pairs or any(not values or any(not v for v in values) for _, values in pairs):
-        return None
-    lefts: list[str] = []
-    rights: list[str] = []
-    for text, values in pairs:
-        position = 0
-        for value in values:
-            found = text.find(value, position)
-            if found < 0:
-                return None
-            lefts.append(text[:found])
-            rights.append(text[found + len(value) :])
-            position = found + len(value)
-    left = _whole_words_left(_common_suffix(lefts)[-_MAX_CONTEXT:], lefts)
-    right = _whole_words_right(_common_prefix(rights)[:_MAX_CONTEXT], rights)
-    suffix = "$" if all(not s for s in rights) else _escape(right)
-    if all(not s for s in lefts):
-        prefixes = ["^"]
-    else:
-        # Words that open the shared context may be the sample's, not the format's ("gadget: " when
-        # every recorded run asked about gadgets): the expression without them is tried first, and
-        # wins if it still reproduces every value.
-        general = re.sub(r"^\w+", "", left)
-        prefixes = list(dict.fromkeys([_escape(general), _escape(left)]))
-    for prefix in prefixes:
-        for value_class in _VALUE_CLASSES:
-            if value_class.endswith("+?") and not suffix:
-                continue  # a lazy match needs something after it to stop at
-            pattern = f"{prefix}({value_class}){suffix}"
-            if _reproduces(pattern, pairs):
-                return pattern
-    return None
-
-
-_SPECIAL = frozenset(".^$*+?{}[]\\|()#")
-_CONTROL = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def _escape(text: str) -> str:
-    """Like ``re.escape``, but spaces stay spaces: the expression is shown to people in reports."""
-    return "".join("\\" + c if c in _SPECIAL else _CONTROL.get(c, c) for c in text)
-
-
-def _whole_words_left(context: str, texts: Sequence[str]) -> str:
-    # "dget: " shared by "widget: " and "gadget: " is the tail of different words: keep ": ".
-    cut = any(len(t) > len(context) and _is_word(t[-len(context) - 1]) for t in texts)
-    return re.sub(r"^\w+", "", context) if cut and context and _is_word(context[0]) else context
-
-
-def _whole_words_right(context: str, texts: Sequence[str]) -> str:
-    cut = any(len(t) > len(context) and _is_word(t[len(context)]) for t in texts)
-    return re.sub(r"\w+$", "", context) if cut and context and _is_word(context[-1]) else context
-
-
-def _is_word(char: str) -> bool:
-    return char.isalnum() or char == "_"
-
-
-def _common_suffix(texts: Sequence[str]) -> str:
-    reversed_prefix = _common_prefix([t[::-1] for t in texts])
-    return reversed_prefix[::-1]
-
-
-def _common_prefix(texts: Sequence[str]) -> str:
-    if not texts:
-        return ""
-    first = min(texts)
-    last = max(texts)
-    size = 0
-    while size < len(first) and first[size] == last[size]:
-        size += 1
-    return first[:size]
-
-
-def _reproduces(pattern: str, pairs: Sequence[tuple[str, Sequence[str]]]) -> bool:
-    compiled = re.compile(pattern)
-    for text, values in pairs:
-        if len(values) == 1:
-            found = compiled.search(text)
-            if found is None or found.group(1) != values[0]:
-                return False
-        elif compiled.findall(text) != list(values):
-            return False
-    return True
-
-
-# -- derivations -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Case:
-    """One run's evidence for one argument: the run's inputs, earlier observations and the values."""
-
-    inputs: Mapping[str, Any]
-    observations: Sequence[str]
-    values: Sequence[Any]
-
-
-NEAR_COPY_RECALL = 0.6
-"""Share of the input's content words (stopwords ignored) a near copy keeps (unless it holds the whole input)."""
-NEAR_COPY_PRECISION = 0.5
-"""Share of a near copy's content words that come from the input."""
-
-
-def _near_copy(value: Any, source: Any) -> bool:
-    if not isinstance(value, str) or not isinstance(source, str):
-        return False
-    want = _words(source)
-    if not want:
-        return False
-    # The whole input verbatim, with anything around it: the model copied it and kept on writing.
-    if _lower(source) in _lower(value):
-        return True
-    got = _words(value)
-    if not got:
-        return False
-    shared = len(got & want)
-    return shared / len(want) >= NEAR_COPY_RECALL and shared / len(got) >= NEAR_COPY_PRECISION
-
-
-def _input_rule(cases: Sequence[_Case], need: int, *, near_counts: bool = False) -> Derivation | None:
-    names = sorted({k for case in cases for k in case.inputs})
-    transforms: tuple[tuple[Transform | None, Callable[[str], str]], ...] = (
-        (None, lambda s: s),
-        ("strip", _strip),
-        ("lower", _lower),
-    )
-    # Near copies only top up exact ones: a small model searching a truncated question (or the question
-    # with a guess appended) would have searched well with the question itself, but a value that is only
-    # ever a fragment of the input ("gadget" out of "how many gadgets?") is an extraction, not a copy.
-    best: Derivation | None = None
-    for transform, fn in transforms:
-        for name in names:
-            support = near = 0
-            for case in cases:
-                source = case.inputs.get(name)
-                if source is None:
-                    continue
-                if transform is None:
-                    hit = all(v == source for v in case.values)
-                else:
-                    hit = isinstance(source, str) and all(
-                        isinstance(v, str) and v == fn(source) for v in case.values
-                    )
-                support += hit
-                near += not hit and all(_near_copy(v, source) for v in case.values)
-            if support >= need:
-                return Derivation("input", support, len(cases), field=name, transform=transform)
-            enough = near_counts or support >= near
-            if support + near >= need and enough and (best is None or support > best.support):
-                best = Derivation("input", support, len(cases), field=name, transform=transform, near=near)
-    return best
-
-
-def _constant_rule(cases: Sequence[_Case], need: int, min_runs: int) -> Derivation | None:
-    counts = Counter(_canonical(v) for case in cases for v in case.values)
-    if not counts:
-        return None
-    top, _ = counts.most_common(1)[0]
-    value = json.loads(top)
-    matching = [c for c in cases if all(_canonical(v) == top for v in c.values)]
-    # A value that never varies only means something if the inputs did, and if it does not show up in
-    # them or in a tool's result: two questions about gadgets both calling lookup("gadget") is not a
-    # constant, it is a coincidence of the sample.
-    distinct_inputs = {_canonical(c.inputs) for c in matching}
-    text = _text(value).strip().casefold()
-    seen = any(
-        text and text in _text(source).casefold()
-        for c in matching
-        for source in (*c.inputs.values(), *c.observations)
-    )
-    if len(matching) >= max(need, min_runs) and len(distinct_inputs) >= 2 and not seen:
-        return Derivation("constant", len(matching), len(cases), value=value)
-    return None
-
-
-def _observation_rule(cases: Sequence[_Case], need: int, min_runs: int) -> Derivation | None:
-    steps = min((len(c.observations) for c in cases), default=0)
-    for step in reversed(range(steps)):
-        support = sum(all(_text(v).strip() == c.observations[step].strip() for v in c.values) for c in cases)
-        if support >= max(need, min_runs):
-            return Derivation("observation", support, len(cases), step=step)
-    return None
-
-
-def _extract_rule(cases: Sequence[_Case], need: int, min_runs: int) -> Derivation | None:
-    steps = min((len(c.observations) for c in cases), default=0)
-    for step in reversed(range(steps)):
-        pairs = [
-            (c.observations[step], [_text(v) for v in c.values])
-            for c in cases
-            if all(isinstance(v, str | int | float) and _text(v) in c.observations[step] for v in c.values)
-        ]
-        if len(pairs) < max(need, min_runs):
-            continue
-        pattern = learn_extractor(pairs)
-        if pattern is not None:
-            return Derivation("extract", len(pairs), len(cases), step=step, pattern=pattern)
-    return None
-
-
-def _lm_rule(cases: Sequence[_Case]) -> Derivation:
-    depends: set[int] = set()
-    found: set[int] = set()
-    for case in cases:
-        input_words: set[str] = set()
-        for value in case.inputs.values():
-            input_words |= _words(_text(value))
-        for value in case.values:
-            text = _text(value)
-            novel = _words(text) - input_words
-            for step, observation in enumerate(case.observations):
-                if novel & _words(observation):
-                    depends.add(step)
-                if text and text in observation:
-                    found.add(step)
-    return Derivation("lm", 0, len(cases), depends_on=tuple(sorted(depends)), found_in=tuple(sorted(found)))
-
-
-def _derive(cases: Sequence[_Case], agreement: float, min_runs: int) -> Derivation:
-    need = max(1, math.ceil(agreement * len(cases)))
-    return (
-        _input_rule(cases, need)
-        or _constant_rule(cases, need, min_runs)
-        or _observation_rule(cases, need, min_runs)
-        or _extract_rule(cases, need, min_runs)
-        or _lm_rule(cases)
-    )
 
 
 # -- analysis --------------------------------------------------------------------------------------
