@@ -39,10 +39,6 @@ LONG_MODULES: dict[str, str] = {
 
 # path::qualified name -> why it may be longer than MAX_FUNCTION_LINES.
 LONG_FUNCTIONS: dict[str, str] = {
-    "agents/crystallize/crystallization.py::crystallize": (
-        "91 lines, 30 of them its keyword-only signature and docstring; issue 20: resolving the agent and "
-        "selecting its runs become named steps (s20a)"
-    ),
     "cli/compare_models.py::compare_models_command": (
         "Typer command: 14 options declared in a 24-line signature, docstring 5, body 62 lines"
     ),

@@ -112,6 +112,33 @@ def _read(
     return runs, f"{len(traces)} traces"
 
 
+def _resolve_agent(agent: dspy.Module | str) -> dspy.Module:
+    """The agent itself, from a module, a reference to one, or a reference to a factory of one."""
+    found: Any = import_ref(agent, what="agent") if isinstance(agent, str) else agent
+    if not isinstance(found, dspy.Module) and callable(found):
+        found = found()
+    if not isinstance(found, dspy.Module):
+        raise CrystallizeError(
+            f"{agent!r} is not a dspy.Module", hint="point it at a geode.Agent or dspy.ReAct"
+        )
+    return found
+
+
+def _runs_of_agent(
+    runs: list[AgentRun], signature: type[dspy.Signature], agent_name: str, description: str
+) -> list[AgentRun]:
+    """The runs whose inputs are this agent's, and failed runs that recorded no inputs at all."""
+    inputs = set(signature.input_fields)
+    mine = [r for r in runs if set(r.inputs) == inputs or (r.problems and not r.inputs)]
+    if not mine:
+        other = f" ({len(runs)} runs of other agents)" if runs else ""
+        raise CrystallizeError(
+            f"no runs of agent {agent_name!r} were found in {description}{other}",
+            hint="record some runs first, e.g. through geode.Runtime with tracing on",
+        )
+    return mine
+
+
 def crystallize(
     agent: dspy.Module | str,
     source: RunsSource,
@@ -157,14 +184,7 @@ def crystallize(
         geode.agents.crystallize.build.CrystallizeError: no runs of agent 'inventory' were found in agent runs (record some runs first, e.g. through geode.Runtime with tracing on)
     """
     say = progress or (lambda _message: None)
-    found: Any = import_ref(agent, what="agent") if isinstance(agent, str) else agent
-    if not isinstance(found, dspy.Module) and callable(found):
-        found = found()
-    if not isinstance(found, dspy.Module):
-        raise CrystallizeError(
-            f"{agent!r} is not a dspy.Module", hint="point it at a geode.Agent or dspy.ReAct"
-        )
-    module: dspy.Module = found
+    module = _resolve_agent(agent)
     ref = agent_ref if agent_ref is not None else (agent if isinstance(agent, str) else None)
     signature, tools = agent_parts(module)
     opts = options or CrystallizeOptions()
@@ -172,15 +192,8 @@ def crystallize(
         opts = replace(opts, min_share=min_share)
     runs, found_in = _read(source, program, limit, scores, say)
     description = description or found_in
-    inputs = set(signature.input_fields)
-    mine = [r for r in runs if set(r.inputs) == inputs or (r.problems and not r.inputs)]
     agent_name = str(getattr(module, "name", None) or type(module).__name__)
-    if not mine:
-        other = f" ({len(runs)} runs of other agents)" if runs else ""
-        raise CrystallizeError(
-            f"no runs of agent {agent_name!r} were found in {description}{other}",
-            hint="record some runs first, e.g. through geode.Runtime with tracing on",
-        )
+    mine = _runs_of_agent(runs, signature, agent_name, description)
     say(f"analysing {len(mine)} runs")
     analysis = analyze(
         mine,
