@@ -31,10 +31,6 @@ LONG_MODULES: dict[str, str] = {
         "the FastAPI app with every route, error response and hosting concern (1,368 lines); issue 20: "
         "routes, execution, openapi and hosting move out (s20s)"
     ),
-    "traces/records.py": (
-        "TraceRecord, SpanRecord and attribute coercion (709 lines); issue 20: SpanRecord and values move "
-        "out (s20a)"
-    ),
 }
 
 # path::qualified name -> why it may be longer than MAX_FUNCTION_LINES.
