@@ -50,7 +50,7 @@ _COMMANDS: dict[str, str] = {
     "route": "geode.cli.versions",
     "compare-models": "geode.cli.compare_models",
     "crystallize": "geode.cli.crystallize",
-    "compare": "geode.cli.compare",
+    "compare": "geode.cli.compare_programs",
     "mine": "geode.cli.mine",
     "demo": "geode.cli.demo",
 }

@@ -13,12 +13,19 @@ from rich.console import Console
 from rich.table import Table
 
 from geode.cli._console import make_console
+from geode.cli._tables import print_table
 from geode.errors import ConfigError
 from geode.evals.compile import AutoBudget, OptimizerName
 from geode.evals.dataset import Dataset, HealthReport, load_dataset
-from geode.evals.evaluate import EvalResult, Pricing
+from geode.evals.evaluate import EvalOptions, EvalResult, Pricing, evaluate
 from geode.evals.metrics import resolve_metric
-from geode.evals.report import fmt_cost
+from geode.evals.report import (
+    ProgramComparison,
+    ReportFiles,
+    comparison_table,
+    fmt_cost,
+    write_comparison_report,
+)
 from geode.runtime.lm import is_local
 from geode.runtime.runtime import Runtime
 from geode.runtime.settings import Settings
@@ -42,8 +49,10 @@ __all__ = [
     "optimizer_name",
     "phoenix_url",
     "pricing_for",
+    "print_comparison",
     "print_health",
     "report_dir",
+    "run_comparison",
     "say",
 ]
 
@@ -233,3 +242,50 @@ def abort(message: str) -> None:
     """Print a one-line error and exit 2 (for refusals that follow a finished computation)."""
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(2)
+
+
+def run_comparison(
+    rt: Runtime,
+    baseline: str,
+    candidate: str,
+    data: Dataset,
+    scorer: Callable[..., Any],
+    *,
+    tolerance: float = 2.0,
+    threads: int | None = None,
+    report: Path | None = None,
+    show_progress: bool = True,
+) -> tuple[ProgramComparison, ReportFiles]:
+    """Score two program refs on the same examples and write the comparison report (``geode compare``)."""
+    served = [rt.serve(baseline), rt.serve(candidate)]
+    results = []
+    with rt.batch():
+        for program in served:
+            say(f"scoring {program.name} on {len(data)} examples")
+            options = EvalOptions(
+                program_name=program.name,
+                version=program.version,
+                num_threads=default_threads(rt, threads),
+                pricing=pricing_for(rt),
+                show_progress=show_progress,
+                tags=("compare",),
+            )
+            results.append(evaluate(program.module, data, scorer, options))
+    comparison = ProgramComparison(results[0], results[1], tolerance=tolerance)
+    files = write_comparison_report(comparison, report_dir(rt.settings, "compare", served[1].name, report))
+    return comparison, files
+
+
+def print_comparison(
+    console: Console, comparison: ProgramComparison, files: ReportFiles, data: Dataset
+) -> None:
+    """The comparison table, the verdict in colour, and where the report is."""
+    headers, rows = comparison_table(comparison)
+    title = f"{comparison.baseline.metric} on {data.id} ({len(data)} examples)"
+    print_table(console, headed_table(title, headers, rows, left=("", "program")))
+    pairs = [(r.program, r) for r in (comparison.baseline, comparison.candidate)]
+    for note in measurement_notes(pairs):
+        console.print(f"[yellow]note:[/yellow] {note}", highlight=False)
+    style = "bold green" if comparison.ready else "bold red"
+    console.print(comparison.verdict, style=style, highlight=False)
+    console.print(f"report: {files.html}", highlight=False)

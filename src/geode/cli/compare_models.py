@@ -30,35 +30,42 @@ from geode.cli._learning import (
 from geode.cli._tables import print_table
 from geode.cli._text import terminal_json_text
 from geode.errors import ConfigError
-from geode.evals.compare import ModelRunner, compare_models
 from geode.evals.dataset import MIN_HELDOUT, MIN_TRAIN
+from geode.evals.model_selection import ModelRunner, compare_models
 from geode.evals.report import models_table, write_models_report
 
 __all__ = ["register"]
 
 
+_PROGRAM = typer.Argument(..., help="'package.module:attribute', 'file.py:attribute' or a registered name.")
+_MODELS = typer.Option(
+    ..., "--models", help="Comma-separated LMs: 'local' and/or litellm strings (openai/gpt-4o-mini,...)."
+)
+_OPTIMIZER = typer.Option(
+    None, "--optimizer", "-o", help="Also recompile for each model: bootstrap, mipro or gepa."
+)
+_AUTO = typer.Option("light", "--auto", help="MIPROv2 / GEPA budget.")
+_HELDOUT = typer.Option(0.3, "--heldout", help="With --optimizer: share of the dataset held out.")
+_SEED = typer.Option(0, "--seed", help="With --optimizer: split seed.")
+_MIN_TRAIN = typer.Option(MIN_TRAIN, "--min-train", help="With --optimizer: fewest training examples.")
+_MIN_HELDOUT = typer.Option(MIN_HELDOUT, "--min-heldout", help="With --optimizer: fewest held out.")
+_JSON = typer.Option(False, "--json", help="Print the comparison as JSON.")
+
+
 def compare_models_command(
-    program: str = typer.Argument(
-        ..., help="'package.module:attribute', 'file.py:attribute' or a registered name."
-    ),
-    models: str = typer.Option(
-        ..., "--models", help="Comma-separated LMs: 'local' and/or litellm strings (openai/gpt-4o-mini,...)."
-    ),
+    program: str = _PROGRAM,
+    models: str = _MODELS,
     dataset: Path = LABELLED_DATASET_OPTION,
     metric: str = METRIC_OPTION,
-    optimizer: str | None = typer.Option(
-        None, "--optimizer", "-o", help="Also recompile for each model: bootstrap, mipro or gepa."
-    ),
-    auto: str = typer.Option("light", "--auto", help="MIPROv2 / GEPA budget."),
-    heldout: float = typer.Option(0.3, "--heldout", help="With --optimizer: share of the dataset held out."),
-    seed: int = typer.Option(0, "--seed", help="With --optimizer: split seed."),
-    min_train: int = typer.Option(
-        MIN_TRAIN, "--min-train", help="With --optimizer: fewest training examples."
-    ),
-    min_heldout: int = typer.Option(MIN_HELDOUT, "--min-heldout", help="With --optimizer: fewest held out."),
+    optimizer: str | None = _OPTIMIZER,
+    auto: str = _AUTO,
+    heldout: float = _HELDOUT,
+    seed: int = _SEED,
+    min_train: int = _MIN_TRAIN,
+    min_heldout: int = _MIN_HELDOUT,
     threads: int | None = THREADS_OPTION,
     report: Path | None = REPORT_DIR_OPTION,
-    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+    as_json: bool = _JSON,
     allow_cache: bool = ALLOW_CACHE_OPTION,
 ) -> None:
     """Score a program on several models (optionally recompiled for each): a small model plus an optimizer vs a large one.
@@ -66,11 +73,7 @@ def compare_models_command(
     Example: geode compare-models geode.examples.qa:program --models local,openai/gpt-4o-mini
     --dataset qa.jsonl --metric exact_match --optimizer bootstrap
     """
-    names = [m.strip() for m in models.split(",") if m.strip()]
-    if not names:
-        raise ConfigError("--models needs at least one model")
-    if len(set(names)) != len(names):
-        raise ConfigError("--models lists a model twice")
+    names = _model_names(models)
     chosen = optimizer_name(optimizer) if optimizer is not None else None
     budget = auto_budget(auto)
     data = load_data(dataset)
@@ -89,10 +92,7 @@ def compare_models_command(
         served = first.serve(program)
         runners = [
             ModelRunner(
-                name=name,
-                scope=rt.batch,
-                pricing=pricing_for(rt),
-                num_threads=default_threads(rt, threads),
+                name=name, scope=rt.batch, pricing=pricing_for(rt), num_threads=default_threads(rt, threads)
             )
             for name, rt in runtimes.items()
         ]
@@ -114,12 +114,9 @@ def compare_models_command(
             show_progress=not as_json,
             log=say,
         )
+        directory = report_dir(first.settings, "models", served.name, report)
         files = write_models_report(
-            rows,
-            report_dir(first.settings, "models", served.name, report),
-            program=served.name,
-            metric=rows[0].baseline.metric,
-            dataset_id=data.id,
+            rows, directory, program=served.name, metric=rows[0].baseline.metric, dataset_id=data.id
         )
     if as_json:
         typer.echo(terminal_json_text(files.json.read_text(encoding="utf-8")))
@@ -128,6 +125,16 @@ def compare_models_command(
     title = f"{served.name}: {rows[0].baseline.metric} per model"
     print_table(console, headed_table(title, headers, table_rows, left=("model", "program")))
     console.print(f"report: {files.html}", highlight=False)
+
+
+def _model_names(models: str) -> list[str]:
+    """``--models`` as a list: at least one, none twice."""
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    if not names:
+        raise ConfigError("--models needs at least one model")
+    if len(set(names)) != len(names):
+        raise ConfigError("--models lists a model twice")
+    return names
 
 
 def register(app: typer.Typer) -> None:

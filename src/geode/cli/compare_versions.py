@@ -3,65 +3,27 @@
 from __future__ import annotations
 
 import json
-import re
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime
 
 import typer
 from rich.table import Table
 
-from geode.cli._common import make_settings
+from geode.cli._common import (
+    PROJECT_OPTION,
+    SOURCE_OPTION,
+    make_settings,
+    open_source,
+    parse_since,
+    run_feedback,
+)
 from geode.cli._console import make_console
 from geode.cli._names import no_runs_hint, one_program, program_name
 from geode.cli._tables import print_table
-from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
 from geode.errors import InputError
-from geode.runtime.feedback import feedback_log_path
-from geode.runtime.serving.compare import VersionStats, compare_versions, feedback_from_annotations
-from geode.runtime.serving.feedback import FeedbackRecord, read_feedback
-from geode.runtime.settings import Settings
-from geode.traces.records import TraceRecord
-from geode.traces.sources import PhoenixTraceSource, TraceFilter, TraceSource
+from geode.runtime.serving.compare import VersionStats, compare_versions
+from geode.traces.sources import TraceFilter
 
 __all__ = ["parse_since", "register", "run_feedback"]
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_since(text: str) -> timedelta:
-    """``30m``, ``1h``, ``7d`` → a timedelta.
-
-    Example:
-        >>> parse_since("90m")
-        datetime.timedelta(seconds=5400)
-    """
-    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
-    if not found:
-        raise InputError(f"bad --since {text!r}", hint="use a number and a unit: 30m, 1h, 7d")
-    return timedelta(seconds=float(found.group(1)) * _UNITS[found.group(2)])
-
-
-def _phoenix_feedback(reader: PhoenixTraceSource, traces: list[TraceRecord]) -> list[FeedbackRecord]:
-    roots = {t.root.span_id: t.trace_id for t in traces if t.root is not None}
-    if not roots:
-        return []
-    client = reader.client  # shares the reader's connections and its API key
-    ids = list(roots)
-    annotations: list[Any] = []
-    for start in range(0, len(ids), 100):
-        found = client.spans.get_span_annotations(
-            span_ids=ids[start : start + 100], project_identifier=reader.project
-        )
-        annotations.extend(dict(a) for a in found)
-    return feedback_from_annotations(annotations, roots)
-
-
-def run_feedback(settings: Settings, reader: TraceSource, traces: list[TraceRecord]) -> list[FeedbackRecord]:
-    """The local feedback log, plus the annotations on these runs' root spans when reading from Phoenix."""
-    feedback = list(read_feedback(feedback_log_path(settings)))
-    if isinstance(reader, PhoenixTraceSource) and traces:
-        feedback.extend(_phoenix_feedback(reader, traces))
-    return feedback
 
 
 def _fmt(value: float | None, pattern: str) -> str:

@@ -23,14 +23,28 @@ from geode.agents.crystallize import (
 )
 from geode.agents.crystallize.cost import check_cost
 from geode.agents.crystallize.report import learned_from_text, pattern_rows, render_report, route_lm_calls
-from geode.cli._common import ALLOW_CACHE_OPTION, LM_OPTION, make_runtime, make_settings
+from geode.cli._common import (
+    ALLOW_CACHE_OPTION,
+    LM_OPTION,
+    PROJECT_OPTION,
+    SOURCE_OPTION,
+    make_runtime,
+    make_settings,
+    open_source,
+    parse_since,
+    run_feedback,
+)
 from geode.cli._console import make_console
-from geode.cli._learning import REPORT_DIR_OPTION, THREADS_OPTION, load_data, load_metric
+from geode.cli._learning import (
+    REPORT_DIR_OPTION,
+    THREADS_OPTION,
+    load_data,
+    load_metric,
+    print_comparison,
+    run_comparison,
+)
 from geode.cli._names import no_runs_hint, one_program
 from geode.cli._tables import print_table
-from geode.cli.compare import print_comparison, run_comparison
-from geode.cli.compare_versions import parse_since, run_feedback
-from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
 from geode.errors import ConfigError
 from geode.evals.report import comparison_markdown
 from geode.runtime.programs import resolve

@@ -18,10 +18,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from geode.cli._common import make_settings
+from geode.cli._common import make_settings, parse_pairs
 from geode.cli._console import make_console
 from geode.cli._tables import print_table
-from geode.cli.search import parse_pairs
 from geode.errors import InputError
 from geode.retrieval import Chunker, Ingestor, IngestReport
 from geode.retrieval.ingest import Phase

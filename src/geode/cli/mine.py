@@ -20,13 +20,11 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from geode.cli._common import make_settings
+from geode.cli._common import PROJECT_OPTION, SOURCE_OPTION, make_settings, open_source, parse_since
 from geode.cli._console import make_console
 from geode.cli._learning import phoenix_url
 from geode.cli._names import no_runs_hint, program_name, require_one_program
 from geode.cli._tables import print_table
-from geode.cli.compare_versions import parse_since
-from geode.cli.trace import PROJECT_OPTION, SOURCE_OPTION, open_source
 from geode.errors import InputError
 from geode.evals.dataset import HealthReport
 from geode.evals.mining import (

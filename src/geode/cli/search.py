@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import typer
 from rich.text import Text
 
-from geode.cli._common import make_settings
+from geode.cli._common import make_settings, parse_pairs
 from geode.cli._console import make_console
 from geode.cli._text import terminal_json
 from geode.errors import InputError
@@ -20,39 +18,6 @@ from geode.retrieval.base import FilterValue
 from geode.runtime.runtime import Runtime
 
 __all__ = ["parse_pairs", "register", "search"]
-
-
-def parse_pairs(pairs: Sequence[str], option: str) -> dict[str, Any]:
-    """Parse ``key=value`` (text) and ``key:=json`` (a JSON scalar) pairs; a repeated key collects a list.
-
-    Raises:
-        InputError: A pair has no ``=``, an empty key, or a value that is not a JSON scalar after ``:=``.
-    """
-    parsed: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep:
-            raise InputError(
-                f"bad {option} {pair!r}", hint=f"use {option} key=value (or key:=<json> for a number)"
-            )
-        is_json = key.endswith(":")
-        key = key.removesuffix(":").strip()
-        if not key:
-            raise InputError(f"bad {option} {pair!r}: the key is empty")
-        value: Any = raw
-        if is_json:
-            try:
-                value = json.loads(raw)
-            except json.JSONDecodeError as err:
-                raise InputError(f"{option} {key}:= is not valid JSON: {err.msg}") from err
-            if not isinstance(value, str | int | float | bool):
-                raise InputError(f"{option} {key}:= must be a string, number or boolean, not {raw!r}")
-        if key in parsed:
-            previous = parsed[key]
-            parsed[key] = [*previous, value] if isinstance(previous, list) else [previous, value]
-        else:
-            parsed[key] = value
-    return parsed
 
 
 def _filter(pairs: Sequence[str]) -> dict[str, FilterValue] | None:

@@ -3,43 +3,28 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import typer
 from rich.text import Text
 from rich.tree import Tree
 
-from geode.cli._common import make_settings
+from geode.cli._common import PROJECT_OPTION, SOURCE_OPTION, make_settings, open_source
 from geode.cli._console import make_console
 from geode.cli._names import no_runs_hint, program_name, require_one_program
 from geode.cli._tables import print_table
 from geode.cli._text import terminal_json
 from geode.errors import InputError, TraceSourceError
-from geode.runtime.phoenix import local_phoenix_url
-from geode.runtime.settings import Settings
 from geode.traces.records import AttributeValue, SpanRecord, TraceRecord
 from geode.traces.sources import (
-    OtlpFileTraceSource,
     PhoenixTraceSource,
     TraceFilter,
-    TraceSource,
     latest_trace,
     normalize_trace_id,
-    phoenix_base_url,
 )
 from geode.traces.vocab import DocumentAttributes, GeodeAttributes, SpanAttributes
 
 __all__ = ["PROJECT_OPTION", "SOURCE_OPTION", "open_source", "register", "render_trace", "trace_app"]
-
-SOURCE_OPTION = typer.Option(
-    "phoenix", "--source", "-s", help="'phoenix' (configured or local) or an OTLP-JSON file or folder."
-)
-PROJECT_OPTION = typer.Option(
-    None, "--project", help="Phoenix project. Default: GEODE_TRACING_PROJECT, else 'geode'."
-)
 
 trace_app = typer.Typer(help="Inspect traces: span trees in the terminal.", no_args_is_help=True)
 
@@ -222,40 +207,6 @@ def _span_json(span: SpanRecord) -> dict[str, Any]:
             for e in span.events
         ],
     }
-
-
-def _source(settings: Settings, source: str, project: str | None) -> TraceSource:
-    if source != "phoenix":
-        path = Path(source)
-        if not path.exists():
-            raise InputError(
-                f"--source {source!r} is neither 'phoenix' nor an existing OTLP-JSON file or folder",
-                hint=f"the runtime writes one when tracing.otlp_file is set; its default folder is {settings.traces_dir}",
-            )
-        return OtlpFileTraceSource(path, project=project)
-    endpoint = settings.tracing.endpoint
-    url = phoenix_base_url(endpoint) if endpoint else local_phoenix_url(settings)
-    if url is None:
-        raise TraceSourceError(
-            "no Phoenix is running and no collector endpoint is configured",
-            hint="start one with `geode phoenix`, set PHOENIX_COLLECTOR_ENDPOINT, or read a file with --source PATH",
-        )
-    key = settings.phoenix.api_key
-    return PhoenixTraceSource(
-        url, project or settings.tracing.project, api_key=key.get_secret_value() if key is not None else None
-    )
-
-
-@contextmanager
-def open_source(settings: Settings, source: str, project: str | None) -> Iterator[TraceSource]:
-    """The ``--source`` reader (Phoenix, or an OTLP-JSON file or folder), closed on the way out."""
-    reader = _source(settings, source, project)
-    try:
-        yield reader
-    finally:
-        close = getattr(reader, "close", None)
-        if callable(close):
-            close()
 
 
 @trace_app.command("show")

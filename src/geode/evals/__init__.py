@@ -5,7 +5,6 @@ of the runtime, so it works under ``rt.batch()``, under ``dspy.context(lm=...)``
 scripted LM.
 """
 
-from geode.evals.compare import ModelRunner, compare_models
 from geode.evals.compile import CompileResult, OptimizerSettings, compile_program
 from geode.evals.dataset import Dataset, DatasetSplit, HealthReport, Record, load_dataset
 from geode.evals.evaluate import EvalResult, ExampleResult, Price, Pricing, evaluate
@@ -20,6 +19,7 @@ from geode.evals.metrics import (
     resolve_metric,
     with_feedback,
 )
+from geode.evals.model_selection import ModelRunner, compare_models
 
 __all__ = [
     "CompileResult",
