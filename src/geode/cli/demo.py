@@ -25,6 +25,7 @@ from geode.demo.result import (
     DEFAULT_VALIDATION,
     QUICK,
     DemoOptions,
+    DemoResult,
     Progress,
 )
 
@@ -72,50 +73,58 @@ class ConsoleProgress(Progress):
             yield update
 
 
+_FRESH = typer.Option(False, "--fresh", help="Start over: drop the demo's collection, runs and versions.")
+_QUICK = typer.Option(
+    False,
+    "--quick",
+    help=f"A smaller run ({QUICK.questions} training, {QUICK.validation} validation, "
+    f"{QUICK.held_out} held-out questions); the size options override it.",
+)
+_QUESTIONS = typer.Option(
+    None,
+    "--questions",
+    "-n",
+    min=2,
+    help=f"Training questions the agent answers (traced). Default: {DEFAULT_QUESTIONS}.",
+)
+_HELD_OUT = typer.Option(
+    None,
+    "--held-out",
+    min=1,
+    help=f"Held-out questions every program is evaluated on. Default: {DEFAULT_HELD_OUT} (all).",
+)
+_VALIDATION = typer.Option(
+    None,
+    "--validation",
+    min=1,
+    help=f"Training questions the promotion gate decides on. Default: {DEFAULT_VALIDATION}.",
+)
+_LM = typer.Option(
+    None,
+    "--lm",
+    help="Any litellm model (e.g. openai/gpt-4o-mini; needs its API key). Default: the embedded local model.",
+)
+_NO_PHOENIX = typer.Option(False, "--no-phoenix", help="Do not start Phoenix (spans still go to a file).")
+_NO_DOCS = typer.Option(False, "--no-docs", help="Leave Geode's own docs out of the corpus.")
+_FINETUNE = typer.Option(
+    False, "--finetune", help="Also try a LoRA fine-tune of the embedded model (finetune extra; minutes)."
+)
+_JSON = typer.Option(
+    False, "--json", help="Print the summary as one JSON document (progress goes to stderr)."
+)
+
+
 def demo(
-    fresh: bool = typer.Option(
-        False, "--fresh", help="Start over: drop the demo's collection, runs and versions."
-    ),
-    quick: bool = typer.Option(
-        False,
-        "--quick",
-        help=f"A smaller run ({QUICK.questions} training, {QUICK.validation} validation, "
-        f"{QUICK.held_out} held-out questions); the size options override it.",
-    ),
-    questions: int | None = typer.Option(
-        None,
-        "--questions",
-        "-n",
-        min=2,
-        help=f"Training questions the agent answers (traced). Default: {DEFAULT_QUESTIONS}.",
-    ),
-    held_out: int | None = typer.Option(
-        None,
-        "--held-out",
-        min=1,
-        help=f"Held-out questions every program is evaluated on. Default: {DEFAULT_HELD_OUT} (all).",
-    ),
-    validation: int | None = typer.Option(
-        None,
-        "--validation",
-        min=1,
-        help=f"Training questions the promotion gate decides on. Default: {DEFAULT_VALIDATION}.",
-    ),
-    lm: str | None = typer.Option(
-        None,
-        "--lm",
-        help="Any litellm model (e.g. openai/gpt-4o-mini; needs its API key). Default: the embedded local model.",
-    ),
-    no_phoenix: bool = typer.Option(
-        False, "--no-phoenix", help="Do not start Phoenix (spans still go to a file)."
-    ),
-    no_docs: bool = typer.Option(False, "--no-docs", help="Leave Geode's own docs out of the corpus."),
-    finetune: bool = typer.Option(
-        False, "--finetune", help="Also try a LoRA fine-tune of the embedded model (finetune extra; minutes)."
-    ),
-    as_json: bool = typer.Option(
-        False, "--json", help="Print the summary as one JSON document (progress goes to stderr)."
-    ),
+    fresh: bool = _FRESH,
+    quick: bool = _QUICK,
+    questions: int | None = _QUESTIONS,
+    held_out: int | None = _HELD_OUT,
+    validation: int | None = _VALIDATION,
+    lm: str | None = _LM,
+    no_phoenix: bool = _NO_PHOENIX,
+    no_docs: bool = _NO_DOCS,
+    finetune: bool = _FINETUNE,
+    as_json: bool = _JSON,
 ) -> None:
     """Run the whole loop offline: Phoenix, ingest, agent runs, mine, crystallize, recompile, evaluate, promote.
 
@@ -150,6 +159,13 @@ def demo(
     quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     with quiet:
         result = run_demo(settings, options, progress=progress, write_report=write_demo_report)
+    _print_result(console, result)
+    if as_json:
+        typer.echo(json.dumps(result.summary(), indent=2, default=str))
+
+
+def _print_result(console: Console, result: DemoResult) -> None:
+    """The summary table, what was skipped, where everything is, and the by-hand commands."""
     console.print()
     print_table(console, summary_table(result))  # never squeezed to 80 columns off a terminal
     if result.promotion:
@@ -164,8 +180,6 @@ def demo(
     console.print(f"took {result.total_seconds:.0f} s\n\n[bold]By hand[/bold]", highlight=False)
     for what, command in by_hand_commands(result):
         console.print(f"  [dim]# {what}[/dim]\n  {command}", highlight=False, soft_wrap=True)
-    if as_json:
-        typer.echo(json.dumps(result.summary(), indent=2, default=str))
 
 
 def register(app: typer.Typer) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -86,6 +87,38 @@ def ingest(
 
     Example: geode ingest docs/ --collection docs
     """
+    files = _files(paths)
+    metadata = parse_pairs(meta, "--meta")
+    if any(isinstance(v, list) for v in metadata.values()):
+        raise InputError("--meta: each key may be given once")
+    chunker = Chunker(max_chars=chunk_size, overlap_chars=overlap, code=not no_code)
+    settings = make_settings()
+    name = collection or settings.retrieval.collection
+    err = make_console(stderr=True)
+    with Runtime(settings) as rt:
+        ingestor = Ingestor(
+            rt.store,
+            rt.embedder,
+            chunker=chunker,
+            batch_size=batch_size,
+            text_field=text_field,
+            metadata=metadata,
+        )
+        report = _ingest(rt, ingestor, files, name, err)
+    for skipped in report.skipped:
+        err.print(f"[yellow]warning:[/yellow] skipped {skipped.path}: {skipped.reason}", soft_wrap=True)
+    for warning in report.warnings:
+        err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+    if as_json:
+        typer.echo(json.dumps(_report_json(report), indent=2))
+    else:
+        _summary(report, make_console())
+    if report.files == 0 and report.unchanged == 0:
+        raise InputError(f"none of the {len(files)} file(s) could be ingested (see the warnings above)")
+
+
+def _files(paths: list[Path]) -> list[Path]:
+    """The files to ingest under ``paths``; refuses a missing path or nothing to ingest."""
     files, missing = discover(paths)
     if missing:
         raise InputError(f"no such file or folder: {', '.join(str(m.path) for m in missing)}")
@@ -94,13 +127,11 @@ def ingest(
         raise InputError(
             f"no files to ingest under {', '.join(map(str, paths))}", hint=f"supported: {suffixes}"
         )
-    metadata = parse_pairs(meta, "--meta")
-    if any(isinstance(v, list) for v in metadata.values()):
-        raise InputError("--meta: each key may be given once")
-    chunker = Chunker(max_chars=chunk_size, overlap_chars=overlap, code=not no_code)
-    settings = make_settings()
-    name = collection or settings.retrieval.collection
-    err = make_console(stderr=True)
+    return files
+
+
+def _ingest(rt: Runtime, ingestor: Ingestor, files: list[Path], name: str, err: Console) -> IngestReport:
+    """Run the ingestion with a progress bar per phase on stderr; an interrupt keeps what was written."""
     progress = Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -117,46 +148,30 @@ def ingest(
             tasks[phase] = progress.add_task(_PHASE_LABELS[phase], total=total or None)
         progress.update(tasks[phase], completed=done, total=total or None)
 
-    with Runtime(settings) as rt:
-        ingestor = Ingestor(
-            rt.store,
-            rt.embedder,
-            chunker=chunker,
-            batch_size=batch_size,
-            text_field=text_field,
-            metadata=metadata,
+    try:
+        with err.status("opening the store and loading the embedding model...", spinner="dots"):
+            _ = rt.store, rt.embedder.dimension
+        with progress:
+            return ingestor.ingest(files, name, on_progress=on_progress)
+    except KeyboardInterrupt:
+        err.print(
+            "[yellow]interrupted: chunks already written are kept; run the same command to resume[/yellow]"
         )
-        try:
-            with err.status("opening the store and loading the embedding model...", spinner="dots"):
-                _ = rt.store, rt.embedder.dimension
-            with progress:
-                report = ingestor.ingest(files, name, on_progress=on_progress)
-        except KeyboardInterrupt:
-            err.print(
-                "[yellow]interrupted: chunks already written are kept; run the same command to resume[/yellow]"
-            )
-            raise
-    for skipped in report.skipped:
-        err.print(f"[yellow]warning:[/yellow] skipped {skipped.path}: {skipped.reason}", soft_wrap=True)
-    for warning in report.warnings:
-        err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
-    if as_json:
-        out = {
-            "collection": report.collection,
-            "files": report.files,
-            "unchanged": report.unchanged,
-            "skipped": [{"path": str(s.path), "reason": s.reason} for s in report.skipped],
-            "chunks": report.chunks,
-            "deleted": report.deleted,
-            "seconds": round(report.seconds, 3),
-            "write_seconds": round(report.write_seconds, 3),
-            "chunks_per_second": round(report.chunks_per_second, 1),
-        }
-        typer.echo(json.dumps(out, indent=2))
-    else:
-        _summary(report, make_console())
-    if report.files == 0 and report.unchanged == 0:
-        raise InputError(f"none of the {len(files)} file(s) could be ingested (see the warnings above)")
+        raise
+
+
+def _report_json(report: IngestReport) -> dict[str, Any]:
+    return {
+        "collection": report.collection,
+        "files": report.files,
+        "unchanged": report.unchanged,
+        "skipped": [{"path": str(s.path), "reason": s.reason} for s in report.skipped],
+        "chunks": report.chunks,
+        "deleted": report.deleted,
+        "seconds": round(report.seconds, 3),
+        "write_seconds": round(report.write_seconds, 3),
+        "chunks_per_second": round(report.chunks_per_second, 1),
+    }
 
 
 def register(app: typer.Typer) -> None:
