@@ -27,10 +27,6 @@ LONG_MODULES: dict[str, str] = {
         "the llama.cpp backend: loading, chat templating, grammar, generation, threads (790 lines); issue 20: "
         "being split (s20r)"
     ),
-    "runtime/serving/app.py": (
-        "the FastAPI app with every route, error response and hosting concern (1,368 lines); issue 20: "
-        "routes, execution, openapi and hosting move out (s20s)"
-    ),
 }
 
 # path::qualified name -> why it may be longer than MAX_FUNCTION_LINES.
@@ -53,22 +49,6 @@ LONG_FUNCTIONS: dict[str, str] = {
     ),
     "runtime/finetune/train.py::_train": (
         "the LoRA training loop with its setup and checkpointing (126 lines); issue 20: named steps (s20r)"
-    ),
-    "runtime/serving/app.py::create_app": (
-        "assembles the FastAPI app: middleware, lifespan, handlers (115 lines); issue 20: hosting moves out "
-        "(s20s)"
-    ),
-    "runtime/serving/app.py::_add_operation_routes": (
-        "declares the operational routes as closures over the app state (98 lines); issue 20: routes module "
-        "(s20s)"
-    ),
-    "runtime/serving/app.py::_add_program_routes": (
-        "declares the program routes as closures over the app state (134 lines); issue 20: routes module "
-        "(s20s)"
-    ),
-    "runtime/serving/app.py::_add_program_routes.<locals>.run_stream": (
-        "the streaming route: SSE framing, disconnect and deadline handling (81 lines); issue 20: execution "
-        "module (s20s)"
     ),
 }
 
