@@ -23,10 +23,6 @@ LONG_MODULES: dict[str, str] = {
         "GeodeCallback: every DSPy callback hook and its span attributes (902 lines); issue 20: being split "
         "(s20r)"
     ),
-    "runtime/lm/_llama.py": (
-        "the llama.cpp backend: loading, chat templating, grammar, generation, threads (790 lines); issue 20: "
-        "being split (s20r)"
-    ),
 }
 
 # path::qualified name -> why it may be longer than MAX_FUNCTION_LINES.
