@@ -14,10 +14,9 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import dspy
-from dspy.utils.exceptions import AdapterParseError
-from dspy.utils.exceptions import LMError as DSPyLMError
 
-from geode.errors import InputError, LMError, OutputParseError
+from geode.errors import InputError
+from geode.runtime.dspy_errors import DSPY_ERRORS, translate_dspy_error
 from geode.runtime.programs import ProgramRef, ResolvedProgram, resolve
 from geode.runtime.registry import ActivePrograms, ProgramRegistry, ServedProgram
 from geode.runtime.registry_trust import registry_key
@@ -63,24 +62,12 @@ def _translate_errors(rt: Runtime, resolved: ResolvedProgram) -> Iterator[None]:
     """Turn DSPy's LM and parse errors into Geode errors that say what to do."""
     try:
         yield
-    except AdapterParseError as err:
-        signature = getattr(err, "signature", None)
-        fields = ", ".join(getattr(signature, "output_fields", {}) or ())
-        raise OutputParseError(
-            f"the LM's answer for {resolved.name!r} could not be parsed into its output fields ({fields})",
-            hint="a small model may need a simpler signature, or use a stronger model with --lm",
-        ) from err
-    except DSPyLMError as err:
+    except DSPY_ERRORS as err:
+        # The model is read only on failure: reading rt.lm builds the LM.
         model = getattr(rt.lm, "model", "?")
-        raise LMError(
-            f"LM {model!r} failed while running {resolved.name!r}: {_first_line(err)}",
-            hint="check the model name, api_base and API key (GEODE_LM_*)",
-        ) from err
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0][:300] if text else type(err).__name__
+        translated = translate_dspy_error(err, resolved.name, audience="caller", model=model)
+        assert translated is not None  # every DSPY_ERRORS exception translates
+        raise translated from err
 
 
 class Runtime:

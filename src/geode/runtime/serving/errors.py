@@ -13,8 +13,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Final
 
-from dspy.utils.exceptions import AdapterParseError, LMRateLimitError, LMTimeoutError, LMTransportError
-from dspy.utils.exceptions import LMError as DSPyLMError
+from dspy.utils.exceptions import LMRateLimitError, LMTimeoutError, LMTransportError
 
 from geode.errors import (
     ClientClosedError,
@@ -24,7 +23,6 @@ from geode.errors import (
     LMRateLimitedError,
     LMTimeoutGeodeError,
     NotFoundError,
-    OutputParseError,
     OverloadedError,
     PayloadTooLargeError,
     ProgramConfiguresDSPyError,
@@ -32,6 +30,7 @@ from geode.errors import (
     ServiceUnavailableError,
     UnauthorizedError,
 )
+from geode.runtime.dspy_errors import DSPY_ERRORS, is_lm_timeout, translate_dspy_error
 from geode.runtime.serving.configure_guard import configure_refused
 
 __all__ = [
@@ -122,38 +121,16 @@ def translate_program_errors(program: str) -> Iterator[None]:
     """Turn DSPy's LM and parse errors into Geode errors with stable codes (no raw LM text).
 
     ``AdapterParseError`` carries the LM's whole answer in its message; it never reaches a response.
-    Rate limits and timeouts keep their own codes so clients can back off (``Retry-After``).
+    Rate limits and timeouts keep their own codes so clients can back off (``Retry-After``). The
+    translation is :func:`~geode.runtime.dspy_errors.translate_dspy_error`'s, for a client; a
+    ``dspy.configure`` the server refused becomes ``program_configures_dspy``.
     """
     try:
         yield
-    except AdapterParseError as err:
-        signature = getattr(err, "signature", None)
-        fields = ", ".join(getattr(signature, "output_fields", {}) or ())
-        raise OutputParseError(
-            f"the LM's answer for {program!r} could not be parsed into its output fields ({fields})",
-            hint="a small model may need a simpler signature, or use a stronger model",
-        ) from err
-    except LMRateLimitError as err:
-        raise LMRateLimitedError(
-            f"the LM provider rate-limited {program!r} after its retries",
-            retry_after_s=err.retry_after,
-            hint="retry later, or raise the provider quota",
-        ) from err
-    except (LMTimeoutError, LMTransportError) as err:
-        if not _is_timeout(err):
-            raise LMError(
-                f"the LM could not be reached while running {program!r} ({type(err).__name__})",
-                hint="check GEODE_LM_API_BASE and that the LM server is up",
-            ) from err
-        raise LMTimeoutGeodeError(
-            f"the LM did not answer in time while running {program!r}",
-            hint="raise GEODE_LM_TIMEOUT_S or use a faster model",
-        ) from err
-    except DSPyLMError as err:
-        raise LMError(
-            f"the LM failed while running {program!r} ({type(err).__name__})",
-            hint="check the model name, api_base and API key (GEODE_LM_*)",
-        ) from err
+    except DSPY_ERRORS as err:
+        translated = translate_dspy_error(err, program, audience="client")
+        assert translated is not None  # every DSPY_ERRORS exception translates
+        raise translated from err
     except GeodeError:
         raise
     except RuntimeError as err:
@@ -166,14 +143,6 @@ def translate_program_errors(program: str) -> Iterator[None]:
         ) from err
 
 
-def _is_timeout(err: BaseException) -> bool:
-    # litellm reports a read timeout as a connection error; DSPy then calls it a transport error.
-    if isinstance(err, LMTimeoutError):
-        return True
-    text = f"{err} {err.__cause__ or ''}".lower()
-    return "timed out" in text or "timeout" in text
-
-
 def describe(err: BaseException) -> tuple[str, str]:
     """The code and the client-safe message of an exception raised while answering a request."""
     if isinstance(err, GeodeError):
@@ -184,7 +153,7 @@ def describe(err: BaseException) -> tuple[str, str]:
         if (
             type(err) is LMError
             and isinstance(cause, LMTimeoutError | LMTransportError)
-            and _is_timeout(cause)
+            and is_lm_timeout(cause)
         ):
             return LMTimeoutGeodeError.code, str(err)
         return err.code, str(err)
