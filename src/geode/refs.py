@@ -196,7 +196,7 @@ def _create_key(path: Path, what: str) -> str:
 
 
 _TRUST_LOCK = threading.Lock()
-_DEFAULT: Callable[[], SpecTrust] | None = None
+_default_trust: Callable[[], SpecTrust] | None = None
 
 
 def use_spec_trust(trust: SpecTrust | Callable[[], SpecTrust]) -> None:
@@ -206,7 +206,7 @@ def use_spec_trust(trust: SpecTrust | Callable[[], SpecTrust]) -> None:
         trust: A :class:`SpecTrust`, or a function returning one when a spec is saved or loaded (so
             settings read from the environment apply as they are then).
     """
-    global _DEFAULT
+    global _default_trust
     provider: Callable[[], SpecTrust]
     if isinstance(trust, SpecTrust):
         fixed = trust
@@ -214,7 +214,7 @@ def use_spec_trust(trust: SpecTrust | Callable[[], SpecTrust]) -> None:
     else:
         provider = trust
     with _TRUST_LOCK:
-        _DEFAULT = provider
+        _default_trust = provider
 
 
 def current_spec_trust() -> SpecTrust:
@@ -224,5 +224,5 @@ def current_spec_trust() -> SpecTrust:
     saved unsigned and load only when passed an explicit :class:`SpecTrust`.
     """
     with _TRUST_LOCK:
-        provider = _DEFAULT
+        provider = _default_trust
     return provider() if provider is not None else SpecTrust()

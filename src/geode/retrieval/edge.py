@@ -10,6 +10,9 @@ nothing that :meth:`EdgeStore.upsert` returned from.
 
 from __future__ import annotations
 
+# _Call below is EdgeStore's own lock-and-shard context manager, a class rather than a method only for
+# speed (see its docstring), so it reads the store's private state.
+# pyright: reportPrivateUsage=false
 import json
 import shutil
 import threading
@@ -49,7 +52,7 @@ _SHARD = "shard"
 def edge_available() -> bool:
     """Whether ``qdrant-edge-py`` can be imported."""
     try:
-        import qdrant_edge  # noqa: F401
+        import qdrant_edge  # noqa: F401  # pyright: ignore[reportUnusedImport]
     except ImportError:
         return False
     return True

@@ -10,7 +10,7 @@ import importlib.util
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -18,7 +18,7 @@ from geode.errors import MissingExtraError, ModelFileError, RetrievalError
 from geode.retrieval.base import Distance, Vectors
 
 if TYPE_CHECKING:
-    import dspy
+    import dspy  # pyright: ignore[reportMissingTypeStubs]
     from sentence_transformers import SentenceTransformer
 
 __all__ = ["LOCAL_MODEL_NAME", "DSPyEmbedder", "SentenceTransformerEmbedder", "default_local_model_path"]
@@ -134,14 +134,16 @@ class SentenceTransformerEmbedder:
         """Embed passages, ``batch_size`` at a time; one normalised row per text."""
         if not texts:
             return np.zeros((0, self.dimension), dtype=np.float32)
-        vectors = self.model.encode(
+        model: Any = self.model  # sentence-transformers' encode overloads leave their kwargs untyped
+        vectors = model.encode(
             list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
         )
         return np.asarray(vectors, dtype=np.float32)
 
     def embed_query(self, text: str) -> Vectors:
         """Embed one query; a normalised 1-D vector."""
-        vectors = self.model.encode([text], batch_size=1, normalize_embeddings=True, convert_to_numpy=True)
+        model: Any = self.model
+        vectors = model.encode([text], batch_size=1, normalize_embeddings=True, convert_to_numpy=True)
         return np.asarray(vectors, dtype=np.float32)[0]
 
     def __deepcopy__(self, memo: dict[int, Any]) -> SentenceTransformerEmbedder:
@@ -176,7 +178,7 @@ class DSPyEmbedder:
         dimension: int | None = None,
         distance: Distance = "cosine",
     ) -> None:
-        model: str | Callable[..., Any] = embedder.model
+        model: str | Callable[..., Any] = cast(Any, embedder).model  # dspy is untyped
         if name is None and not isinstance(model, str):
             raise RetrievalError("name this embedder: its model is a callable, not a model string")
         self._embedder = embedder
@@ -206,7 +208,7 @@ class DSPyEmbedder:
 
     def _call(self, texts: list[str]) -> Vectors:
         try:
-            out = self._embedder(texts)
+            out = cast(Any, self._embedder(texts))  # dspy is untyped
         except Exception as err:  # litellm raises many types; all mean "the embedding call failed"
             raise RetrievalError(
                 f"embedding with {self._name!r} failed: {type(err).__name__}: {err}"

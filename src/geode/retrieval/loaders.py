@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from geode.retrieval.chunking import Section, split_markdown
 
@@ -138,6 +138,7 @@ def _load_jsonl(
         if not isinstance(record, dict):
             bad_lines.append(number)
             continue
+        record = cast("dict[str, Any]", record)  # JSON objects have string keys
         seen_fields.update(str(k) for k in record)
         value = record.get(text_field)
         if not isinstance(value, str) or not value.strip():

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, cast
@@ -194,7 +194,7 @@ class QdrantStore:
         return self._client
 
     @contextmanager
-    def _call(self, collection: str | None = None) -> Iterator[None]:
+    def _call(self, collection: str | None = None) -> Generator[None, None, None]:
         if self._closed:
             raise StoreUnavailableError(f"the store ({self._description}) is closed")
         breaker = self._breaker
@@ -272,9 +272,13 @@ class QdrantStore:
             raise RetrievalError(
                 f"collection {name!r} uses distance {params.distance}, which Geode does not use"
             )
-        metadata = info.config.metadata or {}
-        geode_meta = metadata.get("geode") if isinstance(metadata, dict) else None
-        embedder = geode_meta.get("embedder") if isinstance(geode_meta, dict) else None
+        # qdrant's Payload is an untyped dict; Geode's part of it is whatever a past version wrote.
+        raw = cast(object, info.config.metadata or {})
+        metadata = cast("dict[str, object]", raw) if isinstance(raw, dict) else {}
+        geode_meta = metadata.get("geode")
+        embedder = (
+            cast("dict[str, Any]", geode_meta).get("embedder") if isinstance(geode_meta, dict) else None
+        )
         return CollectionInfo(
             name=name,
             dimension=params.size,

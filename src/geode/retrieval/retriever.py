@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import PurePath
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-import dspy
+import dspy  # pyright: ignore[reportMissingTypeStubs]
 
 from geode.errors import InputError
 from geode.retrieval.base import Embedder, FilterValue, Hit, Store, check_compatible
@@ -89,7 +89,7 @@ class Retriever(dspy.Module):
     geode_span_kind: ClassVar[str] = "RETRIEVER"
 
     def __init__(self, store: Store, embedder: Embedder, collection: str = "docs", k: int = 5) -> None:
-        super().__init__()
+        super().__init__()  # pyright: ignore[reportUnknownMemberType]  (dspy is untyped)
         if k < 1:
             raise InputError(f"k must be at least 1, not {k}")
         self.store = store
@@ -124,7 +124,8 @@ class Retriever(dspy.Module):
             RetrievalError: The collection was built with a different embedder.
             StoreUnavailableError: The store is down, locked or too slow.
         """
-        if not isinstance(query, str) or not query.strip():
+        # An LM calling the tool may pass anything, whatever the annotation says.
+        if not isinstance(query, str) or not query.strip():  # pyright: ignore[reportUnnecessaryIsInstance]
             raise InputError("the search query is empty")
         limit = self.k if k is None else k
         if limit < 1:
@@ -148,7 +149,7 @@ class Retriever(dspy.Module):
         retriever = self
 
         def search(query: str) -> str:
-            passages: list[Passage] = retriever(query=query).passages
+            passages: list[Passage] = cast(Any, retriever(query=query)).passages  # dspy is untyped
             if not passages:
                 return f"No passages found for {query!r}."
             return format_passages(passages)
