@@ -8,7 +8,7 @@ share one definition without depending on each other.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,7 +44,7 @@ def current_run() -> RunIdentity | None:
 
 
 @contextmanager
-def run_identity(identity: RunIdentity) -> Iterator[RunIdentity]:
+def run_identity(identity: RunIdentity) -> Generator[RunIdentity, None, None]:
     """Set the run identity for the duration of a block (nested calls see the innermost)."""
     token = _CURRENT.set(identity)
     try:
@@ -57,7 +57,7 @@ _TRACE_IDS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("g
 
 
 @contextmanager
-def capture_trace_ids() -> Iterator[list[str]]:
+def capture_trace_ids() -> Generator[list[str], None, None]:
     """Collect the trace ids of the top-level spans a block starts (hex, 32 digits), in order.
 
     The runtime wraps each run in this so it can hand the caller the run's trace id; span writers call

@@ -18,7 +18,8 @@ import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from geode.errors import TraceSourceError
 
@@ -40,6 +41,9 @@ __all__ = [
 ]
 
 JsonObject = dict[str, Any]
+
+_EMPTY: Final[Mapping[str, Any]] = MappingProxyType({})
+"""Stands in for an absent OTLP message, so a missing field reads as missing."""
 
 # OpenTelemetry's Python SpanKind starts at INTERNAL=0; OTLP reserves 0 for UNSPECIFIED.
 _OTLP_KIND_OFFSET: Final = 1
@@ -69,9 +73,9 @@ def encode_any_value(value: object) -> JsonObject:
     if isinstance(value, bytes | bytearray):
         return {"bytesValue": base64.b64encode(bytes(value)).decode("ascii")}
     if isinstance(value, Mapping):
-        return {"kvlistValue": {"values": encode_attributes(value)}}
+        return {"kvlistValue": {"values": encode_attributes(cast("Mapping[str, object]", value))}}
     if isinstance(value, Sequence):
-        return {"arrayValue": {"values": [encode_any_value(v) for v in value]}}
+        return {"arrayValue": {"values": [encode_any_value(v) for v in cast("Sequence[object]", value)]}}
     if value is None:
         return {}
     return {"stringValue": str(value)}
@@ -189,9 +193,9 @@ def decode_any_value(value: Mapping[str, Any]) -> Any:
     if "doubleValue" in value:
         return float(value["doubleValue"])
     if "arrayValue" in value:
-        return tuple(decode_any_value(v) for v in (value["arrayValue"] or {}).get("values") or ())
+        return tuple(decode_any_value(v) for v in (value["arrayValue"] or _EMPTY).get("values") or ())
     if "kvlistValue" in value:
-        return decode_attributes((value["kvlistValue"] or {}).get("values") or ())
+        return decode_attributes((value["kvlistValue"] or _EMPTY).get("values") or ())
     if "bytesValue" in value:
         return base64.b64decode(value["bytesValue"])
     return None
@@ -217,9 +221,9 @@ class OtlpSpan:
 def iter_spans(request: Mapping[str, Any]) -> Iterator[OtlpSpan]:
     """Every span of one ``ExportTraceServiceRequest``, with its resource and scope."""
     for resource_spans in request.get("resourceSpans") or ():
-        resource = decode_attributes(((resource_spans.get("resource") or {}).get("attributes")) or ())
+        resource = decode_attributes(((resource_spans.get("resource") or _EMPTY).get("attributes")) or ())
         for scope_spans in resource_spans.get("scopeSpans") or ():
-            scope = str((scope_spans.get("scope") or {}).get("name") or "")
+            scope = str((scope_spans.get("scope") or _EMPTY).get("name") or "")
             for span in scope_spans.get("spans") or ():
                 yield OtlpSpan(span=span, resource=resource, scope=scope)
 

@@ -203,7 +203,7 @@ class PhoenixTraceSource:
         cursor: str | None = None
         while True:
             payload = self._get("v1/projects", {"limit": 100, **({"cursor": cursor} if cursor else {})})
-            names += [str(p.get("name")) for p in payload.get("data") or []]
+            names += [str(p.get("name")) for p in payload.get("data") or ()]
             cursor = payload.get("next_cursor")
             if not cursor:
                 return names
@@ -274,7 +274,11 @@ class PhoenixTraceSource:
         column = "context.trace_id"
         trace_ids: list[str] = []
         if len(frame):
-            values = frame[column] if column in frame.columns else frame.index.get_level_values(column)
+            # pandas is partly untyped
+            values = cast(
+                "Iterable[object]",
+                frame[column] if column in frame.columns else frame.index.get_level_values(column),
+            )
             trace_ids = list(dict.fromkeys(str(v) for v in values))
         matched: list[TraceRecord] = []
         for start in range(0, len(trace_ids), _IDS_PER_REQUEST):
