@@ -27,17 +27,9 @@ LONG_MODULES: dict[str, str] = {
 
 # path::qualified name -> why it may be longer than MAX_FUNCTION_LINES.
 LONG_FUNCTIONS: dict[str, str] = {
-    "cli/compare_models.py::compare_models_command": (
-        "Typer command: 14 options declared in a 24-line signature, docstring 5, body 62 lines"
-    ),
     "cli/crystallize.py::crystallize_command": (
         "Typer command: 24 options declared in a 52-line signature, docstring 10, body 99 lines; issue 20: "
         "body into named steps (s20e)"
-    ),
-    "cli/demo.py::demo": "Typer command: 10 options declared in a 45-line signature; body 43 lines",
-    "cli/ingest.py::ingest": "Typer command: 9 options in a 31-line signature, body 71 lines",
-    "evals/compare.py::compare_models": (
-        "public API: 14 parameters in a 17-line signature and a 24-line docstring documenting each; body 52"
     ),
     "runtime/finetune/optimizer.py::LocalFinetune.compile": (
         "DSPy optimizer's compile: data checks, training, export and evaluation in sequence (126 lines); "
