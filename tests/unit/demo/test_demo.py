@@ -8,7 +8,7 @@ import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import dspy
 import pytest
@@ -521,11 +521,11 @@ def test_a_shape_feeds_one_passage_question_last_and_is_part_of_the_version(
     loaded = registry.load_into("wf", other.version, workflow)
     assert isinstance(loaded, type(workflow)) and loaded.shape == shaped.shape
     (step,) = answer_predictors(loaded)
-    assert list(step.signature.input_fields) == ["search_result", "question"]
+    assert list(cast(type[dspy.Signature], step.signature).input_fields) == ["search_result", "question"]
     back = registry.load_into("wf", base.version, shaped)
     assert isinstance(back, type(workflow)) and back.shape.is_default
     (step,) = answer_predictors(back)
-    assert list(step.signature.input_fields) == ["question", "search_result"]
+    assert list(cast(type[dspy.Signature], step.signature).input_fields) == ["question", "search_result"]
 
 
 def test_a_saved_shape_that_geode_did_not_write_is_refused(settings: Settings, parts: DemoParts) -> None:
@@ -555,3 +555,27 @@ def test_a_saved_shape_that_geode_did_not_write_is_refused(settings: Settings, p
     assert (
         first_passages("[1] only", 1) == "[1] only" and first_passages("[1] a\n[2] b", None) == "[1] a\n[2] b"
     )
+
+
+def test_the_search_prefers_a_lift_then_fewer_calls_then_a_clearly_faster_candidate() -> None:
+    from geode.demo.recompile import Candidate, Scored, _better
+    from geode.evals.evaluate import EvalResult
+
+    def scored(score: float, calls: int, p50: float) -> Scored:
+        result = EvalResult(
+            program="wf", version=None, metric="m", dataset_id="d", dataset_name=None, split="train",
+            model=None, score=score, n=10, errors=0, latency_p50_s=p50, latency_p95_s=p50, lm_calls=calls,
+            prompt_tokens=0, completion_tokens=0, cost_usd=None, duration_s=1.0, num_threads=1,
+            started_at="2026-12-07T00:00:00Z", examples=(),
+        )  # fmt: skip
+        candidate = Candidate("c", "c", lambda w, f: w, "none")
+        return Scored(candidate, dspy.Module(), result, 0, 0.5)
+
+    base = scored(0.5, 10, 4.0)
+    assert _better(scored(0.6, 20, 9.0), base)  # a lift wins whatever it costs
+    assert not _better(scored(0.4, 5, 1.0), base)  # a loss never does
+    assert _better(scored(0.5, 9, 9.0), base)  # same score, fewer LM calls
+    assert _better(scored(0.5, 10, 2.0), base)  # same score and calls, clearly faster
+    assert not _better(scored(0.5, 10, 3.5), base)  # 12% faster is within the noise
+    fast = scored(0.5, 10, 0.010)
+    assert not _better(scored(0.5, 10, 0.005), fast)  # milliseconds are noise, whatever the ratio
