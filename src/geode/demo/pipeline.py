@@ -195,6 +195,11 @@ class _Demo:
         self.validation = helpdesk.pick(training, min(options.validation, len(training) - 2))
         chosen = {q.id for q in self.validation}
         self.train = helpdesk.pick([q for q in training if q.id not in chosen], options.questions)
+        chosen |= {q.id for q in self.train}
+        # The training questions left over: more tuning for the recompile search (labelled, not run).
+        self.extra_tuning = helpdesk.questions_dataset(
+            [q for q in training if q.id not in chosen] if options.more_tuning else [], "helpdesk-tuning"
+        )
         self.heldout = helpdesk.pick(helpdesk.load_questions("heldout"), options.held_out)
         self.gold = {q.question: q for q in helpdesk.load_questions()}
         self.heldout_data = helpdesk.questions_dataset(self.heldout, "helpdesk-heldout")
@@ -392,15 +397,20 @@ class _Demo:
 
     # 6
     def recompile(self, rt: Runtime, workflow: CrystallizedWorkflow, labelled: Dataset) -> Scored | None:
+        extra = len(self.extra_tuning)
         self.say.stage(
             6,
-            f"recompile the workflow: candidates scored on the {len(labelled)} labelled training runs",
+            f"recompile the workflow: candidates scored on the {len(labelled)} labelled training runs"
+            + (f" and {extra} other training questions" if extra else ""),
         )
         if len(labelled) < 2:
             reason = f"{len(labelled)} labelled example(s); recompiling needs at least 2"
             self.result.skipped["recompile"] = reason
             self.say.warn(f"not recompiled: {reason}")
             return None
+        # Candidates learn from the runs (fit); they are chosen on every training question the gate
+        # does not see (tune), so that one lucky question among 16 does not decide.
+        tune = Dataset.from_records([*labelled.records, *self.extra_tuning.records], name="helpdesk-tuning")
         pricing = _pricing(rt)
 
         def score(program: dspy.Module, data: Dataset, label: str) -> EvalResult:
@@ -422,7 +432,7 @@ class _Demo:
         # Candidates that learn (bootstrapping) call the LM while they are built: all of it in the runtime.
         with rt.batch():
             best, scored = search(
-                workflow, candidates, fit=labelled, tune=labelled, evaluate=score, log=self.say.info
+                workflow, candidates, fit=labelled, tune=tune, evaluate=score, log=self.say.info
             )
         self.result.search = [entry.summary() for entry in scored]
         if best.program is workflow:
@@ -548,6 +558,7 @@ def _gate(
             margin=GATE_MARGIN,
             module=module,
             reason="geode demo (validation questions)",
+            split="validation",
         )
     except GeodeError as err:
         return Gate("refused", f"gate refused {candidate}: {err}", **decided)

@@ -245,15 +245,16 @@ def recompile_candidates(
     """The recompilations the demo tries, in order: shape, instruction and demo-count variants (a grid).
 
     The grid was chosen on the 48 training questions with SmolLM2-135M through ``SmallModelAdapter``,
-    the demo's retrieval (top-2 passages of 400 characters) and the crystallized answer step: as
-    crystallized 17/48 at 4.7 s per question (it repeats the question, then copies passages);
-    one passage 15/48 at 1.7 s; tool results first 10/48; **one passage, then the question 22/48 at
-    2.0 s**; the same with the hand-written baseline's instruction 20/48. Shapes are the lever; the
-    terse instruction stays in the grid (57% against 52% in a raw-llama.cpp probe) alone and on the
-    best shape. Few-shot demos are not the lever on a 135M model (KNN-selected demos as earlier turns
-    took the held-out score from 52% to 17-30% in a probe: it copies the neighbour's answer), so the
-    grid varies the crystallized answer step's demos downwards (none) only; ``bootstrap`` adds
-    BootstrapFewShot, which only adds demos.
+    the demo's retrieval (top-2 passages of 400 characters) and the crystallized answer step
+    (``benchmarks/bench_answer_shape.py``): as crystallized 17/48 at 4.7 s per question (it repeats the
+    question, then copies passages); one passage 15/48 at 1.7 s; tool results first 10/48; **one
+    passage, then the question 22/48 at 2.0 s**; the same with the terse instruction 19/48 at 1.5 s.
+    Shapes are the lever. The terse instruction alone (57% against 52% in a raw-llama.cpp probe of the
+    held-out questions) scored 5/16 against 6/16 on a demo's training runs at a slower p50, so it is
+    tried on the best shape only. Few-shot demos are not the lever on a 135M model (KNN-selected demos
+    as earlier turns took the held-out score from 52% to 17-30% in a probe: it copies the neighbour's
+    answer), so the grid varies the crystallized answer step's demos downwards (none) only;
+    ``bootstrap`` adds BootstrapFewShot, which only adds demos.
 
     Args:
         metric: The metric BootstrapFewShot keeps demos by.
@@ -264,10 +265,13 @@ def recompile_candidates(
     """
     grid: list[Candidate] = []
     if shapes:
-        grid += [variant_candidate(shape=QUESTION_LAST), variant_candidate(shape=ONE_PASSAGE)]
-    grid.append(variant_candidate(instructions=("terse", TERSE)))
-    if shapes:
-        grid.append(variant_candidate(instructions=("terse", TERSE), shape=QUESTION_LAST))
+        grid += [
+            variant_candidate(shape=QUESTION_LAST),
+            variant_candidate(shape=ONE_PASSAGE),
+            variant_candidate(instructions=("terse", TERSE), shape=QUESTION_LAST),
+        ]
+    else:
+        grid.append(variant_candidate(instructions=("terse", TERSE)))
     if demos:
         grid += [variant_candidate(demos=0), variant_candidate(instructions=("terse", TERSE), demos=0)]
     return [*grid, bootstrap_candidate(metric)] if bootstrap else grid

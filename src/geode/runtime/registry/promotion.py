@@ -148,6 +148,7 @@ class ProgramRegistry(VersionStore):
         module: dspy.Module | None = None,
         reason: str | None = None,
         expect_active: str | _Unset | None = _UNSET,
+        split: str = "held-out",
     ) -> PromotionEvent:
         """Make ``version`` the active version, if it beats the active one by ``margin``.
 
@@ -166,6 +167,8 @@ class ProgramRegistry(VersionStore):
             expect_active: The version the caller compared against (``None``: the base program). When
                 another promotion or rollback changed the active version since, nothing changes and
                 :class:`VersionError` says what is active now.
+            split: What the scores were measured on, for the gate's message (``geode demo`` decides on
+                a validation split of its training questions).
 
         Raises:
             VersionError: Unknown version, already active, the active version is not ``expect_active``,
@@ -190,7 +193,7 @@ class ProgramRegistry(VersionStore):
             if current == info.version:
                 raise VersionError(f"{info.version} is already the active version of {name!r}")
             if not force:
-                _gate(name, info.version, current, candidate_score, active_score, margin)
+                _gate(name, info.version, current, candidate_score, active_score, margin, split)
             event = PromotionEvent(
                 action="promote",
                 version=info.version,
@@ -365,18 +368,19 @@ def _gate(
     candidate_score: float | None,
     active_score: float | None,
     margin: float,
+    split: str = "held-out",
 ) -> None:
     active_label = current or "the base program"
     if candidate_score is None or active_score is None:
         raise VersionError(
-            f"refusing to promote {candidate} of {name!r}: no scores of it and {active_label} on the same held-out data",
+            f"refusing to promote {candidate} of {name!r}: no scores of it and {active_label} on the same {split} data",
             hint="run geode compile (it scores both), pass --dataset and --metric to score them now, or --force",
         )
     gain = candidate_score - active_score
     if gain + 1e-9 < margin:
         raise VersionError(
             f"refusing to promote {candidate} of {name!r}: it scored {candidate_score:.1%} vs {active_score:.1%} "
-            f"for {active_label} on the held-out data ({gain * 100:+.1f} points); promotion needs at least "
+            f"for {active_label} on the {split} data ({gain * 100:+.1f} points); promotion needs at least "
             f"{margin * 100:+.1f} points",
             hint="improve the candidate, lower --margin, or pass --force to promote anyway",
         )
