@@ -19,7 +19,7 @@ from datetime import datetime
 from functools import cached_property
 
 from geode.errors import TraceSourceError
-from geode.traces.spans import ExceptionInfo, SpanEvent, SpanRecord, _program_names
+from geode.traces.spans import ExceptionInfo, SpanEvent, SpanRecord, program_names
 from geode.traces.values import AttributeValue, SpanStatus
 from geode.traces.vocab import GeodeAttributes
 
@@ -169,7 +169,7 @@ class TraceRecord:
     @property
     def program_names(self) -> tuple[str, ...]:
         """The run's program name then its aliases (as :meth:`attribute` finds them)."""
-        return _program_names(
+        return program_names(
             self.attribute(GeodeAttributes.PROGRAM_NAME), self.attribute(GeodeAttributes.PROGRAM_ALIASES)
         )
 

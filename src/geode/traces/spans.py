@@ -26,23 +26,23 @@ from openinference.semconv.trace import SpanAttributes, ToolAttributes
 from geode.errors import TraceSourceError
 from geode.traces.otlp_json import decode_attributes
 from geode.traces.values import (
-    _OTLP_STATUS,
+    OTLP_STATUS,
     AttributeValue,
     SpanStatus,
-    _from_ns,
-    _hex_id,
-    _missing,
-    _scalars,
-    _status,
-    _to_datetime,
-    _unflatten,
+    from_ns,
+    hex_id,
+    is_missing,
+    scalars,
+    to_datetime,
+    to_status,
+    unflatten,
 )
 from geode.traces.vocab import GeodeAttributes
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
 
-__all__ = ["ExceptionInfo", "SpanEvent", "SpanRecord"]
+__all__ = ["ExceptionInfo", "SpanEvent", "SpanRecord", "program_names"]
 
 _KIND_KEY: Final = SpanAttributes.OPENINFERENCE_SPAN_KIND
 # Attributes whose values are JSON strings, which Phoenix expands into dotted keys on ingest
@@ -144,7 +144,7 @@ class SpanRecord:
     @property
     def program_names(self) -> tuple[str, ...]:
         """``geode.program.name`` then ``geode.program.aliases``: every name the span's program answers to."""
-        return _program_names(
+        return program_names(
             self.get(GeodeAttributes.PROGRAM_NAME), self.get(GeodeAttributes.PROGRAM_ALIASES)
         )
 
@@ -206,7 +206,7 @@ class SpanRecord:
             return list(raw) if isinstance(raw, tuple) else raw
         prefix = key + "."
         expanded = {k[len(prefix) :]: v for k, v in self.attributes.items() if k.startswith(prefix)}
-        return _unflatten(expanded) if expanded else None
+        return unflatten(expanded) if expanded else None
 
     def canonical_attributes(self) -> dict[str, Any]:
         """The attributes with JSON-valued ones decoded: the same dict whichever source the span came from.
@@ -292,7 +292,7 @@ class SpanRecord:
             name, start = str(span["name"]), span["start_time"]
         except (KeyError, TypeError) as err:
             raise TraceSourceError(f"Phoenix returned a span without {err}: {dict(span)!r:.200}") from err
-        attributes = _scalars(span.get("attributes") or {})
+        attributes = scalars(span.get("attributes") or {})
         kind = str(span.get("span_kind") or attributes.get(_KIND_KEY) or "UNKNOWN")
         attributes[_KIND_KEY] = kind
         return cls(
@@ -301,16 +301,16 @@ class SpanRecord:
             parent_id=span.get("parent_id") or None,
             name=name,
             kind=kind,
-            start_time=_to_datetime(start),
-            end_time=_to_datetime(span["end_time"]) if span.get("end_time") else None,
-            status=_status(span.get("status_code")),
+            start_time=to_datetime(start),
+            end_time=to_datetime(span["end_time"]) if span.get("end_time") else None,
+            status=to_status(span.get("status_code")),
             status_message=str(span.get("status_message") or ""),
             attributes=attributes,
             events=tuple(
                 SpanEvent(
                     name=str(e.get("name", "")),
-                    time=_to_datetime(e.get("timestamp")),
-                    attributes=MappingProxyType(_scalars(e.get("attributes") or {})),
+                    time=to_datetime(e.get("timestamp")),
+                    attributes=MappingProxyType(scalars(e.get("attributes") or {})),
                 )
                 for e in span.get("events") or ()
             ),
@@ -326,20 +326,22 @@ class SpanRecord:
         """
         attributes: dict[str, Any] = {}
         for column, value in row.items():
-            if column.startswith("attributes.") and not _missing(value):
+            if column.startswith("attributes.") and not is_missing(value):
                 attributes[column.removeprefix("attributes.")] = value
         return cls.from_phoenix(
             {
                 "context": {"trace_id": row.get("context.trace_id"), "span_id": row.get("context.span_id")},
                 "name": row.get("name"),
                 "span_kind": row.get("span_kind"),
-                "parent_id": None if _missing(row.get("parent_id")) else row.get("parent_id"),
+                "parent_id": None if is_missing(row.get("parent_id")) else row.get("parent_id"),
                 "start_time": row.get("start_time"),
-                "end_time": None if _missing(row.get("end_time")) else row.get("end_time"),
+                "end_time": None if is_missing(row.get("end_time")) else row.get("end_time"),
                 "status_code": row.get("status_code"),
-                "status_message": None if _missing(row.get("status_message")) else row.get("status_message"),
+                "status_message": None
+                if is_missing(row.get("status_message"))
+                else row.get("status_message"),
                 "attributes": attributes,
-                "events": [] if _missing(row.get("events")) else row.get("events"),
+                "events": [] if is_missing(row.get("events")) else row.get("events"),
             }
         )
 
@@ -354,33 +356,33 @@ class SpanRecord:
             TraceSourceError: The span is not valid OTLP-JSON.
         """
         try:
-            trace_id, span_id = _hex_id(span["traceId"], 32), _hex_id(span["spanId"], 16)
+            trace_id, span_id = hex_id(span["traceId"], 32), hex_id(span["spanId"], 16)
             name, start_ns = str(span["name"]), int(span["startTimeUnixNano"])
         except (KeyError, TypeError, ValueError) as err:
             raise TraceSourceError(f"not an OTLP-JSON span ({err!r}): {dict(span)!r:.200}") from err
-        attributes = _scalars(decode_attributes(span.get("attributes") or ()))
+        attributes = scalars(decode_attributes(span.get("attributes") or ()))
         kind = str(attributes.get(_KIND_KEY) or "UNKNOWN")
         attributes[_KIND_KEY] = kind
-        status = span.get("status") or {}
+        status = cast(Mapping[str, Any], span.get("status") or {})
         code = status.get("code", 0)
         end_ns = span.get("endTimeUnixNano")
         parent = span.get("parentSpanId") or None
         return cls(
             trace_id=trace_id,
             span_id=span_id,
-            parent_id=_hex_id(parent, 16) if parent else None,
+            parent_id=hex_id(parent, 16) if parent else None,
             name=name,
             kind=kind,
-            start_time=_from_ns(start_ns),
-            end_time=_from_ns(int(end_ns)) if end_ns not in (None, "", "0", 0) else None,
-            status=_OTLP_STATUS.get(code, "UNSET") if isinstance(code, int) else _status(code),
+            start_time=from_ns(start_ns),
+            end_time=from_ns(int(end_ns)) if end_ns not in (None, "", "0", 0) else None,
+            status=OTLP_STATUS.get(code, "UNSET") if isinstance(code, int) else to_status(code),
             status_message=str(status.get("message") or ""),
             attributes=attributes,
             events=tuple(
                 SpanEvent(
                     name=str(e.get("name", "")),
-                    time=_from_ns(int(e.get("timeUnixNano") or start_ns)),
-                    attributes=MappingProxyType(_scalars(decode_attributes(e.get("attributes") or ()))),
+                    time=from_ns(int(e.get("timeUnixNano") or start_ns)),
+                    attributes=MappingProxyType(scalars(decode_attributes(e.get("attributes") or ()))),
                 )
                 for e in span.get("events") or ()
             ),
@@ -396,7 +398,7 @@ class SpanRecord:
         context = span.context
         if context is None or span.start_time is None:
             raise TraceSourceError(f"span {span.name!r} has no context or start time; was it started?")
-        attributes = _scalars(dict(span.attributes or {}))
+        attributes = scalars(dict(span.attributes or {}))
         kind = str(attributes.get(_KIND_KEY) or "UNKNOWN")
         attributes[_KIND_KEY] = kind
         return cls(
@@ -405,19 +407,20 @@ class SpanRecord:
             parent_id=format(span.parent.span_id, "016x") if span.parent is not None else None,
             name=span.name,
             kind=kind,
-            start_time=_from_ns(span.start_time),
-            end_time=_from_ns(span.end_time) if span.end_time is not None else None,
-            status=_status(span.status.status_code.name),
+            start_time=from_ns(span.start_time),
+            end_time=from_ns(span.end_time) if span.end_time is not None else None,
+            status=to_status(span.status.status_code.name),
             status_message=span.status.description or "",
             attributes=attributes,
             events=tuple(
-                SpanEvent(e.name, _from_ns(e.timestamp), MappingProxyType(_scalars(dict(e.attributes or {}))))
+                SpanEvent(e.name, from_ns(e.timestamp), MappingProxyType(scalars(dict(e.attributes or {}))))
                 for e in span.events
             ),
         )
 
 
-def _program_names(name: AttributeValue | None, aliases: AttributeValue | None) -> tuple[str, ...]:
+def program_names(name: AttributeValue | None, aliases: AttributeValue | None) -> tuple[str, ...]:
+    """A span's program name and its aliases, in order, without repeats."""
     names = [name] if isinstance(name, str) else []
     if isinstance(aliases, list | tuple):
         names += [a for a in aliases if isinstance(a, str)]

@@ -15,7 +15,18 @@ from typing import Any, Final, Literal, cast
 
 from geode.errors import TraceSourceError
 
-__all__ = ["AttributeValue", "SpanStatus"]
+__all__ = [
+    "OTLP_STATUS",
+    "AttributeValue",
+    "SpanStatus",
+    "from_ns",
+    "hex_id",
+    "is_missing",
+    "scalars",
+    "to_datetime",
+    "to_status",
+    "unflatten",
+]
 
 Scalar = str | bool | int | float
 AttributeValue = Scalar | tuple[Scalar, ...]
@@ -24,11 +35,12 @@ AttributeValue = Scalar | tuple[Scalar, ...]
 SpanStatus = Literal["UNSET", "OK", "ERROR"]
 
 _STATUSES: Final[frozenset[str]] = frozenset({"UNSET", "OK", "ERROR"})
-# OTLP's numeric status codes (opentelemetry-proto `Status.StatusCode`).
-_OTLP_STATUS: Final[dict[int, SpanStatus]] = {0: "UNSET", 1: "OK", 2: "ERROR"}
+OTLP_STATUS: Final[dict[int, SpanStatus]] = {0: "UNSET", 1: "OK", 2: "ERROR"}
+"""OTLP's numeric status codes (opentelemetry-proto ``Status.StatusCode``)."""
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """Whether a reader's value means "absent": ``None``, NaN, or pandas' ``NaT``/``NA``."""
     if value is None:
         return True
     if isinstance(value, float) and math.isnan(value):
@@ -40,18 +52,19 @@ def _missing(value: Any) -> bool:
         return False
 
 
-def _unflatten(flat: Mapping[str, Any]) -> Any:
+def unflatten(flat: Mapping[str, Any]) -> Any:
     """Rebuild nested JSON from dotted keys, as Phoenix expands it (all-digit levels become lists)."""
     nested: dict[str, Any] = {}
     for key, value in flat.items():
         node = nested
         *parents, leaf = key.split(".")
         for part in parents:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):  # a key both a leaf and a parent: keep the leaf
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):  # a key both a leaf and a parent: keep the leaf
                 break
+            node = cast(dict[str, Any], child)
         else:
-            node[leaf] = list(value) if isinstance(value, tuple) else value
+            node[leaf] = list(cast(tuple[Any, ...], value)) if isinstance(value, tuple) else value
     return _listify(nested)
 
 
@@ -89,7 +102,7 @@ def _scalar(value: Any) -> AttributeValue | None:
     return str(value)
 
 
-def _scalars(attributes: Mapping[str, Any]) -> dict[str, AttributeValue]:
+def scalars(attributes: Mapping[str, Any]) -> dict[str, AttributeValue]:
     """Flatten nested mappings to dotted keys and coerce values to OpenTelemetry attribute values."""
     result: dict[str, AttributeValue] = {}
     for key, value in _flatten(attributes):
@@ -99,12 +112,18 @@ def _scalars(attributes: Mapping[str, Any]) -> dict[str, AttributeValue]:
     return result
 
 
-def _status(value: Any) -> SpanStatus:
+def to_status(value: Any) -> SpanStatus:
+    """A status as written by a reader (``"ok"``, ``"STATUS_CODE_ERROR"``...); anything else is ``UNSET``."""
     text = str(value or "UNSET").upper().removeprefix("STATUS_CODE_")
     return cast(SpanStatus, text) if text in _STATUSES else "UNSET"
 
 
-def _to_datetime(value: Any) -> datetime:
+def to_datetime(value: Any) -> datetime:
+    """A timezone-aware UTC datetime from a datetime, pandas Timestamp, ISO string, or epoch number.
+
+    Raises:
+        TraceSourceError: ``value`` is none of these.
+    """
     if isinstance(value, datetime):
         moment = value
     elif hasattr(value, "to_pydatetime"):  # pandas.Timestamp
@@ -115,19 +134,25 @@ def _to_datetime(value: Any) -> datetime:
         except ValueError as err:
             raise TraceSourceError(f"not an ISO timestamp: {value!r}") from err
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        return _from_ns(int(value)) if value > 1e14 else datetime.fromtimestamp(value, UTC)
+        return from_ns(int(value)) if value > 1e14 else datetime.fromtimestamp(value, UTC)
     else:
         raise TraceSourceError(f"not a timestamp: {value!r}")
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
-def _from_ns(ns: int) -> datetime:
+def from_ns(ns: int) -> datetime:
+    """A UTC datetime from nanoseconds since the epoch."""
     # Exactly Phoenix's conversion (phoenix.trace.otel), so a span read from an OTLP file or from memory
     # has the same microsecond timestamps as the same span read back from Phoenix.
     return datetime.fromtimestamp(ns / 1e9, tz=UTC)
 
 
-def _hex_id(value: Any, digits: int) -> str:
+def hex_id(value: Any, digits: int) -> str:
+    """A trace or span id as ``digits`` lowercase hex digits.
+
+    Raises:
+        ValueError: ``value`` is not such an id.
+    """
     text = str(value).lower()
     if len(text) != digits or any(c not in "0123456789abcdef" for c in text):
         raise ValueError(f"{value!r} is not a {digits}-digit hex id")
