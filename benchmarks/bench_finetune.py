@@ -40,7 +40,7 @@ from typing import Any
 
 import dspy
 
-from geode.demo.pipeline import _gate  # the demo's own gate, as is
+from geode.demo.gate import gate as demo_gate  # the demo's own gate, as is
 from geode.demo.recompile import TERSE, variant_candidate
 from geode.evals.dataset import Dataset
 from geode.evals.evaluate import EvalResult, evaluate
@@ -254,7 +254,9 @@ def main() -> None:
                     optimizer="finetune",
                     lm_artifact=candidate.id,
                 )
-                gate = _gate(registry, PROGRAM, cand_v.version, base_v.version, program, cand_val, base_val)
+                gate = demo_gate(
+                    registry, PROGRAM, cand_v.version, base_v.version, program, cand_val, base_val
+                )
                 summary["gate"] = gate.summary()
                 print(f"gate: {gate.reason}", flush=True)
             if args.prompt_level:

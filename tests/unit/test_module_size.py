@@ -18,7 +18,6 @@ MAX_FUNCTION_LINES = 80
 
 # path (relative to src/geode) -> why it may be longer than MAX_MODULE_LINES.
 LONG_MODULES: dict[str, str] = {
-    "demo/pipeline.py": "the demo's whole pipeline, stage by stage (695 lines); the lead is reshaping demo/",
     "runtime/instrumentation/_callback.py": (
         "GeodeCallback: every DSPy callback hook and its span attributes (902 lines); issue 20: being split "
         "(s20r)"

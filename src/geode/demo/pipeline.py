@@ -43,6 +43,7 @@ from geode.agents.crystallize import (
     check_cost,
     crystallize,
 )
+from geode.demo.gate import gate, validation_score
 from geode.demo.recompile import Scored, finetune_candidate, recompile_candidates, search
 from geode.demo.result import (
     DEFAULT_HELD_OUT,
@@ -57,6 +58,18 @@ from geode.demo.result import (
     Row,
     workflow_program,
 )
+from geode.demo.run_files import (
+    INCOMPLETE,
+    LOCAL_MAX_TOKENS,
+    PROJECT,
+    atomic_write_text,
+    clean_incomplete,
+    demo_dir,
+    demo_settings,
+    open_run,
+    runs_dir,
+    start_over,
+)
 from geode.errors import GeodeError, MissingExtraError
 from geode.evals.compile import demo_count
 from geode.evals.dataset import Dataset, Record
@@ -70,10 +83,10 @@ from geode.runtime.finetune.artifacts import lm_artifact_of
 from geode.runtime.lm import is_local
 from geode.runtime.phoenix import PhoenixServer, PhoenixStartError, PhoenixStatus
 from geode.runtime.programs import register_program
-from geode.runtime.registry import ProgramRegistry, Score, _atomic_write
+from geode.runtime.registry import ProgramRegistry, Score
 from geode.runtime.registry_trust import registry_key
 from geode.runtime.runtime import Runtime, trace_id_of
-from geode.runtime.settings import LMSettings, Settings, TracingSettings
+from geode.runtime.settings import Settings
 from geode.traces.records import TraceRecord
 from geode.traces.sources import OtlpFileTraceSource
 
@@ -98,80 +111,11 @@ __all__ = [
 
 CORRECT_RUN_SCORE = 1.0
 """A training run counts as a success for crystallization when the metric gave it this score."""
-LOCAL_MAX_TOKENS = 128
-"""Cap on tokens per call of the embedded model: a looping answer costs seconds per ten tokens."""
-PROJECT = "geode-demo"
-"""The Phoenix project the demo's traces land in."""
 AGENT_PROGRAM = "helpdesk-agent"
 """The name the agent's runs are traced (and mined) under."""
 AGENT_REF = "geode.demo.app:agent"
 """How the workflow spec names the agent it falls back to (a zero-argument factory)."""
 FEEDBACK_NAME = "correctness"
-GATE_MARGIN = 0.05
-INCOMPLETE = "INCOMPLETE"
-"""The marker file in a run folder that has not completed (the next run deletes such folders)."""
-
-
-# -- files ----------------------------------------------------------------------------------------
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file and a rename (readers never see half of it)."""
-    # The registry's writer: temporary file in the same folder, fsync, os.replace.
-    _atomic_write(path, text)
-    return path
-
-
-def _demo_dir(settings: Settings) -> Path:
-    return settings.home / "demo"
-
-
-def _runs_dir(settings: Settings) -> Path:
-    return _demo_dir(settings) / "runs"
-
-
-def _clean_incomplete(settings: Settings) -> list[Path]:
-    """Delete what interrupted runs left behind (marked run folders and temporary reports)."""
-    removed: list[Path] = []
-    runs = _runs_dir(settings)
-    if runs.is_dir():
-        for path in runs.iterdir():
-            # `*.partial`: the folders of runs interrupted before the marker replaced the suffix.
-            if path.is_dir() and ((path / INCOMPLETE).exists() or path.suffix == ".partial"):
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(path)
-    if settings.reports_dir.is_dir():
-        for path in settings.reports_dir.glob(".demo-*.tmp"):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
-
-
-def _start_over(settings: Settings, store: Store, registry: ProgramRegistry) -> None:
-    if helpdesk.COLLECTION in store.list_collections():
-        store.delete_collection(helpdesk.COLLECTION)
-    shutil.rmtree(_demo_dir(settings), ignore_errors=True)
-    shutil.rmtree(registry.program_dir(workflow_program(settings)), ignore_errors=True)
-
-
-# -- settings --------------------------------------------------------------------------------------
-
-
-def demo_settings(settings: Settings, run_dir: Path, endpoint: str | None) -> Settings:
-    """The runtime settings of one demo run: its own span file and project, no response cache.
-
-    The cache is off so latencies are measured, not replayed; the embedded model's answers are capped
-    at :data:`LOCAL_MAX_TOKENS` tokens.
-    """
-    tracing = settings.tracing.model_dump()
-    tracing.update(enabled=True, otlp_file=run_dir / "spans.jsonl", project=PROJECT)
-    if endpoint is not None:
-        tracing["endpoint"] = endpoint
-    lm = settings.lm.model_dump()
-    lm["cache"] = False
-    if settings.lm.model == "local":
-        lm["max_tokens"] = min(settings.lm.max_tokens, LOCAL_MAX_TOKENS)
-    return settings.model_copy(update={"tracing": TracingSettings(**tracing), "lm": LMSettings(**lm)})
 
 
 # -- the stages ------------------------------------------------------------------------------------
@@ -188,7 +132,7 @@ class _Demo:
         # Seconds alone collide when a run finishes fast (a re-run within the same second, same pid).
         stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         self.run_id = f"{stamp}-{os.getpid()}-{secrets.token_hex(2)}"
-        self.run_dir = _runs_dir(settings) / self.run_id
+        self.run_dir = runs_dir(settings) / self.run_id
         self.result = DemoResult(self.run_id, self.run_dir, settings)
         # Validation questions are spread over the training list first; the agent's come from the rest.
         training = helpdesk.load_questions("train")
@@ -484,7 +428,7 @@ class _Demo:
         base = registry.save(
             name,
             workflow,
-            scores=[Score.heldout(base_row.result), _validation_score(base_val)],
+            scores=[Score.heldout(base_row.result), validation_score(base_val)],
             note="crystallized by geode demo",
         )
         self.result.rows[self.result.rows.index(base_row)] = replace(base_row, version=base.version)
@@ -495,18 +439,13 @@ class _Demo:
             name,
             best.program,
             parent=base.version,
-            scores=[Score.heldout(cand_row.result), _validation_score(cand_val)],
+            scores=[Score.heldout(cand_row.result), validation_score(cand_val)],
             optimizer=best.candidate.optimizer,
             note=f"geode demo: {best.candidate.description}",
             lm_artifact=lm_artifact_of(best.program),
         )
         self.result.rows[self.result.rows.index(cand_row)] = replace(cand_row, version=cand.version)
-        return _gate(registry, name, cand.version, base.version, workflow, cand_val, base_val)
-
-
-def _validation_score(result: EvalResult) -> Score:
-    # The gate's split: the registry records it under its own name, beside the held-out score.
-    return replace(Score.heldout(result), split="validation")
+        return gate(registry, name, cand.version, base.version, workflow, cand_val, base_val)
 
 
 def _pricing(rt: Runtime) -> Pricing:
@@ -527,47 +466,6 @@ def _counting(update: Callable[[int, str], None]) -> Callable[..., float | bool]
 
     helpdesk_metric.__name__ = helpdesk.metric.name
     return helpdesk_metric
-
-
-def _gate(
-    registry: ProgramRegistry,
-    name: str,
-    candidate: str,
-    base: str,
-    module: dspy.Module,
-    cand: EvalResult,
-    serving: EvalResult,
-) -> Gate:
-    active = registry.active(name) or base
-    margin = cand.score - serving.score
-    decided = {
-        "margin": margin,
-        "required": GATE_MARGIN,
-        "n": cand.n,
-        "candidate": candidate,
-        "serving": active,
-    }
-    if candidate == active:
-        return Gate("none", f"{candidate} is already serving: the optimizer changed nothing", **decided)
-    try:
-        registry.promote(
-            name,
-            candidate,
-            candidate_score=cand.score,
-            active_score=serving.score,
-            margin=GATE_MARGIN,
-            module=module,
-            reason="geode demo (validation questions)",
-            split="validation",
-        )
-    except GeodeError as err:
-        return Gate("refused", f"gate refused {candidate}: {err}", **decided)
-    return Gate(
-        "promoted",
-        f"promoted {candidate}: {100 * cand.score:.0f}% vs {100 * serving.score:.0f}% on the "
-        f"{cand.n} validation questions (+{100 * margin:.0f} points; the gate needs {100 * GATE_MARGIN:.0f})",
-        **decided,
-    )
 
 
 # -- the whole run ---------------------------------------------------------------------------------
@@ -600,12 +498,12 @@ def run_demo(
     demo = _Demo(settings, opts, given, say)
     registry = ProgramRegistry(settings.programs_dir, key=registry_key(settings))
     server = given.phoenix or PhoenixServer.from_settings(settings)
-    for path in _clean_incomplete(settings):
+    for path in clean_incomplete(settings):
         say.info(f"removed {path.name} left by an interrupted run")
     with demo.timed("phoenix"):
         status = demo.start_phoenix(server)
     run_settings = demo_settings(settings, demo.run_dir, status.url if status else None)
-    _open_run(demo.run_dir)
+    open_run(demo.run_dir)
     rt = Runtime(
         run_settings,
         lm=given.lm,
@@ -616,8 +514,8 @@ def run_demo(
     )
     try:
         if opts.fresh:
-            _start_over(settings, rt.store, registry)
-            _open_run(demo.run_dir)
+            start_over(settings, rt.store, registry)
+            open_run(demo.run_dir)
             say.info("--fresh: dropped the demo's collection, runs and workflow versions")
         with demo.timed("ingest"):
             demo.result.ingest = demo.ingest(rt.store, rt.embedder)
@@ -626,11 +524,6 @@ def run_demo(
     finally:
         rt.close()
     return _finish(demo, write_report, started)
-
-
-def _open_run(run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / INCOMPLETE).write_text("this run has not completed; the next `geode demo` deletes it\n")
 
 
 def _loop(demo: _Demo, rt: Runtime, registry: ProgramRegistry, run_settings: Settings) -> None:
@@ -694,7 +587,7 @@ def _finish(
     atomic_write_text(demo.run_dir / "summary.json", text)
     # The run is complete once its marker is gone; only then does latest.json point at it.
     (demo.run_dir / INCOMPLETE).unlink()
-    atomic_write_text(_demo_dir(settings) / "latest.json", text)
+    atomic_write_text(demo_dir(settings) / "latest.json", text)
     return result
 
 
