@@ -1,10 +1,10 @@
 """``Runtime.feedback``: a score, label or comment on a run, stored in Phoenix and never lost.
 
 Feedback is written to the local feedback log under the Geode home first (``feedback/feedback.jsonl``,
-the same :class:`~geode.runtime.serving.feedback.FeedbackLog` ``geode serve`` writes and ``geode mine``
+the same :class:`~geode.runtime.feedback_sinks.FeedbackLog` ``geode serve`` writes and ``geode mine``
 and ``geode compare-versions`` read), and to the outbox in the state database (``<home>/state.db`` or
 the deployment's PostgreSQL: :class:`~geode.runtime.state.SqlOutbox`). A background thread then sends
-it to Phoenix through the serving sink (:class:`~geode.runtime.serving.feedback.PhoenixFeedback`) as a
+it to Phoenix through the Phoenix sink (:class:`~geode.runtime.feedback_sinks.PhoenixFeedback`) as a
 span annotation on the run's root span. While Phoenix is down, unreachable or has not ingested the run
 yet, the record stays in the outbox and is re-sent with backoff (1 s doubling to 60 s) until Phoenix
 comes back. The outbox is shared: a record left by a process or replica that exited or died is sent by
@@ -31,7 +31,7 @@ from typing import Any, Final, Protocol
 
 from geode.errors import InputError, TraceSourceError
 from geode.evals.mining import Annotation
-from geode.runtime.serving.feedback import (
+from geode.runtime.feedback_sinks import (
     AnnotatorKind,
     FeedbackLog,
     FeedbackRecord,
@@ -234,7 +234,7 @@ class PhoenixTarget:
         return root
 
     def sink(self) -> FeedbackSink:
-        """The serving sink for the current Phoenix URL."""
+        """The Phoenix sink (the one ``POST /feedback`` uses too) for the current Phoenix URL."""
         url = self.url()
         sink = self._sinks.get(url)
         if sink is None:

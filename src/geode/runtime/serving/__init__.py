@@ -3,8 +3,8 @@
 See ``docs/serving.md`` for the API and ``docs/deploy.md`` for production.
 """
 
+from geode.runtime.feedback_sinks import FeedbackLog, FeedbackRecord, FeedbackSink, PhoenixFeedback
 from geode.runtime.serving.app import HostedProgram, create_app
-from geode.runtime.serving.feedback import FeedbackLog, FeedbackRecord, FeedbackSink, PhoenixFeedback
 from geode.runtime.serving.guard import ApiKeys, Quotas, is_loopback
 from geode.runtime.serving.metrics import ServerMetrics
 from geode.runtime.serving.sessions import MemorySessionStore, SessionStore, Turn

@@ -21,15 +21,15 @@ from collections.abc import AsyncIterator, Sequence
 from fastapi import FastAPI, Request
 from opentelemetry import trace
 
+from geode.runtime.feedback_sinks import FeedbackSink
 from geode.runtime.programs import ProgramRef
 from geode.runtime.runtime import Runtime
 
-# Re-exported: these names were defined here before the app was split into its parts.
+# The `X as X` imports are re-exports: those names were defined here before the app was split.
 from geode.runtime.serving.calls import REQUEST_HEADER as REQUEST_HEADER
 from geode.runtime.serving.calls import TRACE_HEADER as TRACE_HEADER
 from geode.runtime.serving.calls import VERSION_HEADER as VERSION_HEADER
 from geode.runtime.serving.error_responses import install_error_handlers
-from geode.runtime.serving.feedback import FeedbackSink
 from geode.runtime.serving.feedback_intake import FeedbackIn as FeedbackIn
 from geode.runtime.serving.feedback_intake import FeedbackOut as FeedbackOut
 from geode.runtime.serving.hosting import HostedProgram

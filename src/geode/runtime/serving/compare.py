@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from geode.runtime.serving.feedback import FeedbackRecord
+from geode.runtime.feedback_sinks import FeedbackRecord
 from geode.traces.records import TraceRecord
 from geode.traces.vocab import GeodeAttributes, SpanAttributes
 

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from geode.runtime.feedback_sinks import FeedbackRecord
 from geode.runtime.serving.calls import RecentRun
 from geode.runtime.serving.errors import NotFoundError, ServiceUnavailableError
-from geode.runtime.serving.feedback import FeedbackRecord
 from geode.runtime.serving.server import Server
 
 if TYPE_CHECKING:
-    # Imported for types only: geode.runtime.feedback imports this package's feedback module.
+    # For types only: the outbox's module (Phoenix and mining readers) loads when the runtime builds one.
     from geode.runtime.feedback import FeedbackOutbox
 
 __all__ = ["FeedbackIn", "FeedbackOut", "accept_feedback"]

@@ -26,6 +26,7 @@ from opentelemetry.trace import Link
 from pydantic import BaseModel
 
 from geode.errors import GeodeError, InputError
+from geode.runtime.feedback_sinks import FeedbackSink
 from geode.runtime.programs import ProgramRef
 from geode.runtime.registry import RoutedVersion
 from geode.runtime.runtime import Runtime
@@ -33,7 +34,6 @@ from geode.runtime.serving.abandon import AbandonedRunGuard
 from geode.runtime.serving.calls import REQUEST_HEADER, Call, Outcome, RecentRun, hex_trace, jsonable
 from geode.runtime.serving.errors import OverloadedError, ServiceUnavailableError, describe, status_for
 from geode.runtime.serving.execution import execute
-from geode.runtime.serving.feedback import FeedbackSink
 from geode.runtime.serving.guard import ApiKeys, Quotas
 from geode.runtime.serving.hosting import Hosted, HostedProgram, choose, host
 from geode.runtime.serving.metrics import ServerMetrics
@@ -46,7 +46,7 @@ from geode.runtime.state import RunRecorder, ServedRun, SqlRunIndex, SqlState
 from geode.runtime.tracing import TracingPipeline
 
 if TYPE_CHECKING:
-    # Imported for types only: geode.runtime.feedback imports this package's feedback module.
+    # For types only: the outbox's module (Phoenix and mining readers) loads when the runtime builds one.
     from geode.runtime.feedback import FeedbackOutbox
 
 __all__ = ["Server"]
