@@ -26,10 +26,6 @@ LONG_MODULES: dict[str, str] = {
 
 # path::qualified name -> why it may be longer than MAX_FUNCTION_LINES.
 LONG_FUNCTIONS: dict[str, str] = {
-    "cli/crystallize.py::crystallize_command": (
-        "Typer command: 24 options declared in a 52-line signature, docstring 10, body 99 lines; issue 20: "
-        "body into named steps (s20e)"
-    ),
     "runtime/finetune/optimizer.py::LocalFinetune.compile": (
         "DSPy optimizer's compile: data checks, training, export and evaluation in sequence (126 lines); "
         "issue 20: named steps (s20r)"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from geode.agents.crystallize import (
@@ -46,11 +48,13 @@ from geode.cli._learning import (
 from geode.cli._names import no_runs_hint, one_program
 from geode.cli._tables import print_table
 from geode.errors import ConfigError
+from geode.evals.dataset import Dataset
 from geode.evals.report import comparison_markdown
 from geode.runtime.programs import resolve
 from geode.runtime.serving.feedback import FeedbackRecord
+from geode.runtime.settings import Settings
 from geode.traces.records import TraceRecord
-from geode.traces.sources import TraceFilter
+from geode.traces.sources import TraceFilter, TraceSource
 
 __all__ = ["register"]
 
@@ -125,53 +129,78 @@ def _summary(result: Crystallization) -> Table:
     return table
 
 
+_PROGRAM = typer.Argument(
+    ..., help="The agent: 'package.module:attribute', 'file.py:attribute' or a registered name."
+)
+_MIN_SHARE = typer.Option(
+    0.6, "--min-share", help="One route when the top pattern covers this share of successful runs."
+)
+_MAX_ROUTES = typer.Option(3, "--max-routes", min=1, help="At most this many routes.")
+_MIN_ROUTE_RUNS = typer.Option(
+    2, "--min-route-runs", min=1, help="Successful runs a pattern needs to become a route."
+)
+_SUCCESS_THRESHOLD = typer.Option(
+    0.5, "--success-threshold", help="A scored run succeeds at this score or above."
+)
+_AGREEMENT = typer.Option(
+    0.8,
+    "--agreement",
+    help="Share of a pattern's runs an argument rule must reproduce (else an LM step).",
+)
+_PROGRAM_NAME = typer.Option(
+    None, "--program-name", help="Runs with this geode.program.name (default: REF as given)."
+)
+_ANY_PROGRAM = typer.Option(False, "--any-program", help="Read every agent run, whatever its program name.")
+_SINCE = typer.Option(None, "--since", help="Only runs from the last 30m, 1h, 7d...")
+_LIMIT = typer.Option(5000, "--limit", min=1, help="At most this many traces (newest first).")
+_METRIC = typer.Option(
+    None,
+    "--metric",
+    "-m",
+    help="With --dataset or --labels: the metric, 'module:function' or a built-in name.",
+)
+_TOLERANCE = typer.Option(
+    2.0,
+    "--tolerance",
+    min=0.0,
+    help="With --dataset: points (of 100) the workflow may lose and be ready.",
+)
+
+
+@dataclass(frozen=True)
+class _Comparing:
+    """``--dataset`` and what goes with it: agent and workflow are then run on that eval set."""
+
+    data: Dataset
+    scorer: Callable[..., Any]
+    tolerance: float
+    threads: int | None
+    report_dir: Path | None
+    lm: str | None
+    allow_cache: bool
+
+
 def crystallize_command(
-    program: str = typer.Argument(
-        ..., help="The agent: 'package.module:attribute', 'file.py:attribute' or a registered name."
-    ),
+    program: str = _PROGRAM,
     source: str = SOURCE_OPTION,
     out: Path = _OUT,
     emit_py: Path | None = _EMIT_PYTHON,
     report: Path | None = _REPORT,
-    min_share: float = typer.Option(
-        0.6, "--min-share", help="One route when the top pattern covers this share of successful runs."
-    ),
-    max_routes: int = typer.Option(3, "--max-routes", min=1, help="At most this many routes."),
-    min_route_runs: int = typer.Option(
-        2, "--min-route-runs", min=1, help="Successful runs a pattern needs to become a route."
-    ),
-    success_threshold: float = typer.Option(
-        0.5, "--success-threshold", help="A scored run succeeds at this score or above."
-    ),
+    min_share: float = _MIN_SHARE,
+    max_routes: int = _MAX_ROUTES,
+    min_route_runs: int = _MIN_ROUTE_RUNS,
+    success_threshold: float = _SUCCESS_THRESHOLD,
     trust_unscored: bool = _TRUST_UNSCORED,
     labels: Path | None = _LABELS,
-    agreement: float = typer.Option(
-        0.8,
-        "--agreement",
-        help="Share of a pattern's runs an argument rule must reproduce (else an LM step).",
-    ),
+    agreement: float = _AGREEMENT,
     project: str | None = PROJECT_OPTION,
-    name: str | None = typer.Option(
-        None, "--program-name", help="Runs with this geode.program.name (default: REF as given)."
-    ),
-    any_program: bool = typer.Option(
-        False, "--any-program", help="Read every agent run, whatever its program name."
-    ),
-    since: str | None = typer.Option(None, "--since", help="Only runs from the last 30m, 1h, 7d..."),
-    limit: int = typer.Option(5000, "--limit", min=1, help="At most this many traces (newest first)."),
+    name: str | None = _PROGRAM_NAME,
+    any_program: bool = _ANY_PROGRAM,
+    since: str | None = _SINCE,
+    limit: int = _LIMIT,
     dataset: Path | None = _DATASET,
-    metric: str | None = typer.Option(
-        None,
-        "--metric",
-        "-m",
-        help="With --dataset or --labels: the metric, 'module:function' or a built-in name.",
-    ),
-    tolerance: float = typer.Option(
-        2.0,
-        "--tolerance",
-        min=0.0,
-        help="With --dataset: points (of 100) the workflow may lose and be ready.",
-    ),
+    metric: str | None = _METRIC,
+    tolerance: float = _TOLERANCE,
     threads: int | None = THREADS_OPTION,
     report_dir: Path | None = REPORT_DIR_OPTION,
     lm: str | None = LM_OPTION,
@@ -187,63 +216,100 @@ def crystallize_command(
     agent and workflow on that eval set (as `geode compare` does), prints the verdict and adds it to
     the report.
     """
+    _check_flags(metric, dataset, labels)
+    data = _eval_set(dataset) if dataset is not None else None
+    scorer = load_metric(metric) if metric is not None else None
+    console = make_console(stderr=True)
+    settings = make_settings()
+    resolved = resolve(program)
+    # The agent's runs are filed under its one name, however they were started (by this reference,
+    # as an instance, or served); --program-name picks another name or alias.
+    program_name = None if any_program else (name or resolved.name)
+    start = datetime.now(UTC) - parse_since(since) if since else None
+    options = CrystallizeOptions(
+        min_share=min_share,
+        max_routes=max_routes,
+        min_route_runs=min_route_runs,
+        success_threshold=success_threshold,
+        unscored_ok=trust_unscored,
+        agreement=agreement,
+    )
+    with open_source(settings, source, project) as reader:
+        wanted = TraceFilter(program=program_name, start=start, limit=limit)
+        traces, feedback = _read_runs(reader, settings, console, wanted)
+        console.print(f"[dim]·[/dim] {len(traces)} traces from {reader.description}", highlight=False)
+        with console.status("finding patterns"):
+            result = crystallize(
+                resolved.module,
+                traces,
+                agent_ref=program,
+                program=program_name,
+                scores=_judgements(traces, feedback, labels, scorer),
+                description=reader.description,
+                options=options,
+            )
+    report_path = _write_spec(result, out, report or out.with_suffix(".md"), emit_py)
+    stdout = make_console()
+    _print_summary(stdout, result, out, report_path, emit_py)
+    if data is None or scorer is None:
+        stdout.print(
+            f"next: geode compare {program} {out} --dataset DATA --metric METRIC",
+            highlight=False,
+            style="dim",
+        )
+        return
+    comparing = _Comparing(data, scorer, tolerance, threads, report_dir, lm, allow_cache)
+    _compare_with_agent(stdout, program, out, report_path, comparing)
+
+
+def _check_flags(metric: str | None, dataset: Path | None, labels: Path | None) -> None:
     if metric is None and (dataset is not None or labels is not None):
         raise ConfigError(
             "--dataset and --labels need --metric", hint="give --metric exact_match, or another metric"
         )
     if metric is not None and dataset is None and labels is None:
         raise ConfigError("--metric goes with --dataset or --labels")
-    data = load_data(dataset) if dataset is not None else None
-    if data is not None:
-        data.require(1, purpose="compare agent and workflow")
-    scorer = load_metric(metric) if metric is not None else None
-    console = make_console(stderr=True)
-    settings = make_settings()
-    resolved = resolve(program)
-    agent = resolved.module
-    # The agent's runs are filed under its one name, however they were started (by this reference,
-    # as an instance, or served); --program-name picks another name or alias.
-    program_name = None if any_program else (name or resolved.name)
-    start = datetime.now(UTC) - parse_since(since) if since else None
-    with open_source(settings, source, project) as reader:
-        with console.status(f"reading runs from {reader.description}"):
-            wanted = TraceFilter(program=program_name, start=start, limit=limit)
-            traces: list[TraceRecord] = list(reader.traces(wanted))
-            if program_name is not None:
-                traces = one_program(traces, program_name)
-            feedback = run_feedback(settings, reader, traces)
-            if not traces:
-                raise CrystallizeError(
-                    f"no runs of {program_name or 'any program'!r} in {reader.description}",
-                    hint=no_runs_hint(reader),
-                )
-        console.print(f"[dim]·[/dim] {len(traces)} traces from {reader.description}", highlight=False)
-        with console.status("finding patterns"):
-            result = crystallize(
-                agent,
-                traces,
-                agent_ref=program,
-                program=program_name,
-                scores=_judgements(traces, feedback, labels, scorer),
-                description=reader.description,
-                options=CrystallizeOptions(
-                    min_share=min_share,
-                    max_routes=max_routes,
-                    min_route_runs=min_route_runs,
-                    success_threshold=success_threshold,
-                    unscored_ok=trust_unscored,
-                    agreement=agreement,
-                ),
+
+
+def _eval_set(dataset: Path) -> Dataset:
+    data = load_data(dataset)
+    data.require(1, purpose="compare agent and workflow")
+    return data
+
+
+def _read_runs(
+    reader: TraceSource, settings: Settings, console: Console, wanted: TraceFilter
+) -> tuple[list[TraceRecord], list[FeedbackRecord]]:
+    """The agent's recorded runs and the feedback on them; refuses when there are none."""
+    with console.status(f"reading runs from {reader.description}"):
+        traces: list[TraceRecord] = list(reader.traces(wanted))
+        if wanted.program is not None:
+            traces = one_program(traces, wanted.program)
+        feedback = run_feedback(settings, reader, traces)
+        if not traces:
+            raise CrystallizeError(
+                f"no runs of {wanted.program or 'any program'!r} in {reader.description}",
+                hint=no_runs_hint(reader),
             )
+    return traces, feedback
+
+
+def _write_spec(result: Crystallization, out: Path, report_path: Path, emit_py: Path | None) -> Path:
+    """Save the spec, its Markdown report and, if asked, the equivalent Python; returns the report's path."""
     spec = result.spec
     spec.save(out)
-    report_path = report or out.with_suffix(".md")
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(render_report(spec), encoding="utf-8")
     if emit_py is not None:
         emit_py.parent.mkdir(parents=True, exist_ok=True)
         emit_py.write_text(emit_python(spec), encoding="utf-8")
-    stdout = make_console()
+    return report_path
+
+
+def _print_summary(
+    stdout: Console, result: Crystallization, out: Path, report_path: Path, emit_py: Path | None
+) -> None:
+    spec = result.spec
     print_table(stdout, _summary(result))
     stdout.print(f"[bold]learned from:[/bold] {learned_from_text(spec.source.learned_from)}", highlight=False)
     unscored = spec.source.failures.get("unscored", 0)
@@ -269,18 +335,25 @@ def crystallize_command(
     stdout.print(f"wrote {out} ({spec.content_hash[:19]}…), report {report_path}", highlight=False)
     if emit_py is not None:
         stdout.print(f"wrote {emit_py}", highlight=False)
-    if data is None or scorer is None:
-        stdout.print(
-            f"next: geode compare {program} {out} --dataset DATA --metric METRIC",
-            highlight=False,
-            style="dim",
-        )
-        return
-    with make_runtime(lm=lm, measure=True, allow_cache=allow_cache) as rt:
+
+
+def _compare_with_agent(
+    stdout: Console, program: str, out: Path, report_path: Path, comparing: _Comparing
+) -> None:
+    """Run agent and workflow on ``--dataset``, print the verdict and add it to the report."""
+    c = comparing
+    with make_runtime(lm=c.lm, measure=True, allow_cache=c.allow_cache) as rt:
         comparison, files = run_comparison(
-            rt, program, str(out), data, scorer, tolerance=tolerance, threads=threads, report=report_dir
+            rt,
+            program,
+            str(out),
+            c.data,
+            c.scorer,
+            tolerance=c.tolerance,
+            threads=c.threads,
+            report=c.report_dir,
         )
-    print_comparison(stdout, comparison, files, data)
+    print_comparison(stdout, comparison, files, c.data)
     # The report says which pattern was taken and why; with the verdict it also says whether it held up.
     with report_path.open("a", encoding="utf-8") as handle:
         handle.write(
