@@ -18,10 +18,6 @@ MAX_FUNCTION_LINES = 80
 
 # path (relative to src/geode) -> why it may be longer than MAX_MODULE_LINES.
 LONG_MODULES: dict[str, str] = {
-    "runtime/instrumentation/_callback.py": (
-        "GeodeCallback: every DSPy callback hook and its span attributes (902 lines); issue 20: being split "
-        "(s20r)"
-    ),
 }
 
 # path::qualified name -> why it may be longer than MAX_FUNCTION_LINES.
