@@ -257,30 +257,8 @@ class LocalFinetune:
             (list(trainset), list(valset)) if valset else _split(trainset, options.val_fraction, options.seed)
         )
         timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        self.log(f"collecting training data: running the program on {len(fit)} training questions")
-        collected: Collected = collect_examples(
-            student, fit, self.metric, adapter=adapter, use_labels=self.use_labels, log=self.log
-        )
-        self.log(
-            f"{collected.correct}/{collected.runs} runs correct; {len(collected.examples)} examples "
-            f"({sum(e.origin == 'label' for e in collected.examples)} from gold labels)"
-        )
-        val_items = validation_items(student, val, adapter, self.metric)
-        timings["collect_s"] = time.perf_counter() - t0
-        if not collected.examples:
-            raise ValueError("no training examples: no run scored correct (try use_labels=True)")
-        if not val_items:
-            raise ValueError(
-                "no validation examples: the program's last call does not produce the labelled fields"
-            )
-        from geode.runtime.finetune.gguf_io import load_llama
-
-        t1 = time.perf_counter()
-        self.log(f"loading {base.name} into torch")
-        model, _ = load_llama(base)
-        tokenizer = self.tokenizer if self.tokenizer is not None else load_tokenizer(base)
-        timings["load_s"] = time.perf_counter() - t1
+        collected, val_items = self._collect(student, fit, val, adapter, timings)
+        model, tokenizer = self._load(base, timings)
         train_items = [encode(tokenizer, e, options.max_length) for e in collected.examples]
         val_tokens = [encode(tokenizer, v.chat, options.max_length) for v in val_items]
         pad_id = (
@@ -308,21 +286,7 @@ class LocalFinetune:
                 progress=self.progress,
             )
             self.train_result = result
-            report = FinetuneReport(
-                base_model=base.name,
-                collected={
-                    "runs": collected.runs,
-                    "correct": collected.correct,
-                    "failed": collected.failed,
-                    "examples": len(collected.examples),
-                    "from_labels": sum(e.origin == "label" for e in collected.examples),
-                    "dataset_id": collected.dataset_id,
-                },
-                n_val=len(val_items),
-                options=options.to_dict(),
-                training=result.to_dict(),
-                seconds=timings,
-            )
+            report = _report(base, collected, len(val_items), options, result, timings)
             self.report = report
             self.artifact = self.candidate = None
             if not result.improved:
@@ -334,29 +298,89 @@ class LocalFinetune:
                 path = epoch_files.get(result.candidate_epoch) or write_gguf_of(
                     base, Path(tmp) / "model.gguf", result.candidate, options.qtype, metadata
                 )
-                stored = self.store.put(
-                    path,
-                    base_model=base,
-                    base_sha256=file_sha256(base),
-                    dataset_id=collected.dataset_id,
-                    method=options.method,
-                    hyperparameters=options.to_dict(),
-                    training={**result.to_dict(), "collected": report.collected},
-                    note=None if result.improved else "did not beat the untrained model on validation",
-                )
-                timings["write_s"] = time.perf_counter() - t2
-                self.candidate = stored
-                report.candidate, report.candidate_bytes = stored.id, stored.bytes
-                self.log(
-                    f"stored LM artifact {stored.id} ({stored.bytes / 1e6:.1f} MB, epoch "
-                    f"{result.candidate_epoch}{'' if result.improved else ', not proposed'})"
-                )
-                if result.improved:
-                    self.artifact = stored
-                    report.artifact, report.artifact_bytes = stored.id, stored.bytes
+                self._store(base, path, collected, result, report, written_since=t2)
         if self.artifact is None:
             return student.deepcopy()
         return self.bind(student, self.artifact)
+
+    def _collect(
+        self,
+        student: dspy.Module,
+        fit: Sequence[dspy.Example],
+        val: Sequence[dspy.Example],
+        adapter: dspy.Adapter,
+        timings: dict[str, float],
+    ) -> tuple[Collected, list[ValItem]]:
+        """The training examples (the program's correct runs) and the validation items.
+
+        Raises:
+            ValueError: No training or no validation examples.
+        """
+        t0 = time.perf_counter()
+        self.log(f"collecting training data: running the program on {len(fit)} training questions")
+        collected: Collected = collect_examples(
+            student, fit, self.metric, adapter=adapter, use_labels=self.use_labels, log=self.log
+        )
+        self.log(
+            f"{collected.correct}/{collected.runs} runs correct; {len(collected.examples)} examples "
+            f"({sum(e.origin == 'label' for e in collected.examples)} from gold labels)"
+        )
+        val_items = validation_items(student, val, adapter, self.metric)
+        timings["collect_s"] = time.perf_counter() - t0
+        if not collected.examples:
+            raise ValueError("no training examples: no run scored correct (try use_labels=True)")
+        if not val_items:
+            raise ValueError(
+                "no validation examples: the program's last call does not produce the labelled fields"
+            )
+        return collected, val_items
+
+    def _load(self, base: Path, timings: dict[str, float]) -> tuple[Any, Any]:
+        """The base model in torch and its tokenizer (the training stack loads only now)."""
+        from geode.runtime.finetune.gguf_io import load_llama
+
+        t1 = time.perf_counter()
+        self.log(f"loading {base.name} into torch")
+        model, _ = load_llama(base)
+        tokenizer = self.tokenizer if self.tokenizer is not None else load_tokenizer(base)
+        timings["load_s"] = time.perf_counter() - t1
+        return model, tokenizer
+
+    def _store(
+        self,
+        base: Path,
+        path: Path,
+        collected: Collected,
+        result: TrainResult,
+        report: FinetuneReport,
+        *,
+        written_since: float,
+    ) -> None:
+        """Store the candidate's GGUF as an LM artifact; it is proposed (:attr:`artifact`) if it improved.
+
+        ``written_since``: when writing the GGUF began (``report.seconds["write_s"]`` runs from it).
+        """
+        options = self.options
+        stored = self.store.put(
+            path,
+            base_model=base,
+            base_sha256=file_sha256(base),
+            dataset_id=collected.dataset_id,
+            method=options.method,
+            hyperparameters=options.to_dict(),
+            training={**result.to_dict(), "collected": report.collected},
+            note=None if result.improved else "did not beat the untrained model on validation",
+        )
+        report.seconds["write_s"] = time.perf_counter() - written_since
+        self.candidate = stored
+        report.candidate, report.candidate_bytes = stored.id, stored.bytes
+        self.log(
+            f"stored LM artifact {stored.id} ({stored.bytes / 1e6:.1f} MB, epoch "
+            f"{result.candidate_epoch}{'' if result.improved else ', not proposed'})"
+        )
+        if result.improved:
+            self.artifact = stored
+            report.artifact, report.artifact_bytes = stored.id, stored.bytes
 
     def bind(self, program: dspy.Module, artifact: LMArtifact) -> dspy.Module:
         """A copy of ``program`` whose predictors run on ``artifact``'s weights (through the LM factory)."""
@@ -418,6 +442,32 @@ class LocalFinetune:
             return total / len(val_items)
 
         return score
+
+
+def _report(
+    base: Path,
+    collected: Collected,
+    n_val: int,
+    options: FinetuneOptions,
+    result: TrainResult,
+    timings: dict[str, float],
+) -> FinetuneReport:
+    # `timings` is shared, not copied: the write time is added once the artifact is stored.
+    return FinetuneReport(
+        base_model=base.name,
+        collected={
+            "runs": collected.runs,
+            "correct": collected.correct,
+            "failed": collected.failed,
+            "examples": len(collected.examples),
+            "from_labels": sum(e.origin == "label" for e in collected.examples),
+            "dataset_id": collected.dataset_id,
+        },
+        n_val=n_val,
+        options=options.to_dict(),
+        training=result.to_dict(),
+        seconds=timings,
+    )
 
 
 def write_gguf_of(

@@ -325,13 +325,7 @@ def _train(
     torch.manual_seed(options.seed)
     order = random.Random(options.seed)
     start = clock()
-    if options.method == "lora":
-        add_lora(
-            model, rank=options.rank, alpha=options.alpha, dropout=options.dropout, targets=options.targets
-        )
-        params = lora_parameters(model)
-    else:
-        params = [p for p in model.parameters() if p.requires_grad]
+    params = _trainable_parameters(model, options)
     trainable = sum(p.numel() for p in params)
     optimizer = torch.optim.AdamW(params, lr=options.learning_rate, weight_decay=options.weight_decay)
 
@@ -342,52 +336,21 @@ def _train(
         return loss, score, (score if score is not None else 0.0, -loss)
 
     t0 = clock()
-    val_loss, score, best_key = judge()
+    val_loss, score, key = judge()
     val_seconds = clock() - t0
     history = [EpochRecord(0, None, val_loss, score, val_seconds, val_seconds)]
-    best_epoch = 0
-    # The best trained epoch so far (the candidate a caller may still want to measure); the best epoch
-    # overall is either it or epoch 0, so its snapshot is the only one kept.
-    trained_epoch, trained_key, trained_state = 0, best_key, list[torch.Tensor]()
-    steps_per_epoch = math.ceil(len(train_items) / options.batch_size)
-    steps_total = steps_per_epoch * options.epochs
-    step = 0
+    best = _Leaders(key)
+    steps = _Steps(start, math.ceil(len(train_items) / options.batch_size) * options.epochs)
     stopped = "epochs"
-    since_best = 0
-    step_seconds: list[float] = []
     for epoch in range(1, options.epochs + 1):
         model.train()
         items = list(train_items)
         order.shuffle(items)
-        losses: list[float] = []
         t_epoch = clock()
-        for begin in range(0, len(items), options.batch_size):
-            mean_step = sum(step_seconds) / len(step_seconds) if step_seconds else 0.0
-            if clock() - start + mean_step + val_seconds > options.time_budget_s:
-                stopped = "time_budget"
-                break
-            t_step = clock()
-            loss = _loss(model, items[begin : begin + options.batch_size], pad_id)
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            step += 1
-            losses.append(float(loss.detach()))
-            step_seconds.append(clock() - t_step)
-            if progress is not None:
-                mean_step = sum(step_seconds) / len(step_seconds)
-                epochs_left = options.epochs - epoch + (1 if begin + options.batch_size < len(items) else 0)
-                progress(
-                    Progress(
-                        epoch=epoch,
-                        step=step,
-                        steps_total=steps_total,
-                        loss=losses[-1],
-                        elapsed_s=clock() - start,
-                        eta_s=(steps_total - step) * mean_step + epochs_left * val_seconds,
-                    )
-                )
+        epoch_run = _Epoch(model, optimizer, params, pad_id, options, epoch, progress, clock)
+        losses, cut_short = epoch_run.run(items, steps, val_seconds)
+        if cut_short:
+            stopped = "time_budget"
         if not losses:
             break
         t_val = clock()
@@ -403,34 +366,19 @@ def _train(
             val_loss,
             score,
         )
-        if trained_epoch == 0 or _better(key, trained_key):
-            trained_epoch, trained_key, trained_state = epoch, key, _snapshot(params)
-        if _better(key, best_key):
-            best_key, best_epoch = key, epoch
-            since_best = 0
-        else:
-            since_best += 1
-            if since_best >= options.patience:
-                # A budget cut stays the reason: the epoch it cut short was judged, not completed.
-                stopped = "early_stop" if stopped != "time_budget" else stopped
-                break
+        if not best.record(epoch, key, params) and best.since_best >= options.patience:
+            # A budget cut stays the reason: the epoch it cut short was judged, not completed.
+            stopped = "early_stop" if stopped != "time_budget" else stopped
+            break
         if stopped == "time_budget":
             break
-    # The model ends on the best trained epoch's weights: that is the candidate; it is also the
-    # proposal when it beat the untrained model.
-    candidate: dict[str, torch.Tensor] = {}
-    if trained_epoch > 0:
-        _restore(params, trained_state)
-        if options.method == "lora":
-            candidate = merge_lora(model)
-        else:
-            candidate = {name: p.detach().clone() for name, p in model.named_parameters()}
+    candidate = _candidate_weights(model, params, options, best)
     return TrainResult(
-        changed=candidate if best_epoch > 0 else {},
+        changed=candidate if best.epoch > 0 else {},
         candidate=candidate,
-        candidate_epoch=trained_epoch,
+        candidate_epoch=best.trained_epoch,
         history=history,
-        best_epoch=best_epoch,
+        best_epoch=best.epoch,
         stopped=stopped,
         seconds=clock() - start,
         peak_rss_mb=_peak_rss_mb(),
@@ -438,6 +386,122 @@ def _train(
         n_val=len(val_items),
         trainable_parameters=trainable,
     )
+
+
+def _trainable_parameters(model: Any, options: FinetuneOptions) -> list[torch.nn.Parameter]:
+    """The parameters training updates: LoRA adapters added to ``model`` now, or every trainable weight."""
+    if options.method == "lora":
+        add_lora(
+            model, rank=options.rank, alpha=options.alpha, dropout=options.dropout, targets=options.targets
+        )
+        return lora_parameters(model)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@dataclass
+class _Steps:
+    """Optimisation steps so far and their durations (for the time budget and the progress estimate)."""
+
+    start: float
+    total: int
+    count: int = 0
+    seconds: list[float] = field(default_factory=list[float])
+
+    def mean(self) -> float:
+        return sum(self.seconds) / len(self.seconds) if self.seconds else 0.0
+
+
+@dataclass
+class _Leaders:
+    """The best epoch so far (epoch 0, the untrained model, included) and the best trained epoch.
+
+    The best epoch overall is either the best trained one or epoch 0, so only the best trained epoch's
+    weights are kept (the candidate a caller may still want to measure).
+    """
+
+    key: tuple[float, float]
+    epoch: int = 0
+    trained_epoch: int = 0
+    trained_key: tuple[float, float] = (0.0, 0.0)
+    trained_state: list[torch.Tensor] = field(default_factory=list[torch.Tensor])
+    since_best: int = 0
+
+    def record(self, epoch: int, key: tuple[float, float], params: Sequence[torch.nn.Parameter]) -> bool:
+        """Judge a trained epoch; whether it is the best so far (else it counts towards patience)."""
+        if self.trained_epoch == 0 or _better(key, self.trained_key):
+            self.trained_epoch, self.trained_key, self.trained_state = epoch, key, _snapshot(params)
+        if _better(key, self.key):
+            self.key, self.epoch = key, epoch
+            self.since_best = 0
+            return True
+        self.since_best += 1
+        return False
+
+
+@dataclass(frozen=True)
+class _Epoch:
+    """One epoch's optimisation steps, with what they need."""
+
+    model: Any
+    optimizer: torch.optim.Optimizer
+    params: Sequence[torch.nn.Parameter]
+    pad_id: int
+    options: FinetuneOptions
+    epoch: int
+    progress: Callable[[Progress], None] | None
+    clock: Callable[[], float]
+
+    def run(self, items: Sequence[Tokenized], steps: _Steps, val_seconds: float) -> tuple[list[float], bool]:
+        """Step through ``items`` in batches; the step losses, and whether the time budget cut it short.
+
+        A step is not started when it and the validation after it would overrun the budget.
+        """
+        options, clock = self.options, self.clock
+        losses: list[float] = []
+        for begin in range(0, len(items), options.batch_size):
+            if clock() - steps.start + steps.mean() + val_seconds > options.time_budget_s:
+                return losses, True
+            t_step = clock()
+            loss = _loss(self.model, items[begin : begin + options.batch_size], self.pad_id)
+            self.optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.optimizer.step()
+            steps.count += 1
+            losses.append(float(loss.detach()))
+            steps.seconds.append(clock() - t_step)
+            if self.progress is not None:
+                more = 1 if begin + options.batch_size < len(items) else 0
+                self._report(steps, losses[-1], options.epochs - self.epoch + more, val_seconds)
+        return losses, False
+
+    def _report(self, steps: _Steps, loss: float, epochs_left: int, val_seconds: float) -> None:
+        assert self.progress is not None
+        self.progress(
+            Progress(
+                epoch=self.epoch,
+                step=steps.count,
+                steps_total=steps.total,
+                loss=loss,
+                elapsed_s=self.clock() - steps.start,
+                eta_s=(steps.total - steps.count) * steps.mean() + epochs_left * val_seconds,
+            )
+        )
+
+
+def _candidate_weights(
+    model: Any, params: Sequence[torch.nn.Parameter], options: FinetuneOptions, best: _Leaders
+) -> dict[str, torch.Tensor]:
+    """The best trained epoch's weights, which the model is left on (none when no epoch trained).
+
+    That is the candidate; it is also the proposal when it beat the untrained model.
+    """
+    if best.trained_epoch == 0:
+        return {}
+    _restore(params, best.trained_state)
+    if options.method == "lora":
+        return merge_lora(model)
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
 
 
 def _better(key: tuple[float, float], best: tuple[float, float]) -> bool:
