@@ -198,7 +198,7 @@ def _run_with_broken_llama_cpp(tmp_path: Path, require: str | None) -> subproces
     )
 
 
-LOCALMODEL_FILE = "tests/unit/runtime/test_local_lm_grammar.py"
+LOCALMODEL_FILE = "tests/unit/runtime/lm/test_local_lm_grammar.py"
 # One test of no tier beside it, so the run without the switch is a green run with a skip in it (as CI's was).
 PASSING = "tests/unit/test_tiers.py::test_parse_required"
 

@@ -5,7 +5,7 @@ because writing back must be the exact inverse of reading, and both directions h
 llama.cpp stores the query and key projections of llama models with their rows *permuted* (its RoPE
 pairs adjacent dimensions; Hugging Face's pairs the two halves of each head). ``convert_hf_to_gguf``
 applies :func:`permute_qk`; reading undoes it with :func:`unpermute_qk`; writing applies it again.
-A mistake here does not fail loudly: the model just answers worse. ``tests/unit/runtime/test_finetune_gguf``
+A mistake here does not fail loudly: the model just answers worse. ``tests/unit/runtime/finetune/test_finetune_gguf``
 checks the round trip and the slow test checks that the loaded model predicts the same next tokens as
 llama.cpp on the real file.
 

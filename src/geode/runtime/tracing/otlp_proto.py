@@ -5,7 +5,7 @@ serializes the tree; for Geode's spans (a dozen string attributes each) that cos
 as much CPU as writing the same bytes directly, and that CPU is spent on the export thread, in the
 server's process, competing for the GIL with the requests. :func:`encode_request` writes an
 ``ExportTraceServiceRequest`` that parses to the same message the SDK's ``encode_spans`` builds
-(``tests/unit/tracing/test_otlp_proto.py`` checks it field by field), with two differences:
+(``tests/unit/runtime/tracing/test_otlp_proto.py`` checks it field by field), with two differences:
 
 - a string that is not valid Unicode (lone surrogates) is sent with ``?`` in their place, where the
   SDK drops the attribute (and logs a stack trace per value);

@@ -16,7 +16,7 @@ from geode.errors import ConfigError
 pytestmark = pytest.mark.ray
 require_tier("ray", import_name="ray.serve")
 
-RAY_DIR = Path(__file__).resolve().parents[3] / "deploy" / "ray"
+RAY_DIR = Path(__file__).resolve().parents[4] / "deploy" / "ray"
 
 
 def _replica(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, **serve: Any) -> Any:

@@ -8,7 +8,7 @@ import dspy
 import pytest
 from dspy.utils.exceptions import AdapterParseError
 from opentelemetry.trace import StatusCode
-from tests.unit.instrumentation.conftest import Traced
+from tests.unit.runtime.instrumentation.conftest import Traced
 
 from geode.adapters import SmallModelAdapter
 from geode.testing import ScriptedLM

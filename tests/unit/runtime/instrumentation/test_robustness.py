@@ -12,7 +12,7 @@ import dspy
 import pytest
 from dspy.utils.callback import BaseCallback
 from opentelemetry.sdk.trace import SpanProcessor
-from tests.unit.instrumentation.conftest import Traced
+from tests.unit.runtime.instrumentation.conftest import Traced
 
 from geode.runtime.instrumentation import (
     GeodeCallback,

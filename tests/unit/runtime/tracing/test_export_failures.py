@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.tracing.test_export import _drop_warnings, _emit, _pipeline
+from tests.unit.runtime.tracing.test_export import _drop_warnings, _emit, _pipeline
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import pytest
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
-from tests.unit.instrumentation.conftest import Traced
+from tests.unit.runtime.instrumentation.conftest import Traced
 
 from geode.traces.context import RunIdentity, run_identity
 

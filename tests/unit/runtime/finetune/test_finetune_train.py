@@ -16,7 +16,7 @@ require_tier("finetune", import_name="transformers")
 require_tier("finetune", import_name="gguf")
 
 import torch
-from tests.unit.runtime.test_finetune_gguf import write_tiny_llama
+from tests.unit.runtime.finetune.test_finetune_gguf import write_tiny_llama
 
 from geode.adapters import SmallModelAdapter
 from geode.runtime.finetune.data import ChatExample, collect_examples, dataset_id

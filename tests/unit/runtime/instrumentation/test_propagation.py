@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dspy
-from tests.unit.instrumentation.conftest import Traced
+from tests.unit.runtime.instrumentation.conftest import Traced
 
 from geode.traces.context import RunIdentity, run_identity
 

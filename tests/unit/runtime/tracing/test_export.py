@@ -14,7 +14,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from tests.unit.tracing.conftest import Sink
+from tests.unit.runtime.tracing.conftest import Sink
 
 from geode.errors import ConfigError
 from geode.runtime.phoenix import PhoenixServer
