@@ -274,3 +274,15 @@ def test_the_checks_see_every_form_of_import() -> None:
     tree = ast.parse(source)
     assert sorted(_imported_areas_in(tree, "probe.py")) == [("agents", 6), ("evals", 7), ("runtime", 5)]
     assert sorted(_env_access_in(tree)) == [8, 9]
+
+
+def test_unit_tests_mirror_the_source_tree() -> None:
+    # tests/unit/<path>/ holds the tests of src/geode/<path>/, so a module's tests are found by its path.
+    unit = Path(__file__).resolve().parent
+    folders = {
+        path.relative_to(unit).as_posix()
+        for path in unit.rglob("*")
+        if path.is_dir() and path.name != "__pycache__" and any(path.glob("test_*.py"))
+    }
+    unmatched = sorted(folder for folder in folders if not (SRC / folder).is_dir())
+    assert unmatched == [], f"tests/unit folders with no src/geode package of that path: {unmatched}"
