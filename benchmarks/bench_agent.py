@@ -1,6 +1,6 @@
 """Agents on the embedded model: valid-step rate and task success on the bundled inventory task.
 
-Both sides run the same questions (``geode.agents.inventory.TASKS``: stock lookups, arithmetic, and both
+Both sides run the same questions (``geode.examples.inventory.TASKS``: stock lookups, arithmetic, and both
 combined) with the same tools, the same ``geode.LocalLM`` (SmolLM2-135M by default), the adapter
 ``geode.Runtime`` picks for it (``geode.SmallModelAdapter`` for a local model), greedy decoding, no response cache and at most 5 iterations:
 
@@ -44,8 +44,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from geode.agents.calculator import calculate
-from geode.agents.inventory import TASKS, InventoryTask, build_agent, is_correct, lookup_stock
 from geode.agents.steps import Budget
+from geode.examples.inventory import TASKS, InventoryTask, build_agent, is_correct, lookup_stock
 from geode.runtime.lm import build_adapter
 from geode.runtime.lm.local import LocalLM
 

@@ -1,6 +1,6 @@
 """Agent vs its crystallized workflow on a bundled task: quality, LM calls and latency per request.
 
-Tasks (``--app``): ``inventory`` (``geode.agents.inventory``: stock lookups, arithmetic, both) and
+Tasks (``--app``): ``inventory`` (``geode.examples.inventory``: stock lookups, arithmetic, both) and
 ``helpdesk`` (``geode.examples.helpdesk``: search over the ingested help-centre corpus plus a calculator).
 Three phases, one process, one LM:
 
@@ -54,8 +54,8 @@ from geode.agents.crystallize import (
     crystallize,
     workflow_route,
 )
-from geode.agents.inventory import STOCK, TASKS, build_agent, is_correct
 from geode.agents.steps import Budget
+from geode.examples.inventory import STOCK, TASKS, build_agent, is_correct
 from geode.retrieval.ingest import Ingestor
 from geode.runtime.lm import build_adapter
 from geode.runtime.lm.local import LocalLM

@@ -39,7 +39,7 @@ def _valid_spec() -> dict[str, Any]:
 
     recorded = record_runs()
     result = crystallize(
-        recorded.agent, recorded.source, options=TRUSTED, agent_ref="geode.agents.inventory:agent"
+        recorded.agent, recorded.source, options=TRUSTED, agent_ref="geode.examples.inventory:agent"
     )
     return json.loads(result.spec.to_json(OPEN))
 

@@ -20,8 +20,8 @@ from dspy.utils.callback import BaseCallback
 from tests.tiers import require_tier
 
 import geode
-from geode.agents.inventory import TASKS, build_agent
 from geode.agents.steps import Budget, TerminationReason
+from geode.examples.inventory import TASKS, build_agent
 from geode.runtime.settings import TracingSettings
 
 pytestmark = [pytest.mark.localmodel, pytest.mark.slow]

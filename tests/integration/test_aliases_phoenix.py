@@ -36,7 +36,7 @@ WAIT_S = 120.0
 
 APP = """
 import geode
-from geode.agents.inventory import lookup_stock
+from geode.examples.inventory import lookup_stock
 
 agent = geode.Agent("question -> answer", tools=[lookup_stock], name="trial-agent")
 other = geode.Agent("question -> answer", tools=[lookup_stock], name="other-agent")

@@ -18,8 +18,8 @@ from tests.tiers import require_tier
 
 import geode
 from geode.agents.crystallize import WorkflowSpec
-from geode.agents.inventory import TASKS
 from geode.cli import main
+from geode.examples.inventory import TASKS
 from geode.runtime.phoenix import PhoenixStatus
 from geode.runtime.settings import LMSettings, Settings, TracingSettings
 from geode.traces.sources import PhoenixTraceSource
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.localmodel, pytest.mark.phoenix]
 
 require_tier("localmodel", import_name="llama_cpp")
 
-AGENT = "geode.agents.inventory:agent"
+AGENT = "geode.examples.inventory:agent"
 WAIT_S = 120.0
 RECORD = (
     "How many widgets are in stock?",

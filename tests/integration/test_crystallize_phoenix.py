@@ -25,7 +25,7 @@ from geode.traces.sources import OtlpFileTraceSource, PhoenixTraceSource, TraceF
 
 pytestmark = pytest.mark.phoenix
 
-AGENT = "geode.agents.inventory:agent"
+AGENT = "geode.examples.inventory:agent"
 WAIT_S = 120.0
 
 

@@ -275,7 +275,7 @@ def crystallized() -> Any:
 
     recorded = record_runs()
     return crystallize(
-        recorded.agent, recorded.source, options=TRUSTED, agent_ref="geode.agents.inventory:agent"
+        recorded.agent, recorded.source, options=TRUSTED, agent_ref="geode.examples.inventory:agent"
     ).spec
 
 

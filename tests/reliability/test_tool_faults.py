@@ -16,9 +16,9 @@ from pydantic import StringConstraints
 
 from geode.agents.agent import Agent, StepOutcome
 from geode.agents.calculator import calculate
-from geode.agents.inventory import lookup_stock
 from geode.agents.tools import ToolArgumentError, guard, search_tool
 from geode.errors import ToolError
+from geode.examples.inventory import lookup_stock
 from geode.testing import ScriptedLM
 
 pytestmark = pytest.mark.reliability

@@ -51,7 +51,7 @@ def compare_command(
     """Run two programs on the same examples: quality, LM calls, tokens, latency p50/p95, cost, and a verdict.
 
     The candidate is ready only if its score is within --tolerance points of the baseline's. Example:
-    geode compare geode.agents.inventory:agent workflow.json --dataset tasks.jsonl --metric numeric_match
+    geode compare geode.examples.inventory:agent workflow.json --dataset tasks.jsonl --metric numeric_match
     """
     if baseline == candidate:
         raise ConfigError("compare needs two different programs")

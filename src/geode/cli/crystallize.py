@@ -210,7 +210,7 @@ def crystallize_command(
 
     It learns from runs scored correct: by feedback (rt.feedback, POST /feedback, Phoenix
     annotations), by --metric against --labels, or in an evaluation. A run nobody scored is unknown
-    and left out, unless --trust-unscored. Example: geode crystallize geode.agents.inventory:agent
+    and left out, unless --trust-unscored. Example: geode crystallize geode.examples.inventory:agent
     --source phoenix --labels tasks.jsonl --metric numeric_match --out workflow.json. Serve or
     evaluate the result as `workflow.json`. With --dataset and --metric the same command then runs
     agent and workflow on that eval set (as `geode compare` does), prints the verdict and adds it to

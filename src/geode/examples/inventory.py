@@ -1,7 +1,7 @@
 """A small bundled agent task: stock lookups plus arithmetic, with questions and expected answers.
 
 Used by ``benchmarks/bench_agent.py`` (valid-step rate and task success on the embedded model), the
-local-model integration test and the docs. Run it with the CLI as ``geode.agents.inventory:agent``.
+local-model integration test and the docs. Run it with the CLI as ``geode.examples.inventory:agent``.
 """
 
 from __future__ import annotations

@@ -275,7 +275,7 @@ def test_a_crystallized_workflow_runs_its_lm_steps_through_the_adapter(local: bo
 
     recorded = record_runs()
     workflow = crystallize(
-        recorded.agent, recorded.source, agent_ref="geode.agents.inventory:agent", options=TRUSTED
+        recorded.agent, recorded.source, agent_ref="geode.examples.inventory:agent", options=TRUSTED
     ).workflow()
     lm = ScriptedLM(oracle, adapter=ADAPTER, local=local)
     with dspy.context(lm=lm, adapter=ADAPTER):

@@ -22,7 +22,7 @@ from geode.traces.sources import OtlpFileTraceSource, TraceFilter
 
 APP = """
 import geode
-from geode.agents.inventory import lookup_stock
+from geode.examples.inventory import lookup_stock
 
 agent = geode.Agent("question -> answer", tools=[lookup_stock], name="trial-agent")
 other = geode.Agent("question -> answer", tools=[lookup_stock], name="other-agent")

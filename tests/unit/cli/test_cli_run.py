@@ -129,7 +129,7 @@ def test_an_agent_run_is_json_end_to_end_and_summarised_as_text(
     monkeypatch.setenv("GEODE_TRACING_ENABLED", "false")
     argv = [
         "run",
-        "geode.agents.inventory:agent",
+        "geode.examples.inventory:agent",
         "-i",
         "question=How many widgets and gadgets are in stock together?",
     ]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import dspy
 import pytest
 
-from geode.agents.inventory import STOCK, TASKS, agent, build_agent, is_correct, lookup_stock
+from geode.examples.inventory import STOCK, TASKS, agent, build_agent, is_correct, lookup_stock
 from geode.testing import ScriptedLM
 
 

@@ -177,7 +177,7 @@ def crystallize(
 
     Example:
         >>> import geode
-        >>> from geode.agents.inventory import build_agent
+        >>> from geode.examples.inventory import build_agent
         >>> geode.crystallize(build_agent(), [])
         Traceback (most recent call last):
         ...

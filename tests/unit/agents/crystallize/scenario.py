@@ -1,7 +1,7 @@
 """A scripted inventory agent whose recorded runs have three tool patterns plus noise, for crystallization tests.
 
 The "model" is a function of the prompt (a ScriptedLM policy): it reads the question and the trajectory
-and acts like a competent agent on the bundled inventory task (``geode.agents.inventory``): a lookup
+and acts like a competent agent on the bundled inventory task (``geode.examples.inventory``): a lookup
 question calls ``lookup_stock``; an arithmetic question calls ``calculate``; a "together" question looks
 both items up, then adds. Noise: some arithmetic runs first send a bad expression (a failed call, then a
 retry); "loop" questions never finish (max_iters); "wrong" questions finish with a wrong answer (a failed
@@ -21,8 +21,8 @@ import dspy
 
 from geode.agents.agent import Agent
 from geode.agents.crystallize import CrystallizeOptions
-from geode.agents.inventory import STOCK, build_agent
 from geode.agents.steps import Budget
+from geode.examples.inventory import STOCK, build_agent
 from geode.runtime.instrumentation import instrument, uninstrument
 from geode.testing import ScriptedLM, in_memory_tracing
 from geode.traces.sources import InMemoryTraceSource

@@ -19,7 +19,7 @@ from geode.runtime.runtime import Runtime, trace_id_of
 from geode.runtime.settings import PhoenixSettings, Settings, TracingSettings
 from geode.testing import ScriptedLM
 
-AGENT = "geode.agents.inventory:agent"
+AGENT = "geode.examples.inventory:agent"
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def test_crystallize_errors_are_one_line(
     err = capsys.readouterr().err
     assert "error: no runs of 'nobody' in OTLP-JSON file" in err
     # The error lists the programs that do have runs, with their aliases.
-    assert "programs with runs there: inventory (also geode.agents.inventory:agent, Agent)" in err
+    assert "programs with runs there: inventory (also geode.examples.inventory:agent, Agent)" in err
     with pytest.raises(SystemExit) as exc:
         main(["crystallize", AGENT, "--source", str(tmp_path / "nope.jsonl")])
     assert exc.value.code == 2

@@ -21,7 +21,7 @@ from geode.testing import ScriptedLM
 @pytest.fixture(scope="module")
 def result(recorded: Recorded) -> Crystallization:
     return crystallize(
-        recorded.agent, recorded.source, options=TRUSTED, agent_ref="geode.agents.inventory:agent"
+        recorded.agent, recorded.source, options=TRUSTED, agent_ref="geode.examples.inventory:agent"
     )
 
 
@@ -72,7 +72,7 @@ def test_single_route_module(recorded: Recorded, tmp_path: Path) -> None:
         recorded.agent,
         recorded.source,
         options=TRUSTED,
-        agent_ref="geode.agents.inventory:agent",
+        agent_ref="geode.examples.inventory:agent",
         min_share=0.4,
     ).spec
     module = _import(tmp_path / "single.py", emit_python(spec))

@@ -11,9 +11,9 @@ from tests.unit.agents.crystallize.scenario import oracle, record_runs
 
 import geode
 from geode.agents.crystallize import AgentRun, RunScore, read_runs, runs_from_traces
-from geode.agents.inventory import lookup_stock
 from geode.evals.dataset import Dataset
 from geode.evals.evaluate import evaluate
+from geode.examples.inventory import lookup_stock
 from geode.runtime.instrumentation import instrument, uninstrument
 from geode.testing import ScriptedLM, in_memory_tracing
 from geode.traces.sources import InMemoryTraceSource, TraceFilter

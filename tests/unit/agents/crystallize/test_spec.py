@@ -26,13 +26,13 @@ from geode.errors import ProgramLoadError
 @pytest.fixture(scope="module")
 def result(recorded: Recorded) -> Crystallization:
     return crystallize(
-        recorded.agent, recorded.source, options=TRUSTED, agent_ref="geode.agents.inventory:agent"
+        recorded.agent, recorded.source, options=TRUSTED, agent_ref="geode.examples.inventory:agent"
     )
 
 
 def test_routes_steps_bindings_demos_and_lineage(result: Crystallization) -> None:
     spec = result.spec
-    assert spec.agent_ref == "geode.agents.inventory:agent"
+    assert spec.agent_ref == "geode.examples.inventory:agent"
     assert [r.label for r in spec.routes] == ["lookup_stock", "calculate", "lookup_stock_each_then_calculate"]
     router = spec.router
     assert router is not None
@@ -63,7 +63,7 @@ def test_routes_steps_bindings_demos_and_lineage(result: Crystallization) -> Non
     assert plan.demos[0]["calculate_expression"] == "3 + 14"
     assert isinstance(out, OutputStep) and out.outputs["answer"].step == "call_calculate"
     tools = {t.name: t for t in spec.tools}
-    assert tools["lookup_stock"].ref == "geode.agents.inventory:lookup_stock"
+    assert tools["lookup_stock"].ref == "geode.examples.inventory:lookup_stock"
     assert tools["calculate"].ref == "geode.agents.calculator:calculate"
     assert spec.content_hash.startswith("sha256:") and spec.content_hash == spec.compute_hash()
 
@@ -73,7 +73,7 @@ def test_report_explains_the_choice(result: Crystallization) -> None:
     assert "covers only 46% of 13 successful runs" in text
     assert "| lookup_stock | 6/7 | 46% | 86% | 0 | 3.0 | 1 | yes |" in text
     assert "step 2 calculate.expression: needs an LM step reading step 1 (lookup_stock)" in text
-    assert "geode.agents.inventory:agent" in text
+    assert "geode.examples.inventory:agent" in text
     assert result.report() == text
 
 

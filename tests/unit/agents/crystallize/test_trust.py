@@ -24,7 +24,7 @@ from geode.agents.crystallize.trust import SpecTrust, module_allowed
 from geode.runtime.programs import resolve
 from geode.testing import ScriptedLM
 
-AGENT_REF = "geode.agents.inventory:agent"
+AGENT_REF = "geode.examples.inventory:agent"
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_an_unsigned_spec_with_an_allowed_agent_loads_when_unsigned_specs_are_al
     monkeypatch.setenv("GEODE_WORKFLOWS_ALLOW_UNSIGNED", "true")
     with pytest.raises(WorkflowSpecError, match="not in a module the operator allows"):
         CrystallizedWorkflow(path)
-    monkeypatch.setenv("GEODE_WORKFLOWS_ALLOWED_MODULES", '["geode.agents"]')
+    monkeypatch.setenv("GEODE_WORKFLOWS_ALLOWED_MODULES", '["geode.examples"]')
     workflow = CrystallizedWorkflow(path)
     with dspy.context(lm=ScriptedLM(oracle)):
         assert workflow(question="What is 6 times 7?").answer == "42"

@@ -21,8 +21,8 @@ from geode.agents.crystallize import (
     crystallize,
     workflow_route,
 )
-from geode.agents.inventory import build_agent, lookup_stock
 from geode.errors import ConfigError
+from geode.examples.inventory import build_agent, lookup_stock
 from geode.runtime.instrumentation import instrument, uninstrument
 from geode.runtime.programs import resolve
 from geode.runtime.serving.schema import interface_of
@@ -39,7 +39,7 @@ NEW_QUESTIONS = {
 @pytest.fixture(scope="module")
 def result(recorded: Recorded) -> Crystallization:
     return crystallize(
-        recorded.agent, recorded.source, options=TRUSTED, agent_ref="geode.agents.inventory:agent"
+        recorded.agent, recorded.source, options=TRUSTED, agent_ref="geode.examples.inventory:agent"
     )
 
 

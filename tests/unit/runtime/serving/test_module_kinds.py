@@ -14,8 +14,8 @@ from tests.unit.agents.crystallize.scenario import TRUSTED, oracle, record_runs
 
 import geode
 from geode.agents.fallback import Fallback
-from geode.agents.inventory import lookup_stock
 from geode.agents.workflows import RAG, DecomposeSolveCombine
+from geode.examples.inventory import lookup_stock
 from geode.retrieval.retriever import Passage
 from geode.runtime.serving import HostedProgram, create_app
 from geode.runtime.serving.feedback import FeedbackLog
