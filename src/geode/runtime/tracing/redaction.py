@@ -181,6 +181,11 @@ _EXCEPTION_MESSAGE = "exception.message"
 _EXCEPTION_STACKTRACE = "exception.stacktrace"
 
 
+_UNCHANGED_LIMIT: Final = 4096
+_UNCHANGED_CHARS: Final = 2_000_000
+"""Strings (and characters, about 2 MB) remembered as needing no redaction before the memory is emptied."""
+
+
 def _compile(patterns: Sequence[str]) -> tuple[re.Pattern[str], ...]:
     compiled: list[re.Pattern[str]] = [re.compile("|".join(f"(?:{p})" for p in SECRET_PATTERNS))]
     for pattern in patterns:
@@ -206,7 +211,22 @@ def may_hold_secret(text: str) -> bool:
         if hint in text:
             return True
     lower = text.lower()
-    return "bearer" in lower or any(hint in lower for hint in NAME_VALUE_HINTS)
+    return "bearer" in lower or _name_hint(lower)
+
+
+def _pattern_hint(text: str) -> bool:
+    # Plain `in` tests: CPython's substring search beats one regular expression of the alternatives.
+    for hint in _CASED_HINTS:
+        if hint in text:
+            return True
+    return "bearer" in text.lower()
+
+
+def _name_hint(lower: str) -> bool:
+    for hint in NAME_VALUE_HINTS:
+        if hint in lower:
+            return True
+    return False
 
 
 def _strings_of(span: ReadableSpan) -> tuple[str, int]:
@@ -276,6 +296,8 @@ class SpanRedactor:
         # Whether anything but secrets and length can change a span (hiding, the user's patterns, PII).
         self._rewrites = hide_inputs or hide_outputs or hide_messages or redact_pii or len(self._patterns) > 1
         self._hidden_cache: dict[tuple[str, bool], bool] = {}
+        self._unchanged: dict[str, None] = {}
+        self._unchanged_chars = 0
 
     # -- values --------------------------------------------------------------------------------
 
@@ -286,9 +308,16 @@ class SpanRedactor:
         still apply): for text that :func:`may_hold_secret` cleared.
         """
         before = text
+        names = False
+        if scan:
+            # Per string: a span is scanned when any of its strings holds a hint (an LLM span's
+            # `max_tokens` does), but only the strings holding one can match; a long prompt beside
+            # them is not run through the patterns (0.5 µs per character).
+            names = _name_hint(text.lower())
+            scan = _pattern_hint(text)
         for pattern in self._patterns if scan else self._patterns[1:]:
             text = pattern.sub(REDACTED, text)
-        if scan:
+        if names:
             text = redact_name_values(text)
         if self.redact_pii:
             text = redact_pii(text)
@@ -378,6 +407,34 @@ class SpanRedactor:
                     messages.append(message)
         return messages
 
+    def _changes(self, text: str) -> bool:
+        if text in self._unchanged:
+            return False
+        if len(text) > self.max_attribute_length:
+            return True
+        if may_hold_secret(text) and self.clean_text(text) != text:
+            return True
+        # Span strings repeat (roles, names, a signature's system prompt, invocation parameters):
+        # remember the ones that need nothing, so the next span only hashes them.
+        self._unchanged_chars += len(text)
+        if len(self._unchanged) >= _UNCHANGED_LIMIT or self._unchanged_chars > _UNCHANGED_CHARS:
+            self._unchanged.clear()
+            self._unchanged_chars = len(text)
+        self._unchanged[text] = None
+        return False
+
+    def _changes_any(self, attributes: Mapping[str, Any] | None) -> bool:
+        """Whether the secret patterns or the length limit change any string of ``attributes``."""
+        for value in (attributes or {}).values():
+            if isinstance(value, str):
+                if self._changes(value):
+                    return True
+            elif isinstance(value, tuple | list):
+                for item in value:
+                    if isinstance(item, str) and self._changes(item):
+                        return True
+        return False
+
     # -- spans ---------------------------------------------------------------------------------
 
     def redact(self, span: ReadableSpan) -> ReadableSpan:
@@ -386,6 +443,11 @@ class SpanRedactor:
         The span is returned unchanged (the same object) when nothing applies; otherwise the copy
         carries ``geode.redacted`` and/or ``geode.truncated``.
         """
+        if not (self._rewrites or span.events or span.status.description):
+            # The common case (attributes only, secrets and length the only rules): look at each
+            # string once, and copy nothing unless one of them changes.
+            if not self._changes_any(span.attributes):
+                return span
         text, longest = _strings_of(span)
         scan = may_hold_secret(text)
         if not (scan or self._rewrites or longest > self.max_attribute_length):
