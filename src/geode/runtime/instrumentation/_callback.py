@@ -31,6 +31,7 @@ from opentelemetry.trace import StatusCode, Tracer
 
 from geode.errors import ToolTimeoutError
 from geode.runtime.instrumentation import _values
+from geode.runtime.instrumentation._fast_attributes import set_attributes
 from geode.runtime.instrumentation._module_facts import _describe_class, _ModuleClass, _Names, _signature_text
 from geode.runtime.instrumentation._open_spans import _Agent, _LMCapture, _Open
 from geode.runtime.instrumentation._span_attributes import (
@@ -168,7 +169,10 @@ class GeodeCallback(BaseCallback):
                 # No OpenTelemetry context came along (a DSPy worker thread): parent explicitly.
                 parent_context = trace.set_span_in_context(target)
         tracer = self._tracer(parent)
-        span = tracer.start_span(name, context=parent_context, attributes=attributes)
+        # The attributes go on after the start, past the SDK's per-value cleaning (see _fast_attributes);
+        # the sampler decides on the name and the parent, as Geode's own samplers do.
+        span = tracer.start_span(name, context=parent_context)
+        set_attributes(span, attributes)
         if parent is None:
             span_context = span.get_span_context()
             if span_context.is_valid:
@@ -438,7 +442,7 @@ class GeodeCallback(BaseCallback):
                 span.set_status(StatusCode.OK)
                 if outputs is not None:
                     value, mime = _values.value_and_mime(outputs)
-                    span.set_attributes({_OUTPUT: value, _OUTPUT_MIME: mime})
+                    set_attributes(span, {_OUTPUT: value, _OUTPUT_MIME: mime})
         except Exception:
             self._internal_error("on_tool_end")
         finally:

@@ -8,8 +8,11 @@ adapter, LM and tool call (``dspy/utils/callback.py``, dspy 3.4):
   against ``dspy.CodeInterpreter``, a runtime-checkable ``Protocol`` whose check walks the protocol's
   members on every call (Python 3.11).
 
-Together they cost more per ``Predict`` call than the spans Geode records. :func:`install` replaces
-both with memoized equivalents: each function's parameters are read once and calls are bound by a
+Together they cost more per ``Predict`` call than the spans Geode records. It also names each call
+``uuid.uuid4().hex``: 16 bytes from ``os.urandom`` (a system call, which also hands the GIL to the
+span export thread) for an id that only has to be unique among the calls in flight in this process.
+:func:`install` replaces all three with cheaper equivalents (call ids count up from a random per-process
+prefix, same 32 hex characters); the first two are memoized: each function's parameters are read once and calls are bound by a
 small precomputed binder (falling back to ``getcallargs`` for anything unusual), and the handler
 *name* is picked once per (instance class, function). Results are identical to DSPy's (the unit tests compare them), and
 anything unexpected falls back to DSPy's own function. :func:`uninstall` restores DSPy's originals;
@@ -24,8 +27,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import itertools
+import os
 import threading
 import types
+import uuid
 from collections.abc import Callable
 from typing import Any, Final, cast
 
@@ -189,6 +195,41 @@ def _inspect_proxy() -> types.ModuleType:
     return proxy
 
 
+class _CallId:
+    """What DSPy reads from ``uuid.uuid4()``: a ``hex`` string."""
+
+    __slots__ = ("hex",)
+
+    def __init__(self, value: str) -> None:
+        self.hex = value
+
+
+_prefix = os.urandom(8).hex()
+_counter = itertools.count(1)
+
+
+def uuid4() -> _CallId:
+    """A call id unique in this process: a random per-process prefix, then a counter (32 hex characters)."""
+    return _CallId(f"{_prefix}{next(_counter):016x}")
+
+
+def _renew_prefix() -> None:
+    # A forked child counts on from the parent's counter; a prefix of its own keeps ids apart anyway.
+    global _prefix
+    _prefix = os.urandom(8).hex()
+
+
+os.register_at_fork(after_in_child=_renew_prefix)
+
+
+def _uuid_proxy() -> types.ModuleType:
+    # Named "uuid", so cloudpickle pickles it by reference to the real ``uuid`` module.
+    proxy = types.ModuleType("uuid")
+    proxy.__dict__.update(uuid.__dict__)
+    proxy.uuid4 = uuid4  # type: ignore[attr-defined]
+    return proxy
+
+
 def install() -> None:
     """Swap in the memoized dispatch helpers (idempotent; a no-op if DSPy's internals moved)."""
     global _saved
@@ -198,10 +239,12 @@ def install() -> None:
         module = importlib.import_module("dspy.utils.callback")
         originals = {
             name: getattr(module, name, None)
-            for name in ("inspect", "_get_on_start_handler", "_get_on_end_handler")
+            for name in ("inspect", "uuid", "_get_on_start_handler", "_get_on_end_handler")
         }
-        if originals["inspect"] is not inspect or not all(
-            callable(v) for k, v in originals.items() if k != "inspect"
+        if (
+            originals["inspect"] is not inspect
+            or originals["uuid"] is not uuid
+            or not all(callable(v) for k, v in originals.items() if k not in ("inspect", "uuid"))
         ):
             return
         _saved = originals
@@ -209,6 +252,7 @@ def install() -> None:
             _originals[name] = cast("Callable[..., Any]", originals[name])
         _set_address(module.__name__)
         module.inspect = _inspect_proxy()  # type: ignore[attr-defined]
+        module.uuid = _uuid_proxy()  # type: ignore[attr-defined]
         module._get_on_start_handler = _get_on_start_handler  # type: ignore[attr-defined]
         module._get_on_end_handler = _get_on_end_handler  # type: ignore[attr-defined]
 

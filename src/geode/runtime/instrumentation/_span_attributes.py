@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 from opentelemetry.trace import Span, StatusCode
 
 from geode.runtime.instrumentation import _values
+from geode.runtime.instrumentation._fast_attributes import set_attributes
 from geode.traces.context import RunIdentity
 from geode.traces.vocab import GeodeAttributes, SpanAttributes, SpanKind, ToolAttributes
 
@@ -124,7 +125,7 @@ def _end_module_span(record: _Open, outputs: Any, exception: BaseException | Non
         except Exception:
             logger.debug("geode_span_attributes of %s raised", info.class_name, exc_info=True)
     if attributes:
-        span.set_attributes(attributes)
+        set_attributes(span, attributes)
 
 
 def _termination(record: _Open, agent: _Agent, outputs: Any, exception: BaseException | None) -> str:
@@ -204,7 +205,7 @@ def _end_lm_span(record: _Open, outputs: Any, exception: BaseException | None) -
     if record.lm is not None:
         _usage_attributes(record.lm, exception, attributes)
     if attributes:
-        span.set_attributes(attributes)
+        set_attributes(span, attributes)
 
 
 def _usage_attributes(
