@@ -84,7 +84,9 @@ _SECRET_NAME: Final = re.compile(
     r"|private[_-]?key|auth|authorization|credentials?|session[_-]?id|cookie)(?:$|[_-])"
 )
 NAME_VALUE_HINTS: Final[tuple[str, ...]] = (
-    "pass",
+    # "passw" and "passph", not "pass": every retrieval prompt says "passages".
+    "passw",
+    "passph",
     "pwd",
     "secret",
     "token",

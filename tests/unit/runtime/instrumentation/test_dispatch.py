@@ -101,6 +101,7 @@ def test_unsupported_adapter_method_raises_dspy_error(originals: dict[str, Any])
 def test_uninstall_restores_dspy() -> None:
     before = (
         callback_module.inspect,
+        callback_module.uuid,
         callback_module._get_on_start_handler,
         callback_module._get_on_end_handler,
     )
@@ -108,10 +109,12 @@ def test_uninstall_restores_dspy() -> None:
     _dispatch.install()
     assert _dispatch.installed()
     assert callback_module.inspect is not inspect
+    assert callback_module.uuid.uuid4 is _dispatch.uuid4
     _dispatch.uninstall()
     _dispatch.uninstall()
     after = (
         callback_module.inspect,
+        callback_module.uuid,
         callback_module._get_on_start_handler,
         callback_module._get_on_end_handler,
     )
@@ -162,3 +165,34 @@ def test_binder_raises_like_getcallargs(
         inspect.getcallargs(fn, *args, **kwargs)
     with pytest.raises(TypeError):
         fast(fn, *args, **kwargs)
+
+
+def test_call_ids_are_unique_32_hex_characters_across_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ids(_: int) -> list[str]:
+        return [_dispatch.uuid4().hex for _ in range(2000)]
+
+    with ThreadPoolExecutor(4) as pool:
+        made = [call_id for batch in pool.map(ids, range(4)) for call_id in batch]
+    assert len(set(made)) == len(made) == 8000
+    assert all(len(call_id) == 32 and int(call_id, 16) >= 0 for call_id in made)
+
+
+def test_dspy_calls_under_a_callback_get_distinct_ids_from_the_stand_in() -> None:
+    seen: list[str] = []
+
+    class Recorder(BaseCallback):
+        def on_module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+            seen.append(call_id)
+
+    _dispatch.install()
+    try:
+        with dspy.context(lm=ScriptedLM([{"a": "1"}, {"a": "2"}]), callbacks=[Recorder()]):
+            program = dspy.Predict("q -> a")
+            program(q="x")
+            program(q="y")
+    finally:
+        _dispatch.uninstall()
+    assert len(seen) == len(set(seen)) == 2
+    assert all(call_id.startswith(_dispatch._prefix) for call_id in seen)

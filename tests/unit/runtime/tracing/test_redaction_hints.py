@@ -148,3 +148,52 @@ def test_every_secret_name_value_has_a_hint_and_is_redacted(name: str) -> None:
         assert may_hold_secret(text), text
         cleaned = SpanRedactor().clean_text(text)
         assert "s3cr3tvalue" not in cleaned and REDACTED in cleaned, text
+
+
+def test_a_hint_in_one_string_does_not_send_the_others_through_the_patterns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every LLM span carries `max_tokens` (a name-value hint) in its invocation parameters; its long
+    # prompt holds no hint and must not be scanned, and the span comes back as it was.
+    provider, exporter = in_memory_tracing()
+    prompt = "Answer the question from the passages. " * 200
+    params = '{"temperature": 0.0, "max_tokens": 512}'
+    with provider.get_tracer("t").start_as_current_span(
+        "llm", attributes={"llm.invocation_parameters": params, "llm.input_messages.0.message.content": prompt}
+    ):
+        pass
+    (span,) = exporter.get_finished_spans()
+    import geode.runtime.tracing.redaction as redaction
+
+    scanned: list[str] = []
+    original = redaction.redact_name_values
+
+    def spy(text: str) -> str:
+        scanned.append(text)
+        return original(text)
+
+    monkeypatch.setattr(redaction, "redact_name_values", spy)
+    redactor = SpanRedactor()
+    assert redactor.redact(span) is span
+    assert scanned == [params]
+    scanned.clear()
+    assert redactor.redact(span) is span  # remembered: not even the parameters again
+    assert scanned == []
+
+
+def test_the_memory_of_clean_strings_is_bounded() -> None:
+    import geode.runtime.tracing.redaction as redaction
+
+    redactor = SpanRedactor()
+    provider, exporter = in_memory_tracing()
+    tracer = provider.get_tracer("t")
+    for i in range(redaction._UNCHANGED_LIMIT + 10):
+        with tracer.start_as_current_span("s", attributes={"v": f"value {i}"}):
+            pass
+    for span in exporter.get_finished_spans():
+        redactor.redact(span)
+    assert len(redactor._unchanged) <= redaction._UNCHANGED_LIMIT
+    big = "y" * (redaction._UNCHANGED_CHARS // 2 + 1)
+    for text in (big, big + "z", big + "zz"):
+        redactor._changes(text)
+    assert redactor._unchanged_chars <= redaction._UNCHANGED_CHARS
