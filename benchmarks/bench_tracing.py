@@ -8,10 +8,11 @@ shared machine) and wall time (what the caller waits, including other processes'
 
 Part 1 — overhead. Every traced mode exports through Geode's bounded batch processor into an
 exporter that encodes each batch as its side's real OTLP exporter does and drops the bytes (only the
-network send is left out): Geode and the bare-span floor through Geode's own pipeline (redaction,
-then Geode's OTLP/protobuf encoder, as ``build_tracing`` exports); OpenInference through the
-OpenTelemetry SDK's encoder, which its users' ``OTLPSpanExporter`` (Phoenix's ``register``) runs. The
-same OpenInference spans through Geode's pipeline are measured too, so both ratios are printed:
+network send is left out): Geode and the bare-span floor through Geode's own pipeline (its bounded
+processor, redaction, then Geode's OTLP/protobuf encoder, as ``build_tracing`` exports);
+OpenInference through the OpenTelemetry SDK's ``BatchSpanProcessor`` and OTLP encoder, what its
+users' ``OTLPSpanExporter`` runs (Phoenix's ``register(batch=True)``). The same OpenInference spans
+through Geode's pipeline are measured too, and both ratios are printed:
 
 - ``untraced``: no instrumentation;
 - ``no-op callback``: a ``BaseCallback`` that does nothing, registered: DSPy's own cost of calling
@@ -56,7 +57,12 @@ import dspy
 from dspy.utils.callback import BaseCallback
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Tracer, set_span_in_context
 from rich.console import Console
@@ -162,18 +168,25 @@ class GeodeDiscard(SpanExporter):
 
 
 def discarding_provider(*, geode_pipeline: bool) -> TracerProvider:
-    """A provider exporting through Geode's processor, with Geode's redaction and encoder or the SDK's."""
+    """A provider exporting as Geode does, or as an OpenTelemetry user's OTLP exporter does.
+
+    ``geode_pipeline``: Geode's bounded processor, redaction and OTLP encoder (``build_tracing``'s
+    path). Otherwise the SDK's ``BatchSpanProcessor`` and OTLP encoder, what OpenInference's users run
+    (Phoenix's ``register(batch=True)``; its default, a ``SimpleSpanProcessor``, would export on the
+    caller's thread, request by request).
+    """
     settings = TracingSettings.model_construct()
     provider = make_provider(settings)
     if geode_pipeline:
-        processor = BatchExportProcessor(
-            [Destination("discard", GeodeDiscard())],
-            redactor=make_redactor(TracingSettings()),
-            max_queue_size=1_000_000,
+        provider.add_span_processor(
+            BatchExportProcessor(
+                [Destination("discard", GeodeDiscard())],
+                redactor=make_redactor(TracingSettings()),
+                max_queue_size=1_000_000,
+            )
         )
     else:
-        processor = BatchExportProcessor([Destination("discard", Discard())], max_queue_size=1_000_000)
-    provider.add_span_processor(processor)
+        provider.add_span_processor(BatchSpanProcessor(Discard(), max_queue_size=1_000_000))
     return provider
 
 
@@ -633,7 +646,7 @@ def print_overhead(result: dict[str, dict[str, Any]]) -> None:
     labels = {
         "DSPy dispatch": "no-op callback (DSPy's dispatch)",
         "DSPy dispatch, memoized": "no-op callback, Geode's memo",
-        "OpenInference": "OpenInference (SDK encoder)",
+        "OpenInference": "OpenInference (SDK export)",
         "untraced + bare spans": "bare spans between calls",
         "bare-span floor": "bare spans, tight loop",
     }

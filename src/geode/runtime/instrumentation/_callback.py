@@ -32,6 +32,7 @@ from opentelemetry.trace import StatusCode, Tracer
 from geode.errors import ToolTimeoutError
 from geode.runtime.instrumentation import _values
 from geode.runtime.instrumentation._fast_attributes import set_attributes
+from geode.runtime.instrumentation._fast_span import start_child
 from geode.runtime.instrumentation._module_facts import _describe_class, _ModuleClass, _Names, _signature_text
 from geode.runtime.instrumentation._open_spans import _Agent, _LMCapture, _Open
 from geode.runtime.instrumentation._span_attributes import (
@@ -159,19 +160,24 @@ class GeodeCallback(BaseCallback):
         """Start a span under the right parent, make it current, and remember it as ``call_id``."""
         current = trace.get_current_span()
         parent_context = None
+        under = current
         if parent is not None:
             target = parent.parent_span()
             if current is parent.span:
                 # The caller's span is current; only an open ReAct iteration changes the parent.
                 if target is not current:
                     parent_context = trace.set_span_in_context(target)
+                    under = target
             elif not current.get_span_context().is_valid:
                 # No OpenTelemetry context came along (a DSPy worker thread): parent explicitly.
                 parent_context = trace.set_span_in_context(target)
+                under = target
         tracer = self._tracer(parent)
         # The attributes go on after the start, past the SDK's per-value cleaning (see _fast_attributes);
         # the sampler decides on the name and the parent, as Geode's own samplers do.
-        span = tracer.start_span(name, context=parent_context)
+        span = start_child(tracer, name, under.get_span_context(), parent_context)
+        if span is None:
+            span = tracer.start_span(name, context=parent_context)
         set_attributes(span, attributes)
         if parent is None:
             span_context = span.get_span_context()

@@ -41,6 +41,12 @@ _FLAGS_LOCAL: Final = _fixed32(0x100)
 _FLAGS_REMOTE: Final = _fixed32(0x300)
 _MAX_CACHED_KEYS: Final = 4096
 _keys: dict[str, bytes] = {}
+_MAX_CACHED_PAIRS: Final = 4096
+_MAX_CACHED_PAIR: Final = 8192
+_MAX_CACHED_PAIR_BYTES: Final = 4_000_000
+_pairs: dict[tuple[bytes, str, str], bytes] = {}
+"""Encoded string ``KeyValue`` fields by (field tag, key, value), up to about 4 MB in all."""
+_pair_chars = 0
 
 
 def _varint(n: int) -> bytes:
@@ -110,12 +116,32 @@ def _key_values(attributes: Mapping[str, Any] | None, tag: bytes) -> bytes:
     """Repeated ``KeyValue`` fields under ``tag``; values that cannot be encoded are left out."""
     if not attributes:
         return b""
+    global _pair_chars
     parts: list[bytes] = []
+    pairs = _pairs
     for key, value in attributes.items():
         if type(value) is str:  # the common case, inlined
+            cached = pairs.get((tag, key, value))
+            if cached is not None:
+                parts.append(cached)
+                continue
             text = _text(value)
             n = len(text)
             inner = b"\x0a" + (_BYTE[n] if n < 0x80 else _varint(n)) + text
+            m = len(inner)
+            pair = _key(key) + b"\x12" + (_BYTE[m] if m < 0x80 else _varint(m)) + inner
+            k = len(pair)
+            encoded = tag + (_BYTE[k] if k < 0x80 else _varint(k)) + pair
+            parts.append(encoded)
+            if k <= _MAX_CACHED_PAIR:
+                # Most string attributes recur span after span (kinds, names, roles, a signature's
+                # system prompt, invocation parameters): encode each once.
+                _pair_chars += k
+                if len(pairs) >= _MAX_CACHED_PAIRS or _pair_chars > _MAX_CACHED_PAIR_BYTES:
+                    pairs.clear()
+                    _pair_chars = k
+                pairs[(tag, key, value)] = encoded
+            continue
         else:
             encoded = _any_value(value)
             if encoded is None:

@@ -159,7 +159,8 @@ def test_a_hint_in_one_string_does_not_send_the_others_through_the_patterns(
     prompt = "Answer the question from the passages. " * 200
     params = '{"temperature": 0.0, "max_tokens": 512}'
     with provider.get_tracer("t").start_as_current_span(
-        "llm", attributes={"llm.invocation_parameters": params, "llm.input_messages.0.message.content": prompt}
+        "llm",
+        attributes={"llm.invocation_parameters": params, "llm.input_messages.0.message.content": prompt},
     ):
         pass
     (span,) = exporter.get_finished_spans()

@@ -1,0 +1,89 @@
+"""Open a child span the way the OpenTelemetry SDK would, without its general-purpose start path.
+
+Nearly every span Geode opens is the child of a local, sampled span (the request's or the program's).
+For such a span, the SDK's ``Tracer.start_span`` resolves the parent from a context, asks the sampler,
+builds sampling results and trace flags, then constructs the span: 9 µs on this project's machines,
+where constructing the same ``_Span`` directly takes 4.5. :func:`start_child` does the direct
+construction when the answer is known without asking:
+
+- the tracer is the SDK's own ``Tracer``, enabled;
+- the parent is valid, local and sampled;
+- the sampler is ``ALWAYS_ON``, or a ``ParentBased`` whose local-sampled-parent delegate is
+  ``ALWAYS_ON`` (Geode's two samplers): the decision is "record and sample", the parent's trace state
+  carries over, and the sampler adds no attributes.
+
+The span then has what the SDK would give it: the parent's trace id, flags and trace state, a new
+span id from the tracer's id generator, the tracer's resource, scope, limits and processors, and the
+tracer's end-of-span metrics. Anything else returns ``None`` and the caller uses ``start_span``.
+``tests/unit/runtime/instrumentation/test_fast_span.py`` compares both paths field by field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import Tracer as SdkTracer
+from opentelemetry.sdk.trace import _Span
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased
+from opentelemetry.trace import Span, SpanContext
+
+__all__ = ["start_child"]
+
+_SAMPLED: Final = int(trace.TraceFlags.SAMPLED)
+_sure: dict[int, bool] = {}
+"""Whether a sampler's decision for a local sampled parent is known: by ``id`` of the sampler."""
+
+
+def _always_samples_local_children(sampler: Any) -> bool:
+    known = _sure.get(id(sampler))
+    if known is None:
+        known = sampler is ALWAYS_ON or (
+            type(sampler) is ParentBased and getattr(sampler, "_local_parent_sampled", None) is ALWAYS_ON
+        )
+        if len(_sure) < 64:
+            _sure[id(sampler)] = known
+    return known
+
+
+def start_child(tracer: Any, name: str, parent: SpanContext, context: Context | None) -> Span | None:
+    """Start span ``name`` under ``parent`` as ``tracer.start_span`` would, or ``None`` if not sure how.
+
+    Args:
+        tracer: The tracer to start the span on.
+        name: The span's name.
+        parent: The parent span's context.
+        context: The context ``start_span`` would have been given (handed to the processors).
+    """
+    if (
+        type(tracer) is not SdkTracer
+        or not parent.is_valid
+        or parent.is_remote
+        or not parent.trace_flags & _SAMPLED
+        or not _always_samples_local_children(tracer.sampler)
+        or not tracer._is_enabled()
+    ):
+        return None
+    span_context = SpanContext(
+        parent.trace_id,
+        tracer.id_generator.generate_span_id(),
+        is_remote=False,
+        trace_flags=parent.trace_flags,
+        trace_state=parent.trace_state,
+    )
+    record_end_metrics = tracer._tracer_metrics.start_span(parent, Decision.RECORD_AND_SAMPLE)
+    span = _Span(
+        name=name,
+        context=span_context,
+        parent=parent,
+        sampler=tracer.sampler,
+        resource=tracer.resource,
+        span_processor=tracer.span_processor,
+        instrumentation_info=tracer.instrumentation_info,
+        limits=tracer._span_limits,
+        instrumentation_scope=tracer._instrumentation_scope,
+        record_end_metrics=record_end_metrics,
+    )
+    span.start(parent_context=context)
+    return span

@@ -1,0 +1,79 @@
+"""A child span started directly is the span the SDK's ``start_span`` would have started."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON, ParentBased, TraceIdRatioBased
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+from geode.runtime.instrumentation._fast_span import start_child
+from geode.runtime.settings import TracingSettings
+from geode.runtime.tracing import make_provider
+
+
+def _fields(span: ReadableSpan) -> dict[str, Any]:
+    context = span.get_span_context()
+    assert context is not None and span.parent is not None
+    return {
+        "name": span.name,
+        "trace_id": context.trace_id,
+        "flags": int(context.trace_flags),
+        "state": context.trace_state,
+        "remote": context.is_remote,
+        "parent": span.parent.span_id,
+        "resource": span.resource,
+        "scope": span.instrumentation_scope,
+        "kind": span.kind,
+        "attributes": dict(span.attributes or {}),
+    }
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.5])
+def test_same_span_as_the_sdk(ratio: float) -> None:
+    provider = make_provider(TracingSettings.model_construct(sample_ratio=ratio))
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    parent = tracer.start_span("parent")
+    while not parent.get_span_context().trace_flags.sampled:  # a sampled parent, at ratio 0.5
+        parent = tracer.start_span("parent")
+    fast = start_child(tracer, "child", parent.get_span_context(), None)
+    assert fast is not None
+    fast.end()
+    with trace.use_span(parent):
+        sdk = tracer.start_span("child")
+    sdk.end()
+    first, second = exporter.get_finished_spans()
+    assert _fields(first) == _fields(second)
+    assert first.context is not None and second.context is not None
+    assert first.context.span_id != second.context.span_id
+
+
+def test_not_sure_means_none() -> None:
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(0.5), local_parent_sampled=ALWAYS_OFF))
+    parent = SpanContext(1, 2, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    assert start_child(provider.get_tracer("t"), "s", parent, None) is None  # an unusual sampler
+    tracer = TracerProvider(sampler=ALWAYS_ON).get_tracer("t")
+    remote = SpanContext(1, 2, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED))
+    unsampled = SpanContext(1, 2, is_remote=False, trace_flags=TraceFlags(0))
+    assert start_child(tracer, "s", remote, None) is None
+    assert start_child(tracer, "s", unsampled, None) is None
+    assert (
+        start_child(tracer, "s", NonRecordingSpan(SpanContext(0, 0, False)).get_span_context(), None) is None
+    )
+    assert start_child(trace.NoOpTracer(), "s", SpanContext(1, 2, False, TraceFlags(1)), None) is None
+
+
+def test_trace_state_carries_over() -> None:
+    tracer = TracerProvider(sampler=ALWAYS_ON).get_tracer("t")
+    state = TraceState([("vendor", "value")])
+    parent = SpanContext(7, 8, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED), trace_state=state)
+    span = start_child(tracer, "s", parent, None)
+    assert span is not None and span.get_span_context().trace_state == state
+    assert span.get_span_context().trace_id == 7
