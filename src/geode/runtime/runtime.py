@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, Any, Literal
 
 import dspy
@@ -298,6 +298,14 @@ class Runtime:
 
     def context(self, **overrides: Any) -> Any:
         """A ``dspy.context`` with this runtime's LM and adapter (plus ``overrides``) for one call."""
+        return dspy.context(**self.context_values(**overrides))
+
+    def context_values(self, **overrides: Any) -> dict[str, Any]:
+        """The DSPy settings :meth:`context` applies: this runtime's LM, adapter and callbacks, then ``overrides``.
+
+        For a caller that adds settings of its own and enters them all in one ``dspy.context`` (each
+        ``dspy.context`` copies every DSPy setting: the server enters one per request, not three).
+        """
         values: dict[str, Any] = {"lm": self.lm, "track_usage": True}
         if self.adapter is not None:
             values["adapter"] = self.adapter
@@ -307,7 +315,14 @@ class Runtime:
             # An outer dspy.context(callbacks=[...]) replaces DSPy's global callbacks; keep Geode's.
             values["callbacks"] = with_callback(dspy.settings.get("callbacks"))
         values.update(overrides)
-        return dspy.context(**values)
+        return values
+
+    def tracing_scope(self) -> AbstractContextManager[None]:
+        """Route the spans of the DSPy calls made in the block to this runtime's tracer provider.
+
+        :meth:`batch` is :meth:`context` and this together.
+        """
+        return self._tracing.scope()
 
     @contextmanager
     def batch(self, **overrides: Any) -> Iterator[None]:
@@ -319,7 +334,7 @@ class Runtime:
         Args:
             **overrides: DSPy settings for the block on top of the runtime's (``disable_history=True``).
         """
-        with self.context(**overrides), self._tracing.scope():
+        with self.context(**overrides), self.tracing_scope():
             yield
 
     def run(

@@ -18,6 +18,7 @@ __all__ = [
     "NamespacedCache",
     "build_adapter",
     "build_lm",
+    "cache_namespace_values",
     "is_local",
     "namespace_response_cache",
     "response_cache_namespace",
@@ -90,10 +91,20 @@ def response_cache_namespace(namespace: str | None, *, ensure: bool = True) -> I
     if namespace is None:
         yield
         return
+    with dspy.context(**cache_namespace_values(namespace, ensure=ensure)):
+        yield
+
+
+def cache_namespace_values(namespace: str, *, ensure: bool = True) -> dict[str, str]:
+    """The DSPy settings :func:`response_cache_namespace` enters, for a caller entering them with others.
+
+    Args:
+        namespace: The namespace.
+        ensure: Make ``dspy.cache`` a :class:`NamespacedCache` first, as :func:`response_cache_namespace` does.
+    """
     if ensure and not isinstance(dspy.__dict__.get("cache"), NamespacedCache):
         namespace_response_cache()
-    with dspy.context(**{CACHE_NAMESPACE_SETTING: namespace}):
-        yield
+    return {CACHE_NAMESPACE_SETTING: namespace}
 
 
 def use_response_cache(folder: Path) -> Path:

@@ -14,7 +14,6 @@ through, so the run unwinds instead of carrying on with a fallback.
 from __future__ import annotations
 
 import contextvars
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,17 +30,21 @@ class RunAbandoned(BaseException):
 class Abandonment:
     """Set once the run's request has been answered (with 504); read from the run's threads."""
 
+    __slots__ = ("_set",)
+
     def __init__(self) -> None:
-        self._event = threading.Event()
+        # A plain flag, not a threading.Event (a lock and a condition built on every request): nobody
+        # waits on it, and one attribute write is seen by the run's threads at their next read.
+        self._set = False
 
     def set(self) -> None:
         """Tell the run to stop at its next LM call."""
-        self._event.set()
+        self._set = True
 
     @property
     def is_set(self) -> bool:
         """Whether the run has been abandoned."""
-        return self._event.is_set()
+        return self._set
 
 
 _CURRENT: contextvars.ContextVar[Abandonment | None] = contextvars.ContextVar(

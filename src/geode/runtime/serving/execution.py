@@ -19,7 +19,7 @@ from opentelemetry import trace
 from geode.adapters import SmallModelStreamListener
 from geode.agents.tools import run_deadline
 from geode.errors import GeodeError
-from geode.runtime.lm import response_cache_namespace
+from geode.runtime.lm import cache_namespace_values
 from geode.runtime.runtime import Runtime
 from geode.runtime.serving.abandon import AbandonedRunGuard, RunAbandoned, abandonment
 from geode.runtime.serving.calls import Call, Outcome, jsonable, usage_of
@@ -59,18 +59,13 @@ async def execute(
         user_id=call.user_id,
         metadata={"request_id": call.request_id, "role": call.role},
     )
-    lm = call.lm_overrides.get("lm") or runtime.lm
     token = otel_context.attach(trace.set_span_in_context(call.span))
     try:
         with (
             run_identity(identity),
-            # The runtime's LM, adapter and callbacks, with its spans routed to its provider, and
-            # this request's own overrides. LM history stays off so memory stays flat.
-            runtime.batch(disable_history=True, **call.lm_overrides),
-            # Each API key answers from its own cached responses, never another key's (T25).
-            response_cache_namespace(call.caller, ensure=bool(getattr(lm, "cache", True))),
-            # First of the callbacks: an abandoned run's next LM call stops before any span opens.
-            dspy.context(callbacks=[guard, *dspy.settings.callbacks]),
+            # One dspy.context for all of the run's DSPy settings (each copies every setting).
+            dspy.context(**_dspy_settings(call, runtime, guard)),
+            runtime.tracing_scope(),
             abandonment(call.abandoned),
             run_deadline(time.monotonic() + timeout),
             translate_program_errors(call.hosted.name),
@@ -92,6 +87,22 @@ async def execute(
     prompt, completion, cost = usage_of(prediction)
     outputs = {name: jsonable(prediction.get(name)) for name in call.hosted.interface.output_names}
     return Outcome(outputs, prompt, completion, cost)
+
+
+def _dspy_settings(call: Call, runtime: Runtime, guard: AbandonedRunGuard) -> dict[str, Any]:
+    """The run's DSPy settings: the runtime's LM, adapter and callbacks, and this request's own.
+
+    LM history stays off so memory stays flat; the request's LM overrides apply; each API key answers
+    from its own cached responses, never another key's (T25); the guard is the first callback, so an
+    abandoned run's next LM call stops before any span opens.
+    """
+    values = runtime.context_values(disable_history=True, **call.lm_overrides)
+    lm = values["lm"]
+    values.update(cache_namespace_values(call.caller, ensure=bool(getattr(lm, "cache", True))))
+    # Without Geode's instrumentation the runtime sets no callbacks: the ones in effect stay, after the guard.
+    callbacks = values.get("callbacks")
+    values["callbacks"] = [guard, *(dspy.settings.get("callbacks") or [] if callbacks is None else callbacks)]
+    return values
 
 
 async def _run(call: Call, stream: Callable[[Any], Awaitable[None]] | None) -> Any:

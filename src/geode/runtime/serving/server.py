@@ -198,6 +198,10 @@ class Server:
         Raises:
             OverloadedError: Every slot stayed busy (503 with ``Retry-After``).
         """
+        if not self.run_slots.locked():
+            # A free slot is taken without waiting: no timeout to arm (and cancel) on every request.
+            await self.run_slots.acquire()
+            return
         wait = self.settings.queue_timeout_s
         try:
             async with asyncio.timeout(wait):
