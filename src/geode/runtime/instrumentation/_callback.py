@@ -257,16 +257,18 @@ class GeodeCallback(BaseCallback):
             agent.iteration = None
         if instance is agent.react:
             agent.iterations += 1
-            agent.iteration = self._tracer(parent).start_span(
-                f"iteration {agent.iterations}",
-                context=trace.set_span_in_context(parent.span),
-                attributes={
-                    **identity_attrs,
-                    _KIND: _CHAIN,
-                    GeodeAttributes.AGENT_ITERATION: agent.iterations,
-                    _PREDICTOR: predictor or "react",
-                },
-            )
+            tracer = self._tracer(parent)
+            name = f"iteration {agent.iterations}"
+            context = trace.set_span_in_context(parent.span)
+            span = start_child(tracer, name, parent.span.get_span_context(), context)
+            if span is None:
+                span = tracer.start_span(name, context=context)
+            attributes = dict(identity_attrs)
+            attributes[_KIND] = _CHAIN
+            attributes[GeodeAttributes.AGENT_ITERATION] = agent.iterations
+            attributes[_PREDICTOR] = predictor or "react"
+            set_attributes(span, attributes)
+            agent.iteration = span
 
     def _module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         info = self._class(type(instance))
