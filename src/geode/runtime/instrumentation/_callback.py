@@ -27,12 +27,12 @@ from dspy.utils.callback import BaseCallback
 from dspy.utils.callback_context import ACTIVE_CALL_ID
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import StatusCode, Tracer
+from opentelemetry.trace import Tracer
 
 from geode.errors import ToolTimeoutError
 from geode.runtime.instrumentation import _values
 from geode.runtime.instrumentation._fast_attributes import set_attributes
-from geode.runtime.instrumentation._fast_span import start_child
+from geode.runtime.instrumentation._fast_span import end_span, set_ok, start_child
 from geode.runtime.instrumentation._module_facts import _describe_class, _ModuleClass, _Names, _signature_text
 from geode.runtime.instrumentation._open_spans import _Agent, _LMCapture, _Open
 from geode.runtime.instrumentation._span_attributes import (
@@ -253,7 +253,7 @@ class GeodeCallback(BaseCallback):
         step or the final extraction starts.
         """
         if agent.iteration is not None:
-            agent.iteration.end()
+            end_span(agent.iteration)
             agent.iteration = None
         if instance is agent.react:
             agent.iterations += 1
@@ -344,7 +344,7 @@ class GeodeCallback(BaseCallback):
             self._internal_error("on_module_end")
         finally:
             self._detach(record)
-            record.span.end()
+            end_span(record.span)
 
     # -- LM calls ----------------------------------------------------------------------------------
 
@@ -404,7 +404,7 @@ class GeodeCallback(BaseCallback):
             self._internal_error("on_lm_end")
         finally:
             self._detach(record)
-            record.span.end()
+            end_span(record.span)
 
     # -- tools -------------------------------------------------------------------------------------
 
@@ -447,7 +447,7 @@ class GeodeCallback(BaseCallback):
                 if isinstance(exception, ToolTimeoutError | TimeoutError):
                     span.set_attribute(GeodeAttributes.TOOL_TIMEOUT, True)
             else:
-                span.set_status(StatusCode.OK)
+                set_ok(span)
                 if outputs is not None:
                     value, mime = _values.value_and_mime(outputs)
                     set_attributes(span, {_OUTPUT: value, _OUTPUT_MIME: mime})
@@ -455,7 +455,7 @@ class GeodeCallback(BaseCallback):
             self._internal_error("on_tool_end")
         finally:
             self._detach(record)
-            record.span.end()
+            end_span(record.span)
 
     # -- evaluation --------------------------------------------------------------------------------
 
@@ -491,7 +491,7 @@ class GeodeCallback(BaseCallback):
             if exception is not None:
                 _record_error(record.span, exception)
             else:
-                record.span.set_status(StatusCode.OK)
+                set_ok(record.span)
                 score = getattr(outputs, "score", None)
                 record.span.set_attributes(
                     {_OUTPUT: _values.to_json({"score": score}), _OUTPUT_MIME: _values.JSON_MIME}
@@ -500,7 +500,7 @@ class GeodeCallback(BaseCallback):
             self._internal_error("on_evaluate_end")
         finally:
             self._detach(record)
-            record.span.end()
+            end_span(record.span)
 
 
 def _reinstate() -> BaseCallback:

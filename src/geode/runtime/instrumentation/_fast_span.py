@@ -20,6 +20,7 @@ tracer's end-of-span metrics. Anything else returns ``None`` and the caller uses
 
 from __future__ import annotations
 
+from time import time_ns
 from typing import Any, Final
 
 from opentelemetry import trace
@@ -27,9 +28,9 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import _Span
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased
-from opentelemetry.trace import Span, SpanContext
+from opentelemetry.trace import Span, SpanContext, Status, StatusCode
 
-__all__ = ["start_child"]
+__all__ = ["end_span", "set_ok", "start_child"]
 
 _SAMPLED: Final = int(trace.TraceFlags.SAMPLED)
 _sure: dict[int, bool] = {}
@@ -87,3 +88,44 @@ def start_child(tracer: Any, name: str, parent: SpanContext, context: Context | 
     )
     span.start(parent_context=context)
     return span
+
+
+_OK: Final = Status(StatusCode.OK)
+
+
+def set_ok(span: Span) -> None:
+    """``span.set_status(StatusCode.OK)``: one shared status object, no per-call checks on an SDK span."""
+    if type(span) is _Span and span._end_time is None:
+        current = span._status
+        # The SDK's rules: an OK status is final, and OK replaces UNSET or ERROR.
+        if current is None or current.status_code is not StatusCode.OK:
+            span._status = _OK
+        return
+    span.set_status(_OK)
+
+
+def end_span(span: Span) -> None:
+    """``span.end()``, handing the processors the ended span itself instead of a copy of it.
+
+    The SDK copies every field of an ending span into a new ``ReadableSpan`` (same objects) for its
+    processors. An ended SDK span refuses every change (its attributes are frozen, its setters check
+    that it has ended), so it serves as its own record.
+    """
+    if type(span) is not _Span:
+        span.end()
+        return
+    with span._lock:
+        if span._start_time is None or span._end_time is not None:
+            ready = False
+        else:
+            ready = True
+            span._end_time = time_ns()
+            span._attributes._immutable = True
+    if not ready:
+        span.end()  # the SDK's own warning or error
+        return
+    if span._record_end_metrics:
+        span._record_end_metrics()
+    processor = span._span_processor
+    processor._on_ending(span)
+    processor.on_end(span)

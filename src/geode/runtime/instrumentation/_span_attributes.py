@@ -16,6 +16,7 @@ from opentelemetry.trace import Span, StatusCode
 
 from geode.runtime.instrumentation import _values
 from geode.runtime.instrumentation._fast_attributes import set_attributes
+from geode.runtime.instrumentation._fast_span import end_span, set_ok
 from geode.traces.context import RunIdentity
 from geode.traces.vocab import GeodeAttributes, SpanAttributes, SpanKind, ToolAttributes
 
@@ -97,7 +98,7 @@ def _end_module_span(record: _Open, outputs: Any, exception: BaseException | Non
         _record_error(span, exception)
     else:
         # OK rather than UNSET, so Phoenix shows a finished run as succeeded.
-        span.set_status(StatusCode.OK)
+        set_ok(span)
         if info is not None and info.kind == _RETRIEVER:
             passages = _values.iter_passages(outputs)
             if passages is not None:
@@ -109,7 +110,7 @@ def _end_module_span(record: _Open, outputs: Any, exception: BaseException | Non
     agent = record.agent
     if agent is not None and agent.react is not None:
         if agent.iteration is not None:
-            agent.iteration.end()
+            end_span(agent.iteration)
             agent.iteration = None
         attributes[GeodeAttributes.AGENT_ITERATIONS] = agent.iterations
         attributes[GeodeAttributes.AGENT_TERMINATION] = _termination(record, agent, outputs, exception)
@@ -187,7 +188,7 @@ def _end_lm_span(record: _Open, outputs: Any, exception: BaseException | None) -
     if exception is not None:
         _record_error(span, exception)
     else:
-        span.set_status(StatusCode.OK)
+        set_ok(span)
     attributes: dict[str, Any] = {}
     if isinstance(outputs, list):
         first = _values.output_message_attributes(outputs, attributes)

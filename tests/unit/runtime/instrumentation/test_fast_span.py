@@ -77,3 +77,44 @@ def test_trace_state_carries_over() -> None:
     span = start_child(tracer, "s", parent, None)
     assert span is not None and span.get_span_context().trace_state == state
     assert span.get_span_context().trace_id == 7
+
+
+def test_set_ok_and_end_span_behave_as_the_sdk() -> None:
+    from opentelemetry.trace import StatusCode
+
+    from geode.runtime.instrumentation._fast_span import end_span, set_ok
+
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    outcomes = []
+    for fast in (True, False):
+        span = tracer.start_span("s", attributes={"a": 1})
+        span.set_status(StatusCode.ERROR, "first")
+        if fast:
+            set_ok(span)
+            end_span(span)
+            end_span(span)  # a second end: the SDK's warning, nothing else
+            set_ok(span)  # after the end: ignored
+        else:
+            span.set_status(StatusCode.OK)
+            span.end()
+            span.end()
+            span.set_status(StatusCode.OK)
+        (finished,) = exporter.get_finished_spans()
+        exporter.clear()
+        assert finished.end_time is not None and finished.start_time is not None
+        with pytest.raises(TypeError):
+            finished.attributes["b"] = 2  # type: ignore[index]  # frozen once ended
+        outcomes.append((finished.name, finished.status.status_code, dict(finished.attributes or {})))
+    assert outcomes[0] == outcomes[1] == ("s", StatusCode.OK, {"a": 1})
+
+
+def test_end_span_of_a_span_that_is_not_the_sdks_ends_it() -> None:
+    from geode.runtime.instrumentation._fast_span import end_span, set_ok
+
+    span = NonRecordingSpan(SpanContext(1, 2, False))
+    set_ok(span)
+    end_span(span)
+    assert not span.is_recording()
