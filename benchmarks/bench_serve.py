@@ -4,7 +4,11 @@ Each server runs in its own process on loopback; this process is the load genera
 The program is a ``dspy.Predict("question -> answer")`` on ScriptedLM (no model time, so the figures
 are the serving overhead). Three servers, measured in the same run:
 
-- ``bare``: FastAPI + uvicorn, one endpoint awaiting ``program.acall`` under ``dspy.context``;
+- ``bare``: FastAPI + uvicorn, one endpoint awaiting ``program.acall`` under ``dspy.context``. It does
+  the request work Geode's server does for this request: Geode serves here without API keys on
+  loopback, so its auth check names the caller by the client's address (no rate limit, no token
+  budget), and so does the bare endpoint; the request sends no session, so neither reads or writes
+  one;
 - ``geode``: :func:`geode.runtime.serving.create_app`, tracing on (spans exported over OTLP/HTTP to a
   collector stub in a third process that answers 200);
 - ``geode, Phoenix down``: the same, exporting to a refused port;
@@ -18,7 +22,9 @@ are the serving overhead). Three servers, measured in the same run:
 
 For each: throughput, p50/p99 latency and the server's CPU time per request (every thread, the
 span export worker included) at 1, 8 and 64 concurrent clients, measured in interleaved rounds, then
-server RSS over 20,000 requests. Failed requests are reported by kind (status and error code, wrong
+server RSS over 20,000 requests. The run ends with the targets' verdicts (issue 19): Geode's CPU per
+request at most 1.25x the bare endpoint's at 1 and 8 clients with export on, and its memory growth
+at most 5 MB per 5,000 requests after the first quarter of the soak. Failed requests are reported by kind (status and error code, wrong
 answer, or the client's exception), and each server's output is kept in a log file for tracebacks.
 The machine's load average is printed with the figures: other jobs on a shared machine move them.
 
@@ -49,6 +55,9 @@ from pydantic import BaseModel, SecretStr
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+
+# At module level: FastAPI resolves the bare endpoint's annotations in this module's globals.
+from starlette.requests import Request
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
@@ -88,7 +97,10 @@ def serve_bare(port: int) -> None:
     app = FastAPI()
 
     @app.post("/programs/qa")
-    async def qa(body: Question) -> dict[str, Any]:
+    async def qa(body: Question, request: Request) -> dict[str, Any]:
+        # Geode's auth check without API keys: the caller is named by its address (Geode keys its
+        # cache namespace and run record by it; here it is only computed).
+        _caller = f"addr:{request.client.host if request.client else 'unknown'}"
         with dspy.context(lm=lm, disable_history=True):
             prediction = await program.acall(question=body.question)
         return {"outputs": {"answer": prediction.answer}}
@@ -171,12 +183,11 @@ def serve_sink(port: int) -> None:
     """An OTLP/HTTP collector stub: decodes every export and counts the spans (``GET /count``)."""
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
     from starlette.applications import Starlette
-    from starlette.requests import Request
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
     # Starlette, not FastAPI: FastAPI reads handler annotations, and under `from __future__ import
-    # annotations` a locally imported `Request` does not resolve (an earlier stub answered every
+    # annotations` a locally imported name does not resolve (an earlier stub answered every
     # export with 422, so "tracing on" never exported).
     received = {"exports": 0, "spans": 0}
 
@@ -412,7 +423,8 @@ def _measure(
                     progress.console.print(
                         f"{server.name}: {level} clients, {row['rps']:.0f} req/s, p50 {row['p50_ms']:.1f} ms, "
                         f"p99 {row['p99_ms']:.1f} ms, CPU {row['cpu_ms_per_request']:.2f} ms/request, "
-                        f"{row['errors']} errors {row['failures'] or ''}"
+                        f"{row['errors']} errors {row['failures'] or ''}",
+                        soft_wrap=True,
                     )
             task = progress.add_task(f"memory over {soak:,} requests", total=len(servers) * 4)
             for server in servers if soak_on else []:
@@ -481,6 +493,7 @@ def report(console: Console, results: dict[str, dict[str, Any]], soak: int) -> N
                 str(row["errors"]),
             )
     console.print(table)
+    _cpu_verdicts(console, results)
     if not all("rss_mb" in data for data in results.values()):
         console.print("(no memory soak: --no-soak)")
         return
@@ -492,6 +505,7 @@ def report(console: Console, results: dict[str, dict[str, Any]], soak: int) -> N
         memory.add_row(name, *(f"{v:.0f}" for v in rss), f"{rss[-1] - rss[1]:+.0f}", str(data["soak_errors"]))
     console.print(memory)
     console.print("growth = RSS at the end minus after the first quarter (allocator warm-up excluded)")
+    _memory_verdict(console, results, soak)
     console.print("CPU ms/req = the server process's CPU time (every thread) over the requests it answered")
     if "geode (tracing on)" in results and "geode (Phoenix down)" in results:
         on = results["geode (tracing on)"]
@@ -509,6 +523,44 @@ def report(console: Console, results: dict[str, dict[str, Any]], soak: int) -> N
             console.print(
                 f"{name}: failed requests {dict(failures)}; {data['log_tracebacks']} tracebacks in {data['log']}"
             )
+
+
+CPU_TARGET = 1.25
+"""Issue 19: Geode's CPU per request at most this many times the bare endpoint's, at 1 and 8 clients."""
+MEMORY_TARGET_MB = 5.0
+"""Issue 19: Geode's RSS growth per 5,000 requests after warm-up, at most."""
+GEODE = "geode (tracing on)"
+
+
+def _cpu_verdicts(console: Console, results: dict[str, dict[str, Any]]) -> None:
+    if GEODE not in results:
+        return
+    bare, geode = results["bare FastAPI"]["levels"], results[GEODE]["levels"]
+    for level in (1, 8):
+        if level not in geode or level not in bare:
+            continue
+        ours, theirs = geode[level]["cpu_ms_per_request"], bare[level]["cpu_ms_per_request"]
+        ratio = ours / theirs if theirs else float("inf")
+        console.print(
+            f"TARGET serving CPU per request <= {CPU_TARGET}x bare (clients {level}): "
+            f"{ours:.2f} ms vs {theirs:.2f} ms = {ratio:.2f}x -> {'MET' if ratio <= CPU_TARGET else 'NOT MET'}",
+            soft_wrap=True,  # one line whatever the terminal's width
+        )
+
+
+def _memory_verdict(console: Console, results: dict[str, dict[str, Any]], soak: int) -> None:
+    rss = results.get(GEODE, {}).get("rss_mb")
+    if not rss:
+        return
+    # Growth after the first quarter (warm-up) over the last three quarters of the soak.
+    measured = 3 * (soak // 4)
+    per_5000 = (rss[-1] - rss[1]) * 5000 / measured
+    console.print(
+        f"TARGET memory growth <= {MEMORY_TARGET_MB:g} MB per 5,000 requests after warm-up ({GEODE}, "
+        f"{soak:,} requests): {rss[-1] - rss[1]:+.1f} MB over {measured:,} = {per_5000:+.1f} MB per 5,000 "
+        f"-> {'MET' if per_5000 <= MEMORY_TARGET_MB else 'NOT MET'}",
+        soft_wrap=True,
+    )
 
 
 def main() -> None:

@@ -78,8 +78,7 @@ class BodyLimitMiddleware:
         if scope["type"] != "http" or scope.get("method") in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
-        headers = {k.lower(): v for k, v in scope.get("headers", [])}
-        declared = headers.get(b"content-length")
+        declared = _header(scope, b"content-length")
         if declared is not None:
             try:
                 size = int(declared)
@@ -152,6 +151,16 @@ class NoSniffMiddleware:
             await send(message)
 
         await self.app(scope, receive, marked)
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The last value of header ``name`` (lower case), without building a dict of every header."""
+    found: bytes | None = None
+    for key, value in scope.get("headers", ()):
+        # ASGI servers send names in lower case; an app called directly may not.
+        if key == name or key.lower() == name:
+            found = value
+    return found
 
 
 async def _reject(send: Send, status: int, code: str, message: str) -> None:
