@@ -21,12 +21,13 @@ import struct
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from opentelemetry.attributes import BoundedAttributes
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, Status
 
-__all__ = ["encode_request"]
+__all__ = ["attribute_dict", "encode_request"]
 
 _fixed64 = struct.Struct("<Q").pack
 _fixed32 = struct.Struct("<I").pack
@@ -47,6 +48,21 @@ _MAX_CACHED_PAIR_BYTES: Final = 4_000_000
 _pairs: dict[tuple[bytes, str, str], bytes] = {}
 """Encoded string ``KeyValue`` fields by (field tag, key, value), up to about 4 MB in all."""
 _pair_chars = 0
+
+
+def attribute_dict(span: ReadableSpan) -> Mapping[str, Any]:
+    """A finished span's attributes, for reading: the dict behind the SDK's mapping when there is one.
+
+    ``span.attributes`` is a read-only proxy of the SDK's ``BoundedAttributes``, an abstract-base-class
+    mapping whose iteration runs in Python (about 0.3 µs per attribute); the plain dict inside it holds
+    the same items in the same order. Nothing may write to what this returns.
+    """
+    stored = getattr(span, "_attributes", None)
+    if type(stored) is BoundedAttributes:
+        return stored._dict
+    if type(stored) is dict:
+        return stored
+    return span.attributes or {}
 
 
 def _varint(n: int) -> bytes:
@@ -207,7 +223,7 @@ def _span(span: ReadableSpan) -> bytes:
         out.append(b"\x39" + _fixed64(span.start_time))
     if span.end_time:
         out.append(b"\x41" + _fixed64(span.end_time))
-    out.append(_key_values(span.attributes, b"\x4a"))
+    out.append(_key_values(attribute_dict(span), b"\x4a"))
     if span.dropped_attributes:
         out.append(b"\x50" + _varint(span.dropped_attributes))
     out.extend(_event(event) for event in span.events)

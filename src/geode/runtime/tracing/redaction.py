@@ -17,6 +17,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.trace.status import Status
 
 from geode.errors import ConfigError
+from geode.runtime.tracing.otlp_proto import attribute_dict
 from geode.traces.vocab import GeodeAttributes, SpanAttributes
 
 __all__ = [
@@ -237,7 +238,7 @@ def _strings_of(span: ReadableSpan) -> tuple[str, int]:
     A separator no hint contains keeps a hint from forming across two values.
     """
     parts: list[str] = []
-    for attributes in (span.attributes, *(event.attributes for event in span.events)):
+    for attributes in (attribute_dict(span), *(event.attributes for event in span.events)):
         for value in (attributes or {}).values():
             if isinstance(value, str):
                 parts.append(value)
@@ -448,14 +449,14 @@ class SpanRedactor:
         if not (self._rewrites or span.events or span.status.description):
             # The common case (attributes only, secrets and length the only rules): look at each
             # string once, and copy nothing unless one of them changes.
-            if not self._changes_any(span.attributes):
+            if not self._changes_any(attribute_dict(span)):
                 return span
         text, longest = _strings_of(span)
         scan = may_hold_secret(text)
         if not (scan or self._rewrites or longest > self.max_attribute_length):
             return span  # nothing to hide, redact or cut: the common case, without copying anything
         outcome = _Outcome()
-        attributes = self._clean_attributes(span.attributes or {}, outcome, scan)
+        attributes = self._clean_attributes(attribute_dict(span), outcome, scan)
         events = [self._clean_event(event, outcome, scan) for event in span.events]
         status = span.status
         description = status.description

@@ -125,3 +125,16 @@ def test_lone_surrogates_become_replacement_marks_instead_of_a_broken_batch() ->
 def test_empty_batch() -> None:
     assert encode_request([]) == b""
     assert ExportTraceServiceRequest.FromString(b"") == _sdk([])
+
+
+def test_attribute_dict_reads_the_same_items_in_the_same_order() -> None:
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+
+    from geode.runtime.tracing.otlp_proto import attribute_dict
+
+    span = TracerProvider().get_tracer("t").start_span("s", attributes={"b": 1, "a": "x", "c": (1, 2)})
+    span.end()
+    assert list(attribute_dict(span).items()) == list((span.attributes or {}).items())
+    copied = ReadableSpan("r", attributes={"z": 1, "y": 2})
+    assert list(attribute_dict(copied).items()) == [("z", 1), ("y", 2)]
+    assert dict(attribute_dict(ReadableSpan("empty"))) == {}
