@@ -132,8 +132,10 @@ def test_attribute_dict_reads_the_same_items_in_the_same_order() -> None:
 
     from geode.runtime.tracing.otlp_proto import attribute_dict
 
-    span = TracerProvider().get_tracer("t").start_span("s", attributes={"b": 1, "a": "x", "c": (1, 2)})
-    span.end()
+    started = TracerProvider().get_tracer("t").start_span("s", attributes={"b": 1, "a": "x", "c": (1, 2)})
+    started.end()
+    assert isinstance(started, ReadableSpan)
+    span: ReadableSpan = started
     assert list(attribute_dict(span).items()) == list((span.attributes or {}).items())
     copied = ReadableSpan("r", attributes={"z": 1, "y": 2})
     assert list(attribute_dict(copied).items()) == [("z", 1), ("y", 2)]
