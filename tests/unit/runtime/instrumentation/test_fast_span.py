@@ -64,9 +64,8 @@ def test_not_sure_means_none() -> None:
     unsampled = SpanContext(1, 2, is_remote=False, trace_flags=TraceFlags(0))
     assert start_child(tracer, "s", remote, None) is None
     assert start_child(tracer, "s", unsampled, None) is None
-    assert (
-        start_child(tracer, "s", NonRecordingSpan(SpanContext(0, 0, False)).get_span_context(), None) is None
-    )
+    no_parent = NonRecordingSpan(SpanContext(0, 0, False)).get_span_context()
+    assert start_child(provider.get_tracer("t"), "s", no_parent, None) is None  # a root, not ALWAYS_ON
     assert start_child(trace.NoOpTracer(), "s", SpanContext(1, 2, False, TraceFlags(1)), None) is None
 
 
@@ -118,3 +117,24 @@ def test_end_span_of_a_span_that_is_not_the_sdks_ends_it() -> None:
     set_ok(span)
     end_span(span)
     assert not span.is_recording()
+
+
+def test_a_root_under_always_on_is_the_sdks_root() -> None:
+    provider = make_provider(TracingSettings.model_construct(sample_ratio=1.0))
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("t")
+    invalid = trace.INVALID_SPAN.get_span_context()
+    fast = start_child(tracer, "root", invalid, None)
+    assert fast is not None
+    fast.end()
+    tracer.start_span("root").end()
+    first, second = exporter.get_finished_spans()
+    assert first.parent is None and second.parent is None
+    assert first.context is not None and second.context is not None
+    assert first.context.trace_id != second.context.trace_id
+    assert first.context.trace_flags == second.context.trace_flags
+    assert first.context.trace_state == second.context.trace_state
+    assert (first.resource, first.instrumentation_scope) == (second.resource, second.instrumentation_scope)
+    ratio = make_provider(TracingSettings.model_construct(sample_ratio=0.5)).get_tracer("t")
+    assert start_child(ratio, "root", invalid, None) is None  # a ratio decides on the trace id
