@@ -7,7 +7,9 @@ tier's marker, or when its skip reason names the tier (``[tier X] ...``, from ``
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -16,8 +18,12 @@ import pytest
 from _pytest.reports import CollectReport, TestReport
 from tests.tiers import ENV, TIERS, parse_required, tier_of_reason
 
-# DSPy reads its cache location at import time; keep test runs out of the user's cache.
-os.environ.setdefault("DSPY_CACHEDIR", tempfile.mkdtemp(prefix="geode-dspy-cache-"))
+# DSPy reads its cache location at import time; keep test runs out of the user's cache, and leave no
+# folder behind in /tmp (each run made one: hundreds piled up). Child processes inherit the variable.
+if "DSPY_CACHEDIR" not in os.environ:
+    _dspy_cache_dir = tempfile.mkdtemp(prefix="geode-dspy-cache-")
+    os.environ["DSPY_CACHEDIR"] = _dspy_cache_dir
+    atexit.register(shutil.rmtree, _dspy_cache_dir, ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
