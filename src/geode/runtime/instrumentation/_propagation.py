@@ -11,6 +11,8 @@ worker threads (``dspy.asyncify``) copy the whole context already.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -65,9 +67,27 @@ class _Carried:
             otel_context.detach(token)
 
 
+def _runs_in_a_copied_context(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` is ``functools.partial(context.run, ...)``, as ``asyncio.to_thread`` submits it.
+
+    Such a task already runs in a copy of the submitter's whole context (OpenTelemetry's, the run
+    identity, the tracer and DSPy's call id are context variables), so wrapping it again would only
+    redo the same work.
+    """
+    if not isinstance(fn, functools.partial):
+        return False
+    bound: Any = fn.func
+    return (
+        type(getattr(bound, "__self__", None)) is contextvars.Context
+        and getattr(bound, "__name__", "") == "run"
+    )
+
+
 def _submit(self: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
     original = _original_submit
     assert original is not None
+    if _runs_in_a_copied_context(fn):
+        return original(self, fn, *args, **kwargs)
     context = otel_context.get_current()
     identity = current_run()
     call_id = _ACTIVE_CALL.get()

@@ -183,3 +183,35 @@ def test_separate_requests_are_separate_traces(traced: Traced) -> None:
         list(pool.map(request, [f"q{i}" for i in range(8)]))
     assert len(traced.trace_ids()) == 8
     assert all(len(root["children"]) == 1 for root in traced.tree())
+
+
+def test_to_thread_is_one_trace_and_not_wrapped_twice(traced: Traced) -> None:
+    # asyncio.to_thread already runs the task in a copy of the whole context; the submit hook leaves
+    # it as it is and the spans still land in the request's trace with its identity.
+    from geode.runtime.instrumentation import _propagation
+
+    program = FanOut()
+    tracer = traced.provider.get_tracer("app")
+    wrapped: list[bool] = []
+    original = ThreadPoolExecutor.submit
+
+    def spy(self: ThreadPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        wrapped.append(_propagation._runs_in_a_copied_context(fn))
+        return original(self, fn, *args, **kwargs)
+
+    async def main() -> None:
+        with (
+            tracer.start_as_current_span("request"),
+            run_identity(IDENTITY),
+            dspy.context(lm=traced.lm(_answer)),
+        ):
+            await asyncio.to_thread(program, question="q")
+
+    ThreadPoolExecutor.submit = spy
+    try:
+        asyncio.run(main())
+    finally:
+        ThreadPoolExecutor.submit = original
+    _assert_one_trace_with_identity(traced, expected_spans=6)
+    assert _children_of(traced, "request") == ["FanOut"]
+    assert wrapped and wrapped[0] is True
