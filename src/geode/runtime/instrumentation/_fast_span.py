@@ -29,7 +29,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import _Span
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased
-from opentelemetry.trace import Span, SpanContext, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 __all__ = ["end_span", "set_ok", "start_child"]
 
@@ -50,7 +50,14 @@ def _always_samples_local_children(sampler: Any) -> bool:
     return known
 
 
-def start_child(tracer: Any, name: str, parent: SpanContext, context: Context | None) -> Span | None:
+def start_child(
+    tracer: Any,
+    name: str,
+    parent: SpanContext,
+    context: Context | None,
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+) -> Span | None:
     """Start span ``name`` under ``parent`` (a root if it is invalid) as ``start_span`` would, or ``None``.
 
     Args:
@@ -58,6 +65,7 @@ def start_child(tracer: Any, name: str, parent: SpanContext, context: Context | 
         name: The span's name.
         parent: The parent span's context.
         context: The context ``start_span`` would have been given (handed to the processors).
+        kind: The span's kind.
     """
     if type(tracer) is not SdkTracer or not tracer._is_enabled():
         return None
@@ -93,6 +101,7 @@ def start_child(tracer: Any, name: str, parent: SpanContext, context: Context | 
         sampler=sampler,
         resource=tracer.resource,
         span_processor=tracer.span_processor,
+        kind=kind,
         instrumentation_info=tracer.instrumentation_info,
         limits=tracer._span_limits,
         instrumentation_scope=tracer._instrumentation_scope,

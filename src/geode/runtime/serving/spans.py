@@ -13,8 +13,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from opentelemetry import context as otel_context
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, Span, SpanKind, Status, StatusCode, Tracer
 
+from geode.runtime.instrumentation._fast_attributes import set_attributes
+from geode.runtime.instrumentation._fast_span import end_span, set_ok, start_child
 from geode.runtime.serving.calls import Call, Outcome, jsonable, visible_inputs
 from geode.runtime.serving.errors import describe
 from geode.traces.vocab import GeodeAttributes, OpenInferenceMimeTypeValues, SpanAttributes
@@ -41,12 +43,14 @@ def start_span(tracer: Tracer, call: Call, links: Sequence[Link] = ()) -> Span:
     if call.user_id:
         attrs[SpanAttributes.USER_ID] = call.user_id
     # A new root: the request's trace starts here, whatever trace context the caller sent.
+    fresh = otel_context.Context()
+    if not links:
+        span = start_child(tracer, call.hosted.name, INVALID_SPAN_CONTEXT, fresh, kind=SpanKind.SERVER)
+        if span is not None:
+            set_attributes(span, attrs)
+            return span
     return tracer.start_span(
-        call.hosted.name,
-        context=otel_context.Context(),
-        kind=SpanKind.SERVER,
-        attributes=attrs,
-        links=links,
+        call.hosted.name, context=fresh, kind=SpanKind.SERVER, attributes=attrs, links=links
     )
 
 
@@ -57,12 +61,17 @@ def finish_span(call: Call, outcome: Outcome | None, err: BaseException | None) 
         return
     with contextlib.suppress(Exception):
         if outcome is not None:
-            span.set_attribute(SpanAttributes.OUTPUT_VALUE, json.dumps(outcome.outputs, ensure_ascii=False))
-            span.set_attribute(SpanAttributes.OUTPUT_MIME_TYPE, OpenInferenceMimeTypeValues.JSON.value)
-            span.set_status(Status(StatusCode.OK))
+            set_attributes(
+                span,
+                {
+                    SpanAttributes.OUTPUT_VALUE: json.dumps(outcome.outputs, ensure_ascii=False),
+                    SpanAttributes.OUTPUT_MIME_TYPE: OpenInferenceMimeTypeValues.JSON.value,
+                },
+            )
+            set_ok(span)
         elif err is not None:
             code, message = describe(err)
             span.set_attribute(GeodeAttributes.SERVE_ERROR_CODE, code)
             span.record_exception(err)
             span.set_status(Status(StatusCode.ERROR, f"{code}: {message}"[:500]))
-    span.end()
+    end_span(span)

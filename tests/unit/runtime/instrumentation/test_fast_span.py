@@ -138,3 +138,13 @@ def test_a_root_under_always_on_is_the_sdks_root() -> None:
     assert (first.resource, first.instrumentation_scope) == (second.resource, second.instrumentation_scope)
     ratio = make_provider(TracingSettings.model_construct(sample_ratio=0.5)).get_tracer("t")
     assert start_child(ratio, "root", invalid, None) is None  # a ratio decides on the trace id
+
+
+def test_the_kind_is_the_one_asked_for() -> None:
+    from opentelemetry.trace import SpanKind
+
+    tracer = TracerProvider(sampler=ALWAYS_ON).get_tracer("t")
+    span = start_child(tracer, "served", trace.INVALID_SPAN.get_span_context(), None, kind=SpanKind.SERVER)
+    assert isinstance(span, ReadableSpan) and span.kind is SpanKind.SERVER
+    child = start_child(tracer, "c", span.get_span_context(), None)
+    assert isinstance(child, ReadableSpan) and child.kind is SpanKind.INTERNAL
