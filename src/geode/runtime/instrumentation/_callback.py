@@ -32,7 +32,7 @@ from opentelemetry.trace import Tracer
 from geode.errors import ToolTimeoutError
 from geode.runtime.instrumentation import _values
 from geode.runtime.instrumentation._fast_attributes import set_attributes
-from geode.runtime.instrumentation._fast_span import end_span, set_ok, start_child
+from geode.runtime.instrumentation._fast_span import end_span, open_span, set_ok
 from geode.runtime.instrumentation._module_facts import _describe_class, _ModuleClass, _Names, _signature_text
 from geode.runtime.instrumentation._open_spans import _Agent, _LMCapture, _Open
 from geode.runtime.instrumentation._span_attributes import (
@@ -173,12 +173,7 @@ class GeodeCallback(BaseCallback):
                 parent_context = trace.set_span_in_context(target)
                 under = target
         tracer = self._tracer(parent)
-        # The attributes go on after the start, past the SDK's per-value cleaning (see _fast_attributes);
-        # the sampler decides on the name and the parent, as Geode's own samplers do.
-        span = start_child(tracer, name, under.get_span_context(), parent_context)
-        if span is None:
-            span = tracer.start_span(name, context=parent_context)
-        set_attributes(span, attributes)
+        span = open_span(tracer, name, under.get_span_context(), parent_context, attributes)
         if parent is None:
             span_context = span.get_span_context()
             if span_context.is_valid:
@@ -257,18 +252,17 @@ class GeodeCallback(BaseCallback):
             agent.iteration = None
         if instance is agent.react:
             agent.iterations += 1
-            tracer = self._tracer(parent)
-            name = f"iteration {agent.iterations}"
-            context = trace.set_span_in_context(parent.span)
-            span = start_child(tracer, name, parent.span.get_span_context(), context)
-            if span is None:
-                span = tracer.start_span(name, context=context)
             attributes = dict(identity_attrs)
             attributes[_KIND] = _CHAIN
             attributes[GeodeAttributes.AGENT_ITERATION] = agent.iterations
             attributes[_PREDICTOR] = predictor or "react"
-            set_attributes(span, attributes)
-            agent.iteration = span
+            agent.iteration = open_span(
+                self._tracer(parent),
+                f"iteration {agent.iterations}",
+                parent.span.get_span_context(),
+                trace.set_span_in_context(parent.span),
+                attributes,
+            )
 
     def _module_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         info = self._class(type(instance))

@@ -21,6 +21,7 @@ tracer's end-of-span metrics. Anything else returns ``None`` and the caller uses
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from time import time_ns
 from typing import Any, Final
 
@@ -29,9 +30,11 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace import _Span
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased
-from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-__all__ = ["end_span", "set_ok", "start_child"]
+from geode.runtime.instrumentation._fast_attributes import set_attributes
+
+__all__ = ["end_span", "open_span", "set_ok", "start_child"]
 
 _SAMPLED: Final = int(trace.TraceFlags.SAMPLED)
 _RANDOM: Final = int(trace.TraceFlags.RANDOM_TRACE_ID)
@@ -108,6 +111,29 @@ def start_child(
         record_end_metrics=record_end_metrics,
     )
     span.start(parent_context=context)
+    return span
+
+
+def open_span(
+    tracer: Any,
+    name: str,
+    parent: SpanContext,
+    context: Context | None,
+    attributes: Mapping[str, Any],
+    *,
+    kind: SpanKind = SpanKind.INTERNAL,
+    links: Sequence[Link] = (),
+) -> Span:
+    """Start span ``name`` under ``parent`` (a root if it is invalid) with ``attributes``, always.
+
+    :func:`start_child` when it can (no links), ``tracer.start_span`` otherwise; the attributes go on
+    after the start, past the SDK's per-value cleaning (:func:`set_attributes`), so a sampler decides
+    on the name, kind and parent, as Geode's own samplers do.
+    """
+    span = None if links else start_child(tracer, name, parent, context, kind=kind)
+    if span is None:
+        span = tracer.start_span(name, context=context, kind=kind, links=links)
+    set_attributes(span, attributes)
     return span
 
 

@@ -16,7 +16,7 @@ from opentelemetry import context as otel_context
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, Link, Span, SpanKind, Status, StatusCode, Tracer
 
 from geode.runtime.instrumentation._fast_attributes import set_attributes
-from geode.runtime.instrumentation._fast_span import end_span, set_ok, start_child
+from geode.runtime.instrumentation._fast_span import end_span, open_span, set_ok
 from geode.runtime.serving.calls import Call, Outcome, jsonable, visible_inputs
 from geode.runtime.serving.errors import describe
 from geode.traces.vocab import GeodeAttributes, OpenInferenceMimeTypeValues, SpanAttributes
@@ -43,14 +43,14 @@ def start_span(tracer: Tracer, call: Call, links: Sequence[Link] = ()) -> Span:
     if call.user_id:
         attrs[SpanAttributes.USER_ID] = call.user_id
     # A new root: the request's trace starts here, whatever trace context the caller sent.
-    fresh = otel_context.Context()
-    if not links:
-        span = start_child(tracer, call.hosted.name, INVALID_SPAN_CONTEXT, fresh, kind=SpanKind.SERVER)
-        if span is not None:
-            set_attributes(span, attrs)
-            return span
-    return tracer.start_span(
-        call.hosted.name, context=fresh, kind=SpanKind.SERVER, attributes=attrs, links=links
+    return open_span(
+        tracer,
+        call.hosted.name,
+        INVALID_SPAN_CONTEXT,
+        otel_context.Context(),
+        attrs,
+        kind=SpanKind.SERVER,
+        links=links,
     )
 
 

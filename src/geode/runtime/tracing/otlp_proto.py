@@ -47,7 +47,7 @@ _MAX_CACHED_PAIR: Final = 8192
 _MAX_CACHED_PAIR_BYTES: Final = 4_000_000
 _pairs: dict[tuple[bytes, str, str], bytes] = {}
 """Encoded string ``KeyValue`` fields by (field tag, key, value), up to about 4 MB in all."""
-_pair_chars = 0
+_pair_bytes = 0
 
 
 def attribute_dict(span: ReadableSpan) -> Mapping[str, Any]:
@@ -132,32 +132,19 @@ def _key_values(attributes: Mapping[str, Any] | None, tag: bytes) -> bytes:
     """Repeated ``KeyValue`` fields under ``tag``; values that cannot be encoded are left out."""
     if not attributes:
         return b""
-    global _pair_chars
+    global _pair_bytes
     parts: list[bytes] = []
     pairs = _pairs
     for key, value in attributes.items():
-        if type(value) is str:  # the common case, inlined
+        text = type(value) is str  # the common case, inlined and remembered
+        if text:
             cached = pairs.get((tag, key, value))
             if cached is not None:
                 parts.append(cached)
                 continue
-            text = _text(value)
-            n = len(text)
-            inner = b"\x0a" + (_BYTE[n] if n < 0x80 else _varint(n)) + text
-            m = len(inner)
-            pair = _key(key) + b"\x12" + (_BYTE[m] if m < 0x80 else _varint(m)) + inner
-            k = len(pair)
-            encoded = tag + (_BYTE[k] if k < 0x80 else _varint(k)) + pair
-            parts.append(encoded)
-            if k <= _MAX_CACHED_PAIR:
-                # Most string attributes recur span after span (kinds, names, roles, a signature's
-                # system prompt, invocation parameters): encode each once.
-                _pair_chars += k
-                if len(pairs) >= _MAX_CACHED_PAIRS or _pair_chars > _MAX_CACHED_PAIR_BYTES:
-                    pairs.clear()
-                    _pair_chars = k
-                pairs[(tag, key, value)] = encoded
-            continue
+            raw = _text(value)
+            n = len(raw)
+            inner = b"\x0a" + (_BYTE[n] if n < 0x80 else _varint(n)) + raw
         else:
             encoded = _any_value(value)
             if encoded is None:
@@ -166,7 +153,16 @@ def _key_values(attributes: Mapping[str, Any] | None, tag: bytes) -> bytes:
         m = len(inner)
         pair = _key(key) + b"\x12" + (_BYTE[m] if m < 0x80 else _varint(m)) + inner
         k = len(pair)
-        parts.append(tag + (_BYTE[k] if k < 0x80 else _varint(k)) + pair)
+        field = tag + (_BYTE[k] if k < 0x80 else _varint(k)) + pair
+        parts.append(field)
+        if text and k <= _MAX_CACHED_PAIR:
+            # Most string attributes recur span after span (kinds, names, roles, a signature's
+            # system prompt, invocation parameters): encode each once.
+            _pair_bytes += k
+            if len(pairs) >= _MAX_CACHED_PAIRS or _pair_bytes > _MAX_CACHED_PAIR_BYTES:
+                pairs.clear()
+                _pair_bytes = k
+            pairs[(tag, key, value)] = field
     return b"".join(parts)
 
 

@@ -210,26 +210,25 @@ def may_hold_secret(text: str) -> bool:
         >>> may_hold_secret("the answer is 4"), may_hold_secret("Authorization: Bearer abc")
         (False, True)
     """
-    for hint in _CASED_HINTS:
-        if hint in text:
-            return True
+    patterns, names = _hints(text)
+    return patterns or names
+
+
+def _hints(text: str) -> tuple[bool, bool]:
+    """Whether ``text`` may match :data:`SECRET_PATTERNS`, and whether it may hold a secret ``name=value``."""
+    # Plain loops of `in` tests: CPython's substring search beats one regular expression of the
+    # alternatives, and a loop beats any() over a generator on every string of every span.
     lower = text.lower()
-    return "bearer" in lower or _name_hint(lower)
-
-
-def _pattern_hint(text: str) -> bool:
-    # Plain `in` tests: CPython's substring search beats one regular expression of the alternatives.
-    for hint in _CASED_HINTS:
-        if hint in text:
-            return True
-    return "bearer" in text.lower()
-
-
-def _name_hint(lower: str) -> bool:
+    patterns = "bearer" in lower
+    if not patterns:
+        for hint in _CASED_HINTS:
+            if hint in text:
+                patterns = True
+                break
     for hint in NAME_VALUE_HINTS:
         if hint in lower:
-            return True
-    return False
+            return patterns, True
+    return patterns, False
 
 
 def _strings_of(span: ReadableSpan) -> tuple[str, int]:
@@ -316,8 +315,7 @@ class SpanRedactor:
             # Per string: a span is scanned when any of its strings holds a hint (an LLM span's
             # `max_tokens` does), but only the strings holding one can match; a long prompt beside
             # them is not run through the patterns (0.5 µs per character).
-            names = _name_hint(text.lower())
-            scan = _pattern_hint(text)
+            scan, names = _hints(text)
         for pattern in self._patterns if scan else self._patterns[1:]:
             text = pattern.sub(REDACTED, text)
         if names:
