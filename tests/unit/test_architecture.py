@@ -61,6 +61,9 @@ DYNAMIC_IMPORTS: dict[str, str] = {
     "cli/__init__.py": "loads only the module of the command being run (its _COMMANDS table)",
     "refs.py": "resolves a user's 'module:attribute' program reference: the user's code, not Geode's",
     "runtime/finetune/__init__.py": "lazy exports, so importing finetune does not import the training stack",
+    "runtime/registry/__init__.py": (
+        "lazy exports (its _EXPORTS table), so ServedProgram does not import the state database"
+    ),
 }
 
 # Files other than runtime/settings.py that touch os.environ, and why.

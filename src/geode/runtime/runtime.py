@@ -18,10 +18,8 @@ import dspy
 from geode.errors import InputError
 from geode.runtime.dspy_errors import DSPY_ERRORS, translate_dspy_error
 from geode.runtime.programs import ProgramRef, ResolvedProgram, resolve
-from geode.runtime.registry import ActivePrograms, ProgramRegistry, ServedProgram
-from geode.runtime.registry_trust import registry_key
+from geode.runtime.registry.active import ActivePrograms, ServedProgram
 from geode.runtime.settings import Settings
-from geode.runtime.state import SqlState, open_state
 from geode.traces.context import RunIdentity, capture_trace_ids, run_identity
 
 if TYPE_CHECKING:
@@ -29,6 +27,10 @@ if TYPE_CHECKING:
 
     from geode.retrieval import Embedder, Retriever, Store
     from geode.runtime.feedback import FeedbackOutbox, FeedbackReceipt
+
+    # The registry and the state database import SQLAlchemy (0.11 s): loaded when first opened.
+    from geode.runtime.registry.promotion import ProgramRegistry
+    from geode.runtime.state import SqlState
     from geode.runtime.tracing import RuntimeTracing, TracingPipeline
 
 __all__ = ["Runtime", "trace_id_of"]
@@ -210,6 +212,8 @@ class Runtime:
         ``GEODE_STATE_URL`` (PostgreSQL for replicas on several hosts), else ``<home>/state.db``;
         opened and migrated once per process.
         """
+        from geode.runtime.state import open_state
+
         cfg = self.settings.state
         return open_state(self.settings.state_url, schema_name=cfg.schema_name, poll_s=cfg.poll_s)
 
@@ -219,6 +223,9 @@ class Runtime:
         if self._registry is None:
             with self._lock:
                 if self._registry is None:
+                    from geode.runtime.registry.promotion import ProgramRegistry
+                    from geode.runtime.registry_trust import registry_key
+
                     self._registry = ProgramRegistry(
                         self.settings.programs_dir,
                         state=self.state,
@@ -233,15 +240,32 @@ class Runtime:
         version's state (loaded into a copy of the module, reloaded when the active pointer changes;
         if it fails to load, the version served before keeps serving). A ``dspy.Module`` passed
         directly is served as given.
+
+        Until a registry exists here (a state URL, ``<home>/state.db`` or the programs folder), the
+        base program serves without opening one: asked again on every call, so a version promoted
+        later by another process is still seen.
         """
         resolved = self.resolve(program)
         if not isinstance(program, str):
+            return ServedProgram(resolved.name, resolved.module, None)
+        if self._active is None and self._registry is None and not self._may_have_versions():
+            # Opening the registry would import SQLAlchemy and create the state database and a
+            # signing key just to learn that nothing is registered: most of `geode run`'s start-up.
             return ServedProgram(resolved.name, resolved.module, None)
         if self._active is None:
             with self._lock:
                 if self._active is None:
                     self._active = ActivePrograms(self.registry, lm_loader=self.artifact_lm)
         return self._active.get(resolved)
+
+    def _may_have_versions(self) -> bool:
+        """Whether a registry may hold an active version: anything but "no registry here at all"."""
+        settings = self.settings
+        return (
+            settings.state.url is not None
+            or (settings.home / "state.db").exists()
+            or settings.programs_dir.exists()
+        )
 
     def artifact_lm(self, artifact_id: str) -> dspy.BaseLM:
         """The embedded LM on a stored LM artifact's weights (loaded once per artifact, with ``settings.lm``).

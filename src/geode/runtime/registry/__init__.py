@@ -32,19 +32,30 @@ format: checksum, MAC, validation), ``store`` (version files: save, list, load, 
 
 from __future__ import annotations
 
-# The `X as X` imports keep names importable by this path that are not API: the file format's
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Names load on first use (PEP 562): `ServedProgram` and `ActivePrograms` must not pull in the
+# promotion module, the state database and SQLAlchemy (0.11 s) for a `geode run` with nothing
+# registered. The private names keep importable by this path what is not API: the file format's
 # constants, and the helpers the demo (atomic writes) and the tests (hashing) import from here.
-from geode.runtime.registry.active import ActivePrograms, RoutedVersion, ServedProgram
-from geode.runtime.registry.files import MAX_FILE_BYTES as MAX_FILE_BYTES
-from geode.runtime.registry.files import _atomic_write as _atomic_write
-from geode.runtime.registry.files import _canonical as _canonical
-from geode.runtime.registry.files import _sha256 as _sha256
-from geode.runtime.registry.files import is_pickle
-from geode.runtime.registry.promotion import ProgramRegistry
-from geode.runtime.registry.records import PromotionEvent, Score, VersionInfo
-from geode.runtime.registry.states import program_version
-from geode.runtime.registry.version_file import FORMAT as FORMAT
-from geode.runtime.registry.version_file import FORMAT_VERSION as FORMAT_VERSION
+_EXPORTS: dict[str, str] = {
+    "ActivePrograms": "geode.runtime.registry.active",
+    "RoutedVersion": "geode.runtime.registry.active",
+    "ServedProgram": "geode.runtime.registry.active",
+    "MAX_FILE_BYTES": "geode.runtime.registry.files",
+    "_atomic_write": "geode.runtime.registry.files",
+    "_canonical": "geode.runtime.registry.files",
+    "_sha256": "geode.runtime.registry.files",
+    "is_pickle": "geode.runtime.registry.files",
+    "ProgramRegistry": "geode.runtime.registry.promotion",
+    "PromotionEvent": "geode.runtime.registry.records",
+    "Score": "geode.runtime.registry.records",
+    "VersionInfo": "geode.runtime.registry.records",
+    "program_version": "geode.runtime.registry.states",
+    "FORMAT": "geode.runtime.registry.version_file",
+    "FORMAT_VERSION": "geode.runtime.registry.version_file",
+}
 
 __all__ = [
     "ActivePrograms",
@@ -57,3 +68,29 @@ __all__ = [
     "is_pickle",
     "program_version",
 ]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time names load on first use
+    from geode.runtime.registry.active import ActivePrograms, RoutedVersion, ServedProgram
+    from geode.runtime.registry.files import MAX_FILE_BYTES as MAX_FILE_BYTES
+    from geode.runtime.registry.files import _atomic_write as _atomic_write
+    from geode.runtime.registry.files import _canonical as _canonical
+    from geode.runtime.registry.files import _sha256 as _sha256
+    from geode.runtime.registry.files import is_pickle
+    from geode.runtime.registry.promotion import ProgramRegistry
+    from geode.runtime.registry.records import PromotionEvent, Score, VersionInfo
+    from geode.runtime.registry.states import program_version
+    from geode.runtime.registry.version_file import FORMAT as FORMAT
+    from geode.runtime.registry.version_file import FORMAT_VERSION as FORMAT_VERSION
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

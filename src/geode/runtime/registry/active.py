@@ -11,12 +11,17 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dspy
 
 from geode.errors import GeodeError, ProgramLoadError, VersionError
 from geode.runtime.programs import ResolvedProgram
-from geode.runtime.registry.promotion import ProgramRegistry
+
+if TYPE_CHECKING:
+    # For types only: importing the registry imports the state database (SQLAlchemy), which a
+    # `geode run` with nothing registered never opens (see Runtime.serve).
+    from geode.runtime.registry.promotion import ProgramRegistry
 
 logger = logging.getLogger(__name__)
 
