@@ -10,12 +10,18 @@ start-up cost alone:
 * ``import dspy`` + llama.cpp (anchor): ``import dspy``, ``import llama_cpp``, ``Llama(...)`` on the same
   model: what any DSPy program on llama.cpp pays before its model loads.
 
+* ``geode run``, registered (``--registered``): the same command in a folder whose Geode home holds a
+  promoted version of the program (saved and promoted once before timing, as ``geode compile`` and
+  ``geode promote`` would), so the run opens the state database, reads the active pointer and loads
+  the version before the model.
+
 Target: ours <= 1.2 x the anchor at load start. Runs alternate between the sides; medians are shown.
 Both sides run with ``OMP_WAIT_POLICY=PASSIVE`` (what ``LocalLM`` sets). ``--importtime`` adds the
-slowest imports of one ``geode run`` start under ``python -X importtime``.
+slowest imports of one ``geode run`` start under ``python -X importtime`` (of the registered run too
+with ``--registered``).
 
     flock /tmp/geode-cpu.lock .venv/bin/python benchmarks/bench_cli_start.py            # 7 runs per side
-    flock /tmp/geode-cpu.lock .venv/bin/python benchmarks/bench_cli_start.py --importtime
+    flock /tmp/geode-cpu.lock .venv/bin/python benchmarks/bench_cli_start.py --registered --importtime
 """
 
 from __future__ import annotations
@@ -87,19 +93,50 @@ llama_cpp.Llama(model_path=path, n_ctx=4096, n_threads=n, n_threads_batch=n, fla
 """
 )
 
-SIDES = {"geode run (ours)": OURS, "import dspy + llama.cpp (anchor)": ANCHOR}
+# Run once, untimed, in the registered side's folder: a version of the program (its state with one
+# demo, so loading it changes the prompt) saved in the default home (.geode) and promoted.
+REGISTER = """
+import dspy
+from geode.runtime.programs import resolve
+from geode.runtime.runtime import Runtime
+from geode.runtime.settings import Settings
+ref = "geode.examples.qa:program"
+module = resolve(ref).module.deepcopy()
+module.answer.demos = [dspy.Example(context="Paris is the capital of France.",
+                                    question="What is the capital of France?", answer="Paris")]
+with Runtime(Settings(tracing={"enabled": False})) as rt:
+    version = rt.registry.save(resolve(ref).name, module).version
+    rt.registry.promote(resolve(ref).name, version, force=True)
+    assert rt.serve(ref).version == version
+"""
+
+OURS_NAME, REGISTERED_NAME, ANCHOR_NAME = (
+    "geode run (ours)",
+    "geode run, registered (ours)",
+    "import dspy + llama.cpp (anchor)",
+)
 
 
-def _run(code: str, *flags: str) -> tuple[dict[str, float], str]:
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    # An empty working folder: no Geode home (.geode) with a Phoenix to export to or programs to read.
-    with tempfile.TemporaryDirectory(prefix="geode-start-") as cwd:
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def _register(cwd: str) -> None:
+    subprocess.run(
+        [sys.executable, "-c", REGISTER], env=_env(), cwd=cwd, check=True, timeout=300, capture_output=True
+    )
+
+
+def _run(code: str, *flags: str, cwd: str | None = None) -> tuple[dict[str, float], str]:
+    # By default an empty working folder: no Geode home (.geode) with a Phoenix to export to or programs
+    # to read. The registered side passes its prepared folder.
+    with tempfile.TemporaryDirectory(prefix="geode-start-") as empty:
         done = subprocess.run(
             [sys.executable, *flags, "-c", code],
             capture_output=True,
             text=True,
-            env=env,
-            cwd=cwd,
+            env=_env(),
+            cwd=cwd or empty,
             check=False,
             timeout=300,
         )
@@ -126,15 +163,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=7, help="runs per side")
     parser.add_argument("--importtime", action="store_true", help="also list geode run's slowest imports")
+    parser.add_argument(
+        "--registered",
+        action="store_true",
+        help="also time geode run on a program with a promoted version (opens the state database)",
+    )
     options = parser.parse_args()
     console = Console()
-    load_before = os.getloadavg()
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in SIDES}
-    for i in range(options.runs):
-        order = list(SIDES) if i % 2 == 0 else list(reversed(SIDES))
-        for name in order:
-            results[name].append(_run(SIDES[name])[0])
-    load_after = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="geode-start-registered-") as registered:
+        folders: dict[str, str | None] = {OURS_NAME: None, ANCHOR_NAME: None}
+        if options.registered:
+            _register(registered)
+            folders = {OURS_NAME: None, REGISTERED_NAME: registered, ANCHOR_NAME: None}
+        load_before = os.getloadavg()
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in folders}
+        for i in range(options.runs):
+            order = list(folders) if i % 2 == 0 else list(reversed(folders))
+            for name in order:
+                code = ANCHOR if name == ANCHOR_NAME else OURS
+                results[name].append(_run(code, cwd=folders[name])[0])
+        load_after = os.getloadavg()
+        imports = {
+            name: _run(OURS, "-X", "importtime", cwd=folders[name])[1]
+            for name in folders
+            if options.importtime and name != ANCHOR_NAME
+        }
 
     table = Table(title=f"Process start to model load, median of {options.runs} fresh processes (s)")
     for column in ("path", "load start", "load start min-max", "CPU s to load start", "load end"):
@@ -151,23 +204,23 @@ def main() -> None:
             f"{statistics.median(r['load_end'] for r in runs):.2f}",
         )
     console.print(table)
-    ours, anchor = (medians[name] for name in SIDES)
-    for what, index in (("wall time", 0), ("CPU time", 1)):
-        ratio = ours[index] / anchor[index]
-        verdict = "met" if ratio <= TARGET else "NOT met"
-        console.print(
-            f"geode run / anchor to load start, {what}: {ratio:.2f} (target <= {TARGET}: {verdict})"
-        )
+    anchor = medians[ANCHOR_NAME]
+    for name in (n for n in folders if n != ANCHOR_NAME):
+        for what, index in (("wall time", 0), ("CPU time", 1)):
+            ratio = medians[name][index] / anchor[index]
+            verdict = "met" if ratio <= TARGET else "NOT met"
+            console.print(
+                f"{name} / anchor to load start, {what}: {ratio:.2f} (target <= {TARGET}: {verdict})"
+            )
     console.print(
         "load average before {:.2f} {:.2f} {:.2f}, after {:.2f} {:.2f} {:.2f}".format(
             *load_before, *load_after
         )
     )
-    if options.importtime:
-        _, stderr = _run(OURS, "-X", "importtime")
-        console.print("slowest imports of one `geode run` start (cumulative s, -X importtime):")
-        for seconds, name in _slowest_imports(stderr, 25):
-            console.print(f"  {seconds:6.3f}  {name}")
+    for name, stderr in imports.items():
+        console.print(f"slowest imports of one {name} start (cumulative s, -X importtime):")
+        for seconds, module in _slowest_imports(stderr, 25):
+            console.print(f"  {seconds:6.3f}  {module}")
 
 
 if __name__ == "__main__":
