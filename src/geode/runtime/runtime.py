@@ -261,11 +261,15 @@ class Runtime:
     def _may_have_versions(self) -> bool:
         """Whether a registry may hold an active version: anything but "no registry here at all"."""
         settings = self.settings
-        return (
-            settings.state.url is not None
-            or (settings.home / "state.db").exists()
-            or settings.programs_dir.exists()
-        )
+        try:
+            return (
+                settings.state.url is not None
+                or (settings.home / "state.db").exists()
+                or settings.programs_dir.exists()
+            )
+        except OSError:
+            # A home that cannot be looked into: opening the registry reports it as it always did.
+            return True
 
     def artifact_lm(self, artifact_id: str) -> dspy.BaseLM:
         """The embedded LM on a stored LM artifact's weights (loaded once per artifact, with ``settings.lm``).
