@@ -9,9 +9,11 @@ so :func:`set_attributes` stores them directly when
 - the span is the SDK's recording span, not ended;
 - its attributes have no value-length limit (Geode's provider sets none: the export path truncates)
   and room for all of them under the count limit;
-- every key is a non-empty ``str`` and every value's type is exactly one of those four.
+- every key is a non-empty ``str`` and every value's type is exactly one of those four, or a
+  ``tuple`` of ``str`` (a program's aliases, on every span of a served run): the SDK turns a sequence
+  into a tuple of its cleaned items, which for a tuple of strings is an equal tuple.
 
-Anything else (a user's ``geode_span_attributes``, a tuple, a span from another SDK, a limit set by
+Anything else (a user's ``geode_span_attributes``, a list, a tuple of anything but strings, a span from another SDK, a limit set by
 ``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT``) goes through ``span.set_attributes``, the SDK's own path:
 the stored attributes are the same either way (``tests/unit/runtime/instrumentation`` compares them).
 """
@@ -31,7 +33,10 @@ _PLAIN: Final = frozenset({str, bool, int, float})
 
 def _plain(attributes: Mapping[str, Any]) -> bool:
     for key, value in attributes.items():
-        if type(value) not in _PLAIN or type(key) is not str or not key:
+        if type(key) is not str or not key:
+            return False
+        kind = type(value)
+        if kind not in _PLAIN and not (kind is tuple and all(type(item) is str for item in value)):
             return False
     return True
 

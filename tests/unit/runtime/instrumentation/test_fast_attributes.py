@@ -32,7 +32,10 @@ def _sdk(span: Span, attributes: dict[str, Any]) -> None:
     [
         (PLAIN,),
         (PLAIN, {"a": "again", "f": 2}),  # a re-set key moves last, as in the SDK
-        ({"t": ("x", "y")}, PLAIN),  # a tuple: the SDK's path
+        ({"t": ("x", "y")}, PLAIN),  # a tuple of strings: stored as the SDK stores it
+        ({"t": ()}, PLAIN),
+        ({"t": ("x", 1)}, PLAIN),  # a mixed tuple: the SDK's path (it drops the value)
+        ({"t": ["x", "y"]}, PLAIN),  # a list: the SDK's path (it stores a tuple)
         ({"n": None, "o": object()}, PLAIN),  # values the SDK drops or turns into text
         ({"": "empty key"}, PLAIN),
     ],
@@ -42,6 +45,11 @@ def test_same_attributes_in_the_same_order_as_the_sdk(batches: tuple[dict[str, A
     sdk = _stored(_sdk, *batches)
     assert fast == sdk
     assert list(fast) == list(sdk)
+
+
+def test_a_tuple_of_strings_is_stored_as_the_same_tuple() -> None:
+    fast = _stored(set_attributes, {"aliases": ("qa", "ask")})
+    assert fast == {"aliases": ("qa", "ask")} and type(fast["aliases"]) is tuple
 
 
 def test_limits_send_values_through_the_sdk() -> None:
