@@ -59,6 +59,36 @@ def test_run_returns_outputs_trace_id_and_version(
     assert {s.attributes.get(SpanAttributes.OPENINFERENCE_SPAN_KIND) for s in spans} >= {"CHAIN", "LLM"}
 
 
+def test_program_routes_match_first_and_the_document_keeps_the_order_routes_were_added(
+    make_client: AppFactory,
+) -> None:
+    client, app = make_client()
+
+    @app.get("/added-later")
+    async def added_later() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    paths = [str(getattr(route, "path", "")) for route in app.routes]
+    assert paths[:2] == ["/programs/qa", "/programs/qa/stream"]
+    documented = list(client.get("/openapi.json").json()["paths"])
+    assert documented == [
+        "/health",
+        "/ready",
+        "/metrics",
+        "/programs",
+        "/feedback",
+        "/sessions/{session_id}",
+        "/programs/qa",
+        "/programs/qa/stream",
+        "/added-later",
+    ]
+    # The same routes answer as before: a wrong method on a program's path, an operation route.
+    assert client.get("/programs/qa").status_code == 405
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/added-later").json() == {"ok": "yes"}
+    assert [str(getattr(route, "path", "")) for route in app.routes] == paths
+
+
 def test_openapi_has_generated_models(make_client: AppFactory) -> None:
     client, _ = make_client()
     doc = client.get("/openapi.json").json()
