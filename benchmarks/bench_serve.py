@@ -242,6 +242,14 @@ class Server:
         times = psutil.Process(self.process.pid).cpu_times()
         return times.user + times.system
 
+    @property
+    def loop_cpu_s(self) -> float:
+        """CPU time of the server's main thread so far: uvicorn's event loop, where requests are handled."""
+        for thread in psutil.Process(self.process.pid).threads():
+            if thread.id == self.process.pid:
+                return thread.user_time + thread.system_time
+        return 0.0
+
 
 def start(name: str, *args: str, logs: Path) -> Server:
     port = free_port()
@@ -330,14 +338,16 @@ class Level:
 
     run: Run = field(default_factory=Run)
     cpu_s: float = 0.0
+    loop_cpu_s: float = 0.0
     requests: int = 0
 
-    def add(self, run: Run, cpu_s: float, requests: int) -> None:
+    def add(self, run: Run, cpu_s: float, requests: int, loop_cpu_s: float = 0.0) -> None:
         self.run.latencies_ms += run.latencies_ms
         self.run.errors += run.errors
         self.run.failures.update(run.failures)
         self.run.seconds += run.seconds
         self.cpu_s += cpu_s
+        self.loop_cpu_s += loop_cpu_s
         self.requests += requests
 
     def row(self) -> dict[str, Any]:
@@ -346,6 +356,9 @@ class Level:
             "p99_ms": self.run.pct(0.99),
             "rps": self.run.throughput,
             "cpu_ms_per_request": 1000 * self.cpu_s / max(self.requests, 1),
+            # The event loop's thread alone; the rest is the other threads (DSPy's worker threads
+            # for the LM call, and Geode's span export and run index writers).
+            "loop_cpu_ms_per_request": 1000 * self.loop_cpu_s / max(self.requests, 1),
             "errors": self.run.errors,
             "failures": dict(self.run.failures),
         }
@@ -410,12 +423,14 @@ def _measure(
                     # jobs on the machine hit every server alike.
                     turn = round_ % len(servers)
                     for server in servers[turn:] + servers[:turn]:
-                        before = server.cpu_s
+                        before, loop_before = server.cpu_s, server.loop_cpu_s
                         count = total // rounds
                         run = asyncio.run(load(server.url, level, count, offset=round_ * 1_000_000))
                         # The export worker sends every 0.5 s: its CPU for this run's spans counts too.
                         time.sleep(0.6)
-                        levels[server.name].add(run, server.cpu_s - before, count)
+                        levels[server.name].add(
+                            run, server.cpu_s - before, count, server.loop_cpu_s - loop_before
+                        )
                         progress.advance(task)
                 for server in servers:
                     row = results[server.name]["levels"][level] = levels[server.name].row()
@@ -476,7 +491,17 @@ def _spans_dropped(url: str) -> dict[str, float]:
 def report(console: Console, results: dict[str, dict[str, Any]], soak: int) -> None:
     bare = results["bare FastAPI"]["levels"]
     table = Table(title="Serving a Predict program on ScriptedLM (loopback, client in a separate process)")
-    columns = ("server", "clients", "req/s", "p50 ms", "p99 ms", "p50 vs bare", "CPU ms/req", "errors")
+    columns = (
+        "server",
+        "clients",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "p50 vs bare",
+        "CPU ms/req",
+        "of it, loop thread",
+        "errors",
+    )
     for column in columns:
         table.add_column(column, justify="left" if column == "server" else "right")
     for name, data in results.items():
@@ -490,9 +515,15 @@ def report(console: Console, results: dict[str, dict[str, Any]], soak: int) -> N
                 f"{row['p99_ms']:.1f}",
                 f"{ratio:.2f}x",
                 f"{row['cpu_ms_per_request']:.2f}",
+                f"{row.get('loop_cpu_ms_per_request', 0.0):.2f}",
                 str(row["errors"]),
             )
     console.print(table)
+    console.print(
+        "CPU ms/req = the server process's CPU time (every thread) over the requests it answered; "
+        "loop thread = its main thread alone (uvicorn's event loop: routing, the program, Geode's "
+        "request work and spans); the rest is DSPy's worker threads and Geode's export and run index writers"
+    )
     _cpu_verdicts(console, results)
     if not all("rss_mb" in data for data in results.values()):
         console.print("(no memory soak: --no-soak)")
@@ -506,7 +537,6 @@ def report(console: Console, results: dict[str, dict[str, Any]], soak: int) -> N
     console.print(memory)
     console.print("growth = RSS at the end minus after the first quarter (allocator warm-up excluded)")
     _memory_verdict(console, results, soak)
-    console.print("CPU ms/req = the server process's CPU time (every thread) over the requests it answered")
     if "geode (tracing on)" in results and "geode (Phoenix down)" in results:
         on = results["geode (tracing on)"]
         console.print(
