@@ -264,7 +264,7 @@ class Runtime:
         try:
             return (
                 settings.state.url is not None
-                or (settings.home / "state.db").exists()
+                or settings.state_file.exists()
                 or settings.programs_dir.exists()
             )
         except OSError:

@@ -333,7 +333,12 @@ class Settings(BaseSettings):
         """The state database's URL: ``GEODE_STATE_URL``, else the SQLite file ``<home>/state.db``."""
         if self.state.url is not None:
             return self.state.url.get_secret_value()
-        return f"sqlite:///{(self.home / 'state.db').resolve()}"
+        return f"sqlite:///{self.state_file.resolve()}"
+
+    @property
+    def state_file(self) -> Path:
+        """Where the state database lives when ``GEODE_STATE_URL`` is not set: ``<home>/state.db``."""
+        return self.home / "state.db"
 
     @property
     def reports_dir(self) -> Path:
