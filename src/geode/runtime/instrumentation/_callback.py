@@ -159,19 +159,12 @@ class GeodeCallback(BaseCallback):
     ) -> _Open:
         """Start a span under the right parent, make it current, and remember it as ``call_id``."""
         current = trace.get_current_span()
-        parent_context = None
         under = current
-        if parent is not None:
-            target = parent.parent_span()
-            if current is parent.span:
-                # The caller's span is current; only an open ReAct iteration changes the parent.
-                if target is not current:
-                    parent_context = trace.set_span_in_context(target)
-                    under = target
-            elif not current.get_span_context().is_valid:
-                # No OpenTelemetry context came along (a DSPy worker thread): parent explicitly.
-                parent_context = trace.set_span_in_context(target)
-                under = target
+        if parent is not None and (current is parent.span or not current.get_span_context().is_valid):
+            # The caller's span is current, and only an open ReAct iteration changes the parent; or
+            # no OpenTelemetry context came along (a DSPy worker thread): parent explicitly.
+            under = parent.parent_span()
+        parent_context = None if under is current else trace.set_span_in_context(under)
         tracer = self._tracer(parent)
         span = open_span(tracer, name, under.get_span_context(), parent_context, attributes)
         if parent is None:

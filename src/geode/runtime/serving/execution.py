@@ -101,7 +101,9 @@ def _dspy_settings(call: Call, runtime: Runtime, guard: AbandonedRunGuard) -> di
     values.update(cache_namespace_values(call.caller, ensure=bool(getattr(lm, "cache", True))))
     # Without Geode's instrumentation the runtime sets no callbacks: the ones in effect stay, after the guard.
     callbacks = values.get("callbacks")
-    values["callbacks"] = [guard, *(dspy.settings.get("callbacks") or [] if callbacks is None else callbacks)]
+    if callbacks is None:
+        callbacks = dspy.settings.get("callbacks") or []
+    values["callbacks"] = [guard, *callbacks]
     return values
 
 
