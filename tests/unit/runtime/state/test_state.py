@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -290,3 +292,30 @@ def test_a_version_1_database_is_migrated_to_the_current_schema(url: str) -> Non
         assert conn.execute(sa.select(sa.func.count()).select_from(tables.versions)).scalar() == 0
         assert conn.execute(sa.select(sa.func.count()).select_from(tables.routes)).scalar() == 0
     assert SCHEMA_VERSION == 3
+
+
+_SQLITE_ONLY = """
+import json, sys
+from geode.runtime.state import SqlState, sqlite_url
+from geode.runtime.state.schema import tables
+from pathlib import Path
+state = SqlState(sqlite_url(Path(sys.argv[1])))
+with state.write() as conn:
+    conn.execute(state.upsert(tables.meta, {"key": "probe", "value": "1"}, "key"))
+    conn.execute(state.insert_ignore(tables.meta, {"key": "probe", "value": "2"}))
+with state.read() as conn:
+    value = conn.execute(tables.meta.select().where(tables.meta.c.key == "probe")).one().value
+print(json.dumps([value, "sqlalchemy.dialects.postgresql" in sys.modules]))
+"""
+
+
+def test_a_sqlite_database_never_imports_the_postgresql_dialect(tmp_path: Path) -> None:
+    # 30 ms of every registered `geode run` start on the default home (issue 19).
+    done = subprocess.run(
+        [sys.executable, "-c", _SQLITE_ONLY, str(tmp_path / "state.db")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["1", False]
