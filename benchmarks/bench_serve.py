@@ -2,13 +2,16 @@
 
 Each server runs in its own process on loopback; this process is the load generator (httpx, asyncio).
 The program is a ``dspy.Predict("question -> answer")`` on ScriptedLM (no model time, so the figures
-are the serving overhead). Three servers, measured in the same run:
+are the serving overhead). The servers, measured in the same run (the first four by default):
 
 - ``bare``: FastAPI + uvicorn, one endpoint awaiting ``program.acall`` under ``dspy.context``. It does
   the request work Geode's server does for this request: Geode serves here without API keys on
   loopback, so its auth check names the caller by the client's address (no rate limit, no token
   budget), and so does the bare endpoint; the request sends no session, so neither reads or writes
   one;
+- ``bare, traced``: the bare endpoint with its program under Geode's tracing (``Runtime.batch``),
+  exported to the same collector stub: the program's spans and nothing of Geode's serving. It is the
+  floor of the 1.25x target: no server that traces the program with Geode can use less CPU than it;
 - ``geode``: :func:`geode.runtime.serving.create_app`, tracing on (spans exported over OTLP/HTTP to a
   collector stub in a third process that answers 200);
 - ``geode, Phoenix down``: the same, exporting to a refused port;
@@ -44,7 +47,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,20 +91,49 @@ def _bench_lm() -> Any:
     return BenchLM(answer)
 
 
-def serve_bare(port: int) -> None:
+def serve_bare(port: int, endpoint: str = "", home: str = "") -> None:
+    """The bare endpoint; with ``endpoint``, its program runs under Geode's tracing (``bare, traced``).
+
+    Traced, it is the floor of any server that traces its programs with Geode: the program's own
+    spans (the module and its LM call, as ``Runtime.batch`` records them) exported to ``endpoint``,
+    and none of Geode's serving work (no root span, run record, metrics or session). It tunes the
+    garbage collector while it serves as Geode's app does.
+    """
     import dspy
     from fastapi import FastAPI
 
     lm = _bench_lm()
     program = dspy.Predict("question -> answer")
     app = FastAPI()
+    runtime: Any = None
+    if endpoint:
+        from geode.runtime.runtime import Runtime
+        from geode.runtime.serving.app import _collector_tuned_for_serving
+        from geode.runtime.settings import Settings, TracingSettings
+
+        tracing = TracingSettings(enabled=True, endpoint=endpoint, export_timeout_s=2.0)
+        runtime = Runtime(Settings(home=Path(home), tracing=tracing), lm=lm)
+
+        @contextlib.asynccontextmanager
+        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+            # Geode's app tunes the garbage collector for the spans waiting on the export worker;
+            # without it the floor would count collections Geode does not pay.
+            with _collector_tuned_for_serving():
+                yield
+
+        app = FastAPI(lifespan=lifespan)
+
+    def scope() -> contextlib.AbstractContextManager[Any]:
+        if runtime is not None:
+            return runtime.batch(disable_history=True)
+        return dspy.context(lm=lm, disable_history=True)
 
     @app.post("/programs/qa")
     async def qa(body: Question, request: Request) -> dict[str, Any]:
         # Geode's auth check without API keys: the caller is named by its address (Geode keys its
         # cache namespace and run record by it; here it is only computed).
         _caller = f"addr:{request.client.host if request.client else 'unknown'}"
-        with dspy.context(lm=lm, disable_history=True):
+        with scope():
             prediction = await program.acall(question=body.question)
         return {"outputs": {"answer": prediction.answer}}
 
@@ -366,6 +398,7 @@ class Level:
 
 SERVERS = {
     "bare": "bare FastAPI",
+    "traced": "bare FastAPI, traced",
     "geode": "geode (tracing on)",
     "down": "geode (Phoenix down)",
     "nostate": "geode (no state DB)",
@@ -405,6 +438,7 @@ def _measure(
     down = f"http://127.0.0.1:{free_port()}"
     commands = {
         "bare": ["bare"],
+        "traced": ["bare", "--endpoint", sink.url, "--home", str(home / "traced")],
         "geode": ["geode", "--endpoint", sink.url, "--home", str(home / "on")],
         "down": ["geode", "--endpoint", down, "--home", str(home / "down")],
         "nostate": ["geode", "--endpoint", sink.url, "--home", str(home / "nostate"), "--state", "off"],
@@ -542,7 +576,7 @@ def report(console: Console, results: dict[str, dict[str, Any]], soak: int) -> N
     if "geode (tracing on)" in results and "geode (Phoenix down)" in results:
         on = results["geode (tracing on)"]
         console.print(
-            f"spans: the collector received {on['spans_received']:,} from 'geode (tracing on)' "
+            f"spans: the collector received {on['spans_received']:,} from the servers exporting to it "
             f"(dropped there: {on['spans_dropped'] or 'none'}); "
             f"'geode (Phoenix down)' dropped {results['geode (Phoenix down)']['spans_dropped']}"
         )
@@ -562,6 +596,7 @@ CPU_TARGET = 1.25
 MEMORY_TARGET_MB = 5.0
 """Issue 19: Geode's RSS growth per 5,000 requests after warm-up, at most."""
 GEODE = "geode (tracing on)"
+TRACED = "bare FastAPI, traced"
 
 
 def _cpu_verdicts(console: Console, results: dict[str, dict[str, Any]]) -> None:
@@ -578,6 +613,15 @@ def _cpu_verdicts(console: Console, results: dict[str, dict[str, Any]]) -> None:
             f"{ours:.2f} ms vs {theirs:.2f} ms = {ratio:.2f}x -> {'MET' if ratio <= CPU_TARGET else 'NOT MET'}",
             soft_wrap=True,  # one line whatever the terminal's width
         )
+        traced = results.get(TRACED, {}).get("levels", {}).get(level)
+        if traced and theirs:
+            floor = traced["cpu_ms_per_request"]
+            console.print(
+                f"  floor (clients {level}): tracing the program alone, {TRACED!r}, {floor:.2f} ms = "
+                f"{floor / theirs:.2f}x bare; Geode's serving work on top of it {ours - floor:+.2f} ms "
+                f"= {ours / floor:.2f}x the floor",
+                soft_wrap=True,
+            )
 
 
 def _memory_verdict(console: Console, results: dict[str, dict[str, Any]], soak: int) -> None:
@@ -605,7 +649,7 @@ def main() -> None:
     parser.add_argument("--state-url", default="", help=argparse.SUPPRESS)
     parser.add_argument(
         "--servers",
-        default="bare,geode,down",
+        default="bare,traced,geode,down",
         help=f"Comma-separated servers to measure, of: {', '.join(f'{k} ({v})' for k, v in SERVERS.items())}.",
     )
     parser.add_argument("--no-soak", action="store_true", help="Skip the memory soak.")
@@ -614,7 +658,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="Also write the figures to this JSON file.")
     args = parser.parse_args()
     if args.serve == "bare":
-        return serve_bare(args.port)
+        return serve_bare(args.port, args.endpoint, args.home)
     if args.serve == "geode":
         return serve_geode(args.port, args.endpoint, args.home, state=args.state, state_url=args.state_url)
     if args.serve == "sink":
