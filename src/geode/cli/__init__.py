@@ -58,6 +58,61 @@ _COMMAND_MODULES = tuple(dict.fromkeys(_COMMANDS.values()))
 _NEEDS_ALL: frozenset[str] = frozenset({"cli-reference"})
 """Commands that read the whole command tree."""
 
+# What `geode`, `geode --help`, `geode --version` and an unknown command show of the commands: the
+# help's command list, without importing the modules (with all of them imported these took 3 s).
+# Visible commands in the order the modules register them, then the command groups, each with the
+# first paragraph of its help. tests/unit/cli/test_cli_lazy.py checks that the help and errors printed
+# from this index are those printed with every module registered.
+_INDEX_COMMANDS: tuple[tuple[str, str], ...] = (
+    ("run", "Run a program on the configured LM and print its prediction."),
+    ("ingest", "Ingest files into a collection: re-running updates changed files and skips unchanged ones."),
+    ("search", "Search a collection and print the top passages with id, score, source and text."),
+    ("settings", "Show the effective settings (secrets hidden), or document every variable."),
+    (
+        "phoenix",
+        "Start a local Phoenix (or reuse the running one), wait until it is ready, and print its URL.",
+    ),
+    ("serve", "Serve programs over HTTP: one endpoint each, OpenAPI at /docs, health at /health and /ready."),
+    (
+        "compare-versions",
+        "Compare the versions of a served program: runs, errors, latency, tokens, cost and feedback score.",
+    ),
+    (
+        "eval",
+        "Score a program on a dataset: score, latency, LM calls, tokens and cost, per example and overall.",
+    ),
+    (
+        "compile",
+        "Recompile a program with a DSPy optimizer, score baseline and candidate on held-out data, save both.",
+    ),
+    ("versions", "List a program's stored versions, the active one, and files that failed validation."),
+    (
+        "promote",
+        "Make a version active if it beats the active version by --margin on the same held-out data.",
+    ),
+    ("rollback", "Make the previously active version active again."),
+    ("route", "Show or change which candidate versions share a program's traffic, for every replica."),
+    (
+        "compare-models",
+        "Score a program on several models (optionally recompiled for each): a small model plus an optimizer "
+        "vs a large one.",
+    ),
+    (
+        "crystallize",
+        "Derive a fixed-order workflow from an agent's recorded runs (patterns, argument rules, demos).",
+    ),
+    (
+        "compare",
+        "Run two programs on the same examples: quality, LM calls, tokens, latency p50/p95, cost, and a verdict.",
+    ),
+    ("mine", "Mine a program's traced runs into an eval dataset, with labels from annotations and feedback."),
+    (
+        "demo",
+        "Run the whole loop offline: Phoenix, ingest, agent runs, mine, crystallize, recompile, evaluate, promote.",
+    ),
+)
+_INDEX_GROUPS: tuple[tuple[str, str], ...] = (("trace", "Inspect traces: span trees in the terminal."),)
+
 _state = {"debug": False, "verbose": False}
 
 
@@ -96,13 +151,32 @@ def _quiet_dspy() -> None:
 
 
 def _register_commands(args: list[str] | None = None) -> None:
-    """Register the command that ``args`` runs, or every command (no ``args``, help, unknown)."""
+    """Register what ``args`` needs: the command it runs, the index of them all, or every command.
+
+    The command's own module when it names one; the index (:data:`_INDEX_COMMANDS`) when it names
+    none or an unknown one (help, ``--version``, a usage error); every module for the commands that
+    read the whole tree (``cli-reference``), and for ``args=None`` (the app driven in process).
+    """
     command = next((arg for arg in args or [] if not arg.startswith("-")), None)
-    if command is not None and command in _COMMANDS and command not in _NEEDS_ALL:
+    if args is None or command in _NEEDS_ALL:
+        for name in _COMMAND_MODULES:
+            importlib.import_module(name).register(app)
+    elif command in _COMMANDS:
         importlib.import_module(_COMMANDS[command]).register(app)
-        return
-    for name in _COMMAND_MODULES:
-        importlib.import_module(name).register(app)
+    else:
+        _register_index(app)
+
+
+def _register_index(target: typer.Typer) -> None:
+    """Register each visible command by name and help only: enough to list them, never run."""
+
+    def listed_only() -> None:  # pragma: no cover - main() never dispatches to it
+        raise typer.Exit(2)
+
+    for name, text in _INDEX_COMMANDS:
+        target.command(name, help=text)(listed_only)
+    for name, text in _INDEX_GROUPS:
+        target.add_typer(typer.Typer(help=text), name=name)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -35,23 +36,78 @@ def test_the_command_table_matches_what_each_module_registers() -> None:
         (["run", "x:y"], "run"),
         (["--debug", "trace", "show", "abc"], "trace"),
         (["promote", "qa", "v2"], "promote"),
-        (["--help"], None),
-        (["no-such-command"], None),
-        (["cli-reference"], None),
+        (["--help"], "index"),
+        ([], "index"),
+        (["--version"], "index"),
+        (["no-such-command"], "index"),
+        (["cli-reference"], "all"),
+        (None, "all"),
     ],
 )
 def test_only_the_invoked_command_is_registered(
-    monkeypatch: pytest.MonkeyPatch, args: list[str], expected: str | None
+    monkeypatch: pytest.MonkeyPatch, args: list[str] | None, expected: str
 ) -> None:
     app = typer.Typer()
     monkeypatch.setattr(cli, "app", app)
     cli._register_commands(args)
     names = {c.name for c in app.registered_commands} | {g.name for g in app.registered_groups}
-    if expected is None:
+    if expected == "all":
         assert names == set(cli._COMMANDS)
+    elif expected == "index":
+        # Every command but the hidden cli-reference, by name and help only.
+        assert names == set(cli._COMMANDS) - cli._NEEDS_ALL
+        assert all(
+            c.callback is not None and c.callback.__module__ == "geode.cli" for c in app.registered_commands
+        )
     else:
         assert expected in names
         assert names <= {c for c, m in cli._COMMANDS.items() if m == cli._COMMANDS[expected]}
+
+
+_PRINT = """
+import sys
+from geode import cli
+if sys.argv[1] == "all":
+    for name in cli._COMMAND_MODULES:
+        __import__(name, fromlist=["register"]).register(cli.app)
+else:
+    cli._register_commands(sys.argv[2:])
+try:
+    cli.app(args=sys.argv[2:], prog_name="geode")
+except SystemExit as done:
+    print("exit", done.code, file=sys.stderr)
+print("dspy imported:", "dspy" in sys.modules, file=sys.stderr)
+"""
+
+
+def _cli_output(how: str, args: list[str], columns: int) -> tuple[str, str]:
+    env = {**os.environ, "COLUMNS": str(columns), "TERM": "dumb"}
+    done = subprocess.run(
+        [sys.executable, "-c", _PRINT, how, *args], capture_output=True, text=True, env=env, timeout=120
+    )
+    return done.stdout, done.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], [], ["no-such-command"], ["--debug"]])
+@pytest.mark.parametrize("columns", [80, 200])
+def test_the_index_prints_what_every_registered_module_prints(args: list[str], columns: int) -> None:
+    # The index is a copy of each command's help: any change to a command's help fails here until
+    # _INDEX_COMMANDS says the same.
+    out, err = _cli_output("index", args, columns)
+    all_out, all_err = _cli_output("all", args, columns)
+    assert "Usage: geode" in out + err
+    assert (out, err.replace("dspy imported: False", "")) == (
+        all_out,
+        all_err.replace("dspy imported: True", ""),
+    )
+    assert (
+        "dspy imported: False" in err
+    )  # the index path stays light: `geode --help` in a fraction of a second
+
+
+def test_version_needs_no_command_module() -> None:
+    out, err = _cli_output("index", ["--version"], 80)
+    assert out.startswith("geode ") and "exit 0" in err and "dspy imported: False" in err
 
 
 def test_geode_run_does_not_import_other_commands_dependencies() -> None:
