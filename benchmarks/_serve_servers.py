@@ -52,8 +52,8 @@ def serve_bare(port: int, endpoint: str = "", home: str = "") -> None:
 
     lm = _bench_lm()
     program = dspy.Predict("question -> answer")
-    app = FastAPI()
     runtime: Any = None
+    lifespan: Any = None
     if endpoint:
         from geode.runtime.runtime import Runtime
         from geode.runtime.serving.app import _collector_tuned_for_serving
@@ -63,13 +63,15 @@ def serve_bare(port: int, endpoint: str = "", home: str = "") -> None:
         runtime = Runtime(Settings(home=Path(home), tracing=tracing), lm=lm)
 
         @contextlib.asynccontextmanager
-        async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async def tuned(_: FastAPI) -> AsyncIterator[None]:
             # Geode's app tunes the garbage collector for the spans waiting on the export worker;
             # without it the floor would count collections Geode does not pay.
             with _collector_tuned_for_serving():
                 yield
 
-        app = FastAPI(lifespan=lifespan)
+        lifespan = tuned
+
+    app = FastAPI(lifespan=lifespan)
 
     def scope() -> contextlib.AbstractContextManager[Any]:
         if runtime is not None:

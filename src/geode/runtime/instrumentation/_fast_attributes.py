@@ -13,9 +13,10 @@ so :func:`set_attributes` stores them directly when
   ``tuple`` of ``str`` (a program's aliases, on every span of a served run): the SDK turns a sequence
   into a tuple of its cleaned items, which for a tuple of strings is an equal tuple.
 
-Anything else (a user's ``geode_span_attributes``, a list, a tuple of anything but strings, a span from another SDK, a limit set by
-``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT``) goes through ``span.set_attributes``, the SDK's own path:
-the stored attributes are the same either way (``tests/unit/runtime/instrumentation`` compares them).
+Anything else (a user's ``geode_span_attributes``, a list, a tuple of anything but strings, a span
+from another SDK, a limit set by ``OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT``) goes through
+``span.set_attributes``, the SDK's own path: the stored attributes are the same either way
+(``tests/unit/runtime/instrumentation`` compares them).
 """
 
 from __future__ import annotations
